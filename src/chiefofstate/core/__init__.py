@@ -1,0 +1,1 @@
+"""Pure rules of the server: no I/O, no asyncio, no clock reads."""

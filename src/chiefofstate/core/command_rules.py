@@ -1,0 +1,87 @@
+"""How a write handler's answers become events, metas and states (SPEC.md §3.4–3.9, decision D1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from chiefofstate.core.errors import InvalidArgument
+from chiefofstate.gen.chief_of_state.v1.common_pb2 import Header, MetaData
+from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
+from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandResponse
+
+MAX_ENTITY_ID_LENGTH = 255  # event_journal.persistence_id is VARCHAR(255) (decision D9)
+EMPTY_STATE_TYPE_URL = "type.googleapis.com/google.protobuf.Empty"
+
+
+def validate_entity_id(entity_id: str) -> None:
+    if not entity_id:
+        raise InvalidArgument("empty entity ID")
+    if len(entity_id) > MAX_ENTITY_ID_LENGTH:
+        raise InvalidArgument(
+            f"entity ID is {len(entity_id)} characters long; at most {MAX_ENTITY_ID_LENGTH} are allowed"
+        )
+
+
+def initial_state(entity_id: str) -> StateWrapper:
+    """A brand-new entity: packed Empty and revision 0, exactly as write handlers expect (§3.4)."""
+    empty = AnyProto()
+    empty.Pack(Empty())
+    return StateWrapper(state=empty, meta=MetaData(entity_id=entity_id))
+
+
+def _is_empty_any(value: AnyProto) -> bool:
+    return not value.type_url and not value.value
+
+
+def candidate_events(response: HandleCommandResponse) -> list[AnyProto]:
+    """`events` wins over the deprecated `event`; empty Anys are dropped; [] means no-op (§3.6)."""
+    if len(response.events) > 0:
+        candidates = list(response.events)
+    elif response.HasField("event"):
+        candidates = [response.event]
+    else:
+        candidates = []
+    return [event for event in candidates if not _is_empty_any(event)]
+
+
+def message_name(type_url: str) -> str:
+    return type_url.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class ProtoValidation:
+    """Allow-lists of fully-qualified message names (§3.12); `enabled=False` allows everything."""
+
+    enabled: bool = False
+    event_names: frozenset[str] = frozenset()
+    state_names: frozenset[str] = frozenset()
+
+    def check_event(self, event: AnyProto) -> None:
+        if self.enabled and message_name(event.type_url) not in self.event_names:
+            raise InvalidArgument(f"invalid event: {event.type_url}")
+
+    def check_state(self, state: AnyProto) -> None:
+        if self.enabled and message_name(state.type_url) not in self.state_names:
+            raise InvalidArgument(f"invalid state: {state.type_url}")
+
+
+def next_event_meta(prior: MetaData, now_ns: int, headers: Sequence[Header]) -> MetaData:
+    """The meta of the event that follows `prior`: next revision, stamped now, empty data (D12)."""
+    seconds, nanos = divmod(now_ns, 1_000_000_000)
+    return MetaData(
+        entity_id=prior.entity_id,
+        revision_number=prior.revision_number + 1,
+        revision_date=Timestamp(seconds=seconds, nanos=nanos),
+        headers=headers,
+    )
+
+
+def resulting_state_or_fail(resulting_state: AnyProto | None) -> AnyProto:
+    if resulting_state is None or _is_empty_any(resulting_state):
+        raise InvalidArgument("event handler replied with empty state")
+    return resulting_state

@@ -1,0 +1,99 @@
+"""Typed failures of the command path, each carrying the gRPC status it becomes.
+
+Adapters translate library exceptions (grpc, asyncpg, sqlite3, httpx) into these at the edge,
+so nothing above an adapter ever sees a library's exception type.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Code(IntEnum):
+    """The canonical gRPC status codes, by number (kept here so core needs no grpc import)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class CosError(Exception):
+    """A failure that reaches the caller as a status with a message."""
+
+    code: Code = Code.INTERNAL
+
+    def __init__(self, message: str = "", *, code: Code | None = None, details: bytes | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        # serialized google.rpc.Status, sent back as the grpc-status-details-bin trailer
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidArgument(CosError):
+    code = Code.INVALID_ARGUMENT
+
+
+class NotFound(CosError):
+    code = Code.NOT_FOUND
+
+
+class DeadlineExceeded(CosError):
+    code = Code.DEADLINE_EXCEEDED
+
+
+class Unavailable(CosError):
+    code = Code.UNAVAILABLE
+
+
+class ResourceExhausted(CosError):
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class AlreadyExists(CosError):
+    code = Code.ALREADY_EXISTS
+
+
+class Internal(CosError):
+    code = Code.INTERNAL
+
+
+class HandlerFailed(CosError):
+    """The write handler answered with a status of its own; it is passed through unchanged."""
+
+
+class SequenceConflict(CosError):
+    """Another writer already stored this (entity, revision): the append is refused, never acknowledged."""
+
+    code = Code.ABORTED
+
+
+class StoreUnavailable(Unavailable):
+    """The journal could not be reached; nothing was written."""
+
+
+class ConfigError(Exception):
+    """Invalid configuration: one line naming the variable, and the node exits with code 2."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem

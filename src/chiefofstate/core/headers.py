@@ -1,0 +1,54 @@
+"""Selecting request headers to propagate to the write handler or persist with events (SPEC.md §3.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from chiefofstate.gen.chief_of_state.v1.common_pb2 import Header
+
+HeaderValue = str | bytes
+Metadata = Sequence[tuple[str, HeaderValue]]
+
+
+def parse_header_list(csv: str) -> tuple[str, ...]:
+    """Comma-separated names: trimmed, empties dropped, duplicates removed (first wins)."""
+    seen: dict[str, None] = {}
+    for part in csv.split(","):
+        name = part.strip()
+        if name and name.lower() not in {key.lower() for key in seen}:
+            seen[name] = None
+    return tuple(seen)
+
+
+def select_headers(allowed: Sequence[str], metadata: Metadata) -> list[tuple[str, HeaderValue]]:
+    """Every value of every allowed key, in list order then arrival order; key spelled as listed."""
+    selected: list[tuple[str, HeaderValue]] = []
+    for name in allowed:
+        wanted = name.lower()
+        selected.extend((name, value) for key, value in metadata if key.lower() == wanted)
+    return selected
+
+
+def to_persisted_headers(selected: Iterable[tuple[str, HeaderValue]]) -> list[Header]:
+    """`-bin` keys become bytes values, all others string values."""
+    headers: list[Header] = []
+    for key, value in selected:
+        if key.lower().endswith("-bin"):
+            raw = value if isinstance(value, bytes) else value.encode()
+            headers.append(Header(key=key, bytes_value=raw))
+        else:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            headers.append(Header(key=key, string_value=text))
+    return headers
+
+
+def to_outgoing_metadata(selected: Iterable[tuple[str, HeaderValue]]) -> tuple[tuple[str, HeaderValue], ...]:
+    """gRPC metadata for HandleCommand: `-bin` keys carry bytes, the rest ASCII strings."""
+    outgoing: list[tuple[str, HeaderValue]] = []
+    for key, value in selected:
+        lowered = key.lower()
+        if lowered.endswith("-bin"):
+            outgoing.append((lowered, value if isinstance(value, bytes) else value.encode()))
+        else:
+            outgoing.append((lowered, value.decode("latin-1") if isinstance(value, bytes) else value))
+    return tuple(outgoing)

@@ -1,0 +1,1 @@
+"""The event journal: port, SQLite and PostgreSQL adapters, group commit and migrations."""

@@ -1,0 +1,119 @@
+"""The journal port: everything the node needs from storage, independent of the database.
+
+Rows keep upstream's layout (SPEC.md §4.2, decision D2): one `event_journal` row per event holding a
+serialized `EventWrapper`, one `event_tag` row with the shard number, snapshots of `StateWrapper`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+# What upstream writes in the serializer columns; rows with another manifest are refused on read.
+SERIALIZER_ID = 5001
+EVENT_MANIFEST = "chief_of_state.v1.EventWrapper"
+SNAPSHOT_MANIFEST = "chief_of_state.v1.StateWrapper"
+OFFSET_MANIFEST = "SEQ"
+SCHEMA_VERSION_UPSTREAM = 6
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    """All events one command persists, appended atomically (decision D1).
+
+    `events[k]` is the serialized `EventWrapper` with sequence number `expected_sequence + 1 + k`.
+    """
+
+    entity_id: str
+    shard: int
+    expected_sequence: int
+    events: Sequence[bytes]
+    write_timestamp_ms: int
+    writer: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """The newest thing known about an entity: a snapshot (`StateWrapper`) or an event row (`EventWrapper`)."""
+
+    kind: Literal["snapshot", "event"]
+    sequence_number: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    ordering: int
+    entity_id: str
+    sequence_number: int
+    shard: int
+    deleted: bool
+    write_timestamp_ms: int | None
+    payload: bytes  # serialized EventWrapper
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    entity_id: str
+    sequence_number: int
+    created_ms: int
+    payload: bytes  # serialized StateWrapper
+
+
+class Journal(Protocol):
+    """Storage of events and snapshots. Every method raises `StoreUnavailable` when the database is away."""
+
+    @property
+    def description(self) -> str:
+        """Human-readable name of the store in use, for the start-up log (decision D10)."""
+        ...
+
+    async def migrate(self, num_shards: int) -> int:
+        """Create or upgrade the schema (SPEC.md §4.6); returns the schema version now in place."""
+        ...
+
+    async def append_batch(self, requests: Sequence[AppendRequest]) -> list[Exception | None]:
+        """Append many commands' events, in one transaction when none conflicts.
+
+        Returns one entry per request, in order: None when committed, otherwise the exception
+        (`SequenceConflict` when (entity, sequence) already exists). A conflicting request fails
+        alone; the others are committed. Before drawing `ordering` values the transaction locks the
+        shard rows of the shards it writes, in shard order (decision D3).
+        """
+        ...
+
+    async def latest_state(self, entity_id: str) -> StoredState | None:
+        """The newest of (latest snapshot, latest event row); None when the entity has neither."""
+        ...
+
+    async def read_events(self, entity_id: str, after_sequence: int = 0, limit: int = 1000) -> list[JournalRow]:
+        """Event rows of one entity with sequence number > after_sequence, ascending."""
+        ...
+
+    async def read_shard(self, shard: int, after_ordering: int, limit: int) -> list[JournalRow]:
+        """Event rows tagged with `shard` whose ordering > after_ordering, ascending by ordering."""
+        ...
+
+    async def save_snapshot(self, snapshot: SnapshotRow) -> None:
+        """Insert or replace the snapshot at (entity, sequence)."""
+        ...
+
+    async def list_snapshots(self, entity_id: str) -> list[SnapshotRow]:
+        """Snapshots of one entity, ascending by sequence number."""
+        ...
+
+    async def delete_snapshots_below(self, entity_id: str, sequence_number: int) -> int:
+        """Delete snapshots with sequence < sequence_number; returns how many went."""
+        ...
+
+    async def delete_events_up_to(self, entity_id: str, sequence_number: int) -> int:
+        """Upstream's deletion on snapshot (§4.5): events <= sequence_number are deleted, except the
+        highest of them, which stays as a marker row with deleted = true. Returns rows removed."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers a trivial query."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The application's write handler: port, gRPC adapter, circuit breaker."""
