@@ -50,7 +50,10 @@ class CircuitBreaker:
         failed = not succeeded or duration_s > self.settings.call_timeout_s
         if failed:
             self.consecutive_failures += 1
-            if self.state is BreakerState.HALF_OPEN or self.consecutive_failures >= self.settings.max_failures:
+            if (
+                self.state is BreakerState.HALF_OPEN
+                or self.consecutive_failures >= self.settings.max_failures
+            ):
                 self.state = BreakerState.OPEN
                 self.opened_at = now
         else:

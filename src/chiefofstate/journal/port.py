@@ -35,7 +35,7 @@ class AppendRequest:
 
 @dataclass(frozen=True, slots=True)
 class StoredState:
-    """The newest thing known about an entity: a snapshot (`StateWrapper`) or an event row (`EventWrapper`)."""
+    """The newest thing stored for an entity: a snapshot (`StateWrapper`) or an event (`EventWrapper`)."""
 
     kind: Literal["snapshot", "event"]
     sequence_number: int
@@ -87,7 +87,9 @@ class Journal(Protocol):
         """The newest of (latest snapshot, latest event row); None when the entity has neither."""
         ...
 
-    async def read_events(self, entity_id: str, after_sequence: int = 0, limit: int = 1000) -> list[JournalRow]:
+    async def read_events(
+        self, entity_id: str, after_sequence: int = 0, limit: int = 1000
+    ) -> list[JournalRow]:
         """Event rows of one entity with sequence number > after_sequence, ascending."""
         ...
 

@@ -1,0 +1,3 @@
+from chiefofstate.cli import main
+
+main()

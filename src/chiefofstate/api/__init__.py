@@ -1,0 +1,1 @@
+"""The node's public surfaces: the gRPC services and the management endpoints."""

@@ -1,0 +1,48 @@
+"""Builds the node's gRPC server: the CoS service, standard health and server reflection (D11)."""
+
+from __future__ import annotations
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from chiefofstate.api.cos_service import ChiefOfStateService
+from chiefofstate.gen.chief_of_state.v1 import service_pb2
+from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import add_ChiefOfStateServiceServicer_to_server
+
+COS_SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["ChiefOfStateService"].full_name
+
+
+class GrpcServer:
+    def __init__(self, service: ChiefOfStateService, address: str, port: int, max_message_bytes: int) -> None:
+        self._server = aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                # A restarted node must be able to rebind at once; two live nodes must not share a port.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        add_ChiefOfStateServiceServicer_to_server(service, self._server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            [COS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port = self._server.add_insecure_port(f"{address}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind the gRPC port {address}:{port}")
+
+    async def start(self) -> None:
+        await self.set_serving(False)
+        await self._server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", COS_SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls at once and give in-flight ones `grace_s` to finish."""
+        await self.set_serving(False)
+        await self._server.stop(grace_s)

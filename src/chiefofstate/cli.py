@@ -1,0 +1,122 @@
+"""The `cos` command: serve, migrate, demo, and reading what the journal holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chiefofstate.config.settings import Settings, load_logging_settings, load_settings
+from chiefofstate.core.errors import ConfigError, CosError
+from chiefofstate.telemetry.logging import configure_logging
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Chief of State: event sourcing as a service."
+)
+console = Console()
+T = TypeVar("T")
+
+CONFIG_ERROR_EXIT = 2  # decision D9
+
+
+def _settings(*, require_write_side: bool) -> Settings:
+    """Parse the environment, or print one line naming the bad variable and exit 2."""
+    try:
+        logging_settings = load_logging_settings(os.environ)
+        configure_logging(logging_settings.level, logging_settings.style, logging_settings.service_name)
+        return load_settings(os.environ, require_write_side=require_write_side)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise typer.Exit(CONFIG_ERROR_EXIT) from None
+
+
+def _run(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        return await coroutine_factory()
+
+    try:
+        return asyncio.run(runner())
+    except CosError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve() -> None:
+    """Run one node configured by the COS_* environment variables until SIGTERM or SIGINT."""
+    settings = _settings(require_write_side=True)
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    from chiefofstate.node import run_until_signalled
+
+    _run(lambda: run_until_signalled(settings))
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the journal schema, then exit."""
+    settings = _settings(require_write_side=False)
+    from chiefofstate.node import open_store
+
+    async def migrate_and_close() -> str:
+        journal = await open_store(settings)
+        await journal.close()
+        return journal.description
+
+    description = _run(migrate_and_close)
+    console.print(f"schema is up to date in {description}")
+
+
+@app.command()
+def events(
+    entity_id: Annotated[str, typer.Argument(help="the entity whose events to list")],
+    limit: Annotated[int, typer.Option(help="at most this many events")] = 1000,
+) -> None:
+    """Print an entity's stored events: revision, date, event type and headers."""
+    from chiefofstate.journal_view import read_events
+
+    settings = _settings(require_write_side=False)
+    rows = _run(lambda: read_events(settings, entity_id, limit))
+    if not rows:
+        console.print(f"no events stored for entity [bold]{entity_id}[/bold]")
+        raise typer.Exit(1)
+    table = Table(title=f"events of {entity_id}")
+    for column in ("revision", "revision date", "event type", "headers", "ordering", "shard"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command()
+def state(entity_id: Annotated[str, typer.Argument(help="the entity whose state to show")]) -> None:
+    """Print an entity's current stored state: type, revision and size."""
+    from chiefofstate.journal_view import read_state
+
+    settings = _settings(require_write_side=False)
+    found = _run(lambda: read_state(settings, entity_id))
+    if found is None:
+        console.print(f"entity [bold]{entity_id}[/bold] has no stored state")
+        raise typer.Exit(1)
+    table = Table(title=f"state of {entity_id}", show_header=False)
+    for key, value in found.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command()
+def demo() -> None:
+    """Run the whole product on SQLite with the example bank handler and a scripted session."""
+    from chiefofstate.demo import run_demo
+
+    raise typer.Exit(run_demo(console))
+
+
+def main() -> None:
+    app()

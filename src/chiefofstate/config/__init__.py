@@ -1,0 +1,1 @@
+"""Configuration: every COS_* variable, parsed and validated into typed settings."""

@@ -1,0 +1,88 @@
+"""Parsing of the value syntaxes upstream accepts: HOCON booleans and durations (SPEC.md §10)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from chiefofstate.core.errors import ConfigError
+
+_TRUE = {"true", "yes", "on"}
+_FALSE = {"false", "no", "off"}
+
+# HOCON duration units, in seconds; a bare number means milliseconds.
+_UNITS = {
+    **dict.fromkeys(["ns", "nano", "nanos", "nanosecond", "nanoseconds"], 1e-9),
+    **dict.fromkeys(["us", "micro", "micros", "microsecond", "microseconds"], 1e-6),
+    **dict.fromkeys(["ms", "milli", "millis", "millisecond", "milliseconds", ""], 1e-3),
+    **dict.fromkeys(["s", "second", "seconds"], 1.0),
+    **dict.fromkeys(["m", "minute", "minutes"], 60.0),
+    **dict.fromkeys(["h", "hour", "hours"], 3600.0),
+    **dict.fromkeys(["d", "day", "days"], 86400.0),
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+class Env:
+    """Typed reads of an environment mapping; every error names the variable."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = values
+
+    def text(self, name: str, default: str) -> str:
+        return self.values.get(name, default)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.values.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(name, f"must be true or false (got {raw!r})")
+
+    def integer(
+        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        raw = self.values.get(name)
+        if raw is None or raw.strip() == "":
+            value = default
+        else:
+            try:
+                value = int(raw.strip())
+            except ValueError:
+                raise ConfigError(name, f"must be a whole number (got {raw!r})") from None
+        if minimum is not None and value < minimum:
+            raise ConfigError(name, f"must be at least {minimum} (got {value})")
+        if maximum is not None and value > maximum:
+            raise ConfigError(name, f"must be at most {maximum} (got {value})")
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        return self.integer(name, default, minimum=0, maximum=65535)
+
+    def duration(self, name: str, default: str) -> float:
+        """Seconds, from HOCON syntax (`500ms`, `10s`, `1m`; a bare number is milliseconds)."""
+        raw = self.values.get(name)
+        text = default if raw is None or raw.strip() == "" else raw
+        match = _DURATION.match(text)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ConfigError(name, f"must be a duration such as 500ms, 10s or 1m (got {text!r})")
+        return float(match.group(1)) * _UNITS[unit]
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        raw = self.values.get(name)
+        value = default if raw is None or raw.strip() == "" else raw.strip().lower()
+        if value not in allowed:
+            raise ConfigError(name, f"must be one of {', '.join(allowed)} (got {raw!r})")
+        return value
+
+    def csv(self, name: str) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for part in self.values.get(name, "").split(","):
+            if part.strip():
+                seen.setdefault(part.strip(), None)
+        return tuple(seen)

@@ -1,0 +1,293 @@
+"""Every variable the node reads, validated once at start into frozen settings (SPEC.md §10).
+
+Nothing below the composition root reads the environment: the node passes these objects down.
+Any invalid value raises `ConfigError` naming the variable (decision D9).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chiefofstate.config.parsing import Env
+from chiefofstate.core.breaker import BreakerSettings
+from chiefofstate.core.command_rules import ProtoValidation
+from chiefofstate.core.errors import ConfigError
+from chiefofstate.core.headers import parse_header_list
+from chiefofstate.core.snapshots import SnapshotPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresSettings:
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str
+    schema: str
+    pool_max_size: int
+    pool_min_idle: int
+    pool_idle_timeout_s: float
+    pool_max_lifetime_s: float
+    connect_timeout_s: float
+    startup_retries: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """PostgreSQL when COS_DB_HOST is set, otherwise the embedded SQLite file (decision D10)."""
+
+    postgres: PostgresSettings | None
+    sqlite_path: Path
+    migrations_initial_version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSideSettings:
+    protocol: str
+    host: str
+    port: int
+    use_tls: bool
+    call_timeout_s: float
+    channel_pool_size: int
+    keepalive_enabled: bool
+    keepalive_time_s: int
+    keepalive_timeout_s: int
+    keepalive_without_calls: bool
+    propagated_headers: tuple[str, ...]
+    persisted_headers: tuple[str, ...]
+    validation: ProtoValidation
+    breaker: BreakerSettings | None
+
+
+@dataclass(frozen=True, slots=True)
+class EntitySettings:
+    cache_capacity: int
+    idle_timeout_s: float  # 0 = never passivate for idleness
+    mailbox_capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class JournalWriterSettings:
+    max_batch: int
+    max_pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    protocol: str
+    address: str
+    port: int
+    http_address: str
+    http_port: int
+    management_port: int
+    command_timeout_s: float
+    max_message_bytes: int
+    shutdown_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str
+    style: str
+    service_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings
+    store: StoreSettings
+    write_side: WriteSideSettings
+    entities: EntitySettings
+    journal_writer: JournalWriterSettings
+    snapshots: SnapshotPolicy
+    logging: LoggingSettings
+    num_shards: int
+    deployment_mode: str
+    read_side_enabled: bool
+    subscription_enabled: bool
+    warnings: tuple[str, ...] = field(default=())
+
+
+_RETIRED_VARIABLES = (
+    "COS_TELEMETRY_NAMESPACE",
+    "COS_TELEMETRY_COLLECTOR_ENDPOINT",
+    "COS_TRACE_PROPAGATORS",
+    "COS_ENCRYPTION_CLASS",
+    "COS_EVENTS_BATCH_THRESHOLD",
+    "COS_DB_CREATE_TABLES",
+)
+
+
+def _breaker(env: Env, prefix: str, call_timeout_default: str) -> BreakerSettings | None:
+    if not env.boolean(f"{prefix}_ENABLED", False):
+        return None
+    max_failures = env.integer(f"{prefix}_MAX_FAILURES", 5, minimum=1, maximum=100)
+    call_timeout = env.duration(f"{prefix}_CALL_TIMEOUT", call_timeout_default)
+    if not 0 < call_timeout <= 300:
+        raise ConfigError(f"{prefix}_CALL_TIMEOUT", f"must be above 0 and at most 5m (got {call_timeout}s)")
+    reset_timeout = env.duration(f"{prefix}_RESET_TIMEOUT", "1m")
+    if not 1 <= reset_timeout <= 3600:
+        raise ConfigError(f"{prefix}_RESET_TIMEOUT", f"must be between 1s and 1h (got {reset_timeout}s)")
+    return BreakerSettings(
+        max_failures=max_failures, call_timeout_s=call_timeout, reset_timeout_s=reset_timeout
+    )
+
+
+def _server(env: Env) -> ServerSettings:
+    return ServerSettings(
+        protocol=env.choice("COS_SERVER_PROTOCOL", "grpc", ("grpc", "http", "both")),
+        address=env.text("COS_ADDRESS", "0.0.0.0"),
+        port=env.port("COS_PORT", 9000),
+        http_address=env.text("COS_HTTP_ADDRESS", "0.0.0.0"),
+        http_port=env.port("COS_HTTP_PORT", 9001),
+        management_port=env.port("COS_MANAGEMENT_PORT", 8558),
+        command_timeout_s=float(env.integer("COS_COMMAND_HANDLER_TIMEOUT", 5, minimum=1, maximum=300)),
+        max_message_bytes=env.integer("COS_MAX_MESSAGE_SIZE", 4 * 1024 * 1024, minimum=1024),
+        shutdown_timeout_s=env.duration("COS_SHUTDOWN_TIMEOUT", "20s"),
+    )
+
+
+def _store(env: Env) -> StoreSettings:
+    host = env.text("COS_DB_HOST", "").strip()
+    postgres = None
+    if host:
+        postgres = PostgresSettings(
+            host=host,
+            port=env.port("COS_DB_PORT", 5432),
+            database=env.text("COS_DB_NAME", "postgres"),
+            user=env.text("COS_DB_USER", "postgres"),
+            password=env.text("COS_DB_PASSWORD", "changeme"),
+            schema=env.text("COS_DB_SCHEMA", "public") or "public",
+            pool_max_size=env.integer("COS_DB_POOL_MAX_SIZE", 5, minimum=1),
+            pool_min_idle=env.integer("COS_DB_POOL_MIN_IDLE_CONNECTIONS", 1, minimum=0),
+            pool_idle_timeout_s=env.integer("COS_DB_POOL_IDLE_TIMEOUT_MS", 60000, minimum=0) / 1000,
+            pool_max_lifetime_s=env.integer("COS_DB_POOL_MAX_LIFETIME_MS", 120000, minimum=0) / 1000,
+            connect_timeout_s=env.duration("COS_DB_CONNECT_TIMEOUT", "5s"),
+            startup_retries=env.integer("COS_DB_STARTUP_RETRIES", 5, minimum=0),
+        )
+        if postgres.pool_min_idle > postgres.pool_max_size:
+            raise ConfigError(
+                "COS_DB_POOL_MIN_IDLE_CONNECTIONS",
+                f"must not exceed COS_DB_POOL_MAX_SIZE ({postgres.pool_min_idle} > {postgres.pool_max_size})",
+            )
+    initial = env.values.get("COS_MIGRATIONS_INITIAL_VERSION")
+    return StoreSettings(
+        postgres=postgres,
+        sqlite_path=Path(env.text("COS_DB_PATH", "./cos.db") or "./cos.db"),
+        migrations_initial_version=initial,
+    )
+
+
+def _write_side(env: Env, *, require_target: bool) -> WriteSideSettings:
+    protocol = env.choice("COS_WRITE_SIDE_PROTOCOL", "grpc", ("grpc", "http", "both"))
+    if protocol == "both":
+        # Upstream accepts this and then never finishes starting (SPEC.md §14 #21); refuse it up front.
+        raise ConfigError(
+            "COS_WRITE_SIDE_PROTOCOL",
+            "Write-side protocol 'both' is not currently supported. Use 'grpc' or 'http'",
+        )
+    host = env.text("COS_WRITE_SIDE_HOST", "").strip()
+    port = env.integer("COS_WRITE_SIDE_PORT", -1)
+    if require_target and not host:
+        raise ConfigError("COS_WRITE_SIDE_HOST", "must name the write handler's host")
+    if require_target and not 1 <= port <= 65535:
+        raise ConfigError("COS_WRITE_SIDE_PORT", f"must be a port between 1 and 65535 (got {port})")
+    return WriteSideSettings(
+        protocol=protocol,
+        host=host,
+        port=port,
+        use_tls=env.boolean("COS_WRITE_SIDE_USE_TLS", False),
+        call_timeout_s=env.integer("COS_GRPC_CALLS_TIMEOUT", 60000, minimum=1) / 1000,
+        channel_pool_size=env.integer("COS_GRPC_CLIENT_POOL_SIZE", 1, minimum=1, maximum=64),
+        keepalive_enabled=env.boolean("COS_GRPC_KEEPALIVE_ENABLED", False),
+        keepalive_time_s=int(env.duration("COS_GRPC_KEEPALIVE_TIME", "120s")),
+        keepalive_timeout_s=int(env.duration("COS_GRPC_KEEPALIVE_TIMEOUT", "60s")),
+        keepalive_without_calls=env.boolean("COS_GRPC_KEEPALIVE_WITHOUT_CALLS", True),
+        propagated_headers=parse_header_list(env.text("COS_WRITE_SIDE_PROPAGATED_HEADERS", "")),
+        persisted_headers=parse_header_list(env.text("COS_WRITE_PERSISTED_HEADERS", "")),
+        validation=ProtoValidation(
+            enabled=env.boolean("COS_WRITE_SIDE_PROTO_VALIDATION", False),
+            event_names=frozenset(env.csv("COS_WRITE_SIDE_EVENT_PROTOS")),
+            state_names=frozenset(env.csv("COS_WRITE_SIDE_STATE_PROTOS")),
+        ),
+        breaker=_breaker(env, "COS_WRITE_SIDE_BREAKER", "60s"),
+    )
+
+
+def _snapshots(env: Env) -> SnapshotPolicy:
+    disabled = env.boolean("COS_DISABLE_SNAPSHOT", False)
+    if disabled:
+        return SnapshotPolicy(enabled=False, frequency=0, retain=0, delete_events=False)
+    return SnapshotPolicy(
+        enabled=True,
+        frequency=env.integer("COS_SNAPSHOT_FREQUENCY", 100, minimum=1),
+        retain=env.integer("COS_NUM_SNAPSHOTS_TO_RETAIN", 2, minimum=1, maximum=100),
+        delete_events=env.boolean("COS_JOURNAL_LOGICAL_DELETION", False),
+    )
+
+
+def _logging(env: Env) -> LoggingSettings:
+    level = env.choice("LOG_LEVEL", "warn", ("debug", "info", "warn", "warning", "error"))
+    service = env.text("COS_SERVICE_NAME", "chiefofstate")
+    if not service or len(service) > 64:
+        raise ConfigError("COS_SERVICE_NAME", f"must be 1 to 64 characters (got {len(service)})")
+    return LoggingSettings(
+        level={"warn": "WARNING", "warning": "WARNING"}.get(level, level.upper()),
+        style=env.choice("LOG_STYLE", "json", ("json", "standard", "simple")).upper(),
+        service_name=service,
+    )
+
+
+def _num_shards(env: Env) -> int:
+    shards = env.integer("COS_NUM_SHARDS", 16, minimum=1, maximum=10000)
+    if shards & (shards - 1):
+        raise ConfigError("COS_NUM_SHARDS", f"must be a power of two (got {shards})")
+    return shards
+
+
+def _deployment_mode(env: Env) -> str:
+    raw = env.text("COS_DEPLOYMENT_MODE", "docker").strip().lower()
+    if raw not in ("docker", "kubernetes"):
+        raise ConfigError("COS_DEPLOYMENT_MODE", f"unrecognized deployment mode, '{raw}'")
+    return raw
+
+
+def load_logging_settings(environ: Mapping[str, str]) -> LoggingSettings:
+    """Logging settings alone, so that even a configuration error can be logged in the chosen style."""
+    return _logging(Env(environ))
+
+
+def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True) -> Settings:
+    """Parse every variable; raises ConfigError on the first invalid one.
+
+    Commands that only read the store (`cos migrate`, `cos events`) pass require_write_side=False.
+    """
+    env = Env(environ)
+    warnings = tuple(
+        f"{name} is no longer read; see the README for its replacement"
+        for name in _RETIRED_VARIABLES
+        if name in environ
+    )
+    return Settings(
+        server=_server(env),
+        store=_store(env),
+        write_side=_write_side(env, require_target=require_write_side),
+        entities=EntitySettings(
+            cache_capacity=env.integer("COS_ENTITY_CACHE_CAPACITY", 100_000, minimum=1),
+            idle_timeout_s=env.duration("COS_ENTITY_IDLE_TIMEOUT", "30m"),
+            mailbox_capacity=env.integer("COS_ENTITY_MAILBOX_CAPACITY", 1000, minimum=1),
+        ),
+        journal_writer=JournalWriterSettings(
+            max_batch=env.integer("COS_JOURNAL_MAX_BATCH", 512, minimum=1, maximum=10_000),
+            max_pending=env.integer("COS_JOURNAL_MAX_PENDING", 10_000, minimum=1),
+        ),
+        snapshots=_snapshots(env),
+        logging=_logging(env),
+        num_shards=_num_shards(env),
+        deployment_mode=_deployment_mode(env),
+        read_side_enabled=env.boolean("COS_READ_SIDE_ENABLED", False),
+        subscription_enabled=env.boolean("COS_SUBSCRIPTION_ENABLED", False),
+        warnings=warnings,
+    )

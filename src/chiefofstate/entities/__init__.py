@@ -1,0 +1,1 @@
+"""Entities in memory: serial processing per entity, the bounded cache, recovery and snapshots."""

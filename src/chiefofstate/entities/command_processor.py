@@ -1,0 +1,143 @@
+"""The path of one command through the write handler to the journal (SPEC.md §3.5–3.9, D1, D4)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from google.protobuf.any_pb2 import Any as AnyProto
+
+from chiefofstate.core.command_rules import (
+    ProtoValidation,
+    candidate_events,
+    next_event_meta,
+    resulting_state_or_fail,
+)
+from chiefofstate.core.errors import Internal
+from chiefofstate.core.headers import Metadata, select_headers, to_persisted_headers
+from chiefofstate.entities.deadline import Deadline, wait_to_the_end
+from chiefofstate.entities.entity import Entity
+from chiefofstate.entities.recovery import recover
+from chiefofstate.entities.snapshotter import Snapshotter
+from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
+from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandRequest, HandleEventRequest
+from chiefofstate.journal.port import AppendRequest, Journal
+from chiefofstate.writeside.port import WriteHandler
+
+MAX_REVISION = 2**32 - 1  # MetaData.revision_number is a uint32
+
+
+class Appender(Protocol):
+    async def append(self, request: AppendRequest) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSettings:
+    propagated_headers: tuple[str, ...]
+    persisted_headers: tuple[str, ...]
+    validation: ProtoValidation
+    call_timeout_s: float
+
+
+class CommandProcessor:
+    """Runs inside the entity's lock; the host guarantees one command per entity at a time."""
+
+    def __init__(
+        self,
+        handler: WriteHandler,
+        journal: Journal,
+        appender: Appender,
+        snapshotter: Snapshotter,
+        settings: CommandSettings,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._handler = handler
+        self._journal = journal
+        self._appender = appender
+        self._snapshotter = snapshotter
+        self._settings = settings
+        self._wall_clock_ns = wall_clock_ns
+
+    async def ensure_recovered(self, entity: Entity) -> StateWrapper:
+        if entity.state is None:
+            entity.state = await recover(self._journal, entity.entity_id)
+            entity.writer_id = str(uuid.uuid4())  # upstream writes one writer id per incarnation
+        return entity.state
+
+    async def process(
+        self, entity: Entity, command: AnyProto, metadata: Metadata, deadline: Deadline
+    ) -> StateWrapper:
+        prior = await self.ensure_recovered(entity)
+        settings = self._settings
+        left = deadline.check("before HandleCommand")
+        response = await self._handler.handle_command(
+            HandleCommandRequest(command=command, prior_state=prior.state, prior_event_meta=prior.meta),
+            select_headers(settings.propagated_headers, metadata),
+            min(left, settings.call_timeout_s),
+        )
+        events = candidate_events(response)
+        for event in events:
+            settings.validation.check_event(event)
+        if not events:
+            return prior  # a no-op persists nothing and consumes no revision (§3.7)
+        if prior.meta.revision_number + len(events) > MAX_REVISION:
+            raise Internal(
+                f"entity {entity.entity_id} would exceed the highest revision number {MAX_REVISION}"
+            )
+
+        persisted_headers = to_persisted_headers(select_headers(settings.persisted_headers, metadata))
+        wrappers: list[EventWrapper] = []
+        state, meta = prior.state, prior.meta
+        for event in events:
+            # Decision D1: each event is folded into the state the previous one produced.
+            meta = next_event_meta(meta, self._wall_clock_ns(), persisted_headers)
+            left = deadline.check("before HandleEvent")
+            event_response = await self._handler.handle_event(
+                HandleEventRequest(event=event, prior_state=state, event_meta=meta),
+                min(left, settings.call_timeout_s),
+            )
+            state = resulting_state_or_fail(
+                event_response.resulting_state if event_response.HasField("resulting_state") else None
+            )
+            settings.validation.check_state(state)
+            wrappers.append(EventWrapper(event=event, resulting_state=state, meta=meta))
+
+        deadline.check("before the append")
+        request = AppendRequest(
+            entity_id=entity.entity_id,
+            shard=entity.shard,
+            expected_sequence=prior.meta.revision_number,
+            events=[wrapper.SerializeToString() for wrapper in wrappers],
+            write_timestamp_ms=self._wall_clock_ns() // 1_000_000,
+            writer=entity.writer_id,
+        )
+        # Once the append starts, its outcome is waited for even if the caller goes away (D4).
+        return await wait_to_the_end(asyncio.ensure_future(self._append_and_apply(entity, request, wrappers)))
+
+    async def _append_and_apply(
+        self, entity: Entity, request: AppendRequest, wrappers: list[EventWrapper]
+    ) -> StateWrapper:
+        try:
+            await self._appender.append(request)
+        except BaseException:
+            # The outcome may be unknown (a connection lost during commit): forget the cached state
+            # so the next command reads the truth from the journal.
+            entity.state = None
+            raise
+        last = wrappers[-1]
+        entity.state = StateWrapper(state=last.resulting_state, meta=last.meta)
+        self._offer_snapshot(request, wrappers)
+        return entity.state
+
+    def _offer_snapshot(self, request: AppendRequest, wrappers: list[EventWrapper]) -> None:
+        first = request.expected_sequence + 1
+        due = self._snapshotter.policy.snapshot_due(first, request.expected_sequence + len(wrappers))
+        if due is not None:
+            wrapper = wrappers[due - first]
+            self._snapshotter.offer(
+                StateWrapper(state=wrapper.resulting_state, meta=wrapper.meta), request.write_timestamp_ms
+            )

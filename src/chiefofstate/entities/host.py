@@ -1,0 +1,138 @@
+"""Maps entity ids to entities: the bounded LRU cache, idle passivation, and the per-entity queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.any_pb2 import Any as AnyProto
+
+from chiefofstate.core.errors import NotFound, ResourceExhausted
+from chiefofstate.core.headers import Metadata
+from chiefofstate.core.sharding import shard_of
+from chiefofstate.entities.command_processor import CommandProcessor
+from chiefofstate.entities.deadline import Deadline
+from chiefofstate.entities.entity import Entity
+from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
+from chiefofstate.tasks import cancel_and_wait
+
+log = logging.getLogger("chiefofstate.entities")
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    num_shards: int
+    cache_capacity: int
+    idle_timeout_s: float
+    mailbox_capacity: int
+
+
+class EntityHost:
+    """Entities are created on first use and evicted when idle: least recently used first once the
+    cache is over capacity, and any entity unused for `idle_timeout_s`. Eviction only forgets the
+    cached state; the next message recovers it from the journal."""
+
+    def __init__(
+        self,
+        processor: CommandProcessor,
+        settings: HostSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._processor = processor
+        self._settings = settings
+        self._clock = clock
+        self._entities: OrderedDict[str, Entity] = OrderedDict()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.passivations = 0
+
+    def __len__(self) -> int:
+        return len(self._entities)
+
+    def start(self) -> None:
+        if self._settings.idle_timeout_s > 0:
+            self._sweeper = asyncio.create_task(self._sweep_idle(), name="entity-passivation")
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._sweeper)
+        self._sweeper = None
+
+    async def process_command(
+        self, entity_id: str, command: AnyProto, metadata: Metadata, deadline: Deadline
+    ) -> StateWrapper:
+        entity = self._enter(entity_id)
+        try:
+            async with entity.lock:
+                return await self._processor.process(entity, command, metadata, deadline)
+        finally:
+            self._leave(entity)
+
+    async def get_state(self, entity_id: str, deadline: Deadline) -> StateWrapper:
+        """Queued behind the entity's earlier commands (§3.2); revision 0 is NOT_FOUND (§3.13)."""
+        entity = self._enter(entity_id)
+        try:
+            async with entity.lock:
+                deadline.check("while waiting for the entity")
+                state = await self._processor.ensure_recovered(entity)
+        finally:
+            self._leave(entity)
+        if state.meta.revision_number == 0:
+            raise NotFound("")
+        return state
+
+    def _enter(self, entity_id: str) -> Entity:
+        # No await between the lookup and `users += 1`: eviction can never pick an entity a caller holds.
+        entity = self._entities.get(entity_id)
+        if entity is None:
+            entity = Entity(entity_id, shard_of(entity_id, self._settings.num_shards))
+            self._entities[entity_id] = entity
+        else:
+            self._entities.move_to_end(entity_id)
+        limit = self._settings.mailbox_capacity
+        if entity.users >= limit:
+            raise ResourceExhausted(f"entity {entity_id} has {entity.users} requests queued (limit {limit})")
+        entity.users += 1
+        return entity
+
+    def _leave(self, entity: Entity) -> None:
+        entity.users -= 1
+        entity.last_used = self._clock()
+        if entity.state is None and entity.idle:
+            # never recovered (e.g. the store was down): keep no empty shell around
+            self._forget(entity)
+        self._evict_over_capacity()
+
+    def _forget(self, entity: Entity) -> None:
+        if self._entities.get(entity.entity_id) is entity:
+            del self._entities[entity.entity_id]
+
+    def _evict_over_capacity(self) -> None:
+        excess = len(self._entities) - self._settings.cache_capacity
+        if excess <= 0:
+            return
+        # Least recently used first; busy entities stay (the cache may exceed its capacity by at
+        # most the number of entities with requests in flight).
+        victims = [entity for entity in self._entities.values() if entity.idle][:excess]
+        for entity in victims:
+            self._forget(entity)
+        self.passivations += len(victims)
+
+    def passivate_idle(self) -> int:
+        """Forget every entity idle for longer than the timeout; returns how many."""
+        threshold = self._clock() - self._settings.idle_timeout_s
+        victims = [e for e in self._entities.values() if e.idle and e.last_used <= threshold]
+        for entity in victims:
+            self._forget(entity)
+        self.passivations += len(victims)
+        return len(victims)
+
+    async def _sweep_idle(self) -> None:
+        interval = min(max(self._settings.idle_timeout_s / 2, 0.05), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            passivated = self.passivate_idle()
+            if passivated:
+                log.debug("passivated %d idle entities", passivated)

@@ -1,0 +1,116 @@
+"""Starting the node and the example handlers as real processes (used by `cos demo` and the tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Process:
+    """A child process whose output goes to a log file, stopped with SIGTERM (then SIGKILL)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as when a machine dies."""
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.kill()
+        self.popen.wait()
+
+
+def spawn(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Process:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log_file:
+        popen = subprocess.Popen(args, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT)
+    return Process(name, popen, log_path)
+
+
+def wait_for(predicate_name: str, process: Process, check: object, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise RuntimeError(
+                f"{process.name} exited with {process.popen.returncode}:\n{process.log_text()}"
+            )
+        if callable(check) and check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{process.name} not {predicate_name} after {timeout_s}s:\n{process.log_text()}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def start_bank_write_handler(
+    log_dir: Path, port: int | None = None, extra_env: Mapping[str, str] | None = None
+) -> Process:
+    port = port or free_port()
+    env = {**os.environ, **(extra_env or {})}
+    process = spawn(
+        "bank-write-handler",
+        [sys.executable, "-m", "cos_bank.write_handler", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        log_dir,
+    )
+    process.ports["grpc"] = port
+    wait_for("listening", process, lambda: "listening on" in process.log_text(), 30)
+    return process
+
+
+def node_environment(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    env = {**base, **overrides}
+    env.setdefault("COS_ADDRESS", "127.0.0.1")
+    env.setdefault("COS_PORT", str(free_port()))
+    env.setdefault("COS_MANAGEMENT_PORT", str(free_port()))
+    return env
+
+
+def start_node(env: Mapping[str, str], log_dir: Path, name: str = "cos-node", wait: bool = True) -> Process:
+    process = spawn(name, [sys.executable, "-m", "chiefofstate", "serve"], env, log_dir)
+    process.ports["grpc"] = int(env["COS_PORT"])
+    process.ports["management"] = int(env["COS_MANAGEMENT_PORT"])
+    if wait:
+        ready_url = f"http://127.0.0.1:{process.ports['management']}/ready"
+        wait_for("ready", process, lambda: http_ok(ready_url), 60)
+    return process

@@ -1,0 +1,216 @@
+"""The composition root: the only place that picks concrete classes and wires one node together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from chiefofstate.api.cos_service import ChiefOfStateService
+from chiefofstate.api.grpc_server import GrpcServer
+from chiefofstate.api.management import ManagementServer
+from chiefofstate.config.settings import Settings, StoreSettings, WriteSideSettings
+from chiefofstate.core.breaker import CircuitBreaker
+from chiefofstate.core.errors import CosError, StoreUnavailable
+from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings
+from chiefofstate.entities.host import EntityHost, HostSettings
+from chiefofstate.entities.snapshotter import Snapshotter
+from chiefofstate.journal.group_commit import GroupCommitWriter
+from chiefofstate.journal.port import Journal
+from chiefofstate.writeside.breaker import BreakerGuardedWriteHandler
+from chiefofstate.writeside.grpc_handler import GrpcWriteHandler, channel_options
+from chiefofstate.writeside.port import WriteHandler
+
+log = logging.getLogger("chiefofstate.node")
+
+READY_PING_TIMEOUT_S = 2.0
+
+
+def create_journal(store: StoreSettings) -> Journal:
+    """PostgreSQL when COS_DB_HOST is set, the embedded SQLite file otherwise (decision D10)."""
+    if store.postgres is not None:
+        from chiefofstate.journal.postgres import PostgresJournal, PostgresJournalSettings
+
+        pg = store.postgres
+        return PostgresJournal(
+            PostgresJournalSettings(
+                host=pg.host,
+                port=pg.port,
+                database=pg.database,
+                user=pg.user,
+                password=pg.password,
+                schema=pg.schema,
+                pool_max_size=pg.pool_max_size,
+                pool_min_size=pg.pool_min_idle,
+                pool_idle_timeout_s=pg.pool_idle_timeout_s,
+                pool_max_lifetime_s=pg.pool_max_lifetime_s,
+                connect_timeout_s=pg.connect_timeout_s,
+            )
+        )
+    from chiefofstate.journal.sqlite import SqliteJournal
+
+    return SqliteJournal(store.sqlite_path)
+
+
+async def open_store(settings: Settings) -> Journal:
+    """Connect and migrate, retrying a bounded number of times while the database is unreachable."""
+    store = settings.store
+    retries = store.postgres.startup_retries if store.postgres else 0
+    delay = 0.5
+    for attempt in range(retries + 1):
+        journal = create_journal(store)
+        try:
+            version = await journal.migrate(settings.num_shards, store.migrations_initial_version)
+        except StoreUnavailable as error:
+            await journal.close()
+            if attempt == retries:
+                raise
+            log.warning("store unreachable (attempt %d of %d): %s", attempt + 1, retries + 1, error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        except BaseException:
+            await journal.close()
+            raise
+        log.warning("journal store: %s (schema version %d)", journal.description, version)
+        return journal
+    raise AssertionError("unreachable")
+
+
+def create_write_handler(write_side: WriteSideSettings, max_message_bytes: int) -> WriteHandler:
+    handler: WriteHandler = GrpcWriteHandler(
+        f"{write_side.host}:{write_side.port}",
+        pool_size=write_side.channel_pool_size,
+        use_tls=write_side.use_tls,
+        options=channel_options(
+            max_message_bytes=max_message_bytes,
+            keepalive_enabled=write_side.keepalive_enabled,
+            keepalive_time_s=write_side.keepalive_time_s,
+            keepalive_timeout_s=write_side.keepalive_timeout_s,
+            keepalive_without_calls=write_side.keepalive_without_calls,
+        ),
+    )
+    if write_side.breaker is not None:
+        handler = BreakerGuardedWriteHandler(handler, CircuitBreaker(write_side.breaker))
+    return handler
+
+
+class Node:
+    """Starts in dependency order and stops in reverse; `ready` only once the store is migrated."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.journal: Journal | None = None
+        self.host: EntityHost | None = None
+        self.grpc: GrpcServer | None = None
+        self.management: ManagementServer | None = None
+        self._closers = contextlib.AsyncExitStack()
+        self._stopping = False
+
+    async def start(self) -> None:
+        try:
+            await self._start_parts()
+        except BaseException:
+            await self._closers.aclose()
+            raise
+
+    async def _start_parts(self) -> None:
+        settings = self.settings
+        closers = self._closers
+        journal = self.journal = await open_store(settings)
+        closers.push_async_callback(journal.close)
+        writer = GroupCommitWriter(
+            journal,
+            max_batch=settings.journal_writer.max_batch,
+            max_pending=settings.journal_writer.max_pending,
+        )
+        writer.start()
+        closers.push_async_callback(writer.close)  # flushes what is queued before the store closes
+        snapshotter = Snapshotter(journal, settings.snapshots)
+        snapshotter.start()
+        closers.push_async_callback(snapshotter.close)
+        handler = create_write_handler(settings.write_side, settings.server.max_message_bytes)
+        closers.push_async_callback(handler.close)
+        processor = CommandProcessor(
+            handler,
+            journal,
+            writer,
+            snapshotter,
+            CommandSettings(
+                propagated_headers=settings.write_side.propagated_headers,
+                persisted_headers=settings.write_side.persisted_headers,
+                validation=settings.write_side.validation,
+                call_timeout_s=settings.write_side.call_timeout_s,
+            ),
+        )
+        host = self.host = EntityHost(
+            processor,
+            HostSettings(
+                num_shards=settings.num_shards,
+                cache_capacity=settings.entities.cache_capacity,
+                idle_timeout_s=settings.entities.idle_timeout_s,
+                mailbox_capacity=settings.entities.mailbox_capacity,
+            ),
+        )
+        host.start()
+        closers.push_async_callback(host.close)
+        server = settings.server
+        management = self.management = ManagementServer(
+            server.address, server.management_port, self.readiness
+        )
+        await management.start()
+        closers.push_async_callback(management.close)
+        grpc_server = self.grpc = GrpcServer(
+            ChiefOfStateService(host, server.command_timeout_s),
+            server.address,
+            server.port,
+            server.max_message_bytes,
+        )
+        await grpc_server.start()
+        # Closed first on stop: new calls are refused while in-flight ones get the grace period.
+        closers.push_async_callback(grpc_server.stop, server.shutdown_timeout_s)
+        await grpc_server.set_serving(True)
+        log.warning(
+            "chiefofstate node serving gRPC on %s:%d, management on %s:%d",
+            server.address,
+            grpc_server.port,
+            server.address,
+            management.port,
+        )
+
+    async def readiness(self) -> str | None:
+        if self.grpc is None or self.journal is None:
+            return "starting"
+        if self._stopping:
+            return "shutting down"
+        try:
+            await asyncio.wait_for(self.journal.ping(), READY_PING_TIMEOUT_S)
+        except (CosError, TimeoutError) as error:
+            return f"store unreachable: {error}"
+        return None
+
+    async def stop(self) -> None:
+        """Stop taking work, let in-flight commands finish, flush the journal writer, close pools."""
+        if self._stopping:
+            return
+        self._stopping = True
+        started = time.monotonic()
+        await self._closers.aclose()
+        log.warning("chiefofstate node stopped in %.2fs", time.monotonic() - started)
+
+
+async def run_until_signalled(settings: Settings) -> None:
+    """Run a node until SIGTERM or SIGINT, then shut it down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    node = Node(settings)
+    try:
+        await node.start()
+        await stop.wait()
+        log.warning("shutdown requested")
+    finally:
+        await node.stop()

@@ -1,0 +1,1 @@
+"""Logging now; tracing and metrics join here."""

@@ -1,0 +1,75 @@
+"""Log output in upstream's three styles (SPEC.md §12): JSON (default), STANDARD and SIMPLE."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+# Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON.
+_STANDARD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_LEVEL_NAMES = {"WARNING": "WARN", "CRITICAL": "ERROR"}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = datetime.fromtimestamp(record.created, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _level(record: logging.LogRecord) -> str:
+    return _LEVEL_NAMES.get(record.levelname, record.levelname)
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service_name: str) -> None:
+        super().__init__()
+        self._constant = {"service": service_name, "powered_by": "chiefofstate"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": _timestamp(record),
+            "level": _level(record),
+            "logger_name": record.name,
+            "thread_name": record.threadName,
+            "message": record.getMessage(),
+            **self._constant,
+        }
+        entry.update(
+            (key, value)
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_")
+        )
+        if record.exc_info:
+            entry["stack_trace"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class StandardFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_timestamp(record)} {_level(record):<5} {record.name} - {record.getMessage()}"
+        return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
+
+
+class SimpleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_level(record):<5} {record.name} {record.getMessage()}"
+        return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
+
+
+def configure_logging(level: str, style: str, service_name: str, stream: TextIO | None = None) -> None:
+    formatter: logging.Formatter
+    if style == "JSON":
+        formatter = JsonFormatter(service_name)
+    elif style == "STANDARD":
+        formatter = StandardFormatter()
+    else:
+        formatter = SimpleFormatter()
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Our own start-up and store lines are worth seeing at INFO even when libraries stay quiet.
+    logging.getLogger("chiefofstate").setLevel(level)

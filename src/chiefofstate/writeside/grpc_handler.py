@@ -1,0 +1,112 @@
+"""gRPC adapter of the write-handler port: a pool of channels to the application's handler."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import grpc
+from grpc import aio
+
+from chiefofstate.core.errors import Code, CosError, DeadlineExceeded, HandlerFailed, Internal, Unavailable
+from chiefofstate.core.headers import HeaderValue, to_outgoing_metadata
+from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
+    HandleCommandRequest,
+    HandleCommandResponse,
+    HandleEventRequest,
+    HandleEventResponse,
+)
+from chiefofstate.gen.chief_of_state.v1.writeside_pb2_grpc import WriteSideHandlerServiceStub
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def channel_options(
+    *,
+    max_message_bytes: int,
+    keepalive_enabled: bool,
+    keepalive_time_s: int,
+    keepalive_timeout_s: int,
+    keepalive_without_calls: bool,
+) -> list[tuple[str, int]]:
+    options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Separate channels must not share one TCP connection, or a pool of N is a pool of 1.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    if keepalive_enabled:
+        options += [
+            ("grpc.keepalive_time_ms", keepalive_time_s * 1000),
+            ("grpc.keepalive_timeout_ms", keepalive_timeout_s * 1000),
+            ("grpc.keepalive_permit_without_calls", int(keepalive_without_calls)),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+    return options
+
+
+def translate_rpc_error(error: aio.AioRpcError) -> CosError:
+    """The handler's status passes through unchanged, rich details included (SPEC.md §3.10)."""
+    code = error.code()
+    message = error.details() or ""
+    details = None
+    for key, value in error.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            details = value
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(message or "Deadline Exceeded", details=details)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(message or "write handler unavailable", details=details)
+    return HandlerFailed(message, code=Code(code.value[0]), details=details)
+
+
+class GrpcWriteHandler:
+    """Round-robins calls over `pool_size` channels (COS_GRPC_CLIENT_POOL_SIZE)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        pool_size: int,
+        use_tls: bool,
+        options: Sequence[tuple[str, int]],
+    ) -> None:
+        credentials = grpc.ssl_channel_credentials() if use_tls else None
+        self._channels = [
+            aio.secure_channel(target, credentials, options=options)
+            if credentials
+            else aio.insecure_channel(target, options=options)
+            for _ in range(pool_size)
+        ]
+        self._stubs = [WriteSideHandlerServiceStub(channel) for channel in self._channels]
+        self._next_stub = itertools.cycle(self._stubs)
+
+    async def handle_command(
+        self,
+        request: HandleCommandRequest,
+        headers: Sequence[tuple[str, HeaderValue]],
+        timeout_s: float,
+    ) -> HandleCommandResponse:
+        stub = next(self._next_stub)
+        try:
+            response: HandleCommandResponse = await stub.HandleCommand(
+                request, timeout=timeout_s, metadata=to_outgoing_metadata(headers)
+            )
+        except aio.AioRpcError as error:
+            raise translate_rpc_error(error) from None
+        except (ValueError, TypeError) as error:
+            # e.g. a header value that is not valid ASCII metadata
+            raise Internal(str(error)) from None
+        return response
+
+    async def handle_event(self, request: HandleEventRequest, timeout_s: float) -> HandleEventResponse:
+        stub = next(self._next_stub)
+        try:
+            response: HandleEventResponse = await stub.HandleEvent(request, timeout=timeout_s)
+        except aio.AioRpcError as error:
+            raise translate_rpc_error(error) from None
+        return response
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
