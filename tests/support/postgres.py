@@ -58,41 +58,60 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@contextlib.contextmanager
-def throwaway_server() -> Iterator[PgServer]:
-    bindir = _binaries()
-    folder = Path(tempfile.mkdtemp(prefix="cos-pg-"))
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam("postgres")
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    data = folder / "data"
-    port = _free_port()
-    subprocess.run(
-        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
-    server = PgServer("127.0.0.1", port, "postgres", "")
-    try:
+class ThrowawayServer:
+    """A private PostgreSQL cluster in a temporary folder; it can be stopped and started again,
+    which is how tests take the database away from a running node."""
+
+    def __init__(self) -> None:
+        self.bindir = _binaries()
+        self.folder = Path(tempfile.mkdtemp(prefix="cos-pg-"))
+        self.run_as: list[str] = []
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.folder, owner.pw_uid, owner.pw_gid)
+            self.run_as = ["runuser", "-u", "postgres", "--"]
+        self.data = self.folder / "data"
+        self.server = PgServer("127.0.0.1", _free_port(), "postgres", "")
+        subprocess.run(
+            [*self.run_as, str(self.bindir / "initdb"), "-D", str(self.data)]
+            + ["-U", "postgres", "--auth=trust"],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.server.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options]
+            + ["-l", str(self.folder / "log"), "-w", "start"],
+            check=True,
+            capture_output=True,
+        )
         deadline = time.monotonic() + 30
-        while not _answers(server):
+        while not _answers(self.server):
             if time.monotonic() > deadline:
                 raise RuntimeError("throwaway PostgreSQL did not start")
             time.sleep(0.1)
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run(
+            [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"],
+            capture_output=True,
+        )
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_server() -> Iterator[ThrowawayServer]:
+    server = ThrowawayServer()
+    try:
+        server.start()
         yield server
     finally:
-        subprocess.run(
-            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
-        shutil.rmtree(folder, ignore_errors=True)
+        server.remove()
 
 
 @contextlib.contextmanager
@@ -108,8 +127,8 @@ def test_server() -> Iterator[PgServer]:
     if choice == "local" or (choice == "auto" and _answers(local)):
         yield local
         return
-    with throwaway_server() as server:
-        yield server
+    with throwaway_server() as throwaway:
+        yield throwaway.server
 
 
 @contextlib.contextmanager

@@ -1,0 +1,83 @@
+"""Real processes for integration tests: the bank write handler and `cos serve` nodes, on both stores."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from grpc import aio
+
+from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
+from chiefofstate.launch import Process, node_environment, start_bank_write_handler, start_node
+from tests.support.postgres import PgServer
+
+pytestmark = pytest.mark.integration
+
+NodeFactory = Callable[..., Process]
+
+
+@pytest.fixture(scope="session")
+def bank_handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    handler = start_bank_write_handler(tmp_path_factory.mktemp("bank"))
+    yield handler
+    handler.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """Environment variables selecting each store in turn: a fresh database for every test."""
+    if request.param == "sqlite":
+        return {"COS_DB_PATH": str(tmp_path / "cos.db")}
+    server, database = request.getfixturevalue("pg_database")
+    return postgres_env(server, database)
+
+
+def postgres_env(server: PgServer, database: str) -> dict[str, str]:
+    return {
+        "COS_DB_HOST": server.host,
+        "COS_DB_PORT": str(server.port),
+        "COS_DB_USER": server.user,
+        "COS_DB_PASSWORD": server.password,
+        "COS_DB_NAME": database,
+    }
+
+
+def base_env(handler_port: int) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("COS_", "LOG_"))}
+    env.update(
+        COS_WRITE_SIDE_HOST="127.0.0.1",
+        COS_WRITE_SIDE_PORT=str(handler_port),
+        LOG_LEVEL="INFO",
+        LOG_STYLE="JSON",
+    )
+    return env
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path, bank_handler: Process, store_env: dict[str, str]) -> Iterator[NodeFactory]:
+    """Starts `cos serve` processes on the test's store; every one is stopped at the end."""
+    started: list[Process] = []
+
+    def start(wait: bool = True, **overrides: str) -> Process:
+        env = node_environment({**base_env(bank_handler.ports["grpc"]), **store_env}, **overrides)
+        process = start_node(env, tmp_path / "logs", name=f"cos-node-{len(started)}", wait=wait)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.alive():
+            process.kill()
+
+
+@pytest.fixture
+async def node(node_factory: NodeFactory) -> AsyncIterator[Process]:
+    yield node_factory()
+
+
+@pytest.fixture
+async def cos(node: Process) -> AsyncIterator[ChiefOfStateServiceStub]:
+    async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
+        yield ChiefOfStateServiceStub(channel)  # type: ignore[no-untyped-call]
