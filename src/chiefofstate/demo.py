@@ -16,7 +16,6 @@ from cos_bank import client as bank
 from google.protobuf.any_pb2 import Any as AnyProto
 from rich.console import Console
 from rich.panel import Panel
-from rich.table import Table
 
 from chiefofstate.config.settings import load_settings
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
@@ -87,7 +86,7 @@ def _code(reply: object) -> grpc.StatusCode | None:
 
 def _session(script: Script) -> None:
     ok = script.check
-    reply = script.command(
+    reply: object = script.command(
         "alice", "OpenAccount(owner=Alice, initial=100.00)", bank.open_account("Alice", 100_00)
     )
     ok(_revision(reply) == 1 and _balance(reply) == 100_00, "account opened at revision 1")
@@ -110,12 +109,14 @@ def _session(script: Script) -> None:
 def _show_journal(console: Console, env: dict[str, str], entity_id: str) -> None:
     settings = load_settings(env, require_write_side=False)
     rows = asyncio.run(read_events(settings, entity_id, 100))
-    table = Table(title=f"journal rows of {entity_id} (what `cos events {entity_id}` prints)")
-    for column in ("revision", "revision date", "event type", "headers", "ordering", "shard"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    console.print(f"\n[bold]journal rows of {entity_id}[/bold] (what `cos events {entity_id}` prints)")
+    for revision, date, event_type, headers, ordering, shard in rows:
+        console.print(
+            f"   revision {revision:<3} {date}  {event_type.rsplit('/', 1)[-1]:<22}"
+            f" ordering {ordering:<3} shard {shard}  headers: {headers}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def run_demo(console: Console) -> int:
@@ -144,7 +145,7 @@ def _run_in(folder: Path, console: Console) -> int:
         processes.append(node)
         console.print(f"cos node started: gRPC on port {node.ports['grpc']}, ready on /ready")
         with grpc.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
-            script = Script(console, ChiefOfStateServiceStub(channel))  # type: ignore[no-untyped-call]
+            script = Script(console, ChiefOfStateServiceStub(channel))
             _session(script)
         _restart_and_verify(console, env, folder, node, processes, script)
         _show_journal(console, env, "alice")
@@ -173,8 +174,8 @@ def _restart_and_verify(
     restarted = start_node(env, folder / "logs", name="cos-node-restarted")
     processes.append(restarted)
     with grpc.insecure_channel(f"127.0.0.1:{restarted.ports['grpc']}") as channel:
-        script.stub = ChiefOfStateServiceStub(channel)  # type: ignore[no-untyped-call]
-        reply = script.state("alice")
+        script.stub = ChiefOfStateServiceStub(channel)
+        reply: object = script.state("alice")
         script.check(_revision(reply) == 4 and _balance(reply) == 119_00, "state survived the restart")
         reply = script.command("alice", "Deposit(1.00) after the restart", bank.deposit(1_00))
         script.check(_revision(reply) == 5, "revisions continue where they left off")

@@ -28,14 +28,14 @@ def _headers(meta: MetaData) -> str:
 
 
 async def read_events(settings: Settings, entity_id: str, limit: int) -> list[tuple[str, ...]]:
-    from chiefofstate.node import create_journal
+    from chiefofstate.node import open_journal
 
-    journal = create_journal(settings.store)
+    journal = await open_journal(settings.store)
     try:
         rows = await journal.read_events(entity_id, 0, limit)
     finally:
         await journal.close()
-    table = []
+    table: list[tuple[str, ...]] = []
     for row in rows:
         wrapper = EventWrapper.FromString(row.payload)
         table.append(
@@ -52,9 +52,9 @@ async def read_events(settings: Settings, entity_id: str, limit: int) -> list[tu
 
 
 async def read_state(settings: Settings, entity_id: str) -> dict[str, str] | None:
-    from chiefofstate.node import create_journal
+    from chiefofstate.node import open_journal
 
-    journal = create_journal(settings.store)
+    journal = await open_journal(settings.store)
     try:
         stored = await journal.latest_state(entity_id)
     finally:

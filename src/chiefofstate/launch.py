@@ -29,6 +29,7 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
     def log_text(self) -> str:
@@ -58,7 +59,7 @@ def spawn(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> 
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log_file:
         popen = subprocess.Popen(args, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT)
-    return Process(name, popen, log_path)
+    return Process(name, popen, log_path, dict(env))
 
 
 def wait_for(predicate_name: str, process: Process, check: object, timeout_s: float) -> None:

@@ -28,30 +28,32 @@ log = logging.getLogger("chiefofstate.node")
 READY_PING_TIMEOUT_S = 2.0
 
 
-def create_journal(store: StoreSettings) -> Journal:
+async def open_journal(store: StoreSettings) -> Journal:
     """PostgreSQL when COS_DB_HOST is set, the embedded SQLite file otherwise (decision D10)."""
-    if store.postgres is not None:
-        from chiefofstate.journal.postgres import PostgresJournal, PostgresJournalSettings
+    initial = store.migrations_initial_version
+    if store.postgres is None:
+        from chiefofstate.journal.sqlite import SqliteJournal
 
-        pg = store.postgres
-        return PostgresJournal(
-            PostgresJournalSettings(
-                host=pg.host,
-                port=pg.port,
-                database=pg.database,
-                user=pg.user,
-                password=pg.password,
-                schema=pg.schema,
-                pool_max_size=pg.pool_max_size,
-                pool_min_size=pg.pool_min_idle,
-                pool_idle_timeout_s=pg.pool_idle_timeout_s,
-                pool_max_lifetime_s=pg.pool_max_lifetime_s,
-                connect_timeout_s=pg.connect_timeout_s,
-            )
-        )
-    from chiefofstate.journal.sqlite import SqliteJournal
+        return await SqliteJournal.open(store.sqlite_path, migrations_initial_version=initial)
+    from chiefofstate.journal.postgres import PostgresJournal, PostgresSettings
 
-    return SqliteJournal(store.sqlite_path)
+    pg = store.postgres
+    return await PostgresJournal.open(
+        PostgresSettings(
+            host=pg.host,
+            port=pg.port,
+            database=pg.database,
+            user=pg.user,
+            password=pg.password,
+            schema=pg.schema,
+            pool_max_size=pg.pool_max_size,
+            pool_min_size=pg.pool_min_idle,
+            idle_timeout_ms=int(pg.pool_idle_timeout_s * 1000),
+            max_lifetime_ms=int(pg.pool_max_lifetime_s * 1000),
+            connect_timeout_s=pg.connect_timeout_s,
+        ),
+        migrations_initial_version=initial,
+    )
 
 
 async def open_store(settings: Settings) -> Journal:
@@ -60,11 +62,13 @@ async def open_store(settings: Settings) -> Journal:
     retries = store.postgres.startup_retries if store.postgres else 0
     delay = 0.5
     for attempt in range(retries + 1):
-        journal = create_journal(store)
+        journal: Journal | None = None
         try:
-            version = await journal.migrate(settings.num_shards, store.migrations_initial_version)
+            journal = await open_journal(store)
+            version = await journal.migrate(settings.num_shards)
         except StoreUnavailable as error:
-            await journal.close()
+            if journal is not None:
+                await journal.close()
             if attempt == retries:
                 raise
             log.warning("store unreachable (attempt %d of %d): %s", attempt + 1, retries + 1, error)
@@ -72,7 +76,8 @@ async def open_store(settings: Settings) -> Journal:
             delay = min(delay * 2, 10.0)
             continue
         except BaseException:
-            await journal.close()
+            if journal is not None:
+                await journal.close()
             raise
         log.warning("journal store: %s (schema version %d)", journal.description, version)
         return journal

@@ -103,9 +103,7 @@ EXPECTED = {
 def test_fields_match_the_spec(message: type) -> None:
     descriptor = message.DESCRIPTOR  # type: ignore[attr-defined]
     assert descriptor.full_name.startswith("chief_of_state.v1.")
-    actual = {
-        field.name: (field.number, field.type, field.is_repeated) for field in descriptor.fields
-    }
+    actual = {field.name: (field.number, field.type, field.is_repeated) for field in descriptor.fields}
     assert actual == EXPECTED[message]
 
 

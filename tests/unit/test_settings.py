@@ -130,3 +130,17 @@ def test_the_write_handler_target_is_required_to_serve_but_not_to_read_the_journ
 def test_retired_variables_produce_warnings() -> None:
     settings = load(COS_EVENTS_BATCH_THRESHOLD="10")
     assert any("COS_EVENTS_BATCH_THRESHOLD" in warning for warning in settings.warnings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("COS_SERVER_PROTOCOL", "http"),
+        ("COS_SERVER_PROTOCOL", "both"),
+        ("COS_WRITE_SIDE_PROTOCOL", "http"),
+        ("COS_READ_SIDE_ENABLED", "true"),
+        ("COS_SUBSCRIPTION_ENABLED", "true"),
+    ],
+)
+def test_features_not_served_yet_are_refused_rather_than_silently_ignored(variable: str, value: str) -> None:
+    assert "not available in this release" in rejects(variable, **{variable: value})

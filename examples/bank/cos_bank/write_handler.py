@@ -23,6 +23,10 @@ set these in a real deployment:
     `event handler replied with empty state`).
   The account must exist first: a deposit to a missing account is refused before any event is made.
 
+* `BANK_HANDLER_LOG_CALLS=1` — prints one JSON line per call to stdout (`{"call": "HandleCommand",
+  "metadata": {...}, "prior_type": ..., "revision": ...}`), so CoS tests can see which headers and which
+  prior state each call received (SPEC.md §3.3–3.5).
+
 `serve()` reads the same variables unless it is given a `FaultInjection` explicitly.
 """
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -47,6 +52,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from chiefofstate.gen.chief_of_state.v1 import writeside_pb2, writeside_pb2_grpc
+from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleCommandRequest,
     HandleCommandResponse,
@@ -78,6 +84,7 @@ class FaultInjection:
 
     command_delay_ms: int = 0
     magic_deposit_amounts: bool = False
+    log_calls: bool = False
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> FaultInjection:
@@ -95,7 +102,28 @@ class FaultInjection:
         raw_faults = env.get(_FAULTS_VARIABLE, "").strip().lower()
         if raw_faults not in _TRUE_WORDS | _FALSE_WORDS:
             raise ValueError(f"{_FAULTS_VARIABLE} must be 1 or 0 (got {raw_faults!r})")
-        return cls(command_delay_ms=delay, magic_deposit_amounts=raw_faults in _TRUE_WORDS)
+        log_calls = env.get("BANK_HANDLER_LOG_CALLS", "").strip().lower() in _TRUE_WORDS
+        return cls(
+            command_delay_ms=delay, magic_deposit_amounts=raw_faults in _TRUE_WORDS, log_calls=log_calls
+        )
+
+
+def _log_call(
+    name: str, context: grpc.aio.ServicerContext[Any, Any], prior: any_pb2.Any, meta: MetaData
+) -> None:
+    """TEST HOOK: one JSON line naming the call, its x- metadata and the prior state it was given."""
+    metadata = {
+        key: value.hex() if isinstance(value, bytes) else value
+        for key, value in context.invocation_metadata() or ()
+        if key.startswith("x-")
+    }
+    line = {
+        "call": name,
+        "metadata": metadata,
+        "prior_type": prior.type_url,
+        "revision": meta.revision_number,
+    }
+    print(json.dumps(line), flush=True)
 
 
 class BankWriteHandler(writeside_pb2_grpc.WriteSideHandlerServiceServicer):
@@ -109,6 +137,8 @@ class BankWriteHandler(writeside_pb2_grpc.WriteSideHandlerServiceServicer):
         request: HandleCommandRequest,
         context: grpc.aio.ServicerContext[HandleCommandRequest, HandleCommandResponse],
     ) -> HandleCommandResponse:
+        if self._faults.log_calls:
+            _log_call("HandleCommand", context, request.prior_state, request.prior_event_meta)
         if self._faults.command_delay_ms:
             # TEST HOOK: lets CoS tests hit COS_GRPC_CALLS_TIMEOUT / the caller's deadline
             await asyncio.sleep(self._faults.command_delay_ms / 1000)
@@ -124,6 +154,8 @@ class BankWriteHandler(writeside_pb2_grpc.WriteSideHandlerServiceServicer):
         request: HandleEventRequest,
         context: grpc.aio.ServicerContext[HandleEventRequest, HandleEventResponse],
     ) -> HandleEventResponse:
+        if self._faults.log_calls:
+            _log_call("HandleEvent", context, request.prior_state, request.event_meta)
         faulty = self._injected_event_fault(request.event)
         if faulty is not None:
             return faulty

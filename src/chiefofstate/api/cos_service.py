@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
+import grpc
 from grpc import aio
 
 from chiefofstate.api.grpc_errors import abort_with, as_cos_error
@@ -86,3 +87,27 @@ class ChiefOfStateService(ChiefOfStateServiceServicer):
             await abort_with(context, error)
             raise
         return pb.GetStateResponse(state=state.state, meta=state.meta)
+
+    # Subscriptions are switched off (COS_SUBSCRIPTION_ENABLED cannot be turned on in this release);
+    # upstream answers every subscription rpc with UNIMPLEMENTED and this message when they are off (§7).
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: Context
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, SUBSCRIPTIONS_OFF)
+        yield pb.SubscribeResponse()  # never reached; makes this an async generator like a real stream
+
+    async def SubscribeAll(
+        self, request: pb.SubscribeAllRequest, context: Context
+    ) -> AsyncIterator[pb.SubscribeAllResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, SUBSCRIPTIONS_OFF)
+        yield pb.SubscribeAllResponse()
+
+    async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Context) -> pb.UnsubscribeResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, SUBSCRIPTIONS_OFF)
+        raise AssertionError("abort raises")
+
+    async def UnsubscribeAll(
+        self, request: pb.UnsubscribeAllRequest, context: Context
+    ) -> pb.UnsubscribeAllResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, SUBSCRIPTIONS_OFF)
+        raise AssertionError("abort raises")

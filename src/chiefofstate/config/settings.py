@@ -254,6 +254,29 @@ def _deployment_mode(env: Env) -> str:
     return raw
 
 
+# Features whose switches are parsed with upstream's names but which this release does not serve yet:
+# refusing them at start is honest, where accepting them would silently drop work (decision D9).
+_NOT_YET_SUPPORTED = {
+    ("COS_SERVER_PROTOCOL", "http"): "the HTTP API",
+    ("COS_SERVER_PROTOCOL", "both"): "the HTTP API",
+    ("COS_WRITE_SIDE_PROTOCOL", "http"): "HTTP write handlers",
+    ("COS_READ_SIDE_ENABLED", "true"): "read sides",
+    ("COS_SUBSCRIPTION_ENABLED", "true"): "subscriptions",
+}
+
+
+def _refuse_unsupported(settings: Settings) -> None:
+    chosen = {
+        ("COS_SERVER_PROTOCOL", settings.server.protocol),
+        ("COS_WRITE_SIDE_PROTOCOL", settings.write_side.protocol),
+        ("COS_READ_SIDE_ENABLED", str(settings.read_side_enabled).lower()),
+        ("COS_SUBSCRIPTION_ENABLED", str(settings.subscription_enabled).lower()),
+    }
+    for (variable, value), feature in _NOT_YET_SUPPORTED.items():
+        if (variable, value) in chosen:
+            raise ConfigError(variable, f"{feature}: not available in this release (got {value!r})")
+
+
 def load_logging_settings(environ: Mapping[str, str]) -> LoggingSettings:
     """Logging settings alone, so that even a configuration error can be logged in the chosen style."""
     return _logging(Env(environ))
@@ -270,7 +293,7 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
         for name in _RETIRED_VARIABLES
         if name in environ
     )
-    return Settings(
+    settings = Settings(
         server=_server(env),
         store=_store(env),
         write_side=_write_side(env, require_target=require_write_side),
@@ -291,3 +314,5 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
         subscription_enabled=env.boolean("COS_SUBSCRIPTION_ENABLED", False),
         warnings=warnings,
     )
+    _refuse_unsupported(settings)
+    return settings

@@ -1,0 +1,126 @@
+"""Group commit: one writer task turns many commands' appends into one journal transaction.
+
+No timer decides when to flush. When the writer is idle a request is written at once (no added latency
+for a lone client); requests that arrive while a flush is in flight wait for it and then go together in
+the next one, so batches grow exactly as fast as the database is slow (DESIGN.md "Group commit").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+from dataclasses import dataclass
+
+from chiefofstate.core.errors import ResourceExhausted, StoreUnavailable
+from chiefofstate.journal.port import AppendRequest, Journal
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: AppendRequest
+    # Resolved with the request's outcome (None or the exception to raise) rather than with an exception
+    # set on the future: a caller that stopped waiting must not leave a "never retrieved" exception.
+    outcome: asyncio.Future[Exception | None]
+
+
+class GroupCommitWriter:
+    """Owns one writer task: `start()` it, `await close()` it (what is queued is still written)."""
+
+    def __init__(self, journal: Journal, max_batch: int = 512, max_pending: int = 10_000) -> None:
+        if max_batch < 1 or max_pending < 1:
+            raise ValueError("max_batch and max_pending must be at least 1")
+        self._journal = journal
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a flush (not counting the one in flight)."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("the journal writer is already started")
+        self._task = asyncio.get_running_loop().create_task(self._write_until_closed(), name="journal-writer")
+
+    async def append(self, request: AppendRequest) -> None:
+        """Append one command's events; returns once they are committed, raises the request's failure.
+
+        Once queued, a request is written even if the caller is cancelled while waiting: cancellation
+        only stops the wait, so the caller must treat the outcome as unknown (SPEC.md §3.14).
+        """
+        if self._closing or self._task is None or self._task.done():
+            raise StoreUnavailable("the journal writer is not running")
+        if len(self._queue) >= self._max_pending:
+            raise ResourceExhausted(f"journal writer queue is full ({len(self._queue)} pending)")
+        pending = _Pending(request, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        self._wakeup.set()
+        # shield: cancelling the caller must not cancel the future the writer will resolve.
+        outcome = await asyncio.shield(pending.outcome)
+        if outcome is not None:
+            raise outcome
+
+    async def close(self) -> None:
+        """Stop taking requests, write everything already queued, then stop the writer task."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _write_until_closed(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                size = min(len(self._queue), self._max_batch)
+                batch = [self._queue.popleft() for _ in range(size)]
+                await self._flush_batch(batch)
+        finally:
+            # Reached on cancellation (or a bug): nobody will write what is still queued.
+            stopped = StoreUnavailable("the journal writer stopped before writing this request")
+            while self._queue:
+                _resolve(self._queue.popleft(), stopped)
+
+    async def _flush_batch(self, batch: list[_Pending]) -> None:
+        try:
+            outcomes = await self._journal.append_batch([pending.request for pending in batch])
+        except asyncio.CancelledError:
+            unknown = StoreUnavailable("the journal writer stopped while writing; the outcome is unknown")
+            for pending in batch:
+                _resolve(pending, unknown)
+            raise
+        except Exception as exc:  # the whole transaction failed: every request in it shares the cause
+            outcomes = [exc, *(_copy_for_another_caller(exc) for _ in batch[1:])]
+        if len(outcomes) != len(batch):
+            mismatch = StoreUnavailable(
+                f"the journal answered {len(outcomes)} outcomes for {len(batch)} requests; outcome unknown"
+            )
+            outcomes = [mismatch] * len(batch)
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            _resolve(pending, outcome)
+
+
+def _copy_for_another_caller(exc: Exception) -> Exception:
+    """Each waiting caller raises its own copy: raising one object in many tasks would stack every
+    caller's traceback onto it (keeping their frames alive). The copy points at the original as its cause."""
+    try:
+        duplicate = copy.copy(exc)
+    except Exception:
+        return exc
+    duplicate.__cause__ = exc
+    return duplicate
+
+
+def _resolve(pending: _Pending, outcome: Exception | None) -> None:
+    if not pending.outcome.done():
+        pending.outcome.set_result(outcome)

@@ -1,0 +1,110 @@
+"""Row rules shared by both stores: what upstream writes in the serializer columns and how rows are read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from chiefofstate.core.errors import Internal, SequenceConflict
+from chiefofstate.journal.port import (
+    EVENT_MANIFEST,
+    SERIALIZER_ID,
+    SNAPSHOT_MANIFEST,
+    AppendRequest,
+    JournalRow,
+    StoredState,
+)
+
+# Upstream leaves the adapter manifest empty (SPEC.md §4.2).
+ADAPTER_MANIFEST = ""
+
+# An event row with no readable shard tag; upstream always writes exactly one, so this only shows up in
+# databases edited by hand.
+UNKNOWN_SHARD = -1
+
+
+def check_event_serializer(entity_id: str, sequence_number: int, serializer_id: int, manifest: str) -> None:
+    """Refuse rows not written as upstream writes them (SPEC.md §4.3) rather than misread them."""
+    if serializer_id != SERIALIZER_ID or manifest != EVENT_MANIFEST:
+        raise Internal(
+            f"event_journal row ({entity_id!r}, {sequence_number}) has serializer {serializer_id} "
+            f"manifest {manifest!r}; only {SERIALIZER_ID} {EVENT_MANIFEST!r} can be read"
+        )
+
+
+def check_snapshot_serializer(
+    entity_id: str, sequence_number: int, serializer_id: int, manifest: str
+) -> None:
+    if serializer_id != SERIALIZER_ID or manifest != SNAPSHOT_MANIFEST:
+        raise Internal(
+            f"state_snapshot row ({entity_id!r}, {sequence_number}) has serializer {serializer_id} "
+            f"manifest {manifest!r}; only {SERIALIZER_ID} {SNAPSHOT_MANIFEST!r} can be read"
+        )
+
+
+def parse_shard_tag(tag: str | None) -> int:
+    if tag is None or not tag.isdigit():
+        return UNKNOWN_SHARD
+    return int(tag)
+
+
+def event_row(
+    ordering: int,
+    entity_id: str,
+    sequence_number: int,
+    tag: str | None,
+    deleted: bool,
+    write_timestamp_ms: int | None,
+    serializer_id: int,
+    manifest: str,
+    payload: bytes,
+) -> JournalRow:
+    check_event_serializer(entity_id, sequence_number, serializer_id, manifest)
+    return JournalRow(
+        ordering=ordering,
+        entity_id=entity_id,
+        sequence_number=sequence_number,
+        shard=parse_shard_tag(tag),
+        deleted=bool(deleted),
+        write_timestamp_ms=write_timestamp_ms,
+        payload=bytes(payload),
+    )
+
+
+def newest_state(
+    entity_id: str, candidates: Sequence[tuple[str, int, int, str, bytes]]
+) -> StoredState | None:
+    """Pick the newer of (latest event row, latest snapshot), each as (kind, sequence, ser id, manifest,
+    payload). On a tie the event row wins: it holds the same state and is the journal's own record."""
+    best: StoredState | None = None
+    for kind, sequence_number, serializer_id, manifest, payload in candidates:
+        if kind == "event":
+            check_event_serializer(entity_id, sequence_number, serializer_id, manifest)
+            candidate = StoredState("event", sequence_number, bytes(payload))
+        else:
+            check_snapshot_serializer(entity_id, sequence_number, serializer_id, manifest)
+            candidate = StoredState("snapshot", sequence_number, bytes(payload))
+        if (
+            best is None
+            or candidate.sequence_number > best.sequence_number
+            or (candidate.sequence_number == best.sequence_number and candidate.kind == "event")
+        ):
+            best = candidate
+    return best
+
+
+def sequence_conflict(request: AppendRequest, current: int | None = None) -> SequenceConflict:
+    first = request.expected_sequence + 1
+    if current is None:
+        held = "it already holds one of them"
+    else:
+        held = f"it holds revision {current}, not {request.expected_sequence}"
+    return SequenceConflict(
+        f"cannot append revisions {first}..{request.expected_sequence + len(request.events)} "
+        f"of entity {request.entity_id!r}: {held}"
+    )
+
+
+def has_repeated_entity(requests: Sequence[AppendRequest]) -> bool:
+    """Two requests of one entity in a batch cannot be checked against one snapshot of the journal;
+    such batches are written one request per transaction instead."""
+    return len({request.entity_id for request in requests}) != len(requests)

@@ -1,0 +1,390 @@
+"""The embedded SQLite journal (decision D10): upstream's tables in one file, for a node that runs alone.
+
+One connection, used by one operation at a time (an asyncio lock), so no operation ever sees another's
+uncommitted rows. SQLite serialises writers, so `ordering` grows in commit order by construction (D3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import aiosqlite
+
+from chiefofstate.core.errors import Internal, StoreUnavailable
+from chiefofstate.journal.migrations import (
+    MigrationScripts,
+    load_scripts,
+    run_migrations,
+    split_statements,
+)
+from chiefofstate.journal.port import (
+    EVENT_MANIFEST,
+    SERIALIZER_ID,
+    SNAPSHOT_MANIFEST,
+    AppendRequest,
+    JournalRow,
+    SnapshotRow,
+    StoredState,
+)
+from chiefofstate.journal.rows import (
+    ADAPTER_MANIFEST,
+    check_snapshot_serializer,
+    event_row,
+    has_repeated_entity,
+    newest_state,
+    sequence_conflict,
+)
+
+# Primary SQLite result codes that mean the file cannot serve us now (busy, locked, out of memory,
+# read-only, I/O error, corrupt, disk full, cannot open, lock protocol, not a database), as opposed to a
+# statement that is wrong.
+_UNAVAILABLE_RESULT_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+_TOUCH_SHARDS = """
+INSERT INTO cos_shard_locks (shard) SELECT value FROM json_each(?) WHERE true ON CONFLICT (shard) DO NOTHING
+"""
+_ENSURE_SHARD = "INSERT INTO cos_shard_locks (shard) VALUES (?) ON CONFLICT (shard) DO NOTHING"
+_CURRENT_REVISIONS = """
+SELECT r.value,
+       COALESCE((SELECT max(j.sequence_number) FROM event_journal j WHERE j.persistence_id = r.value), 0)
+FROM json_each(?) AS r
+"""
+_INSERT_EVENT = f"""
+INSERT INTO event_journal (persistence_id, sequence_number, deleted, writer, write_timestamp,
+                           adapter_manifest, event_ser_id, event_ser_manifest, event_payload)
+VALUES (?, ?, FALSE, ?, ?, '{ADAPTER_MANIFEST}', {SERIALIZER_ID}, '{EVENT_MANIFEST}', ?)
+"""
+_TAG_EVENTS = """
+INSERT INTO event_tag (event_id, tag)
+SELECT ordering, ? FROM event_journal WHERE persistence_id = ? AND sequence_number > ?
+"""
+_EVENT_COLUMNS = (
+    "j.ordering, j.persistence_id, j.sequence_number, {tag}, j.deleted, j.write_timestamp, "
+    "j.event_ser_id, j.event_ser_manifest, j.event_payload"
+)
+_READ_EVENTS = f"""
+SELECT {_EVENT_COLUMNS.format(tag="(SELECT min(t.tag) FROM event_tag t WHERE t.event_id = j.ordering)")}
+FROM event_journal j
+WHERE j.persistence_id = ? AND j.sequence_number > ?
+ORDER BY j.sequence_number
+LIMIT ?
+"""
+# Deleted rows are left out as upstream's read journal does (see postgres.py).
+_READ_SHARD = f"""
+SELECT {_EVENT_COLUMNS.format(tag="t.tag")}
+FROM event_tag t JOIN event_journal j ON j.ordering = t.event_id
+WHERE t.tag = ? AND t.event_id > ? AND NOT j.deleted
+ORDER BY t.event_id
+LIMIT ?
+"""
+_LATEST_STATE = """
+SELECT * FROM (
+    SELECT 'event', sequence_number, event_ser_id, event_ser_manifest, event_payload
+    FROM event_journal WHERE persistence_id = ?1 ORDER BY sequence_number DESC LIMIT 1
+)
+UNION ALL
+SELECT * FROM (
+    SELECT 'snapshot', sequence_number, snapshot_ser_id, snapshot_ser_manifest, snapshot_payload
+    FROM state_snapshot WHERE persistence_id = ?1 ORDER BY sequence_number DESC LIMIT 1
+)
+"""
+_SAVE_SNAPSHOT = f"""
+INSERT INTO state_snapshot (persistence_id, sequence_number, created, snapshot_ser_id, snapshot_ser_manifest,
+                            snapshot_payload)
+VALUES (?, ?, ?, {SERIALIZER_ID}, '{SNAPSHOT_MANIFEST}', ?)
+ON CONFLICT (persistence_id, sequence_number) DO UPDATE SET
+    created = excluded.created, snapshot_ser_id = excluded.snapshot_ser_id,
+    snapshot_ser_manifest = excluded.snapshot_ser_manifest, snapshot_payload = excluded.snapshot_payload,
+    meta_ser_id = NULL, meta_ser_manifest = NULL, meta_payload = NULL
+"""
+_LIST_SNAPSHOTS = """
+SELECT sequence_number, created, snapshot_ser_id, snapshot_ser_manifest, snapshot_payload
+FROM state_snapshot WHERE persistence_id = ? ORDER BY sequence_number
+"""
+_DELETE_SNAPSHOTS_BELOW = "DELETE FROM state_snapshot WHERE persistence_id = ? AND sequence_number < ?"
+# Upstream's deletion: mark, then remove every marked row but the highest (see postgres.py).
+_MARK_DELETED = """
+UPDATE event_journal SET deleted = TRUE WHERE persistence_id = ? AND sequence_number <= ? AND NOT deleted
+"""
+_REMOVE_MARKED = """
+DELETE FROM event_journal
+WHERE persistence_id = ?1
+  AND sequence_number < (SELECT max(sequence_number) FROM event_journal WHERE persistence_id = ?1 AND deleted)
+"""
+
+
+def _event_rows(rows: Iterable[Any]) -> list[JournalRow]:
+    return [event_row(*row) for row in rows]
+
+
+@contextlib.asynccontextmanager
+async def _write_transaction(connection: aiosqlite.Connection) -> AsyncIterator[None]:
+    # IMMEDIATE takes the write lock up front, so the transaction cannot fail half-way for want of it.
+    await connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        await connection.execute("COMMIT")
+    except BaseException:
+        # The connection's worker runs statements in order, so this ROLLBACK follows whatever the failed
+        # or cancelled body had queued, even when we are cancelled while waiting for it.
+        with contextlib.suppress(sqlite3.Error):
+            await connection.execute("ROLLBACK")
+        raise
+
+
+class _MigrationSession:
+    """The migration runner's view of the SQLite connection."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+
+    def exclusive_transaction(self) -> contextlib.AbstractAsyncContextManager[None]:
+        # BEGIN IMMEDIATE also keeps out another process migrating the same file.
+        return _write_transaction(self._connection)
+
+    async def prepare(self, scripts: MigrationScripts) -> None:
+        await self.run_script(scripts.bootstrap)
+
+    async def run_script(self, script: str) -> None:
+        # executescript() would commit the open transaction first; statements go one by one instead.
+        for statement in split_statements(script):
+            await self._connection.execute(statement)
+
+    async def current_version(self) -> int | None:
+        rows = list(await self._connection.execute_fetchall("SELECT max(version_number) FROM cos_migrations"))
+        return None if rows[0][0] is None else int(rows[0][0])
+
+    async def record_version(self, version: int, upgraded_at_ms: int, is_snapshot: bool) -> None:
+        await self._connection.execute(
+            "INSERT INTO cos_migrations (version_number, upgraded_at, is_snapshot) VALUES (?, ?, ?)",
+            (version, upgraded_at_ms, is_snapshot),
+        )
+
+
+class SqliteJournal:
+    """`Journal` in an SQLite file. Build it with `await SqliteJournal.open(path)`."""
+
+    def __init__(
+        self,
+        connection: aiosqlite.Connection,
+        path: str,
+        *,
+        migrations_initial_version: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._connection = connection
+        self._path = path
+        self._initial_version = migrations_initial_version
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout_ms: int = 5000,
+        migrations_initial_version: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> SqliteJournal:
+        """Open (or create) the file; raises StoreUnavailable when it cannot be opened.
+
+        `migrations_initial_version` is COS_MIGRATIONS_INITIAL_VERSION (SPEC.md §4.6), used by `migrate`.
+        """
+        name = os.fspath(path)
+        try:
+            # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), never the sqlite3 module's.
+            connection = await aiosqlite.connect(name, isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"cannot open the SQLite journal {name}: {exc}") from exc
+        try:
+            # WAL lets readers in other processes (the CLI) work beside the node; FULL makes every
+            # acknowledged commit survive a power cut, as "acknowledged ⇒ durable" requires (SPEC.md §3.14).
+            await connection.execute("PRAGMA journal_mode = WAL")
+            await connection.execute("PRAGMA synchronous = FULL")
+            await connection.execute("PRAGMA foreign_keys = ON")
+            await connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        except (sqlite3.Error, OSError) as exc:
+            await connection.close()
+            raise StoreUnavailable(f"cannot use the SQLite journal {name}: {exc}") from exc
+        return cls(connection, name, migrations_initial_version=migrations_initial_version, clock=clock)
+
+    @property
+    def description(self) -> str:
+        return f"SQLite {self._path}"
+
+    @contextlib.contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        """Turn sqlite3's exceptions into ours, so none leaks above the journal."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            unavailable = (
+                code & 0xFF in _UNAVAILABLE_RESULT_CODES
+                if isinstance(code, int)
+                else isinstance(exc, sqlite3.OperationalError)
+            )
+            if unavailable:
+                raise StoreUnavailable(f"the SQLite journal {self._path} could not {action}: {exc}") from exc
+            raise Internal(f"the SQLite journal refused to {action}: {exc}") from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"the SQLite journal {self._path} could not {action}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _session(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            if self._closed:
+                raise StoreUnavailable(f"the SQLite journal {self._path} is closed")
+            with self._translated(action):
+                yield self._connection
+
+    async def migrate(self, num_shards: int) -> int:
+        scripts = await asyncio.to_thread(load_scripts, "sqlite")
+        async with self._session("migrate the schema") as connection:
+            version = await run_migrations(
+                _MigrationSession(connection),
+                scripts,
+                initial_version=self._initial_version,
+                now_ms=lambda: int(self._clock() * 1000),
+            )
+            async with _write_transaction(connection):
+                await connection.executemany(_ENSURE_SHARD, [(shard,) for shard in range(num_shards)])
+        return version
+
+    async def append_batch(self, requests: Sequence[AppendRequest]) -> list[Exception | None]:
+        results: list[Exception | None] = [None] * len(requests)
+        writing = [index for index, request in enumerate(requests) if request.events]
+        if not writing:
+            return results
+        async with self._session("append events") as connection:
+            if not has_repeated_entity([requests[index] for index in writing]):
+                try:
+                    outcomes = await self._append_together(connection, [requests[index] for index in writing])
+                except sqlite3.IntegrityError:
+                    pass  # retried below, one request per transaction
+                else:
+                    for index, outcome in zip(writing, outcomes, strict=True):
+                        results[index] = outcome
+                    return results
+            for index in writing:
+                results[index] = await self._append_alone(connection, requests[index])
+        return results
+
+    async def _append_alone(
+        self, connection: aiosqlite.Connection, request: AppendRequest
+    ) -> Exception | None:
+        try:
+            return (await self._append_together(connection, [request]))[0]
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc):
+                return sequence_conflict(request)
+            return Internal(f"cannot store the events of entity {request.entity_id!r}: {exc}")
+
+    async def _append_together(
+        self, connection: aiosqlite.Connection, requests: Sequence[AppendRequest]
+    ) -> list[Exception | None]:
+        shards = sorted({request.shard for request in requests})
+        async with _write_transaction(connection):
+            # SQLite's write lock already orders appends; the shard rows are kept so both stores share a
+            # layout and the cluster's fencing token has a home.
+            await connection.execute(_TOUCH_SHARDS, (json.dumps(shards),))
+            rows = await connection.execute_fetchall(
+                _CURRENT_REVISIONS, (json.dumps([request.entity_id for request in requests]),)
+            )
+            current = {str(entity_id): int(revision) for entity_id, revision in rows}
+            accepted = [
+                request for request in requests if current[request.entity_id] == request.expected_sequence
+            ]
+            if accepted:
+                await connection.executemany(
+                    _INSERT_EVENT,
+                    [
+                        (
+                            request.entity_id,
+                            request.expected_sequence + offset,
+                            request.writer,
+                            request.write_timestamp_ms,
+                            payload,
+                        )
+                        for request in accepted
+                        for offset, payload in enumerate(request.events, start=1)
+                    ],
+                )
+                await connection.executemany(
+                    _TAG_EVENTS,
+                    [
+                        (str(request.shard), request.entity_id, request.expected_sequence)
+                        for request in accepted
+                    ],
+                )
+        return [
+            None
+            if current[request.entity_id] == request.expected_sequence
+            else sequence_conflict(request, current[request.entity_id])
+            for request in requests
+        ]
+
+    async def latest_state(self, entity_id: str) -> StoredState | None:
+        async with self._session("read the latest state") as connection:
+            rows = await connection.execute_fetchall(_LATEST_STATE, (entity_id,))
+        return newest_state(entity_id, [tuple(row) for row in rows])
+
+    async def read_events(
+        self, entity_id: str, after_sequence: int = 0, limit: int = 1000
+    ) -> list[JournalRow]:
+        async with self._session("read events") as connection:
+            rows = await connection.execute_fetchall(_READ_EVENTS, (entity_id, after_sequence, limit))
+        return _event_rows(rows)
+
+    async def read_shard(self, shard: int, after_ordering: int, limit: int) -> list[JournalRow]:
+        async with self._session("read a shard") as connection:
+            rows = await connection.execute_fetchall(_READ_SHARD, (str(shard), after_ordering, limit))
+        return _event_rows(rows)
+
+    async def save_snapshot(self, snapshot: SnapshotRow) -> None:
+        async with self._session("save a snapshot") as connection:
+            await connection.execute(
+                _SAVE_SNAPSHOT,
+                (snapshot.entity_id, snapshot.sequence_number, snapshot.created_ms, snapshot.payload),
+            )
+
+    async def list_snapshots(self, entity_id: str) -> list[SnapshotRow]:
+        async with self._session("list snapshots") as connection:
+            rows = await connection.execute_fetchall(_LIST_SNAPSHOTS, (entity_id,))
+        snapshots = []
+        for sequence_number, created, serializer_id, manifest, payload in rows:
+            check_snapshot_serializer(entity_id, sequence_number, serializer_id, manifest)
+            snapshots.append(SnapshotRow(entity_id, sequence_number, created, bytes(payload)))
+        return snapshots
+
+    async def delete_snapshots_below(self, entity_id: str, sequence_number: int) -> int:
+        async with self._session("delete snapshots") as connection:
+            cursor = await connection.execute(_DELETE_SNAPSHOTS_BELOW, (entity_id, sequence_number))
+            return max(cursor.rowcount, 0)
+
+    async def delete_events_up_to(self, entity_id: str, sequence_number: int) -> int:
+        async with self._session("delete events") as connection, _write_transaction(connection):
+            await connection.execute(_MARK_DELETED, (entity_id, sequence_number))
+            cursor = await connection.execute(_REMOVE_MARKED, (entity_id,))
+            return max(cursor.rowcount, 0)
+
+    async def ping(self) -> None:
+        async with self._session("answer a ping") as connection:
+            await connection.execute_fetchall("SELECT 1")
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with self._translated("close"):
+                await self._connection.close()

@@ -1,0 +1,224 @@
+"""One journal per adapter, so every contract test runs unchanged on SQLite and PostgreSQL.
+
+`backend` is an empty database plus a way to open journals on it and a raw connection for inspecting
+the catalog or planting rows the journal would never write. `journal` is a migrated journal on it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+import asyncpg
+import pytest
+
+from chiefofstate.journal.port import Journal
+from chiefofstate.journal.postgres import PostgresJournal, PostgresSettings
+from chiefofstate.journal.sqlite import SqliteJournal
+from tests.support.postgres import PgServer
+
+NUM_SHARDS = 8
+
+
+class RawDatabase(Protocol):
+    """Direct access to the journal's database. SQL uses $1, $2 … placeholders on both stores."""
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+    async def tables(self) -> set[str]: ...
+
+    async def columns(self, table: str) -> dict[str, tuple[str, bool]]:
+        """column name → (declared type, nullable)."""
+        ...
+
+    async def indexes(self, table: str) -> set[str]: ...
+
+    async def foreign_keys(self, table: str) -> set[tuple[str, str, str, str]]:
+        """(column, referenced table, referenced column, ON DELETE rule)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SqliteRaw:
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteRaw:
+        connection = await aiosqlite.connect(path, isolation_level=None)
+        await connection.execute("PRAGMA foreign_keys = ON")
+        await connection.execute("PRAGMA busy_timeout = 5000")
+        return cls(connection)
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return re.sub(r"\$(\d+)", r"?\1", sql)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        if args:
+            await self._connection.execute(self._sql(sql), args)
+        else:
+            await self._connection.executescript(sql)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._connection.execute_fetchall(self._sql(sql), args)]
+
+    async def tables(self) -> set[str]:
+        rows = await self.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {name for (name,) in rows}
+
+    async def columns(self, table: str) -> dict[str, tuple[str, bool]]:
+        rows = await self.fetch(f"PRAGMA table_info({table})")
+        # (cid, name, type, notnull, default, pk); SQLite lets key columns be NULL unless declared otherwise
+        return {row[1]: (row[2].upper(), not row[3] and not (row[5] and row[2].upper() == "INTEGER")) for row in rows}
+
+    async def indexes(self, table: str) -> set[str]:
+        return {row[1] for row in await self.fetch(f"PRAGMA index_list({table})")}
+
+    async def foreign_keys(self, table: str) -> set[tuple[str, str, str, str]]:
+        rows = await self.fetch(f"PRAGMA foreign_key_list({table})")
+        # (id, seq, table, from, to, on_update, on_delete, match)
+        return {(row[3], row[2], row[4], row[6]) for row in rows}
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+
+class PostgresRaw:
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    @classmethod
+    async def open(cls, dsn: str) -> PostgresRaw:
+        return cls(await asyncpg.connect(dsn))
+
+    @property
+    def connection(self) -> asyncpg.Connection:
+        return self._connection
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._connection.execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(record) for record in await self._connection.fetch(sql, *args)]
+
+    async def tables(self) -> set[str]:
+        rows = await self.fetch("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        return {name for (name,) in rows}
+
+    async def columns(self, table: str) -> dict[str, tuple[str, bool]]:
+        rows = await self.fetch(
+            "SELECT column_name, data_type, character_maximum_length, is_nullable "
+            "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1",
+            table,
+        )
+        names = {
+            "character varying": "VARCHAR",
+            "bigint": "BIGINT",
+            "integer": "INTEGER",
+            "boolean": "BOOLEAN",
+            "bytea": "BYTEA",
+        }
+        return {
+            name: (names[kind] + (f"({length})" if length else ""), nullable == "YES")
+            for name, kind, length, nullable in rows
+        }
+
+    async def indexes(self, table: str) -> set[str]:
+        rows = await self.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = 'public' AND tablename = $1", table)
+        return {name for (name,) in rows}
+
+    async def foreign_keys(self, table: str) -> set[tuple[str, str, str, str]]:
+        rows = await self.fetch(
+            """
+            SELECT kcu.column_name, ccu.table_name, ccu.column_name, rc.delete_rule
+            FROM information_schema.referential_constraints rc
+            JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = rc.constraint_name
+            JOIN information_schema.constraint_column_usage ccu ON ccu.constraint_name = rc.unique_constraint_name
+            WHERE kcu.table_name = $1
+            """,
+            table,
+        )
+        return {tuple(row) for row in rows}  # type: ignore[misc]
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+
+@dataclass
+class Backend:
+    kind: str
+    raw: RawDatabase
+    opener: Callable[..., Awaitable[Journal]]
+    pg_settings: PostgresSettings | None = None
+    opened: list[Journal] = field(default_factory=list)
+
+    async def open(self, **options: Any) -> Journal:
+        """An unmigrated journal on this database (closed by the fixture)."""
+        journal = await self.opener(**options)
+        self.opened.append(journal)
+        return journal
+
+    async def migrated(self, **options: Any) -> Journal:
+        journal = await self.open(**options)
+        await journal.migrate(NUM_SHARDS)
+        return journal
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    sqlite_path: Path | None = None
+    pg: tuple[PgServer, str] | None = None
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    if request.param == "sqlite":
+        return Target("sqlite", sqlite_path=tmp_path / "journal.db")
+    return Target("postgres", pg=request.getfixturevalue("pg_database"))
+
+
+@pytest.fixture
+async def backend(target: Target) -> AsyncIterator[Backend]:
+    if target.sqlite_path is not None:
+        path = target.sqlite_path
+
+        async def open_sqlite(**options: Any) -> Journal:
+            return await SqliteJournal.open(path, **options)
+
+        result = Backend("sqlite", await SqliteRaw.open(path), open_sqlite)
+    else:
+        assert target.pg is not None
+        server, database = target.pg
+        settings = PostgresSettings(
+            host=server.host,
+            port=server.port,
+            database=database,
+            user=server.user,
+            password=server.password,
+            pool_max_size=4,
+        )
+
+        async def open_postgres(**options: Any) -> Journal:
+            return await PostgresJournal.open(settings, **options)
+
+        result = Backend("postgres", await PostgresRaw.open(server.dsn(database)), open_postgres, settings)
+    try:
+        yield result
+    finally:
+        for journal in result.opened:
+            await journal.close()
+        await result.raw.close()
+
+
+@pytest.fixture
+async def journal(backend: Backend) -> Journal:
+    return await backend.migrated()
