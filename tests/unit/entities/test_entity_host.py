@@ -1,0 +1,201 @@
+"""The entity host on the real SQLite journal, with an in-process write handler that counts its calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.wrappers_pb2 import Int64Value
+
+from chiefofstate.core.command_rules import ProtoValidation
+from chiefofstate.core.errors import DeadlineExceeded, NotFound, ResourceExhausted
+from chiefofstate.core.headers import HeaderValue
+from chiefofstate.core.snapshots import SnapshotPolicy
+from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings
+from chiefofstate.entities.deadline import Deadline
+from chiefofstate.entities.host import EntityHost, HostSettings
+from chiefofstate.entities.snapshotter import Snapshotter
+from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
+    HandleCommandRequest,
+    HandleCommandResponse,
+    HandleEventRequest,
+    HandleEventResponse,
+)
+from chiefofstate.journal.group_commit import GroupCommitWriter
+from chiefofstate.journal.sqlite import SqliteJournal
+
+
+def packed_int(value: int) -> AnyProto:
+    packed = AnyProto()
+    packed.Pack(Int64Value(value=value))
+    return packed
+
+
+def unpacked_int(value: AnyProto) -> int:
+    number = Int64Value()
+    value.Unpack(number)
+    return number.value
+
+
+@dataclass
+class CounterHandler:
+    """A counter domain: the command is an Int64Value n, yielding n events of +1 (0 is a no-op)."""
+
+    command_calls: int = 0
+    event_calls: int = 0
+    command_delay_s: float = 0.0
+    gate: asyncio.Event | None = None
+    seen_revisions: list[int] = field(default_factory=list)
+
+    async def handle_command(
+        self, request: HandleCommandRequest, headers: Sequence[tuple[str, HeaderValue]], timeout_s: float
+    ) -> HandleCommandResponse:
+        self.command_calls += 1
+        if self.gate is not None and request.prior_event_meta.entity_id == "busy":
+            await self.gate.wait()
+        await asyncio.sleep(self.command_delay_s)
+        count = unpacked_int(request.command)
+        return HandleCommandResponse(events=[packed_int(1) for _ in range(count)])
+
+    async def handle_event(self, request: HandleEventRequest, timeout_s: float) -> HandleEventResponse:
+        self.event_calls += 1
+        self.seen_revisions.append(request.event_meta.revision_number)
+        prior = 0 if request.prior_state.type_url.endswith("Empty") else unpacked_int(request.prior_state)
+        return HandleEventResponse(resulting_state=packed_int(prior + unpacked_int(request.event)))
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class Rig:
+    host: EntityHost
+    handler: CounterHandler
+    journal: SqliteJournal
+    snapshotter: Snapshotter
+    clock: list[float]
+
+    def deadline(self, seconds: float = 10.0) -> Deadline:
+        return Deadline(self.clock[0] + seconds, lambda: self.clock[0])
+
+    async def command(self, entity: str, count: int) -> int:
+        state = await self.host.process_command(entity, packed_int(count), [], self.deadline())
+        return state.meta.revision_number
+
+
+async def build_rig(
+    path: Path,
+    *,
+    capacity: int = 100,
+    idle_s: float = 0.0,
+    mailbox: int = 100,
+    policy: SnapshotPolicy | None = None,
+) -> AsyncIterator[Rig]:
+    journal = await SqliteJournal.open(path)
+    await journal.migrate(16)
+    writer = GroupCommitWriter(journal)
+    writer.start()
+    snapshotter = Snapshotter(journal, policy or SnapshotPolicy(enabled=False, frequency=0, retain=0))
+    snapshotter.start()
+    handler = CounterHandler()
+    processor = CommandProcessor(
+        handler, journal, writer, snapshotter, CommandSettings((), (), ProtoValidation(), 5.0)
+    )
+    clock = [1000.0]
+    host = EntityHost(processor, HostSettings(16, capacity, idle_s, mailbox), clock=lambda: clock[0])
+    try:
+        yield Rig(host, handler, journal, snapshotter, clock)
+    finally:
+        await host.close()
+        await snapshotter.close()
+        await writer.close()
+        await journal.close()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    async for built in build_rig(tmp_path / "j.db"):
+        yield built
+
+
+async def test_several_events_get_consecutive_revisions_and_fold_in_order(rig: Rig) -> None:
+    assert await rig.command("e", 3) == 3
+    assert rig.handler.seen_revisions == [1, 2, 3]
+    state = await rig.host.get_state("e", rig.deadline())
+    assert unpacked_int(state.state) == 3
+
+
+async def test_no_op_commands_keep_the_entity_not_found(rig: Rig) -> None:
+    assert await rig.command("quiet", 0) == 0
+    with pytest.raises(NotFound):
+        await rig.host.get_state("quiet", rig.deadline())
+
+
+async def test_the_cache_is_bounded_and_evicted_entities_recover_without_handler_calls(
+    tmp_path: Path,
+) -> None:
+    async for rig in build_rig(tmp_path / "j.db", capacity=3):
+        for index in range(10):
+            await rig.command(f"e-{index}", 2)
+        assert len(rig.host) == 3
+        assert rig.host.passivations == 7
+        calls_before = (rig.handler.command_calls, rig.handler.event_calls)
+        state = await rig.host.get_state("e-0", rig.deadline())  # evicted long ago
+        assert state.meta.revision_number == 2 and unpacked_int(state.state) == 2
+        assert (rig.handler.command_calls, rig.handler.event_calls) == calls_before
+        assert await rig.command("e-0", 1) == 3
+
+
+async def test_idle_entities_are_passivated_after_the_timeout(tmp_path: Path) -> None:
+    async for rig in build_rig(tmp_path / "j.db", idle_s=60):
+        await rig.command("a", 1)
+        rig.clock[0] += 30
+        await rig.command("b", 1)
+        rig.clock[0] += 31
+        assert rig.host.passivate_idle() == 1  # only "a" was idle for over a minute
+        assert len(rig.host) == 1
+        assert await rig.command("a", 1) == 2
+
+
+async def test_commands_for_one_entity_are_serial_and_a_full_mailbox_is_refused(tmp_path: Path) -> None:
+    async for rig in build_rig(tmp_path / "j.db", mailbox=5):
+        rig.handler.gate = asyncio.Event()
+        waiting = [asyncio.ensure_future(rig.command("busy", 1)) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        assert rig.handler.command_calls == 1  # the other four wait for the first
+        with pytest.raises(ResourceExhausted, match="limit 5"):
+            await rig.command("busy", 1)
+        assert await rig.command("other", 1) == 1  # other entities are not affected
+        rig.handler.gate.set()
+        assert sorted(await asyncio.gather(*waiting)) == [1, 2, 3, 4, 5]
+
+
+async def test_a_deadline_that_passes_before_the_append_writes_nothing(rig: Rig) -> None:
+    rig.handler.command_delay_s = 0.05
+    expired_soon = Deadline(asyncio.get_running_loop().time() + 0.01, asyncio.get_running_loop().time)
+    with pytest.raises(DeadlineExceeded, match="nothing was written"):
+        await rig.host.process_command("late", packed_int(1), [], expired_soon)
+    assert await rig.journal.latest_state("late") is None
+    assert await rig.command("late", 1) == 1
+
+
+async def test_snapshots_follow_the_frequency_and_retention(tmp_path: Path) -> None:
+    policy = SnapshotPolicy(enabled=True, frequency=2, retain=1, delete_events=True)
+    async for rig in build_rig(tmp_path / "j.db", policy=policy):
+        for _ in range(7):
+            await rig.command("snap", 1)
+        await rig.snapshotter.drain()
+        assert [row.sequence_number for row in await rig.journal.list_snapshots("snap")] == [4, 6]
+        await rig.command("snap", 3)  # revisions 8, 9, 10 cross two multiples: the highest (10) is saved
+        await rig.snapshotter.drain()
+        snapshots = [row.sequence_number for row in await rig.journal.list_snapshots("snap")]
+        assert snapshots == [10]  # snapshots below 10 - 1*2 are deleted
+        events = await rig.journal.read_events("snap")
+        # events up to 8 are gone except the highest of them, kept as a deleted marker
+        assert [(row.sequence_number, row.deleted) for row in events] == [(8, True), (9, False), (10, False)]
+        state = await rig.host.get_state("snap", rig.deadline())
+        assert unpacked_int(state.state) == 10
