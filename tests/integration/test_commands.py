@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -147,3 +148,20 @@ async def test_different_entities_proceed_in_parallel(cos: ChiefOfStateServiceSt
     replies = await asyncio.gather(*(process(cos, f"par-{i}", bank.open_account("P", i)) for i in range(40)))
     assert {reply.meta.revision_number for reply in replies} == {1}
     assert sorted(bank.account_from_any(r.state).balance for r in replies) == list(range(40))
+
+
+async def test_each_failed_command_is_logged_once_with_entity_type_and_status(
+    node,
+    cos: ChiefOfStateServiceStub,  # type: ignore[no-untyped-def]
+) -> None:
+    await process(cos, "log-1", bank.open_account("Lo", 1))
+    await rejected(process(cos, "log-1", bank.withdraw(50)))
+    lines = [line for line in node.log_text().splitlines() if "log-1" in line and "command failed" in line]
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert (
+        entry["level"] == "WARN"
+        and entry["entity_id"] == "log-1"
+        and entry["status"] == "FAILED_PRECONDITION"
+    )
+    assert "type.googleapis.com/bank.v1.Withdraw" in entry["message"]
