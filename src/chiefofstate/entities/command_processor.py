@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,11 +29,23 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandReques
 from chiefofstate.journal.port import AppendRequest, Journal
 from chiefofstate.writeside.port import WriteHandler
 
+log = logging.getLogger("chiefofstate.entities")
+
 MAX_REVISION = 2**32 - 1  # MetaData.revision_number is a uint32
 
 
 class Appender(Protocol):
     async def append(self, request: AppendRequest) -> None: ...
+
+
+class CommitListener(Protocol):
+    """Told about every committed command, in commit order per entity, right after the commit.
+
+    Called on the event loop before the reply is sent, so it must not block or await: live
+    subscriptions and read-side wake-ups hand the events to their own bounded queues.
+    """
+
+    def on_committed(self, entity_id: str, shard: int, events: Sequence[EventWrapper]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +67,7 @@ class CommandProcessor:
         snapshotter: Snapshotter,
         settings: CommandSettings,
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        listeners: Sequence[CommitListener] = (),
     ) -> None:
         self._handler = handler
         self._journal = journal
@@ -61,6 +75,7 @@ class CommandProcessor:
         self._snapshotter = snapshotter
         self._settings = settings
         self._wall_clock_ns = wall_clock_ns
+        self._listeners = tuple(listeners)
 
     async def ensure_recovered(self, entity: Entity) -> StateWrapper:
         if entity.state is None:
@@ -130,6 +145,12 @@ class CommandProcessor:
             raise
         last = wrappers[-1]
         entity.state = StateWrapper(state=last.resulting_state, meta=last.meta)
+        for listener in self._listeners:
+            try:
+                listener.on_committed(entity.entity_id, entity.shard, wrappers)
+            except Exception:
+                # The events are committed: the reply must say so whatever a listener does.
+                log.exception("commit listener %r failed for %s", listener, entity.entity_id)
         self._offer_snapshot(request, wrappers)
         return entity.state
 
