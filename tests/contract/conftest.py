@@ -16,12 +16,16 @@ import aiosqlite
 import asyncpg
 import pytest
 
+from chiefofstate.journal.migrations import load_scripts
 from chiefofstate.journal.port import Journal
 from chiefofstate.journal.postgres import PostgresJournal, PostgresSettings
 from chiefofstate.journal.sqlite import SqliteJournal
 from tests.support.postgres import PgServer
 
 NUM_SHARDS = 8
+# Later work adds versions after 7; tests name the versions they are about and expect the rest to follow.
+LATEST_VERSION = load_scripts("postgres").latest_version
+ADDITIVE_AFTER_7 = [(version, False) for version in range(8, LATEST_VERSION + 1)]
 
 
 class RawDatabase(Protocol):
@@ -77,7 +81,10 @@ class SqliteRaw:
     async def columns(self, table: str) -> dict[str, tuple[str, bool]]:
         rows = await self.fetch(f"PRAGMA table_info({table})")
         # (cid, name, type, notnull, default, pk); SQLite lets key columns be NULL unless declared otherwise
-        return {row[1]: (row[2].upper(), not row[3] and not (row[5] and row[2].upper() == "INTEGER")) for row in rows}
+        return {
+            row[1]: (row[2].upper(), not row[3] and not (row[5] and row[2].upper() == "INTEGER"))
+            for row in rows
+        }
 
     async def indexes(self, table: str) -> set[str]:
         return {row[1] for row in await self.fetch(f"PRAGMA index_list({table})")}
@@ -110,7 +117,9 @@ class PostgresRaw:
         return [tuple(record) for record in await self._connection.fetch(sql, *args)]
 
     async def tables(self) -> set[str]:
-        rows = await self.fetch("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        rows = await self.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        )
         return {name for (name,) in rows}
 
     async def columns(self, table: str) -> dict[str, tuple[str, bool]]:
@@ -132,21 +141,28 @@ class PostgresRaw:
         }
 
     async def indexes(self, table: str) -> set[str]:
-        rows = await self.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = 'public' AND tablename = $1", table)
+        rows = await self.fetch(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' AND tablename = $1", table
+        )
         return {name for (name,) in rows}
 
     async def foreign_keys(self, table: str) -> set[tuple[str, str, str, str]]:
+        # pg_catalog rather than information_schema: the key references a unique index, not a constraint,
+        # which information_schema does not show.
         rows = await self.fetch(
             """
-            SELECT kcu.column_name, ccu.table_name, ccu.column_name, rc.delete_rule
-            FROM information_schema.referential_constraints rc
-            JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = rc.constraint_name
-            JOIN information_schema.constraint_column_usage ccu ON ccu.constraint_name = rc.unique_constraint_name
-            WHERE kcu.table_name = $1
+            SELECT a.attname, r.relname, ra.attname,
+                   CASE c.confdeltype WHEN 'c' THEN 'CASCADE' ELSE c.confdeltype::text END
+            FROM pg_constraint c
+            JOIN pg_class t ON t.oid = c.conrelid
+            JOIN pg_class r ON r.oid = c.confrelid
+            JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+            JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1]
+            WHERE c.contype = 'f' AND t.relname = $1
             """,
             table,
         )
-        return {tuple(row) for row in rows}  # type: ignore[misc]
+        return {(row[0], row[1], row[2], row[3]) for row in rows}
 
     async def close(self) -> None:
         await self._connection.close()

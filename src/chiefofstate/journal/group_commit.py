@@ -40,7 +40,7 @@ class GroupCommitWriter:
 
     @property
     def pending(self) -> int:
-        """Requests waiting for a flush (not counting the one in flight)."""
+        """Requests waiting for a flush (not counting the batch in flight)."""
         return len(self._queue)
 
     def start(self) -> None:
@@ -70,8 +70,15 @@ class GroupCommitWriter:
         """Stop taking requests, write everything already queued, then stop the writer task."""
         self._closing = True
         self._wakeup.set()
-        if self._task is not None:
+        if self._task is None:
+            return
+        try:
             await self._task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # our caller is being cancelled (and the writer with it)
+            # Someone else cancelled the writer: it has stopped, which is all close() has to ensure.
 
     async def _write_until_closed(self) -> None:
         try:

@@ -94,6 +94,8 @@ async def _keep_session_state(connection: Any) -> None:
 
 
 _LOCK_SHARDS = "SELECT shard FROM cos_shard_locks WHERE shard = ANY($1::int[]) ORDER BY shard FOR UPDATE"
+APPEND_CHANNEL = "cos_journal_appended"
+_NOTIFY_APPENDED = f"SELECT pg_notify('{APPEND_CHANNEL}', $1)"
 _ADD_SHARDS = (
     "INSERT INTO cos_shard_locks (shard) SELECT unnest($1::int[]) ORDER BY 1 ON CONFLICT (shard) DO NOTHING"
 )
@@ -420,7 +422,10 @@ class PostgresJournal:
             records = await connection.fetch(
                 _APPEND, entity_ids, expected, event_ids, sequences, writers, timestamps, payloads, tags
             )
-        current = {record["pid"]: int(record["current"]) for record in records}
+            current = {record["pid"]: int(record["current"]) for record in records}
+            if any(current[request.entity_id] == request.expected_sequence for request in requests):
+                # Delivered at commit only: wakes read-side projections on every node (readside/pg_wakeups).
+                await connection.execute(_NOTIFY_APPENDED, ",".join(map(str, shards)))
         return [
             None
             if current[request.entity_id] == request.expected_sequence

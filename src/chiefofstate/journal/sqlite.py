@@ -120,6 +120,10 @@ WHERE persistence_id = ?1
 """
 
 
+def _probe_file(name: str) -> None:
+    sqlite3.connect(name).close()
+
+
 def _event_rows(rows: Iterable[Any]) -> list[JournalRow]:
     return [event_row(*row) for row in rows]
 
@@ -127,8 +131,9 @@ def _event_rows(rows: Iterable[Any]) -> list[JournalRow]:
 @contextlib.asynccontextmanager
 async def _write_transaction(connection: aiosqlite.Connection) -> AsyncIterator[None]:
     # IMMEDIATE takes the write lock up front, so the transaction cannot fail half-way for want of it.
-    await connection.execute("BEGIN IMMEDIATE")
     try:
+        # Inside the try: a caller cancelled while BEGIN is queued must still roll it back.
+        await connection.execute("BEGIN IMMEDIATE")
         yield
         await connection.execute("COMMIT")
     except BaseException:
@@ -201,6 +206,10 @@ class SqliteJournal:
         """
         name = os.fspath(path)
         try:
+            # aiosqlite stops its worker thread without waiting when the file cannot be opened, and that
+            # thread may then report to an event loop already closed; a probe on a thread we await keeps
+            # the common failures (missing folder, no permission) out of aiosqlite.
+            await asyncio.to_thread(_probe_file, name)
             # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), never the sqlite3 module's.
             connection = await aiosqlite.connect(name, isolation_level=None)
         except (sqlite3.Error, OSError) as exc:

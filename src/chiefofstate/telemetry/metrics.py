@@ -1,0 +1,149 @@
+"""Prometheus metrics of one node, in their own registry (docs/operations.md lists them all).
+
+Latencies are recorded where they happen; counts that components already keep (entities cached,
+passivations, snapshots) are read only when Prometheus scrapes, so they cost nothing per command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Bounded label values: a client can send any type URL, and every distinct label value is a new
+# time series kept forever. Past this many distinct values the rest are counted as "other".
+MAX_COMMAND_TYPES = 200
+OTHER = "other"
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class BoundedLabel:
+    """Keeps at most `limit` distinct values of one label; later newcomers become `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+Samples = Iterable[tuple[dict[str, str], float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    name: str
+    documentation: str
+    read: Callable[[], Samples]
+    monotonic: bool  # a counter (exposed with `_total`) rather than a gauge
+
+
+class _ReadAtScrape(Collector):
+    """Values read from the running components when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for reading in self.readings:
+            samples = list(reading.read())
+            labels = sorted(samples[0][0]) if samples else []
+            family_type = CounterMetricFamily if reading.monotonic else GaugeMetricFamily
+            family = family_type(reading.name, reading.documentation, labels=labels)
+            for label_values, value in samples:
+                family.add_metric([label_values[name] for name in labels], value)
+            yield family
+
+
+class NodeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._command_type = BoundedLabel(MAX_COMMAND_TYPES)
+        self.requests = Counter(
+            "cos_requests_total",
+            "ProcessCommand and GetState calls by outcome (gRPC status name) and command type URL.",
+            ["rpc", "code", "command_type"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "cos_request_duration_seconds",
+            "Time from receiving a ProcessCommand or GetState call to its reply.",
+            ["rpc", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.handler_seconds = Histogram(
+            "cos_write_handler_call_duration_seconds",
+            "Duration of calls to the write handler, by rpc and outcome.",
+            ["rpc", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.append_seconds = Histogram(
+            "cos_journal_append_duration_seconds",
+            "Duration of one group-commit transaction (many commands' appends).",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.append_batch_size = Histogram(
+            "cos_journal_append_batch_size",
+            "Commands appended together in one group-commit transaction.",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self._scraped = _ReadAtScrape()
+        self.registry.register(self._scraped)
+
+    def observe_request(self, rpc: str, code: str, command_type: str, seconds: float) -> None:
+        self.requests.labels(rpc, code, self._command_type(command_type)).inc()
+        self.request_seconds.labels(rpc, code).observe(seconds)
+
+    def observe_handler_call(self, rpc: str, code: str, seconds: float) -> None:
+        self.handler_seconds.labels(rpc, code).observe(seconds)
+
+    def observe_append_batch(self, size: int, seconds: float, *, succeeded: bool) -> None:
+        self.append_seconds.labels("ok" if succeeded else "error").observe(seconds)
+        self.append_batch_size.observe(size)
+
+    def read_at_scrape(
+        self, name: str, documentation: str, read: Callable[[], Samples], *, monotonic: bool = False
+    ) -> None:
+        """Register a value read from a component at scrape time; `read` yields (labels, value) pairs.
+        A monotonic reading is a counter: give its name without `_total`, Prometheus adds it."""
+        self._scraped.readings.append(Reading(name, documentation, read, monotonic))
+
+    def read_scalar(
+        self, name: str, documentation: str, read: Callable[[], float], *, monotonic: bool = False
+    ) -> None:
+        self.read_at_scrape(name, documentation, lambda: [({}, float(read()))], monotonic=monotonic)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

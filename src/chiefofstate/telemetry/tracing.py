@@ -1,0 +1,92 @@
+"""OpenTelemetry tracing, configured by the standard OTEL_* variables (SPEC.md §10.7, §12).
+
+Off unless an OTLP endpoint is set, and always off with OTEL_SDK_DISABLED=true or upstream's
+OTEL_JAVAAGENT_ENABLED=false. Off means a no-op tracer: no exporter thread, no context extraction,
+nothing on the hot path but a flag check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+
+# Span names upstream emits, so existing dashboards and queries keep working (SPEC.md §12).
+SPAN_PROCESS_COMMAND = "CosService.processCommand"
+SPAN_GET_STATE = "CosService.getState"
+SPAN_ENTITY_COMMAND = "Entity.handleCommand"
+SPAN_ENTITY_GET_STATE = "PersistentEntity.HandleGetStateCommand"
+SPAN_REMOTE_CALLS = "PersistentEntity.HandleRemoteCommandsAndEvents"
+SPAN_HANDLE_EVENT = "Entity.handleEvent"
+SPAN_PERSIST = "Entity.persistEventAndReply"
+SPAN_REMOTE_HANDLE_COMMAND = "RemoteCommandHandler.HandleCommand"
+SPAN_REMOTE_HANDLE_EVENT = "RemoteCommandHandler.HandleEvent"
+SPAN_HTTP_HANDLE_COMMAND = "HttpCommandHandler.HandleCommand"
+SPAN_HTTP_HANDLE_EVENT = "HttpEventHandler.HandleEvent"
+# Spans of our own, for steps upstream does not name.
+SPAN_MAILBOX = "Entity.mailbox"
+SPAN_RECOVERY = "Entity.recover"
+SPAN_JOURNAL_BATCH = "Journal.appendBatch"
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    enabled: bool
+    service_name: str
+
+
+def tracing_settings(environ: Mapping[str, str], default_service_name: str) -> TracingSettings:
+    def off(name: str, value: str) -> bool:
+        return environ.get(name, "").strip().lower() == value
+
+    has_endpoint = bool(
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    )
+    enabled = (
+        has_endpoint and not off("OTEL_SDK_DISABLED", "true") and not off("OTEL_JAVAAGENT_ENABLED", "false")
+    )
+    return TracingSettings(enabled, environ.get("OTEL_SERVICE_NAME", "").strip() or default_service_name)
+
+
+class Tracing:
+    """The node's tracer; `enabled` is checked before any work done only for tracing."""
+
+    def __init__(self, settings: TracingSettings) -> None:
+        self.enabled = settings.enabled
+        self._provider: object | None = None
+        if not settings.enabled:
+            self.tracer: trace.Tracer = trace.NoOpTracer()
+            return
+        # Imported only when on, so a node without tracing never loads the exporter machinery.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        self._provider = provider
+        self.tracer = provider.get_tracer("chiefofstate")
+
+    def extract(self, metadata: Sequence[tuple[str, str | bytes]]) -> Context | None:
+        """The caller's trace context from request metadata (OTEL_PROPAGATORS decides the formats)."""
+        if not self.enabled:
+            return None
+        carrier = {key: value for key, value in metadata if isinstance(value, str)}
+        return propagate.extract(carrier)
+
+    def inject(self) -> list[tuple[str, str]]:
+        """Headers carrying the current span's context to the next process."""
+        if not self.enabled:
+            return []
+        carrier: MutableMapping[str, str] = {}
+        propagate.inject(carrier)
+        return list(carrier.items())
+
+    def shutdown(self) -> None:
+        """Flush what is buffered and stop the exporter thread."""
+        if self._provider is not None:
+            self._provider.shutdown()  # type: ignore[attr-defined]

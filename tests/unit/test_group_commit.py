@@ -1,0 +1,238 @@
+"""The group-commit writer on the SQLite journal: batching, failures, limits, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from chiefofstate.core.errors import ResourceExhausted, SequenceConflict, StoreUnavailable
+from chiefofstate.journal.group_commit import GroupCommitWriter
+from chiefofstate.journal.port import AppendRequest, JournalRow, SnapshotRow, StoredState
+from chiefofstate.journal.sqlite import SqliteJournal
+
+
+def request(entity_id: str, expected: int = 0) -> AppendRequest:
+    return AppendRequest(entity_id, 0, expected, [f"{entity_id}#{expected + 1}".encode()], 1, "w")
+
+
+class RecordingJournal:
+    """Delegates to a real journal; records each batch and can hold or fail flushes on demand."""
+
+    def __init__(self, inner: SqliteJournal) -> None:
+        self.inner = inner
+        self.batches: list[list[str]] = []
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+        self.failure: Exception | None = None
+
+    @property
+    def description(self) -> str:
+        return "recording " + self.inner.description
+
+    async def migrate(self, num_shards: int) -> int:
+        return await self.inner.migrate(num_shards)
+
+    async def append_batch(self, requests: Sequence[AppendRequest]) -> list[Exception | None]:
+        self.batches.append([r.entity_id for r in requests])
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        return await self.inner.append_batch(requests)
+
+    async def latest_state(self, entity_id: str) -> StoredState | None:
+        return await self.inner.latest_state(entity_id)
+
+    async def read_events(
+        self, entity_id: str, after_sequence: int = 0, limit: int = 1000
+    ) -> list[JournalRow]:
+        return await self.inner.read_events(entity_id, after_sequence, limit)
+
+    async def read_shard(self, shard: int, after_ordering: int, limit: int) -> list[JournalRow]:
+        return await self.inner.read_shard(shard, after_ordering, limit)
+
+    async def save_snapshot(self, snapshot: SnapshotRow) -> None:
+        await self.inner.save_snapshot(snapshot)
+
+    async def list_snapshots(self, entity_id: str) -> list[SnapshotRow]:
+        return await self.inner.list_snapshots(entity_id)
+
+    async def delete_snapshots_below(self, entity_id: str, sequence_number: int) -> int:
+        return await self.inner.delete_snapshots_below(entity_id, sequence_number)
+
+    async def delete_events_up_to(self, entity_id: str, sequence_number: int) -> int:
+        return await self.inner.delete_events_up_to(entity_id, sequence_number)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[RecordingJournal]:
+    inner = await SqliteJournal.open(tmp_path / "cos.db")
+    await inner.migrate(1)
+    recording = RecordingJournal(inner)
+    try:
+        yield recording
+    finally:
+        await inner.close()
+
+
+@pytest.fixture
+async def writer(journal: RecordingJournal) -> AsyncIterator[GroupCommitWriter]:
+    started = GroupCommitWriter(journal, max_batch=16, max_pending=100)
+    started.start()
+    try:
+        yield started
+    finally:
+        await started.close()
+
+
+async def test_a_lone_request_is_written_at_once(
+    journal: RecordingJournal, writer: GroupCommitWriter
+) -> None:
+    await writer.append(request("alone"))
+    assert journal.batches == [["alone"]]
+    assert len(await journal.read_events("alone")) == 1
+
+
+async def test_requests_arriving_during_a_flush_form_the_next_batches(
+    journal: RecordingJournal, writer: GroupCommitWriter
+) -> None:
+    journal.gate = asyncio.Event()
+    first = asyncio.create_task(writer.append(request("first")))
+    await journal.entered.wait()
+    later = [asyncio.create_task(writer.append(request(f"e{n}"))) for n in range(40)]
+    await asyncio.sleep(0)
+    journal.gate.set()
+    await asyncio.gather(first, *later)
+
+    assert [len(batch) for batch in journal.batches] == [1, 16, 16, 8]  # max_batch is 16
+    written = [entity_id for batch in journal.batches for entity_id in batch]
+    assert written == ["first", *(f"e{n}" for n in range(40))]  # queue order is kept
+    assert len(await journal.read_shard(0, 0, 100)) == 41
+
+
+async def test_concurrent_callers_share_transactions(
+    journal: RecordingJournal, writer: GroupCommitWriter
+) -> None:
+    await asyncio.gather(*(writer.append(request(f"e{n}")) for n in range(40)))
+    assert sum(len(batch) for batch in journal.batches) == 40
+    assert len(journal.batches) < 40
+
+
+async def test_a_conflicting_request_fails_alone(
+    journal: RecordingJournal, writer: GroupCommitWriter
+) -> None:
+    await writer.append(request("taken"))
+    journal.batches.clear()
+
+    outcomes = await asyncio.gather(
+        writer.append(request("first")),
+        writer.append(request("second")),
+        writer.append(request("taken")),
+        writer.append(request("third")),
+        return_exceptions=True,
+    )
+
+    assert outcomes[0] is None and outcomes[1] is None and outcomes[3] is None
+    assert isinstance(outcomes[2], SequenceConflict)
+    assert any(len(batch) > 1 and "taken" in batch for batch in journal.batches)
+
+
+async def test_a_failed_flush_fails_every_request_in_it(
+    journal: RecordingJournal, writer: GroupCommitWriter
+) -> None:
+    journal.failure = StoreUnavailable("database away")
+    outcomes = await asyncio.gather(
+        *(writer.append(request(f"f{n}")) for n in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes)
+    assert all(str(outcome) == "database away" for outcome in outcomes)
+    journal.failure = None
+    await writer.append(request("recovered"))
+
+
+async def test_a_full_queue_is_resource_exhausted(journal: RecordingJournal) -> None:
+    writer = GroupCommitWriter(journal, max_batch=4, max_pending=3)
+    writer.start()
+    journal.gate = asyncio.Event()
+    in_flight = asyncio.create_task(writer.append(request("in-flight")))
+    await journal.entered.wait()  # the writer holds it; the queue is empty again
+    queued = [asyncio.create_task(writer.append(request(f"q{n}"))) for n in range(3)]
+    await asyncio.sleep(0)
+    assert writer.pending == 3
+
+    with pytest.raises(ResourceExhausted, match=r"^journal writer queue is full \(3 pending\)$"):
+        await writer.append(request("one-too-many"))
+
+    journal.gate.set()
+    await asyncio.gather(in_flight, *queued)
+    assert journal.batches == [["in-flight"], ["q0", "q1", "q2"]]
+    await writer.close()
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_write(journal: RecordingJournal) -> None:
+    writer = GroupCommitWriter(journal)
+    writer.start()
+    journal.gate = asyncio.Event()
+    caller = asyncio.create_task(writer.append(request("abandoned")))
+    await journal.entered.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    journal.gate.set()
+    await writer.close()
+    assert len(await journal.read_events("abandoned")) == 1
+
+
+async def test_close_writes_what_is_queued_then_refuses(journal: RecordingJournal) -> None:
+    writer = GroupCommitWriter(journal)
+    writer.start()
+    callers = [asyncio.create_task(writer.append(request(f"c{n}"))) for n in range(10)]
+    await asyncio.sleep(0)  # every caller has queued its request
+    await writer.close()
+    assert await asyncio.gather(*callers) == [None] * 10
+    assert len(await journal.read_shard(0, 0, 100)) == 10
+    with pytest.raises(StoreUnavailable):
+        await writer.append(request("late"))
+
+
+async def test_a_cancelled_writer_fails_what_it_holds(journal: RecordingJournal) -> None:
+    writer = GroupCommitWriter(journal)
+    writer.start()
+    journal.gate = asyncio.Event()
+    in_flight = asyncio.create_task(writer.append(request("in-flight")))
+    await journal.entered.wait()
+    queued = asyncio.create_task(writer.append(request("queued")))
+    await asyncio.sleep(0)
+    assert writer._task is not None
+    writer._task.cancel()  # what the node's task group does on a hard stop
+    await writer.close()  # the writer is stopped; close() itself was not cancelled
+    with pytest.raises(StoreUnavailable, match="outcome is unknown"):
+        await in_flight
+    with pytest.raises(StoreUnavailable, match="stopped before writing"):
+        await queued
+
+
+async def test_cancelling_close_cancels_the_writer(journal: RecordingJournal) -> None:
+    writer = GroupCommitWriter(journal)
+    writer.start()
+    journal.gate = asyncio.Event()
+    in_flight = asyncio.create_task(writer.append(request("in-flight")))
+    await journal.entered.wait()
+    closing = asyncio.create_task(writer.close())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert writer._task is not None and writer._task.cancelled()
+    with pytest.raises(StoreUnavailable, match="outcome is unknown"):
+        await in_flight

@@ -1,0 +1,53 @@
+"""Shard numbers must equal upstream's `Math.abs(entityId.hashCode()) % N` (SPEC.md §4.4)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chiefofstate.core.sharding import java_string_hash, shard_of
+
+
+@pytest.mark.parametrize(
+    ("entity_id", "expected"),
+    [(f"test-id-{n}", shard) for n, shard in enumerate([5, 4, 3, 2, 1, 0, 8, 7, 6, 5])],
+)
+def test_upstream_backward_compatibility_vectors(entity_id: str, expected: int) -> None:
+    # The same ids and shard count upstream's own test pins for journals written since 0.5.
+    assert shard_of(entity_id, 9) == expected
+
+
+@pytest.mark.parametrize(
+    ("entity_id", "expected"),
+    [
+        ("entity-1", 9),
+        ("user-123", 0),
+        ("order-456", 10),
+        ("a", 1),
+        ("é", 9),
+        ("😀", 3),  # outside the BMP: two UTF-16 surrogate units
+        ("polygenelubricants", 0),  # hash is -2**31, whose Java abs stays negative
+    ],
+)
+def test_spec_vectors_with_16_shards(entity_id: str, expected: int) -> None:
+    assert shard_of(entity_id, 16) == expected
+
+
+def test_java_string_hash_matches_java() -> None:
+    assert java_string_hash("") == 0
+    assert java_string_hash("a") == 97
+    assert java_string_hash("hello") == 99162322
+    assert java_string_hash("polygenelubricants") == -(2**31)
+    assert java_string_hash("😀") == 31 * 0xD83D + 0xDE00
+
+
+@given(st.text(), st.integers(min_value=0, max_value=16))
+def test_shards_are_in_range_for_powers_of_two(entity_id: str, exponent: int) -> None:
+    num_shards = 2**exponent
+    assert 0 <= shard_of(entity_id, num_shards) < num_shards
+
+
+@given(st.text())
+def test_hash_is_a_signed_32_bit_int(entity_id: str) -> None:
+    assert -(2**31) <= java_string_hash(entity_id) < 2**31
