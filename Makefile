@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck unit protos
+.PHONY: setup demo test lint typecheck unit protos bench
 
 setup: $(VENV)/.installed
 
@@ -31,3 +31,7 @@ test: lint typecheck
 
 protos: setup
 	$(BIN)/python scripts/gen_protos.py
+
+# The benchmark of docs/performance.md (about 10 minutes); `make bench BENCH_ARGS=--quick` for a smoke run.
+bench: setup
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
