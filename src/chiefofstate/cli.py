@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from chiefofstate.cli_readside import app as readside_app
 from chiefofstate.config.settings import Settings, load_logging_settings, load_settings
 from chiefofstate.core.errors import ConfigError, CosError
 from chiefofstate.telemetry.logging import configure_logging
@@ -19,6 +20,7 @@ from chiefofstate.telemetry.logging import configure_logging
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Chief of State: event sourcing as a service."
 )
+app.add_typer(readside_app, name="readside")
 console = Console()
 T = TypeVar("T")
 

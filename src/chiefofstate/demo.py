@@ -6,8 +6,10 @@ Everything runs as real processes talking real gRPC, exactly as in production, o
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +23,13 @@ from chiefofstate.config.settings import load_settings
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from chiefofstate.journal_view import read_events
-from chiefofstate.launch import Process, node_environment, start_bank_write_handler, start_node
+from chiefofstate.launch import (
+    Process,
+    node_environment,
+    start_bank_read_handler,
+    start_bank_write_handler,
+    start_node,
+)
 
 
 @dataclass
@@ -119,6 +127,30 @@ def _show_journal(console: Console, env: dict[str, str], entity_id: str) -> None
         )
 
 
+def _show_read_side(console: Console, deliveries: Path, script: Script) -> None:
+    """The read side catches up: every event reached the bank read handler, in order per account."""
+    console.print("\n[bold]read side 'balances'[/bold] (the bank read handler's projection)")
+    expected = {"alice": 5, "bob": 1}
+    seen: dict[str, list[int]] = {}
+    balances: dict[str, int] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        seen.clear()
+        lines = deliveries.read_text().splitlines() if deliveries.exists() else []
+        for delivery in map(json.loads, lines):
+            seen.setdefault(delivery["entity_id"], []).append(delivery["revision"])
+            balances[delivery["entity_id"]] = delivery["balance"]
+        if all(seen.get(account, [])[-1:] == [revision] for account, revision in expected.items()):
+            break
+        time.sleep(0.05)
+    for account, revisions in sorted(seen.items()):
+        console.print(f"   {account}: balance {balances[account] / 100:.2f}, revisions delivered {revisions}")
+    script.check(
+        all(seen.get(account) == list(range(1, revision + 1)) for account, revision in expected.items()),
+        "every event reached the read handler, in order, across the restart",
+    )
+
+
 def run_demo(console: Console) -> int:
     with tempfile.TemporaryDirectory(prefix="cos-demo-") as folder:
         return _run_in(Path(folder), console)
@@ -129,6 +161,9 @@ def _run_in(folder: Path, console: Console) -> int:
     console.print(Panel.fit(f"Chief of State demo\nembedded SQLite journal: {database}", style="bold"))
     handler = start_bank_write_handler(folder / "logs")
     console.print(f"bank write handler (gRPC) started on port {handler.ports['grpc']}")
+    deliveries = folder / "deliveries.jsonl"
+    reader = start_bank_read_handler(folder / "logs", deliveries=deliveries)
+    console.print(f"bank read handler (gRPC) started on port {reader.ports['grpc']}: read side 'balances'")
     env = node_environment(
         os.environ,
         COS_DB_PATH=str(database),
@@ -137,9 +172,12 @@ def _run_in(folder: Path, console: Console) -> int:
         COS_WRITE_PERSISTED_HEADERS="x-demo-user",
         LOG_STYLE="SIMPLE",
         LOG_LEVEL="WARN",
+        COS_READ_SIDE_ENABLED="true",
+        COS_READ_SIDE_CONFIG__HOST__balances="127.0.0.1",
+        COS_READ_SIDE_CONFIG__PORT__balances=str(reader.ports["grpc"]),
     )
     env.pop("COS_DB_HOST", None)
-    processes: list[Process] = [handler]
+    processes: list[Process] = [handler, reader]
     try:
         node = start_node(env, folder / "logs")
         processes.append(node)
@@ -149,6 +187,7 @@ def _run_in(folder: Path, console: Console) -> int:
             _session(script)
         _restart_and_verify(console, env, folder, node, processes, script)
         _show_journal(console, env, "alice")
+        _show_read_side(console, deliveries, script)
         failures = script.failures
     finally:
         for process in reversed(processes):

@@ -83,18 +83,52 @@ def http_ok(url: str) -> bool:
         return False
 
 
+BANK_HANDLER_MODULES = {"grpc": "cos_bank.write_handler", "http": "cos_bank.http_write_handler"}
+
+
 def start_bank_write_handler(
-    log_dir: Path, port: int | None = None, extra_env: Mapping[str, str] | None = None
+    log_dir: Path,
+    port: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    protocol: str = "grpc",
 ) -> Process:
+    """The example bank handler speaking `protocol` (COS_WRITE_SIDE_PROTOCOL: grpc or http).
+
+    Its port is in `ports[protocol]` and, for either protocol, `ports["write_side"]`."""
     port = port or free_port()
     env = {**os.environ, **(extra_env or {})}
+    module = BANK_HANDLER_MODULES[protocol]
     process = spawn(
-        "bank-write-handler",
-        [sys.executable, "-m", "cos_bank.write_handler", "--host", "127.0.0.1", "--port", str(port)],
+        "bank-write-handler" if protocol == "grpc" else f"bank-{protocol}-write-handler",
+        [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)],
         env,
         log_dir,
     )
-    process.ports["grpc"] = port
+    process.ports[protocol] = port
+    process.ports["write_side"] = port
+    wait_for("listening", process, lambda: "listening on" in process.log_text(), 30)
+    return process
+
+
+def start_bank_read_handler(
+    log_dir: Path,
+    port: int | None = None,
+    *,
+    http: bool = False,
+    deliveries: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    name: str = "bank-read-handler",
+) -> Process:
+    """The example read handler; `deliveries` is the file it appends one JSON line per delivery to."""
+    port = port or free_port()
+    args = [sys.executable, "-m", "cos_bank.read_handler", "--host", "127.0.0.1", "--port", str(port)]
+    if http:
+        args.append("--http")
+    if deliveries is not None:
+        args += ["--log", str(deliveries)]
+    process = spawn(name, args, {**os.environ, **(extra_env or {})}, log_dir)
+    process.ports["http" if http else "grpc"] = port
+    process.ports["read_side"] = port
     wait_for("listening", process, lambda: "listening on" in process.log_text(), 30)
     return process
 
@@ -104,6 +138,8 @@ def node_environment(base: Mapping[str, str], **overrides: str) -> dict[str, str
     env.setdefault("COS_ADDRESS", "127.0.0.1")
     env.setdefault("COS_PORT", str(free_port()))
     env.setdefault("COS_MANAGEMENT_PORT", str(free_port()))
+    env.setdefault("COS_HTTP_ADDRESS", "127.0.0.1")
+    env.setdefault("COS_HTTP_PORT", str(free_port()))
     return env
 
 
@@ -111,6 +147,8 @@ def start_node(env: Mapping[str, str], log_dir: Path, name: str = "cos-node", wa
     process = spawn(name, [sys.executable, "-m", "chiefofstate", "serve"], env, log_dir)
     process.ports["grpc"] = int(env["COS_PORT"])
     process.ports["management"] = int(env["COS_MANAGEMENT_PORT"])
+    if "COS_HTTP_PORT" in env:
+        process.ports["http"] = int(env["COS_HTTP_PORT"])
     if wait:
         ready_url = f"http://127.0.0.1:{process.ports['management']}/ready"
         wait_for("ready", process, lambda: http_ok(ready_url), 60)

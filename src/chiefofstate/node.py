@@ -8,19 +8,25 @@ import logging
 import signal
 import time
 
+from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
+from chiefofstate.api.http_api import create_http_app
+from chiefofstate.api.http_server import HttpServer
 from chiefofstate.api.management import ManagementServer
 from chiefofstate.config.settings import Settings, StoreSettings, WriteSideSettings
 from chiefofstate.core.breaker import CircuitBreaker
 from chiefofstate.core.errors import CosError, StoreUnavailable
-from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings
+from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings, CommitListener
 from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.journal.group_commit import GroupCommitWriter
 from chiefofstate.journal.port import Journal
+from chiefofstate.readside.assembly import ReadSides, open_read_sides
+from chiefofstate.subscription.hub import SubscriptionHub
 from chiefofstate.writeside.breaker import BreakerGuardedWriteHandler
 from chiefofstate.writeside.grpc_handler import GrpcWriteHandler, channel_options
+from chiefofstate.writeside.http_handler import HttpWriteHandler
 from chiefofstate.writeside.port import WriteHandler
 
 log = logging.getLogger("chiefofstate.node")
@@ -79,24 +85,36 @@ async def open_store(settings: Settings) -> Journal:
             if journal is not None:
                 await journal.close()
             raise
-        log.warning("journal store: %s (schema version %d)", journal.description, version)
+        if store.postgres is None:
+            log.warning(
+                "JOURNAL STORE: embedded %s (schema version %d); this node runs alone."
+                " Set COS_DB_HOST to use PostgreSQL.",
+                journal.description,
+                version,
+            )
+        else:
+            log.warning("JOURNAL STORE: %s (schema version %d)", journal.description, version)
         return journal
     raise AssertionError("unreachable")
 
 
 def create_write_handler(write_side: WriteSideSettings, max_message_bytes: int) -> WriteHandler:
-    handler: WriteHandler = GrpcWriteHandler(
-        f"{write_side.host}:{write_side.port}",
-        pool_size=write_side.channel_pool_size,
-        use_tls=write_side.use_tls,
-        options=channel_options(
-            max_message_bytes=max_message_bytes,
-            keepalive_enabled=write_side.keepalive_enabled,
-            keepalive_time_s=write_side.keepalive_time_s,
-            keepalive_timeout_s=write_side.keepalive_timeout_s,
-            keepalive_without_calls=write_side.keepalive_without_calls,
-        ),
-    )
+    handler: WriteHandler
+    if write_side.protocol == "http":
+        handler = HttpWriteHandler(write_side.host, write_side.port, use_tls=write_side.use_tls)
+    else:
+        handler = GrpcWriteHandler(
+            f"{write_side.host}:{write_side.port}",
+            pool_size=write_side.channel_pool_size,
+            use_tls=write_side.use_tls,
+            options=channel_options(
+                max_message_bytes=max_message_bytes,
+                keepalive_enabled=write_side.keepalive_enabled,
+                keepalive_time_s=write_side.keepalive_time_s,
+                keepalive_timeout_s=write_side.keepalive_timeout_s,
+                keepalive_without_calls=write_side.keepalive_without_calls,
+            ),
+        )
     if write_side.breaker is not None:
         handler = BreakerGuardedWriteHandler(handler, CircuitBreaker(write_side.breaker))
     return handler
@@ -110,6 +128,10 @@ class Node:
         self.journal: Journal | None = None
         self.host: EntityHost | None = None
         self.grpc: GrpcServer | None = None
+        self.http: HttpServer | None = None
+        self.subscriptions: SubscriptionHub | None = None
+        self.read_sides: ReadSides | None = None
+        self._serving = False
         self.management: ManagementServer | None = None
         self._closers = contextlib.AsyncExitStack()
         self._stopping = False
@@ -138,6 +160,15 @@ class Node:
         closers.push_async_callback(snapshotter.close)
         handler = create_write_handler(settings.write_side, settings.server.max_message_bytes)
         closers.push_async_callback(handler.close)
+        listeners: list[CommitListener] = []
+        if settings.subscription_enabled:
+            self.subscriptions = SubscriptionHub(
+                settings.subscriptions.buffer_size, settings.subscriptions.max_subscriptions
+            )
+            listeners.append(self.subscriptions)
+        if settings.read_side_enabled:
+            self.read_sides = await open_read_sides(settings, closers, open_journal)
+            listeners.append(self.read_sides.runtime)  # wakes the shard's projections on each commit
         processor = CommandProcessor(
             handler,
             journal,
@@ -149,6 +180,7 @@ class Node:
                 validation=settings.write_side.validation,
                 call_timeout_s=settings.write_side.call_timeout_s,
             ),
+            listeners=listeners,
         )
         host = self.host = EntityHost(
             processor,
@@ -167,26 +199,59 @@ class Node:
         )
         await management.start()
         closers.push_async_callback(management.close)
-        grpc_server = self.grpc = GrpcServer(
-            ChiefOfStateService(host, server.command_timeout_s),
-            server.address,
-            server.port,
-            server.max_message_bytes,
-        )
-        await grpc_server.start()
         # Closed first on stop: new calls are refused while in-flight ones get the grace period.
-        closers.push_async_callback(grpc_server.stop, server.shutdown_timeout_s)
-        await grpc_server.set_serving(True)
+        closers.push_async_callback(self._stop_api_servers)
+        serving = []
+        if server.protocol in ("grpc", "both"):
+            grpc_server = self.grpc = GrpcServer(
+                ChiefOfStateService(host, server.command_timeout_s, subscriptions=self.subscriptions),
+                server.address,
+                server.port,
+                server.max_message_bytes,
+                # ReadSideManagerService only with COS_READ_SIDE_ENABLED=true (SPEC.md §1).
+                extra_services=self.read_sides.services if self.read_sides is not None else (),
+            )
+            await grpc_server.start()
+            serving.append(f"gRPC on {server.address}:{grpc_server.port}")
+        if server.protocol in ("http", "both"):
+            # Both protocols share one command path: the same host, deadlines and logging.
+            app = create_http_app(
+                CommandPath(host, server.command_timeout_s),
+                # base64 makes a body about 4/3 of the message it carries
+                max_body_bytes=server.max_message_bytes * 4 // 3 + 64 * 1024,
+                body_timeout_s=server.command_timeout_s,
+            )
+            http_server = self.http = HttpServer(
+                app, server.http_address, server.http_port, server.shutdown_timeout_s
+            )
+            await http_server.start()
+            serving.append(f"HTTP on {server.http_address}:{http_server.port}")
+        if self.grpc is not None:
+            await self.grpc.set_serving(True)
+        self._serving = True
         log.warning(
-            "chiefofstate node serving gRPC on %s:%d, management on %s:%d",
-            server.address,
-            grpc_server.port,
+            "chiefofstate node serving %s, management on %s:%d%s",
+            ", ".join(serving),
             server.address,
             management.port,
+            ", subscriptions on" if self.subscriptions is not None else "",
         )
 
+    async def _stop_api_servers(self) -> None:
+        if self.subscriptions is not None:
+            # Subscription streams never end by themselves; end them so they do not hold the
+            # gRPC server for its whole grace period.
+            self.subscriptions.close()
+        timeout_s = self.settings.server.shutdown_timeout_s
+        stops = [self.grpc.stop(timeout_s)] if self.grpc is not None else []
+        if self.http is not None:
+            stops.append(self.http.stop())
+        for outcome in await asyncio.gather(*stops, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("stopping an API server failed: %s", outcome)
+
     async def readiness(self) -> str | None:
-        if self.grpc is None or self.journal is None:
+        if not self._serving or self.journal is None:
             return "starting"
         if self._stopping:
             return "shutting down"

@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc import aio
 
@@ -17,10 +18,41 @@ pytestmark = pytest.mark.integration
 
 NodeFactory = Callable[..., Process]
 
+WRITE_PROTOCOLS = ("grpc", "http")
+# Runs a test module (or test) once per write-side protocol: the bank handler, and every node the
+# test starts, speak gRPC in one run and upstream's HTTP write-side protocol in the other.
+both_write_protocols = pytest.mark.parametrize("write_protocol", WRITE_PROTOCOLS, indirect=True)
+
+
+def grpc_write_side_only(reason: str) -> pytest.MarkDecorator:
+    """For a test of behaviour the HTTP write-side protocol cannot have (SPEC.md §9): skipped in its
+    `http` run with `reason`, which must say why the protocol rules it out."""
+    return pytest.mark.grpc_write_side_only(reason=reason)
+
+
+@pytest.fixture(autouse=True)
+def _skip_grpc_only_tests_on_http(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("grpc_write_side_only")
+    callspec = getattr(request.node, "callspec", None)
+    if marker is not None and callspec is not None and callspec.params.get("write_protocol") == "http":
+        pytest.skip(marker.kwargs["reason"])
+
+
+def handler_refusal(write_protocol: str, code: grpc.StatusCode) -> grpc.StatusCode:
+    """What the caller gets when the bank refuses a command with `code`: the same status from a gRPC
+    handler, INTERNAL from an HTTP one (which cannot choose a status, SPEC.md §9)."""
+    return code if write_protocol == "grpc" else grpc.StatusCode.INTERNAL
+
 
 @pytest.fixture(scope="session")
-def bank_handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    handler = start_bank_write_handler(tmp_path_factory.mktemp("bank"))
+def write_protocol(request: pytest.FixtureRequest) -> str:
+    """gRPC unless the test is parametrized with `both_write_protocols`."""
+    return str(getattr(request, "param", "grpc"))
+
+
+@pytest.fixture(scope="session")
+def bank_handler(tmp_path_factory: pytest.TempPathFactory, write_protocol: str) -> Iterator[Process]:
+    handler = start_bank_write_handler(tmp_path_factory.mktemp("bank"), protocol=write_protocol)
     yield handler
     handler.stop()
 
@@ -44,9 +76,10 @@ def postgres_env(server: PgServer, database: str) -> dict[str, str]:
     }
 
 
-def base_env(handler_port: int) -> dict[str, str]:
+def base_env(handler_port: int, write_protocol: str = "grpc") -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("COS_", "LOG_"))}
     env.update(
+        COS_WRITE_SIDE_PROTOCOL=write_protocol,
         COS_WRITE_SIDE_HOST="127.0.0.1",
         COS_WRITE_SIDE_PORT=str(handler_port),
         LOG_LEVEL="INFO",
@@ -56,12 +89,15 @@ def base_env(handler_port: int) -> dict[str, str]:
 
 
 @pytest.fixture
-def node_factory(tmp_path: Path, bank_handler: Process, store_env: dict[str, str]) -> Iterator[NodeFactory]:
+def node_factory(
+    tmp_path: Path, bank_handler: Process, store_env: dict[str, str], write_protocol: str
+) -> Iterator[NodeFactory]:
     """Starts `cos serve` processes on the test's store; every one is stopped at the end."""
     started: list[Process] = []
 
     def start(wait: bool = True, **overrides: str) -> Process:
-        env = node_environment({**base_env(bank_handler.ports["grpc"]), **store_env}, **overrides)
+        handler_env = base_env(bank_handler.ports["write_side"], write_protocol)
+        env = node_environment({**handler_env, **store_env}, **overrides)
         process = start_node(env, tmp_path / "logs", name=f"cos-node-{len(started)}", wait=wait)
         started.append(process)
         return process

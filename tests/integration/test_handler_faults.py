@@ -1,4 +1,6 @@
-"""Write handlers that fail, hang, vanish or answer nonsense: clear statuses, nothing persisted."""
+"""Write handlers that fail, hang, vanish or answer nonsense: clear statuses, nothing persisted.
+
+Every test runs against both variants of the bank handler (gRPC and HTTP write-side protocols)."""
 
 from __future__ import annotations
 
@@ -14,24 +16,24 @@ from grpc import aio
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from chiefofstate.launch import Process, free_port, start_bank_write_handler
-from tests.integration.conftest import NodeFactory
+from tests.integration.conftest import NodeFactory, both_write_protocols
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, both_write_protocols]
 
 
 @pytest.fixture(scope="module")
-def faulty_handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def faulty_handler(tmp_path_factory: pytest.TempPathFactory, write_protocol: str) -> Iterator[Process]:
     handler = start_bank_write_handler(
-        tmp_path_factory.mktemp("faulty"), extra_env={"BANK_HANDLER_FAULTS": "1"}
+        tmp_path_factory.mktemp("faulty"), extra_env={"BANK_HANDLER_FAULTS": "1"}, protocol=write_protocol
     )
     yield handler
     handler.stop()
 
 
 @pytest.fixture(scope="module")
-def slow_handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def slow_handler(tmp_path_factory: pytest.TempPathFactory, write_protocol: str) -> Iterator[Process]:
     handler = start_bank_write_handler(
-        tmp_path_factory.mktemp("slow"), extra_env={"BANK_HANDLER_DELAY_MS": "1500"}
+        tmp_path_factory.mktemp("slow"), extra_env={"BANK_HANDLER_DELAY_MS": "1500"}, protocol=write_protocol
     )
     yield handler
     handler.stop()
@@ -71,7 +73,7 @@ async def test_states_and_events_outside_the_validation_lists_are_refused(
     node_factory: NodeFactory, faulty_handler: Process
 ) -> None:
     node = node_factory(
-        COS_WRITE_SIDE_PORT=str(faulty_handler.ports["grpc"]),
+        COS_WRITE_SIDE_PORT=str(faulty_handler.ports["write_side"]),
         COS_WRITE_SIDE_PROTO_VALIDATION="true",
         COS_WRITE_SIDE_STATE_PROTOS="bank.v1.BankAccount",
         COS_WRITE_SIDE_EVENT_PROTOS="bank.v1.AccountOpened,bank.v1.MoneyDeposited",
@@ -91,7 +93,7 @@ async def test_states_and_events_outside_the_validation_lists_are_refused(
 async def test_an_event_handler_reply_without_state_fails_the_command(
     node_factory: NodeFactory, faulty_handler: Process
 ) -> None:
-    node = node_factory(COS_WRITE_SIDE_PORT=str(faulty_handler.ports["grpc"]))
+    node = node_factory(COS_WRITE_SIDE_PORT=str(faulty_handler.ports["write_side"]))
     async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
         cos = stub(channel)
         await call(cos, "s-1", bank.open_account("Sam", 10))
@@ -104,7 +106,7 @@ async def test_an_event_handler_reply_without_state_fails_the_command(
 async def test_a_handler_that_hangs_past_the_deadline_writes_nothing(
     node_factory: NodeFactory, slow_handler: Process
 ) -> None:
-    node = node_factory(COS_WRITE_SIDE_PORT=str(slow_handler.ports["grpc"]))
+    node = node_factory(COS_WRITE_SIDE_PORT=str(slow_handler.ports["write_side"]))
     async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
         cos = stub(channel)
         error = await error_of(cos, "slow-1", bank.open_account("Slo", 1), deadline_s=0.5)
@@ -119,7 +121,9 @@ async def test_a_handler_that_hangs_past_the_deadline_writes_nothing(
 async def test_the_command_handler_timeout_bounds_the_whole_command(
     node_factory: NodeFactory, slow_handler: Process
 ) -> None:
-    node = node_factory(COS_WRITE_SIDE_PORT=str(slow_handler.ports["grpc"]), COS_COMMAND_HANDLER_TIMEOUT="1")
+    node = node_factory(
+        COS_WRITE_SIDE_PORT=str(slow_handler.ports["write_side"]), COS_COMMAND_HANDLER_TIMEOUT="1"
+    )
     async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
         cos = stub(channel)
         error = await error_of(cos, "slow-2", bank.open_account("Slo", 1), deadline_s=10)

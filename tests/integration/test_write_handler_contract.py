@@ -1,4 +1,6 @@
-"""What the write handler receives: prior state, metas, propagated headers (SPEC.md §3.3–3.9)."""
+"""What the write handler receives: prior state, metas, propagated headers (SPEC.md §3.3–3.9).
+
+Run against both variants of the bank handler (gRPC and HTTP write-side protocols)."""
 
 from __future__ import annotations
 
@@ -13,15 +15,15 @@ from grpc import aio
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from chiefofstate.launch import Process, start_bank_write_handler
-from tests.integration.conftest import NodeFactory
+from tests.integration.conftest import NodeFactory, both_write_protocols
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, both_write_protocols]
 
 
 @pytest.fixture
-def logging_handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def logging_handler(tmp_path_factory: pytest.TempPathFactory, write_protocol: str) -> Iterator[Process]:
     handler = start_bank_write_handler(
-        tmp_path_factory.mktemp("logged"), extra_env={"BANK_HANDLER_LOG_CALLS": "1"}
+        tmp_path_factory.mktemp("logged"), extra_env={"BANK_HANDLER_LOG_CALLS": "1"}, protocol=write_protocol
     )
     yield handler
     handler.stop()
@@ -35,7 +37,7 @@ async def test_handlers_see_the_new_entity_state_folded_states_and_propagated_he
     node_factory: NodeFactory, logging_handler: Process
 ) -> None:
     node = node_factory(
-        COS_WRITE_SIDE_PORT=str(logging_handler.ports["grpc"]),
+        COS_WRITE_SIDE_PORT=str(logging_handler.ports["write_side"]),
         COS_WRITE_SIDE_PROPAGATED_HEADERS="x-trace,x-sig-bin",
     )
     async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:

@@ -132,15 +132,29 @@ def test_retired_variables_produce_warnings() -> None:
     assert any("COS_EVENTS_BATCH_THRESHOLD" in warning for warning in settings.warnings)
 
 
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("COS_SERVER_PROTOCOL", "http"),
-        ("COS_SERVER_PROTOCOL", "both"),
-        ("COS_WRITE_SIDE_PROTOCOL", "http"),
-        ("COS_READ_SIDE_ENABLED", "true"),
-        ("COS_SUBSCRIPTION_ENABLED", "true"),
-    ],
-)
-def test_features_not_served_yet_are_refused_rather_than_silently_ignored(variable: str, value: str) -> None:
-    assert "not available in this release" in rejects(variable, **{variable: value})
+def test_the_http_api_http_write_handlers_and_subscriptions_can_be_switched_on() -> None:
+    settings = load(
+        COS_SERVER_PROTOCOL="Both",
+        COS_HTTP_ADDRESS="127.0.0.1",
+        COS_HTTP_PORT="9100",
+        COS_WRITE_SIDE_PROTOCOL="http",
+        COS_SUBSCRIPTION_ENABLED="true",
+        COS_SUBSCRIPTION_BUFFER_SIZE="50",
+        COS_SUBSCRIPTION_MAX="7",
+    )
+    assert settings.server.protocol == "both" and settings.server.http_port == 9100
+    assert settings.write_side.protocol == "http"
+    assert settings.subscription_enabled
+    assert settings.subscriptions.buffer_size == 50 and settings.subscriptions.max_subscriptions == 7
+    defaults = load()
+    assert defaults.subscriptions.buffer_size == 1000 and defaults.subscriptions.max_subscriptions == 10_000
+
+
+@pytest.mark.parametrize("variable", ["COS_SUBSCRIPTION_BUFFER_SIZE", "COS_SUBSCRIPTION_MAX"])
+def test_subscription_bounds_must_be_positive(variable: str) -> None:
+    assert variable in str(pytest.raises(ConfigError, load, **{variable: "0"}).value)
+
+
+def test_subscriptions_without_a_grpc_server_produce_a_warning() -> None:
+    settings = load(COS_SERVER_PROTOCOL="http", COS_SUBSCRIPTION_ENABLED="true")
+    assert any("COS_SUBSCRIPTION_ENABLED has no effect" in warning for warning in settings.warnings)

@@ -156,7 +156,7 @@ class BankWriteHandler(writeside_pb2_grpc.WriteSideHandlerServiceServicer):
     ) -> HandleEventResponse:
         if self._faults.log_calls:
             _log_call("HandleEvent", context, request.prior_state, request.event_meta)
-        faulty = self._injected_event_fault(request.event)
+        faulty = injected_event_fault(self._faults, request.event)
         if faulty is not None:
             return faulty
         try:
@@ -165,23 +165,26 @@ class BankWriteHandler(writeside_pb2_grpc.WriteSideHandlerServiceServicer):
             await _abort(context, error)
         return HandleEventResponse(resulting_state=state)
 
-    def _injected_event_fault(self, event: any_pb2.Any) -> HandleEventResponse | None:
-        # TEST HOOK: wrong or missing states that CoS must refuse; see the module docstring
-        if not self._faults.magic_deposit_amounts:
-            return None
-        deposited = bank_pb2.MoneyDeposited()
-        try:
-            if not event.Unpack(deposited):
-                return None
-        except DecodeError:
-            return None  # evolve reports malformed events properly
-        if deposited.amount == WRONG_STATE_TYPE_AMOUNT:
-            wrong_state = any_pb2.Any()
-            wrong_state.Pack(wrappers_pb2.StringValue(value="test hook: not a bank.v1.BankAccount"))
-            return HandleEventResponse(resulting_state=wrong_state)
-        if deposited.amount == NO_STATE_AMOUNT:
-            return HandleEventResponse()
+
+def injected_event_fault(faults: FaultInjection, event: any_pb2.Any) -> HandleEventResponse | None:
+    """TEST HOOK: wrong or missing states that CoS must refuse; see the module docstring.
+
+    Shared with the HTTP variant (http_write_handler.py)."""
+    if not faults.magic_deposit_amounts:
         return None
+    deposited = bank_pb2.MoneyDeposited()
+    try:
+        if not event.Unpack(deposited):
+            return None
+    except DecodeError:
+        return None  # evolve reports malformed events properly
+    if deposited.amount == WRONG_STATE_TYPE_AMOUNT:
+        wrong_state = any_pb2.Any()
+        wrong_state.Pack(wrappers_pb2.StringValue(value="test hook: not a bank.v1.BankAccount"))
+        return HandleEventResponse(resulting_state=wrong_state)
+    if deposited.amount == NO_STATE_AMOUNT:
+        return HandleEventResponse()
+    return None
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: BankError) -> NoReturn:

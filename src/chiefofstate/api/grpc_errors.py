@@ -18,7 +18,12 @@ def as_cos_error(error: BaseException) -> CosError:
     return Internal(str(error) or type(error).__name__)
 
 
+def status_message(error: CosError) -> str:
+    """The description callers see, over gRPC and HTTP alike (upstream strips Scala's require prefix)."""
+    return error.message.removeprefix(_REQUIREMENT_PREFIX)
+
+
 async def abort_with(context: aio.ServicerContext[object, object], error: CosError) -> None:
-    message = error.message.removeprefix(_REQUIREMENT_PREFIX)
+    message = status_message(error)
     trailing = ((STATUS_DETAILS_KEY, error.details),) if error.details else ()
     await context.abort(grpc.StatusCode[error.code.name], message, trailing_metadata=trailing)

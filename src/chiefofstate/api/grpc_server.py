@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -12,9 +14,20 @@ from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import add_ChiefOfState
 
 COS_SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["ChiefOfStateService"].full_name
 
+# (full service name, function adding its servicer to the server): services only some nodes serve,
+# such as ReadSideManagerService with COS_READ_SIDE_ENABLED=true (SPEC.md §1).
+ServiceRegistration = tuple[str, Callable[[aio.Server], None]]
+
 
 class GrpcServer:
-    def __init__(self, service: ChiefOfStateService, address: str, port: int, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        service: ChiefOfStateService,
+        address: str,
+        port: int,
+        max_message_bytes: int,
+        extra_services: Sequence[ServiceRegistration] = (),
+    ) -> None:
         self._server = aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -24,10 +37,13 @@ class GrpcServer:
             ]
         )
         add_ChiefOfStateServiceServicer_to_server(service, self._server)
+        for _, register in extra_services:
+            register(self._server)
+        self._service_names = [COS_SERVICE_NAME, *(name for name, _ in extra_services)]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            [COS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         self.port = self._server.add_insecure_port(f"{address}:{port}")
         if self.port == 0:
@@ -41,7 +57,7 @@ class GrpcServer:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", COS_SERVICE_NAME):
+        for name in ("", *self._service_names):
             await self.health.set(name, status)
 
     async def stop(self, grace_s: float) -> None:

@@ -7,10 +7,11 @@ Any invalid value raises `ConfigError` naming the variable (decision D9).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from chiefofstate.config.parsing import Env
+from chiefofstate.config.read_sides import ReadSidesSettings, load_read_sides
 from chiefofstate.core.breaker import BreakerSettings
 from chiefofstate.core.command_rules import ProtoValidation
 from chiefofstate.core.errors import ConfigError
@@ -88,6 +89,14 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriptionSettings:
+    """Bounds of live subscriptions (this project's variables; upstream has none)."""
+
+    buffer_size: int = 1000  # events waiting for one subscriber before it is ended
+    max_subscriptions: int = 10_000  # open subscription streams per node
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str
     style: str
@@ -108,6 +117,8 @@ class Settings:
     read_side_enabled: bool
     subscription_enabled: bool
     warnings: tuple[str, ...] = field(default=())
+    subscriptions: SubscriptionSettings = field(default=SubscriptionSettings())
+    read_sides: ReadSidesSettings = field(default=ReadSidesSettings())
 
 
 _RETIRED_VARIABLES = (
@@ -256,13 +267,7 @@ def _deployment_mode(env: Env) -> str:
 
 # Features whose switches are parsed with upstream's names but which this release does not serve yet:
 # refusing them at start is honest, where accepting them would silently drop work (decision D9).
-_NOT_YET_SUPPORTED = {
-    ("COS_SERVER_PROTOCOL", "http"): "the HTTP API",
-    ("COS_SERVER_PROTOCOL", "both"): "the HTTP API",
-    ("COS_WRITE_SIDE_PROTOCOL", "http"): "HTTP write handlers",
-    ("COS_READ_SIDE_ENABLED", "true"): "read sides",
-    ("COS_SUBSCRIPTION_ENABLED", "true"): "subscriptions",
-}
+_NOT_YET_SUPPORTED: dict[tuple[str, str], str] = {}
 
 
 def _refuse_unsupported(settings: Settings) -> None:
@@ -293,6 +298,12 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
         for name in _RETIRED_VARIABLES
         if name in environ
     )
+    read_side_enabled = env.boolean("COS_READ_SIDE_ENABLED", False)
+    read_sides = load_read_sides(
+        env,
+        enabled=read_side_enabled,
+        breaker=_breaker(env, "COS_READ_SIDE_BREAKER", "10s") if read_side_enabled else None,
+    )
     settings = Settings(
         server=_server(env),
         store=_store(env),
@@ -310,9 +321,24 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
         logging=_logging(env),
         num_shards=_num_shards(env),
         deployment_mode=_deployment_mode(env),
-        read_side_enabled=env.boolean("COS_READ_SIDE_ENABLED", False),
+        read_side_enabled=read_side_enabled,
         subscription_enabled=env.boolean("COS_SUBSCRIPTION_ENABLED", False),
-        warnings=warnings,
+        warnings=(*warnings, *read_sides.warnings),
+        subscriptions=SubscriptionSettings(
+            buffer_size=env.integer("COS_SUBSCRIPTION_BUFFER_SIZE", 1000, minimum=1, maximum=1_000_000),
+            max_subscriptions=env.integer("COS_SUBSCRIPTION_MAX", 10_000, minimum=1, maximum=1_000_000),
+        ),
+        read_sides=read_sides,
     )
     _refuse_unsupported(settings)
+    if settings.subscription_enabled and settings.server.protocol == "http":
+        # As upstream (SPEC.md §14 #20): subscriptions are gRPC streams, and no gRPC server runs.
+        settings = replace(
+            settings,
+            warnings=(
+                *settings.warnings,
+                "COS_SUBSCRIPTION_ENABLED has no effect with COS_SERVER_PROTOCOL=http: "
+                "subscriptions are served over gRPC only (use 'both')",
+            ),
+        )
     return settings

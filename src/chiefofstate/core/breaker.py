@@ -45,6 +45,11 @@ class CircuitBreaker:
                 raise Internal(OPEN_MESSAGE)
             self._trial_in_flight = True
 
+    def abandon(self) -> None:
+        """A call cancelled before it finished says nothing about the target's health; the half-open
+        trial it may have held is released so that the next call can be the trial."""
+        self._trial_in_flight = False
+
     def record(self, *, succeeded: bool, duration_s: float, now: float) -> None:
         # A call slower than call_timeout counts as a failure even when it returned (§3.11).
         failed = not succeeded or duration_s > self.settings.call_timeout_s

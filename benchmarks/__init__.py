@@ -1,0 +1,1 @@
+"""Benchmarks for the chiefofstate node: `python -m benchmarks` (see docs/performance.md)."""

@@ -1,0 +1,135 @@
+"""`python -m benchmarks`: measure the node against the floor harness; see docs/performance.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from benchmarks.engine import Timing
+from benchmarks.report import Report, render
+from benchmarks.suite import Plan, progress, run
+
+SUITES = ("table", "recovery", "memory", "scaleout", "variants", "profile")
+DEFAULT_SUITES = ("table", "recovery", "memory", "scaleout")
+
+
+def _machine() -> dict[str, Any]:
+    memory_kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(memory_kib / 2**20, 1),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    suites = (
+        frozenset(args.suite.split(","))
+        if args.suite
+        else frozenset(("table",) if args.quick else DEFAULT_SUITES)
+    )
+    unknown = suites - set(SUITES)
+    if unknown:
+        raise SystemExit(f"unknown suite(s) {sorted(unknown)}; choose from {', '.join(SUITES)}")
+    stores = ("postgres", "sqlite") if args.store == "both" else (args.store,)
+    if args.quick:
+        return Plan(
+            stores=stores,
+            levels=tuple(args.concurrency or (1, 64)),
+            timing=Timing(warmup_s=0.5, window_s=1.0, rounds=1),
+            suites=suites,
+            generators=args.generators,
+            seed=args.seed,
+            cold_per_level=8_000,
+            history_events=1_000,
+            recovery_restarts=1,
+            recovery_samples=3,
+            memory_entities=5_000,
+            profile_seconds=5.0,
+            profile_dir=args.profile_dir,
+            quiet_budget_s=args.quiet_wait,
+        )
+    return Plan(
+        stores=stores,
+        levels=tuple(args.concurrency or (1, 16, 64, 256)),
+        timing=Timing(warmup_s=args.warmup, window_s=args.window, rounds=args.rounds),
+        suites=suites,
+        generators=args.generators,
+        seed=args.seed,
+        profile_dir=args.profile_dir,
+        quiet_budget_s=args.quiet_wait,
+    )
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: every started process is stopped on the way out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of well under a minute (CI)")
+    parser.add_argument("--store", choices=("postgres", "sqlite", "both"), default="both")
+    parser.add_argument("--suite", default="", help=f"comma-separated, from {', '.join(SUITES)}")
+    parser.add_argument("--concurrency", type=int, nargs="+", help="requests in flight (default 1 16 64 256)")
+    parser.add_argument("--generators", type=int, default=1, help="load generator processes (default 1)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before the first window")
+    parser.add_argument("--window", type=float, default=2.0, help="seconds per measured window")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement (figures are medians)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="seconds in total the run may wait, before measurements, for other jobs to leave the CPUs",
+    )
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument("--profile-dir", type=Path, help="where the profile suite writes py-spy output")
+    args = parser.parse_args()
+    plan = _plan(args)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    started = time.monotonic()
+    machine = _machine()
+    progress(f"machine: {machine}")
+    report: Report = run(plan)
+    report.machine = machine
+    report.settings = {
+        "stores": plan.stores,
+        "levels": plan.levels,
+        "timing": asdict(plan.timing),
+        "suites": sorted(plan.suites),
+        "generators": plan.generators,
+        "seed": plan.seed,
+        "took_s": round(time.monotonic() - started, 1),
+    }
+    print(render(report))
+    print(f"took {report.settings['took_s']}s on {machine['cpus']} CPUs ({machine['cpu_model']})")
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Shared pieces of the HTTP and subscription benchmarks: real processes, a closed-loop load, statistics.
+
+Every run starts its own bank write handler and `cos serve` node (SQLite in a temporary directory, or
+PostgreSQL when COS_DB_HOST is set in the environment) and stops them at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chiefofstate.launch import Process, node_environment, start_bank_write_handler, start_node
+
+Call = Callable[[int], Awaitable[object]]  # one request made by worker number N
+
+
+@dataclass
+class LoadResult:
+    name: str
+    calls: int
+    failures: int
+    seconds: float
+    latencies_s: list[float] = field(repr=False)
+
+    @property
+    def throughput(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def percentile_ms(self, fraction: float) -> float:
+        if not self.latencies_s:
+            return float("nan")
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+    def row(self) -> str:
+        return (
+            f"| {self.name} | {self.throughput:,.0f} | {self.percentile_ms(0.50):.2f} | "
+            f"{self.percentile_ms(0.99):.2f} | {self.calls} | {self.failures} |"
+        )
+
+
+TABLE_HEADER = (
+    "| workload | calls/s | p50 ms | p99 ms | calls | failures |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+)
+
+
+async def closed_loop(name: str, call: Call, concurrency: int, duration_s: float) -> LoadResult:
+    """`concurrency` workers each issue one request after the other until the time is up."""
+    latencies: list[float] = []
+    failures = 0
+    deadline = time.perf_counter() + duration_s
+
+    async def worker(index: int) -> None:
+        nonlocal failures
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                await call(index)
+            except Exception:  # a failed call is counted, not fatal: the benchmark reports it
+                failures += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return LoadResult(name, len(latencies), failures, time.perf_counter() - started, latencies)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+@contextlib.contextmanager
+def bank_and_node(**node_overrides: str) -> Iterator[tuple[Process, Process]]:
+    """A gRPC bank handler and a node serving gRPC and HTTP; both stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix="cos-bench-") as scratch:
+        logs = Path(scratch) / "logs"
+        handler = start_bank_write_handler(logs)
+        node: Process | None = None
+        try:
+            env = {key: value for key, value in os.environ.items() if not key.startswith(("COS_", "LOG_"))}
+            env.update(
+                COS_WRITE_SIDE_HOST="127.0.0.1",
+                COS_WRITE_SIDE_PORT=str(handler.ports["grpc"]),
+                COS_SERVER_PROTOCOL="both",
+                COS_DB_PATH=str(Path(scratch) / "cos.db"),
+                LOG_LEVEL="WARN",
+            )
+            for key in ("COS_DB_HOST", "COS_DB_PORT", "COS_DB_USER", "COS_DB_PASSWORD", "COS_DB_NAME"):
+                if key in os.environ:
+                    env[key] = os.environ[key]
+            node = start_node(node_environment(env, **node_overrides), logs, name="bench-node")
+            yield handler, node
+        finally:
+            if node is not None:
+                node.stop()
+            handler.stop()
+
+
+class KeepAliveConnection:
+    """A minimal HTTP/1.1 client on one keep-alive connection, for load generation only.
+
+    httpx spends milliseconds of CPU per request (encode/httpx#3215); on a shared 2-core machine that
+    would measure the client rather than the node. This sends one request at a time and reads a
+    Content-Length framed reply, which is all the CoS HTTP API produces.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host = host
+        self._port = port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", timeout_s: float = 10.0
+    ) -> tuple[int, bytes]:
+        """One request; any failure drops the connection (the server also closes idle ones after
+        5 s), so the next request starts on a fresh one."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._exchange(method, path, body)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _exchange(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+        assert self._reader is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self._writer.write(head.encode() + b"\r\n" + body)
+        status_and_headers = await self._reader.readuntil(b"\r\n\r\n")
+        lines = status_and_headers.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = next(
+            int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length")
+        )
+        return status, await self._reader.readexactly(length)
+
+    async def close(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()

@@ -1,0 +1,386 @@
+"""Read-side benchmarks: how fast a replay reaches a read handler, and how late events arrive under load.
+
+    python -m benchmarks.readside_bench throughput [--events 100000] [--store sqlite|postgres]
+    python -m benchmarks.readside_bench lag [--rate 200] [--seconds 10] [--store sqlite|postgres]
+
+`throughput` writes a journal of N events straight through the journal adapter, starts a no-op gRPC read
+handler, measures the raw unary call rate to it (16 calls in flight, as 16 projections have one event
+in flight each), then starts `cos serve` with the read side paused (autoStart=false), resumes it and
+times the replay until every shard's offset reaches the journal's head. It reports both rates and their
+ratio, measured in the same run on the same machine.
+
+`lag` runs the bank write handler, the bank read handler and a node, sends deposits at a steady rate and
+reports, per event, the time from commit to delivery. The commit instant is bracketed: the event's
+`revision_date` is stamped just before `HandleEvent` (so "event → delivery" is an upper bound) and the
+client's reply arrives just after the commit (so "reply → delivery" is a lower bound, negative when the
+read handler had the event before the client had its answer).
+
+PostgreSQL is reached with COS_BENCH_PG_HOST/PORT/USER/PASSWORD (default 127.0.0.1:5432, postgres); a
+fresh database is created and dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from cos_bank import client as bank
+from cos_bank.gen.bank.v1 import bank_pb2
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+
+from benchmarks.processes import cpu_seconds
+from chiefofstate.core.sharding import shard_of
+from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as mpb
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
+from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerServiceStub
+from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
+from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
+from chiefofstate.gen.chief_of_state.v1.readside_pb2_grpc import ReadSideHandlerServiceStub
+from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
+from chiefofstate.journal.port import AppendRequest, Journal
+from chiefofstate.launch import (
+    Process,
+    free_port,
+    node_environment,
+    spawn,
+    start_bank_read_handler,
+    start_bank_write_handler,
+    start_node,
+    wait_for,
+)
+
+NUM_SHARDS = 16
+READ_SIDE = "bench"
+
+
+# --------------------------------------------------------------------------------------------- stores
+
+
+@contextlib.contextmanager
+def store_env(kind: str, folder: Path) -> Iterator[dict[str, str]]:
+    if kind == "sqlite":
+        yield {"COS_DB_PATH": str(folder / "cos.db")}
+        return
+    import psycopg
+
+    host = os.environ.get("COS_BENCH_PG_HOST", "127.0.0.1")
+    port = os.environ.get("COS_BENCH_PG_PORT", "5432")
+    user = os.environ.get("COS_BENCH_PG_USER", "postgres")
+    password = os.environ.get("COS_BENCH_PG_PASSWORD", "")
+    database = f"cos_bench_readside_{uuid.uuid4().hex[:8]}"
+    admin_dsn = f"postgresql://{user}:{password}@{host}:{port}/postgres"
+    with psycopg.connect(admin_dsn, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{database}"')
+    try:
+        yield {
+            "COS_DB_HOST": host,
+            "COS_DB_PORT": port,
+            "COS_DB_USER": user,
+            "COS_DB_PASSWORD": password,
+            "COS_DB_NAME": database,
+        }
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+async def open_journal(env: dict[str, str]) -> Journal:
+    if "COS_DB_HOST" not in env:
+        from chiefofstate.journal.sqlite import SqliteJournal
+
+        return await SqliteJournal.open(env["COS_DB_PATH"])
+    from chiefofstate.journal.postgres import PostgresJournal, PostgresSettings
+
+    return await PostgresJournal.open(
+        PostgresSettings(
+            host=env["COS_DB_HOST"],
+            port=int(env["COS_DB_PORT"]),
+            database=env["COS_DB_NAME"],
+            user=env["COS_DB_USER"],
+            password=env["COS_DB_PASSWORD"],
+        )
+    )
+
+
+def event_wrapper(entity_id: str, revision: int) -> EventWrapper:
+    event, state = AnyProto(), AnyProto()
+    event.Pack(bank_pb2.MoneyDeposited(amount=100))
+    state.Pack(bank_pb2.BankAccount(account_id=entity_id, owner="benchmark", balance=100 * revision))
+    now = time.time_ns()
+    return EventWrapper(
+        event=event,
+        resulting_state=state,
+        meta=MetaData(
+            entity_id=entity_id,
+            revision_number=revision,
+            revision_date=Timestamp(seconds=now // 10**9, nanos=now % 10**9),
+        ),
+    )
+
+
+async def write_journal(env: dict[str, str], events: int, per_entity: int = 100) -> dict[int, int]:
+    """`events` events of `events // per_entity` accounts; returns each shard's highest ordering."""
+    journal = await open_journal(env)
+    try:
+        await journal.migrate(NUM_SHARDS)
+        requests = [
+            AppendRequest(
+                entity_id=entity_id,
+                shard=shard_of(entity_id, NUM_SHARDS),
+                expected_sequence=first,
+                events=[event_wrapper(entity_id, first + k + 1).SerializeToString() for k in range(10)],
+                write_timestamp_ms=int(time.time() * 1000),
+                writer="benchmark",
+            )
+            for entity_id in (f"account-{number:06d}" for number in range(events // per_entity))
+            for first in range(0, per_entity, 10)
+        ]
+        # Each batch holds one request per entity at most, as the group-commit writer's batches do.
+        for start in range(0, per_entity // 10):
+            wave = requests[start :: per_entity // 10]
+            for chunk in range(0, len(wave), 200):
+                outcome = await journal.append_batch(wave[chunk : chunk + 200])
+                assert all(result is None for result in outcome), outcome
+        heads = {}
+        for shard in range(NUM_SHARDS):
+            after = 0
+            while rows := await journal.read_shard(shard, after, 5000):
+                after = rows[-1].ordering
+            heads[shard] = after
+        return heads
+    finally:
+        await journal.close()
+
+
+# ------------------------------------------------------------------------------------------ throughput
+
+
+async def raw_call_rate(port: int, in_flight: int, seconds: float) -> float:
+    """Unary HandleReadSide calls per second to the handler, `in_flight` at a time, one channel."""
+    wrapper = event_wrapper("account-000000", 42)
+    request = HandleReadSideRequest(
+        event=wrapper.event, state=wrapper.resulting_state, meta=wrapper.meta, read_side_id=READ_SIDE
+    )
+    metadata = (("x-cos-entity-id", "account-000000"), ("x-cos-event-tag", "3"))
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = ReadSideHandlerServiceStub(channel)
+        count = 0
+        stop_at = 0.0
+
+        async def caller() -> None:
+            nonlocal count
+            while time.perf_counter() < stop_at:
+                await stub.HandleReadSide(request, timeout=10, metadata=metadata)
+                count += 1
+
+        stop_at = time.perf_counter() + 1.0  # warm up the channel and the server
+        await asyncio.gather(*(caller() for _ in range(in_flight)))
+        count = 0
+        started = time.perf_counter()
+        stop_at = started + seconds
+        await asyncio.gather(*(caller() for _ in range(in_flight)))
+        return count / (time.perf_counter() - started)
+
+
+async def replay_rate(node: Process, heads: dict[int, int], events: int) -> tuple[float, float]:
+    """(events/s, node CPU seconds per 1000 events) from ResumeReadSide until every offset is the head."""
+    async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
+        manager = ReadSideManagerServiceStub(channel)
+        cpu_before = cpu_seconds(node.popen.pid)
+        started = time.perf_counter()
+        await manager.ResumeReadSide(mpb.ResumeReadSideRequest(read_side_id=READ_SIDE), timeout=30)
+        while True:
+            reply = await manager.GetLatestOffset(
+                mpb.GetLatestOffsetRequest(read_side_id=READ_SIDE), timeout=30
+            )
+            if all(offset.offset >= heads[offset.cluster_shard_number] for offset in reply.offsets):
+                break
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(node.popen.pid) - cpu_before
+    return events / elapsed, cpu / events * 1000
+
+
+def throughput(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="cos-readside-bench-") as scratch:
+        folder = Path(scratch)
+        with store_env(args.store, folder) as env:
+            heads = asyncio.run(write_journal(env, args.events))
+            port = free_port()
+            noop = spawn(
+                "noop-read-handler",
+                [sys.executable, "-m", "benchmarks.readside_noop", "--port", str(port)],
+                os.environ,
+                folder / "logs",
+            )
+            processes = [noop]
+            try:
+                wait_for("listening", noop, lambda: "listening on" in noop.log_text(), 30)
+                raw = asyncio.run(raw_call_rate(port, NUM_SHARDS, args.raw_seconds))
+                node_env = node_environment(
+                    {key: value for key, value in os.environ.items() if not key.startswith(("COS_", "LOG_"))},
+                    **env,
+                    COS_WRITE_SIDE_HOST="127.0.0.1",
+                    COS_WRITE_SIDE_PORT="1",  # no command is sent
+                    COS_READ_SIDE_ENABLED="true",
+                    **{
+                        f"COS_READ_SIDE_CONFIG__{name}__{READ_SIDE}": value
+                        for name, value in (
+                            ("HOST", "127.0.0.1"),
+                            ("PORT", str(port)),
+                            ("AUTO_START", "false"),
+                        )
+                    },
+                    LOG_LEVEL="WARN",
+                    LOG_STYLE="SIMPLE",
+                )
+                node = start_node(node_env, folder / "logs")
+                processes.append(node)
+                rate, cpu_per_1000 = asyncio.run(replay_rate(node, heads, args.events))
+            finally:
+                for process in reversed(processes):
+                    process.stop()
+    return {
+        "benchmark": "read-side replay throughput",
+        "store": args.store,
+        "events": args.events,
+        "delivered_events_per_s": round(rate),
+        "raw_unary_calls_per_s": round(raw),
+        "ratio": round(rate / raw, 3),
+        "node_cpu_ms_per_1000_events": round(cpu_per_1000 * 1000, 1),
+        "in_flight": NUM_SHARDS,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ lag
+
+
+async def steady_load(
+    node: Process, rate: float, seconds: float, entities: int
+) -> dict[tuple[str, int], float]:
+    """Deposits at `rate` per second, round-robin over accounts; (entity, revision) → reply time."""
+    replies: dict[tuple[str, int], float] = {}
+    accounts = [f"lag-{number:03d}" for number in range(entities)]
+    async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
+        stub = ChiefOfStateServiceStub(channel)
+        for account in accounts:
+            await stub.ProcessCommand(
+                pb.ProcessCommandRequest(entity_id=account, command=bank.open_account(account, 0)), timeout=10
+            )
+        locks = {account: asyncio.Lock() for account in accounts}  # one command per account at a time
+
+        async def deposit(account: str) -> None:
+            async with locks[account]:
+                reply = await stub.ProcessCommand(
+                    pb.ProcessCommandRequest(entity_id=account, command=bank.deposit(1)), timeout=10
+                )
+                replies[(account, reply.meta.revision_number)] = time.time()
+
+        tasks = []
+        started = time.perf_counter()
+        total = int(rate * seconds)
+        for number in range(total):
+            delay = started + number / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(deposit(accounts[number % entities])))
+        await asyncio.gather(*tasks)
+    return replies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def lag(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="cos-readside-lag-") as scratch:
+        folder = Path(scratch)
+        log_path = folder / "deliveries.jsonl"
+        with store_env(args.store, folder) as env:
+            processes: list[Process] = []
+            try:
+                writer = start_bank_write_handler(folder / "logs")
+                processes.append(writer)
+                reader = start_bank_read_handler(folder / "logs", deliveries=log_path)
+                processes.append(reader)
+                node_env = node_environment(
+                    {key: value for key, value in os.environ.items() if not key.startswith(("COS_", "LOG_"))},
+                    **env,
+                    COS_WRITE_SIDE_HOST="127.0.0.1",
+                    COS_WRITE_SIDE_PORT=str(writer.ports["grpc"]),
+                    COS_READ_SIDE_ENABLED="true",
+                    **{f"COS_READ_SIDE_CONFIG__HOST__{READ_SIDE}": "127.0.0.1"},
+                    **{f"COS_READ_SIDE_CONFIG__PORT__{READ_SIDE}": str(reader.ports["grpc"])},
+                    LOG_LEVEL="WARN",
+                    LOG_STYLE="SIMPLE",
+                )
+                node = start_node(node_env, folder / "logs")
+                processes.append(node)
+                replies = asyncio.run(steady_load(node, args.rate, args.seconds, args.entities))
+                deadline = time.monotonic() + 60
+                deliveries: dict[tuple[str, int], dict[str, float]] = {}
+                while time.monotonic() < deadline:
+                    for line in log_path.read_text().splitlines():
+                        raw = json.loads(line)
+                        deliveries.setdefault((raw["entity_id"], raw["revision"]), raw)
+                    if all(key in deliveries for key in replies):
+                        break
+                    time.sleep(0.1)
+            finally:
+                for process in reversed(processes):
+                    process.stop()
+    from_event = [
+        (deliveries[key]["received_at"] - deliveries[key]["revision_date"]) * 1000 for key in replies
+    ]
+    from_reply = [(deliveries[key]["received_at"] - replies[key]) * 1000 for key in replies]
+    return {
+        "benchmark": "read-side lag under a steady command load",
+        "store": args.store,
+        "commands_per_s": args.rate,
+        "events": len(replies),
+        "event_to_delivery_ms": {
+            "p50": round(statistics.median(from_event), 2),
+            "p99": round(percentile(from_event, 0.99), 2),
+        },
+        "reply_to_delivery_ms": {
+            "p50": round(statistics.median(from_reply), 2),
+            "p99": round(percentile(from_reply, 0.99), 2),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="benchmark", required=True)
+    replay = sub.add_parser("throughput")
+    replay.add_argument("--events", type=int, default=100_000)
+    replay.add_argument("--raw-seconds", type=float, default=5.0)
+    replay.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    steady = sub.add_parser("lag")
+    steady.add_argument("--rate", type=float, default=200.0)
+    steady.add_argument("--seconds", type=float, default=10.0)
+    steady.add_argument("--entities", type=int, default=50)
+    steady.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    args = parser.parse_args()
+    result = throughput(args) if args.benchmark == "throughput" else lag(args)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Markdown tables of a run: what `python -m benchmarks` prints and docs/performance.md quotes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.results import Cell
+
+FLOOR = "floor"
+ECHO = "echo"
+
+
+@dataclass
+class Report:
+    cells: list[Cell] = field(default_factory=list)
+    recovery: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    scaleout: list[Cell] = field(default_factory=list)
+    variants: list[Cell] = field(default_factory=list)
+    generator_check: list[Cell] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def reference(cells: Sequence[Cell], cell: Cell) -> Cell | None:
+    """The floor for ProcessCommand, the bare echo server for GetState, at the same concurrency."""
+    system, workload = (
+        (FLOOR, "ProcessCommand") if cell.workload.startswith("ProcessCommand") else (ECHO, "GetState")
+    )
+    for candidate in cells:
+        kind = candidate.system.split(" [", 1)[0]  # "floor [uvloop]" is a floor too
+        if (kind, candidate.workload, candidate.concurrency) == (system, workload, cell.concurrency):
+            return candidate
+    return None
+
+
+def _number(value: float, digits: int = 1) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _ratio(value: float, base: float) -> str:
+    if base == 0 or math.isnan(value) or math.isnan(base):
+        return "n/a"
+    return f"{value / base:.2f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(item)) for item in column) for column in zip(header, *rows, strict=True)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += [
+        "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def _flags(cell: Cell) -> str:
+    notes = []
+    if cell.errors:
+        notes.append("errors " + ",".join(f"{code}={count}" for code, count in sorted(cell.errors.items())))
+    if cell.exhausted:
+        notes.append("ran out of ids")
+    if cell.cpu is not None and cell.cpu.cores.get("other", 0.0) > 0.3:
+        notes.append(f"noisy: {cell.cpu.cores['other']:.1f} cores busy elsewhere")
+    return "; ".join(notes)
+
+
+def results_table(cells: Sequence[Cell]) -> str:
+    rows = []
+    for cell in cells:
+        base = reference(cells, cell)
+        rows.append(
+            [
+                cell.system,
+                cell.workload,
+                str(cell.concurrency),
+                _number(cell.throughput, 0),
+                _number(cell.p50_ms, 2),
+                _number(cell.p99_ms, 2),
+                _number(cell.p999_ms, 2),
+                _ratio(cell.throughput, base.throughput) if base else "n/a",
+                _ratio(cell.p99_ms, base.p99_ms) if base else "n/a",
+                _flags(cell),
+            ]
+        )
+    header = [
+        "system",
+        "workload",
+        "conc.",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "ops/s ÷ ref",
+        "p99 ÷ ref",
+        "notes",
+    ]
+    return _table(header, rows)
+
+
+def cpu_table(cells: Sequence[Cell]) -> str:
+    groups = ("server", "handler", "database", "generator")
+    rows = []
+    for cell in cells:
+        if cell.cpu is None:
+            continue
+        per_op = cell.cpu.per_op_us
+        rows.append(
+            [cell.system, cell.workload, str(cell.concurrency)]
+            + [_number(per_op[group], 0) if group in per_op else "-" for group in groups]
+            + [
+                _number(cell.cpu.cores.get("server", math.nan), 2),
+                _number(cell.cpu.cores.get("other", 0.0), 2),
+            ]
+        )
+    header = [
+        "system",
+        "workload",
+        "conc.",
+        "server µs/op",
+        "handler µs/op",
+        "database µs/op",
+        "generator µs/op",
+        "server cores",
+        "other cores",
+    ]
+    return _table(header, rows)
+
+
+def targets_table(cells: Sequence[Cell]) -> str:
+    """The issue's targets: ProcessCommand on PostgreSQL at 64 in flight, GetState cached vs echo."""
+    rows = []
+    for cell in cells:
+        base = reference(cells, cell)
+        if base is None or cell.system in (FLOOR, ECHO):
+            continue
+        if (
+            cell.workload.startswith("ProcessCommand")
+            and cell.system == "node/postgres"
+            and cell.concurrency == 64
+        ):
+            throughput = cell.throughput / base.throughput
+            p99 = cell.p99_ms / base.p99_ms
+            rows.append(
+                [
+                    f"{cell.workload} c=64 throughput ≥ 0.85 × floor",
+                    f"{throughput:.2f}",
+                    _verdict(throughput >= 0.85),
+                ]
+            )
+            rows.append([f"{cell.workload} c=64 p99 ≤ 1.5 × floor p99", f"{p99:.2f}", _verdict(p99 <= 1.5)])
+        if cell.workload == "GetState cached" and cell.system == "node/postgres":
+            ratio = cell.throughput / base.throughput
+            rows.append(
+                [
+                    f"GetState cached c={cell.concurrency} ≥ 0.85 × echo",
+                    f"{ratio:.2f}",
+                    _verdict(ratio >= 0.85),
+                ]
+            )
+    return _table(["target", "measured", "met?"], rows) if rows else ""
+
+
+def _verdict(met: bool) -> str:
+    return "yes" if met else "NO"
+
+
+def recovery_table(rows: Sequence[dict[str, Any]]) -> str:
+    body = [
+        [
+            str(row["store"]),
+            f"{row['events']:,}",
+            f"{row['restart_median_ms']:.2f} (min {row['restart_min_ms']:.2f}, n={row['restarts']})",
+            f"{row['passivated_median_ms']:.2f} "
+            f"(p90 {row['passivated_p90_ms']:.2f}, n={row['passivated_samples']})",
+            f"{row['journal_median_ms']:.3f}",
+        ]
+        for row in rows
+    ]
+    header = [
+        "store",
+        "events in history",
+        "first GetState after restart, ms",
+        "GetState after passivation, ms",
+        "Journal.latest_state, ms",
+    ]
+    return _table(header, body)
+
+
+def memory_table(memory: dict[str, Any]) -> str:
+    if not memory:
+        return ""
+    rows = [
+        ["store", str(memory["store"])],
+        ["entities cached", f"{memory['entities']:,}"],
+        [
+            "node RSS before / after",
+            f"{memory['rss_before'] / 2**20:,.1f} MiB / {memory['rss_after'] / 2**20:,.1f} MiB",
+        ],
+        ["RSS per cached entity", f"{memory['per_entity']:,.0f} B"],
+        ["serialized state per entity (payload)", f"{memory['payload']:,} B"],
+        ["overhead per entity (RSS − payload)", f"{memory['overhead']:,.0f} B"],
+    ]
+    full = memory.get("cache_full")
+    if full:
+        rows.append(
+            [
+                f"GetState cold c={full['concurrency']}, cache below capacity",
+                f"{full['below']['throughput']:,.0f} ops/s, p99 {full['below']['p99_ms']:.1f} ms",
+            ]
+        )
+        rows.append(
+            [
+                f"GetState cold c={full['concurrency']}, cache at capacity ({memory['capacity']:,})",
+                f"{full['at']['throughput']:,.0f} ops/s, p99 {full['at']['p99_ms']:.1f} ms",
+            ]
+        )
+    return _table(["memory", "value"], rows)
+
+
+def scaleout_table(cells: Sequence[Cell]) -> str:
+    if not cells:
+        return ""
+    base = {cell.workload: cell for cell in cells if cell.system.startswith("1 node")}
+    rows = []
+    for cell in cells:
+        one = base.get(cell.workload)
+        rows.append(
+            [
+                cell.system,
+                cell.workload,
+                str(cell.concurrency),
+                _number(cell.throughput, 0),
+                _number(cell.p99_ms, 2),
+                _ratio(cell.throughput, one.throughput) if one else "n/a",
+                _number(cell.cpu.cores.get("server", math.nan), 2) if cell.cpu else "n/a",
+                _number(sum(cell.cpu.per_op_us.values()), 0) if cell.cpu else "n/a",
+            ]
+        )
+    header = ["nodes", "workload", "conc.", "ops/s", "p99 ms", "factor", "node cores", "all CPU µs/op"]
+    return _table(header, rows)
+
+
+def generator_table(cells: Sequence[Cell]) -> str:
+    rows = [
+        [
+            cell.system,
+            str(cell.concurrency),
+            _number(cell.throughput, 0),
+            _number(cell.p99_ms, 2),
+            _number(cell.cpu.cores.get("server", math.nan), 2) if cell.cpu else "n/a",
+            _number(cell.cpu.cores.get("generator", math.nan), 2) if cell.cpu else "n/a",
+            _number(cell.cpu.cores.get("other", math.nan), 2) if cell.cpu else "n/a",
+        ]
+        for cell in cells
+    ]
+    header = ["setup", "conc.", "ops/s", "p99 ms", "echo server cores", "generator cores", "other cores"]
+    return _table(header, rows)
+
+
+def variants_table(cells: Sequence[Cell]) -> str:
+    rows = []
+    for cell in cells:
+        variant = str(cell.extra.get("variant", ""))
+        same = [other for other in cells if other.extra.get("variant") == variant]
+        base = reference(same, cell)
+        server = cell.cpu.per_op_us.get("server", math.nan) if cell.cpu else math.nan
+        rows.append(
+            [
+                variant,
+                cell.system.split(" [", 1)[0],
+                cell.workload,
+                _number(cell.throughput, 0),
+                _number(cell.p99_ms, 2),
+                _ratio(cell.throughput, base.throughput) if base else "n/a",
+                _number(server, 0),
+                _flags(cell),
+            ]
+        )
+    header = ["variant", "system", "workload", "ops/s", "p99 ms", "ops/s ÷ ref", "server µs/op", "notes"]
+    return _table(header, rows)
+
+
+def render(report: Report) -> str:
+    parts = []
+    if report.cells:
+        parts += ["## Throughput and latency (medians of the windows)", results_table(report.cells)]
+        parts += ["## CPU per operation", cpu_table(report.cells)]
+        targets = targets_table(report.cells)
+        if targets:
+            parts += ["## Targets", targets]
+    if report.generator_check:
+        parts += ["## Load generator check (bare echo server)", generator_table(report.generator_check)]
+    if report.recovery:
+        parts += ["## Recovery after a restart (cold cache)", recovery_table(report.recovery)]
+    if report.memory:
+        parts += ["## Memory per cached entity", memory_table(report.memory)]
+    if report.scaleout:
+        parts += ["## Scale-out on one machine (PostgreSQL)", scaleout_table(report.scaleout)]
+    if report.variants:
+        parts += [
+            "## Experiments (PostgreSQL; each node against a floor on the same loop)",
+            variants_table(report.variants),
+        ]
+    if report.profile:
+        parts += ["## Profile of the node", str(report.profile.get("summary", ""))]
+    return "\n\n".join(parts) + "\n"

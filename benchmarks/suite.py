@@ -1,0 +1,236 @@
+"""The whole run: start the processes, seed the stores, measure every cell, stop everything."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks import extras
+from benchmarks.engine import ColdCursor, Engine, QuietPolicy, Round, Target, Timing
+from benchmarks.loadgen import cold_id
+from benchmarks.processes import Fleet
+from benchmarks.report import Report
+from benchmarks.results import Cell
+from benchmarks.stores import Store, postgres_store, seed, sqlite_store
+from chiefofstate.launch import Process
+
+NODE_WORKLOADS = ("ProcessCommand new", "ProcessCommand hot", "GetState cached")
+
+
+@dataclass(frozen=True)
+class Plan:
+    stores: tuple[str, ...]
+    levels: tuple[int, ...]
+    timing: Timing
+    suites: frozenset[str]
+    generators: int = 1
+    seed: int = 1
+    cold_per_level: int = 30_000
+    history_events: int = 100_000
+    short_history_events: int = 10
+    recovery_restarts: int = 5
+    recovery_samples: int = 20
+    memory_entities: int = 100_000
+    scaleout_concurrency: int = 64
+    profile_seconds: float = 15.0
+    profile_dir: Path | None = None
+    quiet_budget_s: float = 0.0  # total seconds the run may wait for other jobs on the machine to calm down
+
+
+@dataclass
+class IdRanges:
+    """Hands out disjoint ranges of seeded cold ids."""
+
+    next_index: int = 0
+    wanted: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def take(self, count: int, stores: tuple[str, ...]) -> tuple[int, int]:
+        taken = (self.next_index, self.next_index + count)
+        self.next_index += count
+        for store in stores:
+            self.wanted.setdefault(store, []).append(taken)
+        return taken
+
+    def ids_for(self, store: str) -> list[str]:
+        return [cold_id(i) for start, end in self.wanted.get(store, []) for i in range(start, end)]
+
+
+class NodeHandle:
+    """A node that can be restarted; its Target resolves the current process when sampled."""
+
+    def __init__(self, fleet: Fleet, store: Store, handler: Process, name: str) -> None:
+        self.fleet = fleet
+        self.store = store
+        self.handler = handler
+        self.name = name
+        self.extra_env: dict[str, str] = {}
+        self.process = fleet.start_node(store.env, handler, name=name)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.process.ports['grpc']}"
+
+    def restart(self, **extra_env: str) -> None:
+        """A fresh process (empty cache); `extra_env` holds until the next restart."""
+        self.fleet.stop(self.process)
+        self.extra_env = dict(extra_env)
+        self.process = self.fleet.start_node({**self.store.env, **extra_env}, self.handler, name=self.name)
+
+    def target(self, system: str) -> Target:
+        return Target(system, [self.address], self.groups)
+
+    def groups(self) -> dict[str, list[int]]:
+        return {
+            "server": [self.process.popen.pid],
+            "handler": [self.handler.popen.pid],
+            "database": self.store.backend_pids(),
+        }
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _describe(cell: Cell) -> str:
+    return (
+        f"{cell.system:14} {cell.workload:19} c={cell.concurrency:<3} {cell.throughput:8,.0f} ops/s  "
+        f"p50 {cell.p50_ms:7.2f}  p99 {cell.p99_ms:7.2f} ms"
+    )
+
+
+@contextlib.contextmanager
+def _stores(names: tuple[str, ...]) -> Iterator[dict[str, Store]]:
+    with contextlib.ExitStack() as stack:
+        makers: dict[str, Callable[[], contextlib.AbstractContextManager[Store]]] = {
+            "postgres": postgres_store,
+            "sqlite": sqlite_store,
+        }
+        yield {name: stack.enter_context(makers[name]()) for name in names}
+
+
+def run(plan: Plan) -> Report:
+    report = Report()
+    log_dir = Path(tempfile.mkdtemp(prefix="cos-bench-"))
+    progress(f"logs in {log_dir}")
+    fleet = Fleet(log_dir, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    quiet = QuietPolicy(budget_s=plan.quiet_budget_s)
+    engine = Engine(log_dir, fleet.generators, plan.timing, plan.generators, plan.seed, quiet)
+    try:
+        with _stores(plan.stores) as stores:
+            _run_suites(plan, engine, fleet, stores, report)
+    finally:
+        fleet.stop_all()
+    return report
+
+
+def _run_suites(plan: Plan, engine: Engine, fleet: Fleet, stores: dict[str, Store], report: Report) -> None:
+    ranges = IdRanges()
+    cold = (
+        {c: ranges.take(plan.cold_per_level, plan.stores) for c in plan.levels}
+        if "table" in plan.suites
+        else {}
+    )
+    memory_store = "postgres" if "postgres" in stores else plan.stores[0]
+    memory_ranges = (
+        extras.memory_ranges(ranges, plan.memory_entities, (memory_store,))
+        if "memory" in plan.suites
+        else None
+    )
+    histories = (
+        {
+            extras.history_id(plan.history_events): plan.history_events,
+            extras.history_id(plan.short_history_events): plan.short_history_events,
+        }
+        if "recovery" in plan.suites
+        else {}
+    )
+    for name, store in stores.items():
+        ids = ranges.ids_for(name)
+        if ids or histories:
+            progress(
+                f"seeding {len(ids):,} entities and {sum(histories.values()):,} history events in {name}"
+            )
+            took = seed(store, ids, histories)
+            progress(f"seeded {name} in {took:.1f}s")
+
+    handler = fleet.start_handler()
+    nodes = {name: NodeHandle(fleet, store, handler, f"node-{name}") for name, store in stores.items()}
+
+    def measured(cell: Cell) -> Cell:
+        progress(_describe(cell))
+        return cell
+
+    if "table" in plan.suites:
+        _table(plan, engine, fleet, handler, nodes, cold, report, measured)
+
+    if "recovery" in plan.suites:
+        for node in nodes.values():
+            report.recovery += extras.measure_recovery(node, plan, progress)
+
+    if "memory" in plan.suites and memory_ranges is not None:
+        report.memory = extras.measure_memory(nodes[memory_store], engine, memory_ranges, plan, progress)
+
+    if "scaleout" in plan.suites and "postgres" in nodes:
+        report.scaleout = extras.measure_scaleout(nodes["postgres"], engine, plan, progress)
+
+    if "variants" in plan.suites and "postgres" in nodes:
+        report.variants = extras.measure_variants(nodes["postgres"], engine, progress)
+
+    if "profile" in plan.suites and "postgres" in nodes:
+        report.profile = extras.profile_systems(nodes["postgres"], engine, plan, progress)
+
+
+def _table(
+    plan: Plan,
+    engine: Engine,
+    fleet: Fleet,
+    handler: Process,
+    nodes: dict[str, NodeHandle],
+    cold: dict[int, tuple[int, int]],
+    report: Report,
+    measured: Callable[[Cell], Cell],
+) -> None:
+    floor = fleet.start_floor("floor", handler)
+    echo = fleet.start_floor("echo")
+    floor_target = Target(
+        "floor", [f"127.0.0.1:{floor.ports['grpc']}"], extras.process_groups(floor, handler)
+    )
+    echo_target = Target("echo", [f"127.0.0.1:{echo.ports['grpc']}"], extras.process_groups(echo))
+    for concurrency in plan.levels:
+        # Rounds are interleaved: round r of every system runs before round r + 1 of any, so a burst
+        # of background load lands on all systems alike instead of on one cell.
+        cells: list[tuple[Target, str]] = [(floor_target, "ProcessCommand"), (echo_target, "GetState")]
+        for name, node in nodes.items():
+            cells += [(node.target(f"node/{name}"), workload) for workload in NODE_WORKLOADS]
+        rounds: dict[int, list[Round]] = {index: [] for index in range(len(cells))}
+        for _ in range(plan.timing.rounds):
+            for index, (target, workload) in enumerate(cells):
+                rounds[index].append(engine.run_round(target, workload, concurrency))
+        for index, (target, workload) in enumerate(cells):
+            cell = engine.combine(target.system, workload, concurrency, rounds[index], plan.timing)
+            report.cells.append(measured(cell))
+    # Is the load generator the bottleneck? Against the bare echo server at the highest concurrency,
+    # one generator process must leave the server saturated, and a second must not add throughput.
+    top = max(plan.levels)
+    for count in (1, 2):
+        cell = engine.measure(echo_target, "GetState", top, generators=count)
+        cell.system = f"echo, {count} generator{'s' if count > 1 else ''}"
+        report.generator_check.append(measured(cell))
+    fleet.stop(floor)
+    fleet.stop(echo)
+    for name, node in nodes.items():
+        for concurrency in plan.levels:
+            node.restart()  # an empty cache, so that every read below is a recovery
+            start, end = cold[concurrency]
+            # Each round (and each retry of a noisy one) reads ids nobody read before.
+            cursor = ColdCursor(
+                start, end, (end - start) // (plan.timing.rounds + engine.quiet.retries_per_round)
+            )
+            cell = engine.measure(node.target(f"node/{name}"), "GetState cold", concurrency, cold=cursor)
+            report.cells.append(measured(cell))

@@ -1,0 +1,45 @@
+"""`cos serve` with an experimental change applied in-process, to size a proposed source change.
+
+Run as `python -m benchmarks.variants NAME[,NAME...]`; the node reads its COS_* environment as usual.
+Nothing under src/ is edited: each variant patches the running process only, and the measured gain
+backs (or refutes) the recommendation in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+from collections.abc import Callable
+
+
+def use_uvloop() -> None:
+    """Run the node's event loop on uvloop (proposal: `cos serve` installs it when available)."""
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def tune_gc() -> None:
+    """Freeze start-up objects and collect the young generation less often (proposal: do so in serve)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
+VARIANTS: dict[str, Callable[[], None]] = {"uvloop": use_uvloop, "gc": tune_gc}
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise SystemExit(f"usage: python -m benchmarks.variants NAME[,NAME...] (from {', '.join(VARIANTS)})")
+    for name in filter(None, sys.argv[1].split(",")):
+        VARIANTS[name]()
+    from chiefofstate.cli import main as cos_main
+
+    sys.argv = ["cos", "serve"]
+    cos_main()
+
+
+if __name__ == "__main__":
+    main()

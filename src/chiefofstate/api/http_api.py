@@ -1,0 +1,197 @@
+"""The HTTP/JSON API: ProcessCommand and GetState over HTTP (SPEC.md §8, decision D5).
+
+The same CommandPath as the gRPC service runs every command; this module only turns HTTP requests
+into its arguments and its answers into §8.4 JSON. Every answer, including a refused route, method,
+content type or body, is JSON, so clients never have to parse plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Annotated
+
+from fastapi import FastAPI, Request
+from fastapi import Path as PathParameter
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from chiefofstate.api.command_path import CommandPath
+from chiefofstate.api.http_errors import failure_response, rejection_response
+from chiefofstate.core.errors import CosError
+from chiefofstate.core.headers import HeaderValue
+from chiefofstate.core.json_codec import JsonShapeError, decode_base64, message_from_json, message_to_json
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+
+log = logging.getLogger("chiefofstate.api.http")
+
+PROCESS_ROUTE = "/v1/commands/{entityId}/process"
+STATE_ROUTE = "/v1/entities/{entityId}/state"
+_ROUTES_HINT = f"the API serves POST {PROCESS_ROUTE} and GET {STATE_ROUTE}"
+
+
+class _Header(BaseModel):
+    key: str
+    string_value: str | None = None
+    bytes_value: str | None = Field(None, description="base64")
+
+
+class _Meta(BaseModel):
+    entity_id: str | None = None
+    revision_number: int | None = Field(None, description="omitted when 0")
+    revision_date: str | None = Field(None, description="ISO-8601 UTC instant, e.g. 2025-01-31T10:00:00.120Z")
+    data: dict[str, str] | None = Field(None, description="key → base64 of a serialized Any")
+    headers: list[_Header] | None = None
+
+
+class ProcessCommandBody(BaseModel):
+    entity_id: str | None = Field(None, description="optional; the path's entity id always wins")
+    command: str | None = Field(None, description="base64 of the serialized google.protobuf.Any")
+
+
+class StateReply(BaseModel):
+    state: str | None = Field(None, description="base64 of the serialized google.protobuf.Any")
+    meta: _Meta
+
+
+class ErrorReply(BaseModel):
+    error: str
+    code: str = Field(description="the gRPC status code name, e.g. NOT_FOUND")
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorReply, "description": description}
+    for status, description in (
+        (400, "INVALID_ARGUMENT: bad JSON, base64 or Any, or refused by the write handler"),
+        (404, "NOT_FOUND: no such entity (GetState) or route"),
+        (409, "ALREADY_EXISTS / ABORTED"),
+        (412, "FAILED_PRECONDITION"),
+        (429, "RESOURCE_EXHAUSTED: too many requests queued"),
+        (500, "INTERNAL and every other code"),
+        (503, "UNAVAILABLE: write handler or database unreachable"),
+        (504, "DEADLINE_EXCEEDED: nothing was written"),
+    )
+}
+
+EntityId = Annotated[str, PathParameter(alias="entityId", description="the entity id")]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_s: float) -> FastAPI:
+    app = FastAPI(
+        title="Chief of State",
+        description="ProcessCommand and GetState over HTTP/JSON. Every protobuf Any is the base64 "
+        "encoding of the serialized Any message; errors are {error, code} with the gRPC code name.",
+        redoc_url=None,
+    )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def route_rejected(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 404:
+            message = f"no route for {request.method} {request.url.path}; {_ROUTES_HINT}"
+        elif error.status_code == 405:
+            allowed = (error.headers or {}).get("Allow", "")
+            message = f"method {request.method} is not allowed on {request.url.path}; use {allowed}"
+        else:
+            message = str(error.detail)
+        return rejection_response(error.status_code, message, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(request: Request, error: RequestValidationError) -> Response:
+        return rejection_response(400, f"invalid request: {error.errors()}")
+
+    @app.post(
+        # `:path` lets an entity id contain "/" (percent-encoded or not), as over gRPC.
+        "/v1/commands/{entityId:path}/process",
+        summary="ProcessCommand",
+        response_model=StateReply,
+        responses={
+            **_ERROR_RESPONSES,
+            413: {"model": ErrorReply, "description": "body too large"},
+            415: {"model": ErrorReply, "description": "Content-Type is not application/json"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ProcessCommandBody.model_json_schema()}},
+            }
+        },
+    )
+    async def process_command(entity_id: EntityId, request: Request) -> Response:
+        try:
+            body = await _json_body(request, max_body_bytes, body_timeout_s)
+            command_request = message_from_json(pb.ProcessCommandRequest, body)
+            metadata = _metadata(request)
+        except JsonShapeError as error:
+            return rejection_response(400, str(error))
+        except _BadRequest as error:
+            return rejection_response(error.status_code, error.message)
+        if command_request.entity_id and command_request.entity_id != entity_id:
+            log.info(
+                "entity_id %r in the body differs from %r in the path; the path wins (SPEC.md §8.2)",
+                command_request.entity_id,
+                entity_id,
+            )
+        try:
+            state = await commands.process_command(entity_id, command_request.command, metadata, None)
+        except CosError as error:
+            return failure_response(error)
+        return JSONResponse(message_to_json(pb.ProcessCommandResponse(state=state.state, meta=state.meta)))
+
+    @app.get(
+        "/v1/entities/{entityId:path}/state",
+        summary="GetState",
+        response_model=StateReply,
+        responses=_ERROR_RESPONSES,
+    )
+    async def get_state(entity_id: EntityId) -> Response:
+        try:
+            state = await commands.get_state(entity_id, None)
+        except CosError as error:
+            return failure_response(error)
+        return JSONResponse(message_to_json(pb.GetStateResponse(state=state.state, meta=state.meta)))
+
+    return app
+
+
+async def _json_body(request: Request, max_body_bytes: int, timeout_s: float) -> object:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise _BadRequest(415, f"Content-Type must be application/json (got {media_type or 'none'})")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body_bytes:
+        raise _BadRequest(413, f"the body is larger than {max_body_bytes} bytes")
+    body = bytearray()
+    try:
+        # A client that trickles its body must not hold a request open forever.
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_body_bytes:
+                    raise _BadRequest(413, f"the body is larger than {max_body_bytes} bytes")
+    except TimeoutError:
+        raise _BadRequest(400, f"the body did not arrive within {timeout_s:g}s") from None
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _BadRequest(400, f"the body is not valid JSON: {error}") from None
+
+
+def _metadata(request: Request) -> list[tuple[str, HeaderValue]]:
+    """HTTP headers as gRPC-style metadata (§3.3): names lower-cased, `-bin` values base64-decoded."""
+    metadata: list[tuple[str, HeaderValue]] = []
+    for name, value in request.headers.items():
+        if name.endswith("-bin"):
+            metadata.append((name, decode_base64(value, f"header {name}")))
+        else:
+            metadata.append((name, value))
+    return metadata

@@ -1,0 +1,113 @@
+"""Runs an ASGI app with uvicorn on the node's own event loop, as a task the node owns.
+
+uvicorn's `Server.serve()` normally installs its own SIGINT/SIGTERM handlers, which would replace
+the node's and break the node's orderly shutdown; here the node keeps the signals and tells the
+server when to stop. The listening socket is bound before the task starts, so a port in use fails
+`start()` with OSError instead of uvicorn's `sys.exit` inside a background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Generator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from chiefofstate.tasks import cancel_and_wait
+
+log = logging.getLogger("chiefofstate.api.http")
+
+_STARTUP_TIMEOUT_S = 10.0
+
+
+def _drop_terminal_colours(record: logging.LogRecord) -> bool:
+    # uvicorn attaches an ANSI-coloured copy of some messages, which would land in JSON logs.
+    record.__dict__.pop("color_message", None)
+    return True
+
+
+class _NodeOwnedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # the node handles SIGTERM and SIGINT itself
+
+
+def bind_listening_socket(address: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A TCP listener whose accepted connections get TCP_NODELAY.
+
+    asyncio sets TCP_NODELAY only on sockets whose `proto` is IPPROTO_TCP, and `socket.create_server`
+    leaves it 0; without it Nagle's algorithm holds a response's body behind its head until the
+    client's delayed ACK, adding ~40 ms to every keep-alive request.
+    """
+    family, kind, proto, _, bind_to = socket.getaddrinfo(
+        address, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(bind_to)
+        listener.listen(backlog)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+class HttpServer:
+    def __init__(self, app: ASGIApp, address: str, port: int, shutdown_timeout_s: float) -> None:
+        self._app = app
+        self._address = address
+        self._requested_port = port
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._server: _NodeOwnedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port = port
+
+    async def start(self) -> None:
+        logging.getLogger("uvicorn.error").addFilter(_drop_terminal_colours)  # idempotent
+        listener = bind_listening_socket(self._address, self._requested_port)
+        self.port = int(listener.getsockname()[1])
+        config = uvicorn.Config(
+            self._app,
+            log_config=None,  # the node's logging configuration applies
+            access_log=False,
+            lifespan="off",
+            ws="none",
+            server_header=False,
+            timeout_graceful_shutdown=max(1, round(self._shutdown_timeout_s)),
+        )
+        server = self._server = _NodeOwnedServer(config)
+        self._task = asyncio.create_task(server.serve(sockets=[listener]), name="http-api")
+        try:
+            async with asyncio.timeout(_STARTUP_TIMEOUT_S):
+                while not server.started:
+                    if self._task.done():
+                        self._task.result()  # raises what stopped it
+                        raise OSError(f"the HTTP server on {self._address}:{self.port} stopped at start")
+                    await asyncio.sleep(0.01)
+        except BaseException:
+            await self.stop()
+            listener.close()
+            raise
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish within the shutdown timeout, then cancel."""
+        server, task = self._server, self._task
+        if server is None or task is None:
+            return
+        server.should_exit = True
+        try:
+            # uvicorn itself cancels requests still running after timeout_graceful_shutdown.
+            await asyncio.wait_for(asyncio.shield(task), self._shutdown_timeout_s + 5)
+        except TimeoutError:
+            log.warning("HTTP server did not stop within the shutdown timeout; cancelling it")
+        except Exception:
+            log.exception("HTTP server failed while stopping")
+        finally:
+            server.force_exit = True
+            await cancel_and_wait(task)
+            self._server = self._task = None

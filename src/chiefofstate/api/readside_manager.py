@@ -1,0 +1,213 @@
+"""`chief_of_state.v1.ReadSideManagerService` and the project's `ReadSideAdminService` (SPEC.md §6).
+
+Served only when COS_READ_SIDE_ENABLED=true. Upstream semantics, with decision D6: an unknown read side
+is NOT_FOUND at once, a shard out of range is INVALID_ARGUMENT in every by-shard rpc, skip moves past the
+next unprocessed event of the shard and answers once the new offset is stored, and offsets are read from
+the store. Upstream's messages cannot say that a projection is halted (decision D7), so every answer
+carries the targeted projections' states in the `x-cos-read-side-state` trailer, e.g.
+`running=0-2,4-15;halted=3`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from grpc import aio
+
+from chiefofstate.api.grpc_errors import abort_with, as_cos_error
+from chiefofstate.core.readside_rules import ProjectionState
+from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as pb
+from chiefofstate.gen.chief_of_state.v1.common_pb2 import ReadSideOffset
+from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerServiceServicer
+from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2 as admin
+from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import ReadSideAdminServiceServicer
+from chiefofstate.readside.runtime import ReadSideRuntime, ReadSideView
+
+STATE_TRAILER = "x-cos-read-side-state"
+
+Context = aio.ServicerContext[object, object]
+Result = TypeVar("Result")
+
+_STATES = {
+    ProjectionState.RUNNING: admin.PROJECTION_STATE_RUNNING,
+    ProjectionState.PAUSED: admin.PROJECTION_STATE_PAUSED,
+    ProjectionState.HALTED: admin.PROJECTION_STATE_HALTED,
+    ProjectionState.STOPPED: admin.PROJECTION_STATE_STOPPED,
+    ProjectionState.RESTARTING: admin.PROJECTION_STATE_RESTARTING,
+    ProjectionState.DISABLED: admin.PROJECTION_STATE_DISABLED,
+}
+
+
+def summarise_states(states: dict[int, ProjectionState]) -> str:
+    """`running=0-2,4-15;halted=3`: shards grouped by state, runs of shards written as ranges."""
+    by_state: dict[ProjectionState, list[int]] = {}
+    for shard in sorted(states):
+        by_state.setdefault(states[shard], []).append(shard)
+    groups = []
+    for state, shards in by_state.items():
+        runs: list[list[int]] = []
+        for shard in shards:
+            if runs and shard == runs[-1][-1] + 1:
+                runs[-1].append(shard)
+            else:
+                runs.append([shard])
+        text = ",".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+        groups.append(f"{state.value}={text}")
+    return ";".join(groups)
+
+
+class ReadSideManagerService(ReadSideManagerServiceServicer):
+    def __init__(self, runtime: ReadSideRuntime) -> None:
+        self._runtime = runtime
+
+    async def _answer(
+        self,
+        context: Context,
+        read_side_id: str,
+        shard: int | None,
+        action: Callable[[], Awaitable[Result]],
+    ) -> Result:
+        try:
+            result = await action()
+        except Exception as error:  # CosErrors keep their status; anything else is INTERNAL (§6)
+            await abort_with(context, as_cos_error(error))
+            raise
+        states = self._runtime.states(read_side_id, shard)
+        if states:
+            context.set_trailing_metadata(((STATE_TRAILER, summarise_states(states)),))
+        return result
+
+    async def GetLatestOffset(
+        self, request: pb.GetLatestOffsetRequest, context: Context
+    ) -> pb.GetLatestOffsetResponse:
+        offsets = await self._answer(
+            context, request.read_side_id, None, lambda: self._runtime.offsets(request.read_side_id)
+        )
+        return pb.GetLatestOffsetResponse(
+            offsets=[ReadSideOffset(cluster_shard_number=shard, offset=offset) for shard, offset in offsets]
+        )
+
+    async def GetLatestOffsetByShard(
+        self, request: pb.GetLatestOffsetByShardRequest, context: Context
+    ) -> pb.GetLatestOffsetByShardResponse:
+        shard = request.cluster_shard_number
+        offset = await self._answer(
+            context, request.read_side_id, shard, lambda: self._runtime.offset(request.read_side_id, shard)
+        )
+        return pb.GetLatestOffsetByShardResponse(
+            offsets=ReadSideOffset(cluster_shard_number=shard, offset=offset)
+        )
+
+    async def RestartReadSide(
+        self, request: pb.RestartReadSideRequest, context: Context
+    ) -> pb.RestartReadSideResponse:
+        await self._answer(
+            context, request.read_side_id, None, lambda: self._runtime.restart(request.read_side_id)
+        )
+        return pb.RestartReadSideResponse(successful=True)
+
+    async def RestartReadSideByShard(
+        self, request: pb.RestartReadSideByShardRequest, context: Context
+    ) -> pb.RestartReadSideByShardResponse:
+        shard = request.cluster_shard_number
+        await self._answer(
+            context, request.read_side_id, shard, lambda: self._runtime.restart(request.read_side_id, shard)
+        )
+        return pb.RestartReadSideByShardResponse(successful=True)
+
+    async def PauseReadSide(
+        self, request: pb.PauseReadSideRequest, context: Context
+    ) -> pb.PauseReadSideResponse:
+        await self._answer(
+            context, request.read_side_id, None, lambda: self._runtime.pause(request.read_side_id)
+        )
+        return pb.PauseReadSideResponse(successful=True)
+
+    async def PauseReadSideByShard(
+        self, request: pb.PauseReadSideByShardRequest, context: Context
+    ) -> pb.PauseReadSideByShardResponse:
+        shard = request.cluster_shard_number
+        await self._answer(
+            context, request.read_side_id, shard, lambda: self._runtime.pause(request.read_side_id, shard)
+        )
+        return pb.PauseReadSideByShardResponse(successful=True)
+
+    async def ResumeReadSide(
+        self, request: pb.ResumeReadSideRequest, context: Context
+    ) -> pb.ResumeReadSideResponse:
+        await self._answer(
+            context, request.read_side_id, None, lambda: self._runtime.resume(request.read_side_id)
+        )
+        return pb.ResumeReadSideResponse(successful=True)
+
+    async def ResumeReadSideByShard(
+        self, request: pb.ResumeReadSideByShardRequest, context: Context
+    ) -> pb.ResumeReadSideByShardResponse:
+        shard = request.cluster_shard_number
+        await self._answer(
+            context, request.read_side_id, shard, lambda: self._runtime.resume(request.read_side_id, shard)
+        )
+        return pb.ResumeReadSideByShardResponse(successful=True)
+
+    async def SkipOffset(self, request: pb.SkipOffsetRequest, context: Context) -> pb.SkipOffsetResponse:
+        await self._answer(
+            context, request.read_side_id, None, lambda: self._runtime.skip(request.read_side_id)
+        )
+        return pb.SkipOffsetResponse(successful=True)
+
+    async def SkipOffsetByShard(
+        self, request: pb.SkipOffsetByShardRequest, context: Context
+    ) -> pb.SkipOffsetByShardResponse:
+        shard = request.cluster_shard_number
+        await self._answer(
+            context, request.read_side_id, shard, lambda: self._runtime.skip(request.read_side_id, shard)
+        )
+        return pb.SkipOffsetByShardResponse(successful=True)
+
+
+def _status(view: ReadSideView) -> admin.ReadSideStatus:
+    settings = view.settings
+    status = admin.ReadSideStatus(
+        read_side_id=settings.read_side_id,
+        protocol=settings.protocol,
+        target=settings.target,
+        failure_policy=settings.failure_policy.value,
+        enabled=settings.enabled,
+        auto_start=settings.auto_start,
+    )
+    for shard in view.shards:
+        row = status.shards.add(
+            cluster_shard_number=shard.shard,
+            journal_offset=shard.head,
+            lag=shard.lag.events,
+            lag_capped=shard.lag.capped,
+            state=_STATES[shard.state],
+            detail=shard.detail,
+        )
+        if shard.offset is not None:
+            row.offset = shard.offset
+        if shard.halt is not None:
+            row.halted_on_offset = shard.halt.event_offset
+            row.halted_at = shard.halt.halted_at_ms
+    return status
+
+
+class ReadSideAdminService(ReadSideAdminServiceServicer):
+    """What `cos readside list` shows; see readside_admin.proto."""
+
+    def __init__(self, runtime: ReadSideRuntime) -> None:
+        self._runtime = runtime
+
+    async def ListReadSides(
+        self, request: admin.ListReadSidesRequest, context: Context
+    ) -> admin.ListReadSidesResponse:
+        shard = request.cluster_shard_number if request.HasField("cluster_shard_number") else None
+        try:
+            views = await self._runtime.views(request.read_side_id or None, shard)
+        except Exception as error:
+            await abort_with(context, as_cos_error(error))
+            raise
+        return admin.ListReadSidesResponse(
+            read_sides=[_status(view) for view in views], num_shards=self._runtime.num_shards
+        )

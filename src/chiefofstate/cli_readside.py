@@ -1,0 +1,270 @@
+"""`cos readside …`: inspect and steer a running node's read sides over gRPC.
+
+`offsets`, `pause`, `resume`, `restart` and `skip` call upstream's `ReadSideManagerService`, so they work
+the same against any node that serves it. `list` also needs what that service cannot say — each
+projection's state, its shard's newest journal offset and its lag — and asks the project's
+`ReadSideAdminService` for it (see protos/chiefofstate/internal/v1/readside_admin.proto).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as pb
+from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerServiceStub
+from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2 as admin
+from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import ReadSideAdminServiceStub
+
+STATE_TRAILER = "x-cos-read-side-state"
+
+app = typer.Typer(no_args_is_help=True, help="Inspect and steer the read sides of a running node.")
+console = Console()
+Reply = TypeVar("Reply")
+
+ReadSideId = Annotated[str, typer.Argument(help="the read side's id (readSideId)")]
+Host = Annotated[str, typer.Option(help="the node's gRPC address")]
+Port = Annotated[int, typer.Option(help="the node's gRPC port", envvar="COS_PORT")]
+Shard = Annotated[int | None, typer.Option(help="only this shard (default: every shard)", min=0)]
+Timeout = Annotated[float, typer.Option(help="seconds to wait for the node's answer")]
+
+_STATE_STYLES = {
+    admin.PROJECTION_STATE_RUNNING: ("running", "green"),
+    admin.PROJECTION_STATE_PAUSED: ("paused", "yellow"),
+    admin.PROJECTION_STATE_HALTED: ("halted", "bold red"),
+    admin.PROJECTION_STATE_STOPPED: ("stopped", "red"),
+    admin.PROJECTION_STATE_RESTARTING: ("restarting", "yellow"),
+    admin.PROJECTION_STATE_DISABLED: ("disabled", "dim"),
+}
+
+
+def _call(host: str, port: int, call: Callable[[grpc.Channel], Reply]) -> Reply:
+    """One call to the node; a failure prints its status and exits 1."""
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        try:
+            return call(channel)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            details = error.details() if isinstance(error, grpc.Call) else str(error)
+            if code is grpc.StatusCode.UNIMPLEMENTED:
+                details = f"{details} (is COS_READ_SIDE_ENABLED=true on the node at {host}:{port}?)"
+            console.print(f"[red]error:[/red] {code.name}: {details}", highlight=False)
+            raise typer.Exit(1) from None
+
+
+def _state_summary(call: Any) -> str:
+    for key, value in call.trailing_metadata() or ():
+        if key == STATE_TRAILER:
+            return str(value)
+    return ""
+
+
+def _shard_table(status: admin.ReadSideStatus) -> Table:
+    title = (
+        f"read side [bold]{status.read_side_id}[/bold] — {status.protocol} {status.target}, "
+        f"failure policy {status.failure_policy}" + ("" if status.enabled else ", [dim]disabled[/dim]")
+    )
+    table = Table(title=title, title_justify="left")
+    for column, justify in (
+        ("shard", "right"),
+        ("offset", "right"),
+        ("journal offset", "right"),
+        ("lag", "right"),
+        ("state", "left"),
+        ("detail", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for shard in status.shards:
+        name, style = _STATE_STYLES.get(shard.state, ("unknown", ""))
+        detail = shard.detail
+        if shard.HasField("halted_on_offset"):
+            since = datetime.fromtimestamp(shard.halted_at / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            detail = f"on offset {shard.halted_on_offset} since {since}: {detail}"
+        table.add_row(
+            str(shard.cluster_shard_number),
+            str(shard.offset) if shard.HasField("offset") else "-",
+            str(shard.journal_offset),
+            f"{shard.lag}+" if shard.lag_capped else str(shard.lag),
+            f"[{style}]{name}[/{style}]" if style else name,
+            detail,
+        )
+    return table
+
+
+def _show(host: str, port: int, read_side_id: str | None, shard: int | None, timeout: float) -> None:
+    request = admin.ListReadSidesRequest(read_side_id=read_side_id or "")
+    if shard is not None:
+        request.cluster_shard_number = shard
+    reply: admin.ListReadSidesResponse = _call(
+        host, port, lambda channel: ReadSideAdminServiceStub(channel).ListReadSides(request, timeout=timeout)
+    )
+    if not reply.read_sides:
+        console.print("no read side is configured on this node")
+    for status in reply.read_sides:
+        console.print(_shard_table(status))
+
+
+@app.command("list")
+def list_read_sides(
+    read_side_id: Annotated[str | None, typer.Argument(help="only this read side")] = None,
+    shard: Shard = None,
+    host: Host = "127.0.0.1",
+    port: Port = 9000,
+    timeout: Timeout = 10.0,
+) -> None:
+    """Every read side and shard: offset, newest journal offset of the shard, lag and state."""
+    _show(host, port, read_side_id, shard, timeout)
+
+
+@app.command()
+def offsets(
+    read_side_id: ReadSideId,
+    shard: Shard = None,
+    host: Host = "127.0.0.1",
+    port: Port = 9000,
+    timeout: Timeout = 10.0,
+) -> None:
+    """The stored offsets (GetLatestOffset / GetLatestOffsetByShard); 0 means none stored yet."""
+
+    def ask(channel: grpc.Channel) -> tuple[list[tuple[int, int]], str]:
+        stub = ReadSideManagerServiceStub(channel)
+        if shard is None:
+            reply, call = stub.GetLatestOffset.with_call(
+                pb.GetLatestOffsetRequest(read_side_id=read_side_id), timeout=timeout
+            )
+            return [(o.cluster_shard_number, o.offset) for o in reply.offsets], _state_summary(call)
+        by_shard, call = stub.GetLatestOffsetByShard.with_call(
+            pb.GetLatestOffsetByShardRequest(read_side_id=read_side_id, cluster_shard_number=shard),
+            timeout=timeout,
+        )
+        return [(by_shard.offsets.cluster_shard_number, by_shard.offsets.offset)], _state_summary(call)
+
+    rows, states = _call(host, port, ask)
+    table = Table(title=f"offsets of read side {read_side_id}", title_justify="left")
+    table.add_column("shard", justify="right")
+    table.add_column("offset", justify="right")
+    for number, offset in rows:
+        table.add_row(str(number), str(offset))
+    console.print(table)
+    if states:
+        console.print(f"states: {states}", highlight=False)
+
+
+def _act(
+    verb: str,
+    all_shards: Callable[[ReadSideManagerServiceStub, str, float], Any],
+    one_shard: Callable[[ReadSideManagerServiceStub, str, int, float], Any],
+    read_side_id: str,
+    shard: int | None,
+    host: str,
+    port: int,
+    timeout: float,
+) -> None:
+    def send(channel: grpc.Channel) -> Any:
+        stub = ReadSideManagerServiceStub(channel)
+        if shard is None:
+            return all_shards(stub, read_side_id, timeout)
+        return one_shard(stub, read_side_id, shard, timeout)
+
+    _call(host, port, send)
+    where = "every shard" if shard is None else f"shard {shard}"
+    console.print(f"{verb} read side [bold]{read_side_id}[/bold] on {where}")
+    _show(host, port, read_side_id, shard, timeout)
+
+
+@app.command()
+def pause(
+    read_side_id: ReadSideId,
+    shard: Shard = None,
+    host: Host = "127.0.0.1",
+    port: Port = 9000,
+    timeout: Timeout = 30.0,
+) -> None:
+    """Stop delivering; the paused flag is stored and survives restarts."""
+    _act(
+        "paused",
+        lambda stub, rs, t: stub.PauseReadSide(pb.PauseReadSideRequest(read_side_id=rs), timeout=t),
+        lambda stub, rs, s, t: stub.PauseReadSideByShard(
+            pb.PauseReadSideByShardRequest(read_side_id=rs, cluster_shard_number=s), timeout=t
+        ),
+        read_side_id,
+        shard,
+        host,
+        port,
+        timeout,
+    )
+
+
+@app.command()
+def resume(
+    read_side_id: ReadSideId,
+    shard: Shard = None,
+    host: Host = "127.0.0.1",
+    port: Port = 9000,
+    timeout: Timeout = 30.0,
+) -> None:
+    """Deliver again from the stored offset; also ends a halt (the failing event is retried)."""
+    _act(
+        "resumed",
+        lambda stub, rs, t: stub.ResumeReadSide(pb.ResumeReadSideRequest(read_side_id=rs), timeout=t),
+        lambda stub, rs, s, t: stub.ResumeReadSideByShard(
+            pb.ResumeReadSideByShardRequest(read_side_id=rs, cluster_shard_number=s), timeout=t
+        ),
+        read_side_id,
+        shard,
+        host,
+        port,
+        timeout,
+    )
+
+
+@app.command()
+def restart(
+    read_side_id: ReadSideId,
+    shard: Shard = None,
+    host: Host = "127.0.0.1",
+    port: Port = 9000,
+    timeout: Timeout = 30.0,
+) -> None:
+    """Delete the stored offset and replay the shard(s) from the oldest event."""
+    _act(
+        "restarted",
+        lambda stub, rs, t: stub.RestartReadSide(pb.RestartReadSideRequest(read_side_id=rs), timeout=t),
+        lambda stub, rs, s, t: stub.RestartReadSideByShard(
+            pb.RestartReadSideByShardRequest(read_side_id=rs, cluster_shard_number=s), timeout=t
+        ),
+        read_side_id,
+        shard,
+        host,
+        port,
+        timeout,
+    )
+
+
+@app.command()
+def skip(
+    read_side_id: ReadSideId,
+    shard: Shard = None,
+    host: Host = "127.0.0.1",
+    port: Port = 9000,
+    timeout: Timeout = 30.0,
+) -> None:
+    """Move past the next unprocessed event of the shard(s) — the one a halted projection is stuck on."""
+    _act(
+        "skipped the next event of",
+        lambda stub, rs, t: stub.SkipOffset(pb.SkipOffsetRequest(read_side_id=rs), timeout=t),
+        lambda stub, rs, s, t: stub.SkipOffsetByShard(
+            pb.SkipOffsetByShardRequest(read_side_id=rs, cluster_shard_number=s), timeout=t
+        ),
+        read_side_id,
+        shard,
+        host,
+        port,
+        timeout,
+    )

@@ -1,0 +1,153 @@
+"""Puts the read-side layer together for the node (node.py stays the only caller).
+
+Projections read the journal through their own journal connection (a second pool on PostgreSQL, a
+second connection on SQLite) and keep offsets through the offset store's own pool, as upstream keeps a
+read-side pool apart from the journal's (SPEC.md §4.1): a slow read handler or a replay never takes a
+connection an append needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from grpc import aio
+
+from chiefofstate.api.grpc_server import ServiceRegistration
+from chiefofstate.api.readside_manager import ReadSideAdminService, ReadSideManagerService
+from chiefofstate.config.read_sides import ReadSideSettings
+from chiefofstate.config.settings import PostgresSettings as PostgresConfig
+from chiefofstate.config.settings import Settings, StoreSettings
+from chiefofstate.core.breaker import CircuitBreaker
+from chiefofstate.gen.chief_of_state.v1 import manager_pb2
+from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import add_ReadSideManagerServiceServicer_to_server
+from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2
+from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import (
+    add_ReadSideAdminServiceServicer_to_server,
+)
+from chiefofstate.journal.port import Journal
+from chiefofstate.journal.postgres import PostgresSettings
+from chiefofstate.readside.delivery import GuardedReadHandler
+from chiefofstate.readside.grpc_handler import GrpcReadHandler
+from chiefofstate.readside.handler import ReadHandler
+from chiefofstate.readside.http_handler import HttpReadHandler
+from chiefofstate.readside.offset_committer import OffsetCommitter
+from chiefofstate.readside.offset_store import OffsetStore
+from chiefofstate.readside.pg_wakeups import AppendListener
+from chiefofstate.readside.projection import ProjectionContext
+from chiefofstate.readside.runtime import ReadSideRuntime
+from chiefofstate.writeside.grpc_handler import channel_options
+
+log = logging.getLogger("chiefofstate.readside")
+
+MANAGER_SERVICE = manager_pb2.DESCRIPTOR.services_by_name["ReadSideManagerService"].full_name
+ADMIN_SERVICE = readside_admin_pb2.DESCRIPTOR.services_by_name["ReadSideAdminService"].full_name
+
+
+@dataclass(frozen=True)
+class ReadSides:
+    runtime: ReadSideRuntime
+    services: tuple[ServiceRegistration, ...]
+
+
+def postgres_settings(config: PostgresConfig) -> PostgresSettings:
+    return PostgresSettings(
+        host=config.host,
+        port=config.port,
+        database=config.database,
+        user=config.user,
+        password=config.password,
+        schema=config.schema,
+        pool_max_size=config.pool_max_size,
+        pool_min_size=min(1, config.pool_max_size),
+        idle_timeout_ms=int(config.pool_idle_timeout_s * 1000),
+        max_lifetime_ms=int(config.pool_max_lifetime_s * 1000),
+        connect_timeout_s=config.connect_timeout_s,
+    )
+
+
+async def open_offset_store(store: StoreSettings) -> OffsetStore:
+    if store.postgres is None:
+        from chiefofstate.readside.offsets_sqlite import SqliteOffsetStore
+
+        return await SqliteOffsetStore.open(store.sqlite_path)
+    from chiefofstate.readside.offsets_postgres import PostgresOffsetStore
+
+    return await PostgresOffsetStore.open(postgres_settings(store.postgres))
+
+
+def _handler_factory(settings: Settings) -> Callable[[ReadSideSettings], GuardedReadHandler]:
+    write_side = settings.write_side
+    # COS_GRPC_KEEPALIVE_* apply to every outbound channel, read sides' included (SPEC.md §10.4).
+    options = channel_options(
+        max_message_bytes=settings.server.max_message_bytes,
+        keepalive_enabled=write_side.keepalive_enabled,
+        keepalive_time_s=write_side.keepalive_time_s,
+        keepalive_timeout_s=write_side.keepalive_timeout_s,
+        keepalive_without_calls=write_side.keepalive_without_calls,
+    )
+    breaker_settings = settings.read_sides.breaker
+    max_connections = settings.read_sides.delivery.max_concurrency
+
+    def build(read_side: ReadSideSettings) -> GuardedReadHandler:
+        handler: ReadHandler
+        if read_side.protocol == "http":
+            handler = HttpReadHandler(
+                read_side.host, read_side.port, use_tls=read_side.use_tls, max_connections=max_connections
+            )
+        else:
+            handler = GrpcReadHandler(read_side.target, use_tls=read_side.use_tls, options=options)
+        # One breaker per read side, shared by all its shards (SPEC.md §5.5).
+        breaker = CircuitBreaker(breaker_settings) if breaker_settings is not None else None
+        return GuardedReadHandler(read_side, handler, breaker)
+
+    return build
+
+
+async def open_read_sides(
+    settings: Settings,
+    closers: contextlib.AsyncExitStack,
+    open_journal: Callable[[StoreSettings], Awaitable[Journal]],
+) -> ReadSides:
+    """Start every projection; everything opened is registered on `closers` for the node's stop."""
+    read_sides = settings.read_sides
+    journal = await open_journal(settings.store)
+    closers.push_async_callback(journal.close)
+    store = await open_offset_store(settings.store)
+    closers.push_async_callback(store.close)
+    context = ProjectionContext(
+        journal=journal,
+        store=store,
+        committer=OffsetCommitter(store, read_sides.delivery.commit_interval_s),
+        delivery=read_sides.delivery,
+        slots=asyncio.Semaphore(read_sides.delivery.max_concurrency),
+    )
+    runtime = ReadSideRuntime(read_sides, settings.num_shards, context, _handler_factory(settings))
+    closers.push_async_callback(runtime.close)
+    await runtime.start()
+    if settings.store.postgres is not None:
+        # Appends on other nodes reach our projections through NOTIFY; ours also wake them in-process.
+        listener = AppendListener(
+            postgres_settings(settings.store.postgres), runtime.wake_shards, runtime.wake_all
+        )
+        listener.start()
+        closers.push_async_callback(listener.close)
+    log.warning(
+        "read sides: %d configured from %s (%d enabled)",
+        len(read_sides.read_sides),
+        read_sides.source,
+        sum(read_side.enabled for read_side in read_sides.read_sides),
+    )
+    manager = ReadSideManagerService(runtime)
+    admin = ReadSideAdminService(runtime)
+
+    def add_manager(server: aio.Server) -> None:
+        add_ReadSideManagerServiceServicer_to_server(manager, server)
+
+    def add_admin(server: aio.Server) -> None:
+        add_ReadSideAdminServiceServicer_to_server(admin, server)
+
+    return ReadSides(runtime, ((MANAGER_SERVICE, add_manager), (ADMIN_SERVICE, add_admin)))

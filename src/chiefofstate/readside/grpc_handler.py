@@ -1,0 +1,52 @@
+"""gRPC adapter of the read-handler port: `ReadSideHandlerService/HandleReadSide` (SPEC.md §5.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from grpc import aio
+
+from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest, HandleReadSideResponse
+from chiefofstate.gen.chief_of_state.v1.readside_pb2_grpc import ReadSideHandlerServiceStub
+from chiefofstate.readside.handler import (
+    ENTITY_ID_HEADER,
+    EVENT_TAG_HEADER,
+    DeliveryFailed,
+    header_value,
+)
+
+# gRPC's default reconnect backoff grows to two minutes. Calls wait for the handler to be reachable
+# (wait_for_ready, bounded by the read side's timeout), so the channel must try again often enough for a
+# handler that restarts — or that an operator resumes a halted projection for — to be found within it.
+_RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
+class GrpcReadHandler:
+    """One channel per read side, shared by its projections (HTTP/2 multiplexes their calls)."""
+
+    def __init__(self, target: str, *, use_tls: bool, options: Sequence[tuple[str, int]]) -> None:
+        options = [*options, *_RECONNECT_OPTIONS]
+        if use_tls:
+            self._channel = aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+        else:
+            self._channel = aio.insecure_channel(target, options=options)
+        self._stub = ReadSideHandlerServiceStub(self._channel)
+        self._target = target
+
+    async def handle(
+        self, request: HandleReadSideRequest, entity_id: str, shard: int, timeout_s: float
+    ) -> bool:
+        metadata = ((ENTITY_ID_HEADER, header_value(entity_id)), (EVENT_TAG_HEADER, str(shard)))
+        try:
+            # A handler being restarted is waited for (up to the timeout) rather than failed at once,
+            # so a rolling deploy of the read handler does not halt projections under STOP.
+            response: HandleReadSideResponse = await self._stub.HandleReadSide(
+                request, timeout=timeout_s, metadata=metadata, wait_for_ready=True
+            )
+        except aio.AioRpcError as error:
+            raise DeliveryFailed(f"{error.code().name}: {error.details() or ''}".rstrip(": ")) from None
+        return bool(response.successful)
+
+    async def close(self) -> None:
+        await self._channel.close()

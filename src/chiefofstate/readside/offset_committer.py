@@ -1,0 +1,86 @@
+"""Stores the node's projection offsets in the background, all shards in one transaction.
+
+A projection records its position after every event it finishes and moves on at once; this task writes
+the positions that changed every COS_READ_SIDE_COMMIT_INTERVAL, or sooner when a projection has
+COS_READ_SIDE_COMMIT_BATCH events unstored. Deliveries never wait for a write, and an embedded SQLite
+file sees a few small transactions a second instead of one per event competing with the journal's
+appends for its single write lock. At-least-once holds: a position is recorded only after its event was
+handled, so a crash re-delivers at most the events handled since the last write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from chiefofstate.core.errors import CosError
+from chiefofstate.readside.offset_store import OffsetStore
+from chiefofstate.tasks import cancel_and_wait
+
+log = logging.getLogger("chiefofstate.readside")
+
+Key = tuple[str, int]  # (read side id, shard)
+
+
+class OffsetCommitter:
+    def __init__(self, store: OffsetStore, interval_s: float) -> None:
+        self._store = store
+        self._interval_s = interval_s
+        self._pending: dict[Key, int] = {}
+        # Held while writing, so an operator action that flushed a shard knows no older write of it is
+        # still on its way to the database.
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.writes = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="read-side offset committer")
+
+    async def close(self) -> None:
+        """Stop the task and write what is left (the projections are stopped first)."""
+        await cancel_and_wait(self._task)
+        self._task = None
+        try:
+            await self.flush()
+        except CosError as error:
+            log.warning(
+                "read-side offsets not stored at shutdown (%s); those events will be delivered again", error
+            )
+
+    def record(self, key: Key, offset: int) -> None:
+        self._pending[key] = offset
+
+    def hurry(self) -> None:
+        """Write soon rather than at the next interval."""
+        self._wake.set()
+
+    async def flush(self, key: Key | None = None) -> None:
+        """Write now: every pending position, or only `key`'s. Raises what the store raises."""
+        async with self._lock:
+            if key is None:
+                batch = dict(self._pending)
+            else:
+                batch = {key: self._pending[key]} if key in self._pending else {}
+            if not batch:
+                return
+            await self._store.save_offsets([(name, shard, offset) for (name, shard), offset in batch.items()])
+            self.writes += 1
+            for written, offset in batch.items():
+                # A newer position recorded while we wrote stays pending.
+                if self._pending.get(written) == offset:
+                    del self._pending[written]
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._interval_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except CosError as error:
+                # Positions stay pending and are written on a later round; deliveries go on meanwhile.
+                log.warning("read-side offsets could not be stored, will retry: %s", error)

@@ -1,0 +1,33 @@
+"""The benchmark still runs end to end: `python -m benchmarks --quick --store sqlite` prints its table.
+
+Only that it ran is checked; the figures belong to docs/performance.md, not to a test on a shared CI box.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_quick_benchmark_prints_a_table() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--store", "sqlite"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=85,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    table = finished.stdout
+    assert "## Throughput and latency" in table
+    for system in ("| floor ", "| echo ", "| node/sqlite "):
+        assert system in table
+    assert "ProcessCommand hot" in table and "GetState cold" in table

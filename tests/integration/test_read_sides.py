@@ -1,0 +1,281 @@
+"""Read sides with real processes: `cos serve`, the example read handler (gRPC and HTTP) and both stores.
+
+Delivery in order with state, meta and headers; a read handler that is down, hangs, fails or says
+`successful=false`; every failure policy; halts that survive a restart (decision D7); and a slow read
+handler that must not slow the write path.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cos_bank import client as bank
+
+from chiefofstate.core.sharding import shard_of
+from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as mpb
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.launch import Process, free_port, start_bank_read_handler
+from tests.integration.conftest import NodeFactory
+from tests.support.readside_processes import (
+    FAST,
+    DeliveryLog,
+    cos,
+    cos_cli,
+    manager,
+    no_gap_in_order,
+    open_and_deposit,
+    read_side,
+    states,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ReadHandlerFactory = Callable[..., Process]
+sqlite_only = pytest.mark.parametrize("store_env", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def deliveries(tmp_path: Path) -> DeliveryLog:
+    return DeliveryLog(tmp_path / "deliveries.jsonl")
+
+
+@pytest.fixture
+def read_handler(tmp_path: Path, deliveries: DeliveryLog) -> Iterator[ReadHandlerFactory]:
+    """Starts example read handlers appending to the test's delivery log; all stopped at the end."""
+    started: list[Process] = []
+
+    def start(port: int | None = None, http: bool = False, **hooks: str) -> Process:
+        process = start_bank_read_handler(
+            tmp_path / "logs",
+            port,
+            http=http,
+            deliveries=deliveries.path,
+            extra_env=hooks,
+            name=f"read-handler-{len(started)}",
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def test_events_reach_grpc_and_http_read_handlers_in_order_with_state_meta_and_headers(
+    node_factory: NodeFactory, read_handler: ReadHandlerFactory, deliveries: DeliveryLog
+) -> None:
+    grpc_handler = read_handler()
+    http_handler = read_handler(http=True)
+    node = node_factory(
+        **FAST,
+        **read_side("balances", grpc_handler.ports["read_side"]),
+        **read_side("audit", http_handler.ports["read_side"], PROTOCOL="http"),
+    )
+    accounts = [f"acct-{number}" for number in range(6)]
+    expected = {}
+    opened, stub = cos(node)
+    with opened:
+        for account in accounts:
+            expected[account] = open_and_deposit(stub, account, deposits=3)
+        transfer = stub.ProcessCommand(
+            pb.ProcessCommandRequest(entity_id="acct-0", command=bank.transfer_out(10, 1, "acct-1")),
+            timeout=10,
+        )
+        expected["acct-0"] = transfer.meta.revision_number  # two events from one command (D1)
+    deliveries.wait_until(
+        lambda log: all(
+            log.revisions(side, account)[-1:] == [expected[account]]
+            for side in ("balances", "audit")
+            for account in accounts
+        ),
+        what="every event on both read sides",
+    )
+    for side in ("balances", "audit"):
+        for account in accounts:
+            assert deliveries.revisions(side, account) == list(range(1, expected[account] + 1))
+        for delivery in deliveries.all(side):
+            assert delivery.tag == str(shard_of(delivery.entity_id, 16))
+            assert delivery.header_entity_id == delivery.entity_id
+            assert delivery.event_type.startswith("type.googleapis.com/bank.v1.")
+    final = [d for d in deliveries.all("audit") if d.entity_id == "acct-0"][-1]
+    assert final.event_type.endswith("FeeCharged") and final.balance == 100 + 3 - 10 - 1
+    with channel_to(node) as opened:
+        reply = manager(opened).GetLatestOffset(
+            mpb.GetLatestOffsetRequest(read_side_id="balances"), timeout=10
+        )
+    assert [offset.cluster_shard_number for offset in reply.offsets] == list(range(16))
+    wait_for(lambda: all(state == "running" for state in states(node, "balances").values()), what="running")
+
+
+def channel_to(node: Process) -> grpc.Channel:
+    return grpc.insecure_channel(f"127.0.0.1:{node.ports['grpc']}")
+
+
+def test_a_read_handler_down_at_start_is_caught_up_once_it_is_back(
+    node_factory: NodeFactory, read_handler: ReadHandlerFactory, deliveries: DeliveryLog
+) -> None:
+    port = free_port()
+    node = node_factory(
+        **{**FAST, "COS_READ_SIDE_REPLAY_DELAY": "700ms"},
+        **read_side("patient", port, FAILURE_POLICY="REPLAY_STOP", TIMEOUT="1000"),
+        # STOP, the default: halts once a call has waited its whole timeout for the absent handler
+        **read_side("strict", port, TIMEOUT="1500"),
+    )
+    opened, stub = cos(node)
+    with opened:
+        revision = open_and_deposit(stub, "early", deposits=2)
+        shard = shard_of("early", 16)
+        wait_for(lambda: states(node, "strict")[shard] == "halted", what="strict halted")
+        read_handler(port)  # back within REPLAY_STOP's six attempts (each waits up to 1 s, 0.7 s apart)
+        deliveries.wait_until(lambda log: log.revisions("patient", "early") == [1, 2, 3], what="patient")
+        assert states(node, "patient")[shard] == "running"
+        assert deliveries.revisions("strict", "early") == []
+        manager(opened).ResumeReadSideByShard(
+            mpb.ResumeReadSideByShardRequest(read_side_id="strict", cluster_shard_number=shard), timeout=10
+        )
+        deliveries.wait_until(
+            lambda log: log.revisions("strict", "early") == [1, 2, 3], what="strict resumed"
+        )
+        assert open_and_deposit(stub, "early", deposits=1) == revision + 1
+        deliveries.wait_until(
+            lambda log: log.revisions("strict", "early")[-1] == revision + 1, what="new event"
+        )
+
+
+@sqlite_only
+def test_a_hanging_read_handler_times_out_and_the_policy_applies(
+    node_factory: NodeFactory, read_handler: ReadHandlerFactory, deliveries: DeliveryLog
+) -> None:
+    handler = read_handler(BANK_READ_HANG="stuck@2")
+    node = node_factory(
+        **FAST, **read_side("skipper", handler.ports["read_side"], FAILURE_POLICY="SKIP", TIMEOUT="300")
+    )
+    opened, stub = cos(node)
+    with opened:
+        open_and_deposit(stub, "stuck", deposits=2)
+        started = time.monotonic()
+        deliveries.wait_until(
+            lambda log: log.revisions("skipper", "stuck") == [1, 3], what="skip past the hang"
+        )
+        assert time.monotonic() - started < 5
+    assert deliveries.revisions("skipper", "stuck", outcome="hang") == [2]  # one attempt under SKIP
+
+
+POLICIES = {"stop": "STOP", "skip": "SKIP", "replayskip": "REPLAY_SKIP", "replaystop": "REPLAY_STOP"}
+
+
+def test_every_failure_policy_on_an_event_that_always_fails_and_halts_survive_a_restart(
+    node_factory: NodeFactory, read_handler: ReadHandlerFactory, deliveries: DeliveryLog
+) -> None:
+    handler = read_handler(BANK_READ_FAIL="poison@2")
+    port = handler.ports["read_side"]
+    env = {
+        **FAST,
+        **{
+            k: v
+            for name, policy in POLICIES.items()
+            for k, v in read_side(name, port, FAILURE_POLICY=policy).items()
+        },
+    }
+    node = node_factory(**env)
+    shard = shard_of("poison", 16)
+    opened, stub = cos(node)
+    with opened:
+        open_and_deposit(stub, "poison", deposits=2)  # revisions 1, 2 (always fails), 3
+        open_and_deposit(stub, "healthy", deposits=1)
+        deliveries.wait_until(
+            lambda log: (
+                log.revisions("skip", "poison") == [1, 3] and log.revisions("replayskip", "poison") == [1, 3]
+            ),
+            what="the skipping policies to move on",
+        )
+        wait_for(
+            lambda: states(node, "stop")[shard] == "halted" and states(node, "replaystop")[shard] == "halted",
+            what="the stopping policies to halt",
+        )
+    attempts = {name: deliveries.revisions(name, "poison", outcome="failed") for name in POLICIES}
+    assert attempts == {"stop": [2], "skip": [2], "replayskip": [2] * 6, "replaystop": [2] * 6}
+    for name in ("stop", "replaystop"):
+        assert deliveries.revisions(name, "poison") == [1]
+        assert deliveries.revisions(name, "healthy")[-1] == 2  # other shards, other entities go on
+    assert "halted on event ordering" in node.log_text()
+
+    # Decision D7: a restart does not un-halt them, and nothing is attempted again.
+    node.stop()
+    restarted = node_factory(**env)
+    wait_for(lambda: states(restarted, "stop")[shard] == "halted", what="halted after the restart")
+    assert states(restarted, "replaystop")[shard] == "halted"
+    assert "stays halted until an operator acts" in restarted.log_text()
+    time.sleep(0.5)
+    assert deliveries.revisions("stop", "poison", outcome="failed") == [2]
+
+    # The operator skips the stuck event with the CLI; delivery goes on with revision 3.
+    result = cos_cli(
+        "readside", "skip", "stop", "--shard", str(shard), "--port", str(restarted.ports["grpc"])
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "skipped the next event of read side stop on shard" in result.stdout
+    deliveries.wait_until(lambda log: log.revisions("stop", "poison") == [1, 3], what="stop after the skip")
+    assert states(restarted, "stop")[shard] == "running"
+
+
+@sqlite_only
+def test_successful_false_is_a_failed_delivery(
+    node_factory: NodeFactory, read_handler: ReadHandlerFactory, deliveries: DeliveryLog
+) -> None:
+    handler = read_handler(BANK_READ_REFUSE="picky@1")
+    port = handler.ports["read_side"]
+    node = node_factory(
+        **FAST,
+        COS_READ_SIDE_BREAKER_ENABLED="true",
+        COS_READ_SIDE_BREAKER_MAX_FAILURES="1",
+        **read_side("lenient", port, FAILURE_POLICY="SKIP"),
+        **read_side("strict", port),
+    )
+    opened, stub = cos(node)
+    with opened:
+        open_and_deposit(stub, "picky", deposits=1)
+        deliveries.wait_until(lambda log: log.revisions("lenient", "picky") == [2], what="skipped refusal")
+        wait_for(lambda: states(node, "strict")[shard_of("picky", 16)] == "halted", what="strict halted")
+        # successful=false does not trip the breaker: a later event still reaches the handler.
+        open_and_deposit(stub, "another", deposits=0)
+        deliveries.wait_until(lambda log: log.revisions("lenient", "another") == [1], what="breaker closed")
+
+
+@sqlite_only
+def test_a_slow_read_handler_does_not_slow_the_write_path(
+    node_factory: NodeFactory, read_handler: ReadHandlerFactory, deliveries: DeliveryLog
+) -> None:
+    def median_latency_ms(node: Process, prefix: str) -> float:
+        opened, stub = cos(node)
+        latencies = []
+        with opened:
+            for number in range(8):
+                open_and_deposit(stub, f"{prefix}-{number}")  # warm up the entities
+            for _ in range(15):
+                for number in range(8):
+                    started = time.perf_counter()
+                    stub.ProcessCommand(
+                        pb.ProcessCommandRequest(entity_id=f"{prefix}-{number}", command=bank.deposit(1)),
+                        timeout=10,
+                    )
+                    latencies.append((time.perf_counter() - started) * 1000)
+        return statistics.median(latencies)
+
+    without = median_latency_ms(node_factory(), "plain")
+    slow = read_handler(BANK_READ_DELAY_MS="100")
+    node = node_factory(**FAST, **read_side("slow", slow.ports["read_side"]))
+    with_slow = median_latency_ms(node, "busy")
+    assert len(deliveries.all("slow")) < 8 * 16  # the read side is far behind while commands flow
+    assert with_slow < without * 1.5 + 3, f"median command latency {without:.2f} ms → {with_slow:.2f} ms"
+    print(f"median command latency without read sides {without:.2f} ms, with a slow one {with_slow:.2f} ms")
+
+
+def test_order_is_kept_per_entity(deliveries: DeliveryLog) -> None:
+    assert no_gap_in_order([1, 2, 3, 2, 3, 4]) and not no_gap_in_order([1, 3])

@@ -1,0 +1,381 @@
+"""Projections against in-memory ports: ordering, offsets, failure policies, breaker, operator actions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from chiefofstate.config.read_sides import DeliverySettings, ReadSideSettings
+from chiefofstate.core.breaker import BreakerSettings, CircuitBreaker
+from chiefofstate.core.readside_rules import Backoff, FailurePolicy, ProjectionState
+from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
+from chiefofstate.readside.delivery import REFUSED, GuardedReadHandler
+from chiefofstate.readside.handler import DeliveryFailed
+from chiefofstate.readside.offset_committer import OffsetCommitter
+from chiefofstate.readside.offset_store import Halt, ShardRecord
+from chiefofstate.readside.projection import Projection, ProjectionContext
+from tests.support.readside import (
+    MemoryJournal,
+    MemoryOffsetStore,
+    RecordingSleep,
+    ScriptedHandler,
+    eventually,
+    failing_for,
+)
+
+SHARD = 2
+DELIVERY = DeliverySettings(
+    replay_delay_s=5.0,
+    batch_size=3,
+    poll_interval_s=10.0,  # long: tests rely on wake-ups, never on the poll
+    max_concurrency=8,
+    commit_batch=1,
+    commit_interval_s=0.01,
+    restart_backoff=Backoff(3.0, 30.0),
+)
+
+
+@dataclass
+class Rig:
+    journal: MemoryJournal = field(default_factory=MemoryJournal)
+    store: MemoryOffsetStore = field(default_factory=MemoryOffsetStore)
+    handler: ScriptedHandler = field(default_factory=ScriptedHandler)
+    sleep: RecordingSleep = field(default_factory=RecordingSleep)
+    projections: list[Projection] = field(default_factory=list)
+    committers: list[OffsetCommitter] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.store.journal = self.journal
+
+    def context(self, delivery: DeliverySettings = DELIVERY, slots: int = 8) -> ProjectionContext:
+        committer = OffsetCommitter(self.store, delivery.commit_interval_s)
+        committer.start()
+        self.committers.append(committer)
+        return ProjectionContext(
+            journal=self.journal,
+            store=self.store,
+            committer=committer,
+            delivery=delivery,
+            slots=asyncio.Semaphore(slots),
+            wall_clock=lambda: 1_700_000_000.0,
+            sleep=self.sleep,
+            random_unit=lambda: 0.0,
+        )
+
+    async def start(
+        self,
+        policy: FailurePolicy = FailurePolicy.STOP,
+        record: ShardRecord | None = None,
+        shard: int = SHARD,
+        delivery: DeliverySettings = DELIVERY,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Projection:
+        read_side = ReadSideSettings("accounts", "127.0.0.1", 1, failure_policy=policy)
+        guarded = GuardedReadHandler(read_side, self.handler, breaker, **({"clock": clock} if clock else {}))
+        projection = Projection(read_side, shard, guarded, self.context(delivery))
+        self.projections.append(projection)
+        await projection.start(record or ShardRecord())
+        return projection
+
+    def delivered(self) -> list[tuple[str, int]]:
+        return [(entity, revision) for entity, revision, _ in self.handler.calls]
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    rig = Rig()
+    yield rig
+    for projection in rig.projections:
+        await projection.close()
+    for committer in rig.committers:
+        await committer.close()
+
+
+async def test_events_are_delivered_in_ordering_order_with_state_meta_and_read_side_id(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 2)
+    rig.journal.append("other-shard", SHARD + 1, 1)
+    rig.journal.append("b", SHARD, 1)
+    rig.journal.append("a", SHARD, 2)
+    projection = await rig.start()
+    await eventually(lambda: len(rig.handler.calls) == 5)
+    assert rig.delivered() == [("a", 1), ("a", 2), ("b", 1), ("a", 3), ("a", 4)]
+    first = rig.handler.requests[0]
+    stored = EventWrapper.FromString(rig.journal.rows[0].payload)
+    assert first.event == stored.event and first.state == stored.resulting_state and first.meta == stored.meta
+    assert first.read_side_id == "accounts"
+    assert {shard for _, _, shard in rig.handler.calls} == {SHARD}
+    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 6)
+    assert projection.status().state is ProjectionState.RUNNING
+
+
+async def test_a_projection_resumes_after_its_stored_offset(rig: Rig) -> None:
+    rows = rig.journal.append("a", SHARD, 4)
+    await rig.start(record=ShardRecord(offset=rows[1].ordering))
+    await eventually(lambda: len(rig.handler.calls) == 2)
+    assert rig.delivered() == [("a", 3), ("a", 4)]
+
+
+async def test_a_wake_up_delivers_new_events_without_waiting_for_the_poll(rig: Rig) -> None:
+    projection = await rig.start()
+    await asyncio.sleep(0.01)
+    rig.journal.append("a", SHARD, 1)
+    projection.wake()
+    await eventually(lambda: rig.delivered() == [("a", 1)], timeout_s=1.0)
+
+
+async def test_offsets_are_stored_in_the_background_every_few_events_or_moments(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 7)
+    await rig.start(delivery=replace(DELIVERY, commit_batch=3, commit_interval_s=0.05, batch_size=100))
+    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 7)
+    saved = [offset for _, _, offset in rig.store.saves]
+    assert saved == sorted(saved) and len(saved) < 7  # several events per write, never backwards
+
+
+async def test_close_stores_what_was_handled(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 2)
+    release = asyncio.Event()
+
+    async def answer(request: object) -> bool:
+        if len(rig.handler.calls) > 1:
+            await release.wait()
+        return True
+
+    rig.handler.answer = answer
+    projection = await rig.start(delivery=replace(DELIVERY, commit_batch=100, commit_interval_s=3600))
+    await eventually(lambda: len(rig.handler.calls) == 2)
+    assert rig.store.saves == []
+    await projection.close()
+    assert rig.store.offsets[("accounts", SHARD)] == 1  # the event in flight is delivered again later
+
+
+async def test_stop_halts_on_the_failing_event_and_persists_the_halt(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 1)
+    failing = rig.journal.append("b", SHARD, 1)[0]
+    rig.journal.append("a", SHARD, 1)
+    rig.handler.answer = failing_for(("b", 1))
+    projection = await rig.start(FailurePolicy.STOP)
+    await eventually(lambda: projection.status().state is ProjectionState.HALTED)
+    assert rig.delivered() == [("a", 1), ("b", 1)]  # one attempt, nothing after it
+    assert rig.store.offsets[("accounts", SHARD)] == 1  # the offset stays before the failing event
+    halt = rig.store.halts[("accounts", SHARD)]
+    assert halt.event_offset == failing.ordering and halt.halted_at_ms == 1_700_000_000_000
+    assert "INTERNAL: test failure" in halt.reason and "STOP" in halt.reason
+    assert rig.sleep.delays == []
+
+
+async def test_a_halted_projection_stays_halted_when_started_again(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 2)
+    projection = await rig.start(record=ShardRecord(offset=None, halt=Halt(1, "failed", 5)))
+    await asyncio.sleep(0.02)
+    assert rig.handler.calls == []
+    assert projection.status().state is ProjectionState.HALTED
+    assert projection.status().detail == "failed"
+
+
+async def test_skip_skips_the_failing_event_at_once_and_goes_on(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 3)
+    rig.handler.answer = failing_for(("a", 2))
+    projection = await rig.start(FailurePolicy.SKIP)
+    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 3)
+    assert rig.delivered() == [("a", 1), ("a", 2), ("a", 3)]
+    assert projection.skipped == 1 and projection.delivered == 2
+    assert rig.sleep.delays == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "final_state"),
+    [
+        (FailurePolicy.REPLAY_SKIP, ProjectionState.RUNNING),
+        (FailurePolicy.REPLAY_STOP, ProjectionState.HALTED),
+    ],
+)
+async def test_replay_policies_make_six_attempts_five_seconds_apart(
+    rig: Rig, policy: FailurePolicy, final_state: ProjectionState
+) -> None:
+    rig.journal.append("a", SHARD, 3)
+    rig.handler.answer = failing_for(("a", 2))
+    projection = await rig.start(policy)
+    if policy is FailurePolicy.REPLAY_SKIP:
+        await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 3)
+        assert rig.delivered() == [("a", 1), *[("a", 2)] * 6, ("a", 3)]
+    else:
+        await eventually(lambda: projection.status().state is ProjectionState.HALTED)
+        assert rig.delivered() == [("a", 1), *[("a", 2)] * 6]
+        assert rig.store.offsets[("accounts", SHARD)] == 1
+    assert rig.sleep.delays == [5.0] * 5
+    assert projection.status().state is final_state
+
+
+async def test_a_replayed_event_that_succeeds_is_delivered_not_skipped(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 1)
+    attempts = 0
+
+    async def answer(request: object) -> bool:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise DeliveryFailed("DEADLINE_EXCEEDED: Deadline Exceeded")
+        return True
+
+    rig.handler.answer = answer
+    projection = await rig.start(FailurePolicy.REPLAY_STOP)
+    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 1)
+    assert projection.delivered == 1 and projection.skipped == 0
+    assert rig.sleep.delays == [5.0, 5.0]
+
+
+async def test_successful_false_is_a_failure_for_the_policy(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 2)
+    rig.handler.answer = failing_for(("a", 1), refuse=True)
+    projection = await rig.start(FailurePolicy.STOP)
+    await eventually(lambda: projection.status().state is ProjectionState.HALTED)
+    assert REFUSED in projection.status().detail
+
+
+async def test_the_breaker_opens_on_call_failures_and_then_fails_fast(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 5)
+
+    async def down(request: object) -> bool:
+        raise DeliveryFailed("UNAVAILABLE: connection refused")
+
+    rig.handler.answer = down
+    breaker = CircuitBreaker(BreakerSettings(max_failures=2, call_timeout_s=10, reset_timeout_s=60))
+    projection = await rig.start(FailurePolicy.SKIP, breaker=breaker, clock=lambda: 0.0)
+    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 5)
+    assert len(rig.handler.calls) == 2  # the other three were skipped without calling the handler
+    assert projection.skipped == 5
+
+
+async def test_successful_false_keeps_the_breaker_closed(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 5)
+
+    async def refuse(request: object) -> bool:
+        return False
+
+    rig.handler.answer = refuse
+    breaker = CircuitBreaker(BreakerSettings(max_failures=2, call_timeout_s=10, reset_timeout_s=60))
+    await rig.start(FailurePolicy.SKIP, breaker=breaker, clock=lambda: 0.0)
+    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 5)
+    assert len(rig.handler.calls) == 5
+
+
+async def test_store_errors_restart_the_stream_with_exponential_backoff_under_skip(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 2)
+    rig.journal.failures_left = 3
+    await rig.start(FailurePolicy.SKIP)
+    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 2)
+    assert rig.sleep.delays == [3.0, 6.0, 12.0]
+    assert rig.delivered() == [("a", 1), ("a", 2)]
+
+
+async def test_store_errors_stop_the_projection_under_stop(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 2)
+    rig.journal.failures_left = 1
+    projection = await rig.start(FailurePolicy.STOP)
+    await eventually(lambda: projection.status().state is ProjectionState.STOPPED)
+    assert "the database went away" in projection.status().detail
+    assert rig.handler.calls == [] and rig.sleep.delays == []
+    assert ("accounts", SHARD) not in rig.store.halts  # not persisted: the next boot starts it again
+    await projection.resume()
+    await eventually(lambda: len(rig.handler.calls) == 2)
+
+
+async def test_pause_stops_delivery_and_resume_continues_from_the_offset(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 1)
+    projection = await rig.start()
+    await eventually(lambda: len(rig.handler.calls) == 1)
+    await projection.pause()
+    assert rig.store.paused[("accounts", SHARD)] is True
+    assert projection.status().state is ProjectionState.PAUSED
+    rig.journal.append("a", SHARD, 2)
+    projection.wake()
+    await asyncio.sleep(0.02)
+    assert len(rig.handler.calls) == 1
+    await projection.resume()
+    assert rig.store.paused[("accounts", SHARD)] is False
+    await eventually(lambda: rig.delivered() == [("a", 1), ("a", 2), ("a", 3)])
+
+
+async def test_resume_retries_the_event_a_halted_projection_stopped_on(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 2)
+    rig.handler.answer = failing_for(("a", 1))
+    projection = await rig.start(FailurePolicy.STOP)
+    await eventually(lambda: projection.status().state is ProjectionState.HALTED)
+    rig.handler.answer = None  # the read handler was fixed
+    await projection.resume()
+    assert ("accounts", SHARD) not in rig.store.halts
+    await eventually(lambda: rig.delivered() == [("a", 1), ("a", 1), ("a", 2)])
+
+
+async def test_restart_forgets_the_offset_and_replays_the_shard(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 2)
+    projection = await rig.start()
+    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 2)
+    await projection.restart()
+    await eventually(lambda: rig.delivered() == [("a", 1), ("a", 2), ("a", 1), ("a", 2)])
+
+
+async def test_restart_keeps_a_paused_projection_paused(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 1)
+    projection = await rig.start(record=ShardRecord(offset=1, paused=True))
+    await projection.restart()
+    assert ("accounts", SHARD) not in rig.store.offsets
+    await asyncio.sleep(0.02)
+    assert rig.handler.calls == [] and projection.status().state is ProjectionState.PAUSED
+
+
+async def test_skip_moves_past_exactly_the_stuck_event_and_answers_once_it_is_stored(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 1)
+    rig.journal.append("x", SHARD + 1, 3)  # orderings of other shards sit in between (SPEC.md §14 #3)
+    stuck = rig.journal.append("b", SHARD, 1)[0]
+    rig.journal.append("b", SHARD, 1)
+    rig.handler.answer = failing_for(("b", 1))
+    projection = await rig.start(FailurePolicy.STOP)
+    await eventually(lambda: projection.status().state is ProjectionState.HALTED)
+    assert await projection.skip() == stuck.ordering
+    assert rig.store.offsets[("accounts", SHARD)] == stuck.ordering
+    assert ("accounts", SHARD) not in rig.store.halts
+    await eventually(lambda: rig.delivered() == [("a", 1), ("b", 1), ("b", 2)])
+
+
+async def test_skip_with_nothing_to_skip_changes_nothing(rig: Rig) -> None:
+    rig.journal.append("a", SHARD, 1)
+    projection = await rig.start()
+    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 1)
+    assert await projection.skip() is None
+    assert rig.store.offsets[("accounts", SHARD)] == 1
+
+
+async def test_a_failed_operator_action_leaves_the_projection_running(rig: Rig) -> None:
+    projection = await rig.start()
+    rig.store.failures_left = 1
+    with pytest.raises(Exception, match="went away"):
+        await projection.pause()
+    rig.journal.append("a", SHARD, 1)
+    projection.wake()
+    await eventually(lambda: rig.delivered() == [("a", 1)])
+
+
+async def test_handler_calls_in_flight_are_bounded_across_projections(rig: Rig) -> None:
+    for shard in range(4):
+        rig.journal.append(f"e{shard}", shard, 3)
+
+    async def slow(request: object) -> bool:
+        await asyncio.sleep(0.005)
+        return True
+
+    rig.handler.answer = slow
+    slots = asyncio.Semaphore(2)
+    read_side = ReadSideSettings("accounts", "127.0.0.1", 1)
+    guarded = GuardedReadHandler(read_side, rig.handler, None)
+    context = replace(rig.context(), slots=slots)
+    for shard in range(4):
+        projection = Projection(read_side, shard, guarded, context)
+        rig.projections.append(projection)
+        await projection.start(ShardRecord())
+    await eventually(lambda: len(rig.handler.calls) == 12)
+    assert rig.handler.most_in_flight == 2

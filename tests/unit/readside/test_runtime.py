@@ -1,0 +1,167 @@
+"""The node's projections as a whole: autoStart, enabled, wake-ups, manager checks (D6) and status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from chiefofstate.config.read_sides import DeliverySettings, ReadSideSettings, ReadSidesSettings
+from chiefofstate.core.errors import Code, CosError, InvalidArgument, NotFound
+from chiefofstate.core.readside_rules import FailurePolicy, ProjectionState
+from chiefofstate.readside.delivery import GuardedReadHandler
+from chiefofstate.readside.offset_committer import OffsetCommitter
+from chiefofstate.readside.offset_store import Halt
+from chiefofstate.readside.projection import ProjectionContext
+from chiefofstate.readside.runtime import ReadSideRuntime
+from tests.support.readside import MemoryJournal, MemoryOffsetStore, ScriptedHandler, eventually
+
+SHARDS = 4
+
+
+class Rig:
+    def __init__(self, *read_sides: ReadSideSettings) -> None:
+        self.journal = MemoryJournal()
+        self.store = MemoryOffsetStore(journal=self.journal)
+        self.handlers: dict[str, ScriptedHandler] = {}
+        self.runtime = ReadSideRuntime(
+            ReadSidesSettings(enabled=True, read_sides=read_sides),
+            SHARDS,
+            ProjectionContext(
+                journal=self.journal,
+                store=self.store,
+                committer=OffsetCommitter(self.store, 0.01),
+                delivery=DeliverySettings(poll_interval_s=10.0, commit_interval_s=0.01),
+                slots=asyncio.Semaphore(8),
+            ),
+            self._handler,
+        )
+
+    def _handler(self, read_side: ReadSideSettings) -> GuardedReadHandler:
+        handler = self.handlers[read_side.read_side_id] = ScriptedHandler()
+        return GuardedReadHandler(read_side, handler, None)
+
+
+def side(read_side_id: str, **options: object) -> ReadSideSettings:
+    return ReadSideSettings(read_side_id, "127.0.0.1", 1, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def closers() -> AsyncIterator[list[ReadSideRuntime]]:
+    runtimes: list[ReadSideRuntime] = []
+    yield runtimes
+    for runtime in runtimes:
+        await runtime.close()
+
+
+async def started(rig: Rig, closers: list[ReadSideRuntime]) -> Rig:
+    closers.append(rig.runtime)
+    await rig.runtime.start()
+    return rig
+
+
+async def test_auto_start_false_pauses_every_shard_at_boot(closers: list[ReadSideRuntime]) -> None:
+    rig = await started(Rig(side("quiet", auto_start=False)), closers)
+    assert rig.store.paused == {("quiet", shard): True for shard in range(SHARDS)}
+    rig.journal.append("a", 1)
+    rig.runtime.wake_all()
+    await asyncio.sleep(0.02)
+    assert rig.handlers["quiet"].calls == []
+    assert set(rig.runtime.states("quiet").values()) == {ProjectionState.PAUSED}
+
+
+async def test_auto_start_true_resumes_only_a_read_side_paused_on_every_shard(
+    closers: list[ReadSideRuntime],
+) -> None:
+    rig = Rig(side("all"), side("some"))
+    for shard in range(SHARDS):
+        rig.store.paused[("all", shard)] = True
+    rig.store.paused[("some", 0)] = True
+    await started(rig, closers)
+    assert not any(rig.store.paused[("all", shard)] for shard in range(SHARDS))
+    assert rig.runtime.states("some")[0] is ProjectionState.PAUSED
+    assert rig.runtime.states("some")[1] is ProjectionState.RUNNING
+
+
+async def test_a_commit_wakes_only_the_projections_of_its_shard(closers: list[ReadSideRuntime]) -> None:
+    rig = await started(Rig(side("a"), side("b")), closers)
+    await asyncio.sleep(0.01)
+    rig.journal.append("x", 2)
+    rig.journal.append("y", 3)
+    rig.runtime.on_committed("x", 2, [])
+    await eventually(lambda: len(rig.handlers["a"].calls) == 1 and len(rig.handlers["b"].calls) == 1)
+    await asyncio.sleep(0.02)
+    assert rig.handlers["a"].calls == [("x", 1, 2)]  # shard 3 was not woken: its event waits for the poll
+
+
+async def test_unknown_read_sides_are_not_found_and_bad_shards_invalid(
+    closers: list[ReadSideRuntime],
+) -> None:
+    rig = await started(Rig(side("a")), closers)
+    for operation in (rig.runtime.pause, rig.runtime.resume, rig.runtime.restart, rig.runtime.skip):
+        with pytest.raises(NotFound, match="'nope' is not configured on this node \\(configured: a\\)"):
+            await operation("nope")
+        with pytest.raises(InvalidArgument, match="between 0 and 3 \\(got 4\\)"):
+            await operation("a", 4)
+    with pytest.raises(NotFound):
+        await rig.runtime.offsets("nope")
+    with pytest.raises(InvalidArgument):
+        await rig.runtime.offset("a", 9)
+
+
+async def test_a_disabled_read_side_is_not_run_but_its_offsets_can_be_read(
+    closers: list[ReadSideRuntime],
+) -> None:
+    rig = Rig(side("off", enabled=False))
+    rig.store.offsets[("off", 1)] = 7
+    await started(rig, closers)
+    assert "off" not in rig.handlers
+    assert await rig.runtime.offsets("off") == [(0, 0), (1, 7), (2, 0), (3, 0)]
+    with pytest.raises(CosError) as caught:
+        await rig.runtime.pause("off")
+    assert caught.value.code is Code.FAILED_PRECONDITION
+    (view,) = await rig.runtime.views("off")
+    assert {shard.state for shard in view.shards} == {ProjectionState.DISABLED}
+
+
+async def test_operations_across_all_shards_and_by_shard(closers: list[ReadSideRuntime]) -> None:
+    rig = await started(Rig(side("a", failure_policy=FailurePolicy.STOP)), closers)
+    await rig.runtime.pause("a")
+    assert set(rig.runtime.states("a").values()) == {ProjectionState.PAUSED}
+    await rig.runtime.resume("a", 2)
+    assert rig.runtime.states("a")[2] is ProjectionState.RUNNING
+    assert rig.runtime.states("a", 1) == {1: ProjectionState.PAUSED}
+    rig.journal.append("x", 2, 2)
+    rig.runtime.wake_shards([2])
+    await eventually(lambda: rig.store.offsets.get(("a", 2)) == 2)
+    assert await rig.runtime.offset("a", 2) == 2
+    await rig.runtime.restart("a", 2)  # the shard is replayed from its first event
+    await eventually(lambda: [revision for _, revision, _ in rig.handlers["a"].calls] == [1, 2, 1, 2])
+
+
+async def test_views_report_offsets_heads_lag_and_halts(closers: list[ReadSideRuntime]) -> None:
+    rig = Rig(side("a"))
+    rig.journal.append("x", 1, 3)
+    rig.store.offsets[("a", 1)] = 1
+    rig.store.halts[("a", 1)] = Halt(2, "read handler answered successful=false", 123)
+    await started(rig, closers)
+    (view,) = await rig.runtime.views("a", 1)
+    (shard,) = view.shards
+    assert (shard.shard, shard.offset, shard.head, shard.lag.events) == (1, 1, 3, 2)
+    assert shard.state is ProjectionState.HALTED and shard.halt == Halt(
+        2, "read handler answered successful=false", 123
+    )
+    assert "successful=false" in shard.detail
+    skipped = await rig.runtime.skip("a", 1)
+    assert skipped == [(1, 2)]
+    await eventually(lambda: rig.store.offsets.get(("a", 1)) == 3)
+
+
+async def test_close_stops_every_projection_and_closes_the_handlers(closers: list[ReadSideRuntime]) -> None:
+    rig = Rig(side("a"))
+    await rig.runtime.start()
+    await rig.runtime.close()
+    assert rig.handlers["a"].closed
+    with pytest.raises(CosError, match="shutting down"):
+        await rig.runtime.pause("a")

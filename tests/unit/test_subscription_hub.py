@@ -1,0 +1,114 @@
+"""The subscription hub: bounded buffers, per-entity order, overflow, unsubscribe and counts (§7, D8)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chiefofstate.core.errors import AlreadyExists, ResourceExhausted, Unavailable
+from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
+from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
+from chiefofstate.subscription.hub import SubscriptionHub
+
+
+def wrapper(entity_id: str, revision: int) -> EventWrapper:
+    return EventWrapper(meta=MetaData(entity_id=entity_id, revision_number=revision))
+
+
+def revisions(events: list[EventWrapper]) -> list[tuple[str, int]]:
+    return [(event.meta.entity_id, event.meta.revision_number) for event in events]
+
+
+async def test_an_entity_subscription_gets_only_its_entity_in_commit_order() -> None:
+    hub = SubscriptionHub(buffer_size=10, max_streams=10)
+    mine = hub.open("s-1", "a")
+    everything = hub.open("s-2", None)
+    hub.on_committed("a", 0, [wrapper("a", 1), wrapper("a", 2)])
+    hub.on_committed("b", 1, [wrapper("b", 1)])
+    hub.on_committed("a", 0, [wrapper("a", 3)])
+    assert revisions(await mine.take()) == [("a", 1), ("a", 2), ("a", 3)]
+    assert revisions(await everything.take()) == [("a", 1), ("a", 2), ("b", 1), ("a", 3)]
+
+
+async def test_take_waits_for_the_next_commit() -> None:
+    hub = SubscriptionHub(buffer_size=10, max_streams=10)
+    subscription = hub.open("s", "a")
+    waiting = asyncio.create_task(subscription.take())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    hub.on_committed("a", 0, [wrapper("a", 1)])
+    assert revisions(await asyncio.wait_for(waiting, 1)) == [("a", 1)]
+
+
+async def test_a_subscriber_that_falls_behind_is_ended_and_never_slows_the_committer() -> None:
+    hub = SubscriptionHub(buffer_size=3, max_streams=10)
+    slow = hub.open("slow", None)
+    fast = hub.open("fast", None)
+    for revision in range(1, 4):
+        hub.on_committed("a", 0, [wrapper("a", revision)])
+        assert len(await fast.take()) == 1
+    hub.on_committed("a", 0, [wrapper("a", 4)])  # the fourth event does not fit in slow's buffer
+    assert hub.overflows == 1 and hub.live == 1 and hub.open_streams == 2
+    with pytest.raises(ResourceExhausted, match="fell behind: more than 3 events"):
+        await slow.take()
+    assert revisions(await fast.take()) == [("a", 4)]
+    hub.release(slow)
+    assert hub.open_streams == 1
+
+
+async def test_unsubscribe_completes_the_stream_and_frees_the_id_at_once() -> None:
+    hub = SubscriptionHub(buffer_size=10, max_streams=10)
+    first = hub.open("s", "a")
+    hub.on_committed("a", 0, [wrapper("a", 1)])
+    assert hub.unsubscribe("s") and not hub.unsubscribe("unknown")
+    assert await first.take() == []  # undelivered events are dropped; [] means "completed"
+    second = hub.open("s", "a")  # the id is free although the first stream has not released yet
+    hub.release(first)
+    hub.on_committed("a", 0, [wrapper("a", 2)])
+    assert revisions(await second.take()) == [("a", 2)]
+    assert hub.live == 1 and hub.open_streams == 1
+
+
+async def test_reusing_an_active_id_is_refused() -> None:
+    hub = SubscriptionHub(buffer_size=10, max_streams=10)
+    hub.open("s", "a")
+    with pytest.raises(AlreadyExists, match="subscription s is already active"):
+        hub.open("s", None)
+
+
+async def test_the_number_of_open_streams_is_bounded_including_ended_ones_not_yet_released() -> None:
+    hub = SubscriptionHub(buffer_size=1, max_streams=2)
+    first = hub.open("1", None)
+    hub.open("2", "a")
+    with pytest.raises(ResourceExhausted, match="limit 2, COS_SUBSCRIPTION_MAX"):
+        hub.open("3", None)
+    hub.unsubscribe("1")
+    with pytest.raises(ResourceExhausted):
+        hub.open("3", None)  # the first stream still holds its place until its handler finishes
+    hub.release(first)
+    hub.release(first)  # idempotent
+    hub.open("3", None)
+    assert hub.open_streams == 2
+
+
+async def test_close_ends_every_stream_and_refuses_new_ones() -> None:
+    hub = SubscriptionHub(buffer_size=10, max_streams=10)
+    subscriptions = [hub.open(str(i), None if i % 2 else "a") for i in range(4)]
+    hub.close()
+    for subscription in subscriptions:
+        with pytest.raises(Unavailable):
+            await subscription.take()
+        hub.release(subscription)
+    assert hub.live == 0 and hub.open_streams == 0
+    with pytest.raises(Unavailable):
+        hub.open("late", None)
+
+
+async def test_nothing_is_kept_for_entities_nobody_watches() -> None:
+    hub = SubscriptionHub(buffer_size=10, max_streams=10)
+    subscription = hub.open("s", "a")
+    hub.unsubscribe("s")
+    hub.release(subscription)
+    hub.on_committed("a", 0, [wrapper("a", 1)])
+    assert hub.live == 0 and hub._by_entity == {} and hub._all_entities == {}
