@@ -51,13 +51,21 @@ class Target:
 
 @dataclass
 class QuietPolicy:
-    """How much CPU busy elsewhere makes a round noisy, and how long in total the run may spend
-    re-measuring noisy rounds (0: never)."""
+    """When a round counts as noisy, and how long in total the run may spend re-measuring noisy rounds.
+
+    A round is noisy when processes that are not ours used more than `threshold_cores` while the
+    machine had less than `idle_cores` left idle: other jobs then took CPU our processes could have
+    used. (Other jobs that only use what we leave idle do not change the measurement.)
+    """
 
     threshold_cores: float = 0.35
+    idle_cores: float = 0.25
     budget_s: float = 0.0
     retries_per_round: int = 2
     spent_s: float = 0.0
+
+    def noisy(self, other_cores: float, idle_cores: float) -> bool:
+        return other_cores > self.threshold_cores and idle_cores < self.idle_cores
 
 
 @dataclass
@@ -66,6 +74,7 @@ class Round:
     cpu_seconds: dict[str, float]  # per process group, over the window
     elapsed_s: float
     other_cores: float
+    idle_cores: float = math.nan
     attempts: int = 1
 
 
@@ -175,7 +184,7 @@ class Engine:
             )
             done.attempts = attempts
             quiet = self.quiet
-            noisy = done.other_cores > quiet.threshold_cores
+            noisy = quiet.noisy(done.other_cores, done.idle_cores)
             if noisy:
                 self.noisy_rounds += 1
             if not noisy or attempts > quiet.retries_per_round or quiet.spent_s >= quiet.budget_s:
@@ -250,7 +259,8 @@ class Engine:
         }
         machine_cores = (last_sample.machine_busy - first_sample.machine_busy) / elapsed
         other = max(machine_cores - sum(used.values()) / elapsed, 0.0)
-        return Round(results, used, elapsed, other)
+        idle = max((os.cpu_count() or 1) - machine_cores, 0.0)
+        return Round(results, used, elapsed, other, idle)
 
     def combine(
         self, system: str, workload: str, concurrency: int, rounds: list[Round], timing: Timing
@@ -277,8 +287,10 @@ class Engine:
         cell.extra["rounds"] = len(rounds)
         cell.extra["retried_rounds"] = sum(r.attempts - 1 for r in rounds)
         cell.extra["noisy_rounds_kept"] = sum(
-            1 for r in rounds if not math.isnan(r.other_cores) and r.other_cores > self.quiet.threshold_cores
+            1 for r in rounds if self.quiet.noisy(r.other_cores, r.idle_cores)
         )
+        if elapsed and not math.isnan(rounds[0].idle_cores):
+            cell.extra["idle_cores"] = sum(r.idle_cores * r.elapsed_s for r in rounds) / elapsed
         cell.extra["generators"] = len(rounds[0].results)
         return cell
 

@@ -64,8 +64,12 @@ def _flags(cell: Cell) -> str:
         notes.append("errors " + ",".join(f"{code}={count}" for code, count in sorted(cell.errors.items())))
     if cell.exhausted:
         notes.append("ran out of ids")
-    if cell.cpu is not None and cell.cpu.cores.get("other", 0.0) > 0.3:
-        notes.append(f"noisy: {cell.cpu.cores['other']:.1f} cores busy elsewhere")
+    noisy = int(cell.extra.get("noisy_rounds_kept", 0))
+    if noisy:
+        notes.append(f"{noisy} of {cell.extra.get('rounds', '?')} rounds noisy")
+    retried = int(cell.extra.get("retried_rounds", 0))
+    if retried:
+        notes.append(f"{retried} noisy rounds re-run")
     return "; ".join(notes)
 
 
@@ -115,6 +119,7 @@ def cpu_table(cells: Sequence[Cell]) -> str:
             + [
                 _number(cell.cpu.cores.get("server", math.nan), 2),
                 _number(cell.cpu.cores.get("other", 0.0), 2),
+                _number(float(cell.extra.get("idle_cores", math.nan)), 2),
             ]
         )
     header = [
@@ -127,6 +132,7 @@ def cpu_table(cells: Sequence[Cell]) -> str:
         "generator µs/op",
         "server cores",
         "other cores",
+        "idle cores",
     ]
     return _table(header, rows)
 
@@ -285,8 +291,15 @@ def variants_table(cells: Sequence[Cell]) -> str:
     return _table(header, rows)
 
 
+def machine_table(machine: dict[str, Any], settings: dict[str, Any]) -> str:
+    rows = [[key.replace("_", " "), str(value)] for key, value in {**machine, **settings}.items()]
+    return _table(["run", "value"], rows)
+
+
 def render(report: Report) -> str:
     parts = []
+    if report.machine:
+        parts += ["## Run", machine_table(report.machine, report.settings)]
     if report.cells:
         parts += ["## Throughput and latency (medians of the windows)", results_table(report.cells)]
         parts += ["## CPU per operation", cpu_table(report.cells)]

@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -19,7 +22,9 @@ from chiefofstate.config.settings import load_settings
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
 from chiefofstate.journal.port import AppendRequest, Journal
+from chiefofstate.launch import free_port
 from chiefofstate.node import open_store
+from tests.support.postgres import PgServer
 
 NUM_SHARDS = 16  # COS_NUM_SHARDS default
 SEED_BATCH = 2000
@@ -49,12 +54,60 @@ class Store:
         return [int(row[0]) for row in rows]
 
 
+def _postgres_binaries() -> Path:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    raise RuntimeError("no PostgreSQL binaries (initdb, pg_ctl) on this machine; use --pg local")
+
+
 @contextlib.contextmanager
-def postgres_store() -> Iterator[Store]:
-    """A fresh database on the local server (or a throwaway server), dropped afterwards."""
+def private_postgres_server() -> Iterator[PgServer]:
+    """A PostgreSQL server of our own, in a temporary folder, with the stock durable settings (fsync on).
+
+    A shared server makes a poor instrument: other jobs' CREATE/DROP DATABASE force checkpoints, and
+    their fsyncs land in the middle of our commits.
+    """
+    bindir = _postgres_binaries()
+    folder = Path(tempfile.mkdtemp(prefix="cos-bench-pg-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        owner = pwd.getpwnam("postgres")
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data = folder / "data"
+    server = PgServer("127.0.0.1", free_port(), "postgres", "")
+    options = (
+        f"-p {server.port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on"
+    )
+    pg_ctl = [*run_as, str(bindir / "pg_ctl"), "-D", str(data)]
+    try:
+        subprocess.run(
+            [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [*pg_ctl, "-o", options, "-l", str(folder / "log"), "-w", "start"],
+            check=True,
+            capture_output=True,
+        )
+        yield server
+    finally:
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_store(where: str = "private") -> Iterator[Store]:
+    """A fresh database on a private server (default) or on the local/test server (`where="local"`)."""
     from tests.support.postgres import fresh_database, test_server
 
-    with test_server() as server, fresh_database(server, f"cos_bench_{uuid.uuid4().hex[:10]}") as name:
+    server_context = private_postgres_server() if where == "private" else test_server()
+    with server_context as server, fresh_database(server, f"cos_bench_{uuid.uuid4().hex[:10]}") as name:
         yield Store(
             "postgres",
             {

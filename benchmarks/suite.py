@@ -40,6 +40,7 @@ class Plan:
     scaleout_concurrency: int = 64
     profile_seconds: float = 15.0
     profile_dir: Path | None = None
+    postgres_server: str = "private"  # "private": a server of our own; "local": tests/support's choice
     quiet_budget_s: float = 0.0  # total seconds the run may wait for other jobs on the machine to calm down
 
 
@@ -105,10 +106,10 @@ def _describe(cell: Cell) -> str:
 
 
 @contextlib.contextmanager
-def _stores(names: tuple[str, ...]) -> Iterator[dict[str, Store]]:
+def _stores(names: tuple[str, ...], postgres_server: str) -> Iterator[dict[str, Store]]:
     with contextlib.ExitStack() as stack:
         makers: dict[str, Callable[[], contextlib.AbstractContextManager[Store]]] = {
-            "postgres": postgres_store,
+            "postgres": lambda: postgres_store(postgres_server),
             "sqlite": sqlite_store,
         }
         yield {name: stack.enter_context(makers[name]()) for name in names}
@@ -122,7 +123,7 @@ def run(plan: Plan) -> Report:
     quiet = QuietPolicy(budget_s=plan.quiet_budget_s)
     engine = Engine(log_dir, fleet.generators, plan.timing, plan.generators, plan.seed, quiet)
     try:
-        with _stores(plan.stores) as stores:
+        with _stores(plan.stores, plan.postgres_server) as stores:
             _run_suites(plan, engine, fleet, stores, report)
     finally:
         fleet.stop_all()

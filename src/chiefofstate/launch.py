@@ -140,6 +140,7 @@ def node_environment(base: Mapping[str, str], **overrides: str) -> dict[str, str
     env.setdefault("COS_MANAGEMENT_PORT", str(free_port()))
     env.setdefault("COS_HTTP_ADDRESS", "127.0.0.1")
     env.setdefault("COS_HTTP_PORT", str(free_port()))
+    env.setdefault("COS_PROMETHEUS_PORT", str(free_port()))
     return env
 
 
@@ -147,6 +148,7 @@ def start_node(env: Mapping[str, str], log_dir: Path, name: str = "cos-node", wa
     process = spawn(name, [sys.executable, "-m", "chiefofstate", "serve"], env, log_dir)
     process.ports["grpc"] = int(env["COS_PORT"])
     process.ports["management"] = int(env["COS_MANAGEMENT_PORT"])
+    process.ports["metrics"] = int(env.get("COS_PROMETHEUS_PORT", "9102"))
     if "COS_HTTP_PORT" in env:
         process.ports["http"] = int(env["COS_HTTP_PORT"])
     if wait:

@@ -13,7 +13,7 @@ from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
 from chiefofstate.api.http_api import create_http_app
 from chiefofstate.api.http_server import HttpServer
-from chiefofstate.api.management import ManagementServer
+from chiefofstate.api.management import ManagementServer, SmallHttpServer, metrics_route
 from chiefofstate.config.settings import Settings, StoreSettings, WriteSideSettings
 from chiefofstate.core.breaker import CircuitBreaker
 from chiefofstate.core.errors import CosError, StoreUnavailable
@@ -24,9 +24,14 @@ from chiefofstate.journal.group_commit import GroupCommitWriter
 from chiefofstate.journal.port import Journal
 from chiefofstate.readside.assembly import ReadSides, open_read_sides
 from chiefofstate.subscription.hub import SubscriptionHub
+from chiefofstate.tasks import cancel_and_wait
+from chiefofstate.telemetry.metrics import NodeMetrics
+from chiefofstate.telemetry.readings import register_node_readings
+from chiefofstate.telemetry.tracing import Tracing
 from chiefofstate.writeside.breaker import BreakerGuardedWriteHandler
 from chiefofstate.writeside.grpc_handler import GrpcWriteHandler, channel_options
 from chiefofstate.writeside.http_handler import HttpWriteHandler
+from chiefofstate.writeside.instrumented import InstrumentedWriteHandler
 from chiefofstate.writeside.port import WriteHandler
 
 log = logging.getLogger("chiefofstate.node")
@@ -133,6 +138,9 @@ class Node:
         self.read_sides: ReadSides | None = None
         self._serving = False
         self.management: ManagementServer | None = None
+        self.metrics_server: SmallHttpServer | None = None
+        self.metrics = NodeMetrics()
+        self.tracing: Tracing | None = None
         self._closers = contextlib.AsyncExitStack()
         self._stopping = False
 
@@ -146,19 +154,29 @@ class Node:
     async def _start_parts(self) -> None:
         settings = self.settings
         closers = self._closers
+        tracing = self.tracing = Tracing(settings.tracing)
+        closers.callback(tracing.shutdown)  # flushes buffered spans last, after everything else stopped
+        metrics = self.metrics
         journal = self.journal = await open_store(settings)
         closers.push_async_callback(journal.close)
         writer = GroupCommitWriter(
             journal,
             max_batch=settings.journal_writer.max_batch,
             max_pending=settings.journal_writer.max_pending,
+            tracing=tracing,
+            metrics=metrics,
         )
         writer.start()
         closers.push_async_callback(writer.close)  # flushes what is queued before the store closes
         snapshotter = Snapshotter(journal, settings.snapshots)
         snapshotter.start()
         closers.push_async_callback(snapshotter.close)
-        handler = create_write_handler(settings.write_side, settings.server.max_message_bytes)
+        handler: WriteHandler = InstrumentedWriteHandler(
+            create_write_handler(settings.write_side, settings.server.max_message_bytes),
+            tracing,
+            metrics,
+            settings.write_side.protocol,
+        )
         closers.push_async_callback(handler.close)
         listeners: list[CommitListener] = []
         if settings.subscription_enabled:
@@ -167,7 +185,9 @@ class Node:
             )
             listeners.append(self.subscriptions)
         if settings.read_side_enabled:
-            self.read_sides = await open_read_sides(settings, closers, open_journal)
+            self.read_sides = await open_read_sides(
+                settings, closers, open_journal, tracing=tracing, metrics=metrics
+            )
             listeners.append(self.read_sides.runtime)  # wakes the shard's projections on each commit
         processor = CommandProcessor(
             handler,
@@ -181,6 +201,7 @@ class Node:
                 call_timeout_s=settings.write_side.call_timeout_s,
             ),
             listeners=listeners,
+            tracing=tracing,
         )
         host = self.host = EntityHost(
             processor,
@@ -190,21 +211,29 @@ class Node:
                 idle_timeout_s=settings.entities.idle_timeout_s,
                 mailbox_capacity=settings.entities.mailbox_capacity,
             ),
+            tracing=tracing,
         )
         host.start()
         closers.push_async_callback(host.close)
+        register_node_readings(metrics, host, processor, snapshotter, writer, self.subscriptions)
+        commands = CommandPath(host, settings.server.command_timeout_s, tracing=tracing, metrics=metrics)
         server = settings.server
         management = self.management = ManagementServer(
             server.address, server.management_port, self.readiness
         )
         await management.start()
         closers.push_async_callback(management.close)
+        metrics_server = self.metrics_server = SmallHttpServer(
+            server.address, server.prometheus_port, {"/metrics": metrics_route(metrics.exposition)}
+        )
+        await metrics_server.start()
+        closers.push_async_callback(metrics_server.close)
         # Closed first on stop: new calls are refused while in-flight ones get the grace period.
         closers.push_async_callback(self._stop_api_servers)
         serving = []
         if server.protocol in ("grpc", "both"):
             grpc_server = self.grpc = GrpcServer(
-                ChiefOfStateService(host, server.command_timeout_s, subscriptions=self.subscriptions),
+                ChiefOfStateService(commands, subscriptions=self.subscriptions),
                 server.address,
                 server.port,
                 server.max_message_bytes,
@@ -216,7 +245,7 @@ class Node:
         if server.protocol in ("http", "both"):
             # Both protocols share one command path: the same host, deadlines and logging.
             app = create_http_app(
-                CommandPath(host, server.command_timeout_s),
+                commands,
                 # base64 makes a body about 4/3 of the message it carries
                 max_body_bytes=server.max_message_bytes * 4 // 3 + 64 * 1024,
                 body_timeout_s=server.command_timeout_s,
@@ -226,9 +255,12 @@ class Node:
             )
             await http_server.start()
             serving.append(f"HTTP on {server.http_address}:{http_server.port}")
+        self._serving = True
         if self.grpc is not None:
             await self.grpc.set_serving(True)
-        self._serving = True
+            # The gRPC health service follows readiness, so probes see a lost database too.
+            monitor = asyncio.create_task(self._follow_readiness(self.grpc), name="health-monitor")
+            closers.push_async_callback(cancel_and_wait, monitor)
         log.warning(
             "chiefofstate node serving %s, management on %s:%d%s",
             ", ".join(serving),
@@ -249,6 +281,16 @@ class Node:
         for outcome in await asyncio.gather(*stops, return_exceptions=True):
             if isinstance(outcome, Exception):
                 log.error("stopping an API server failed: %s", outcome)
+
+    async def _follow_readiness(self, grpc_server: GrpcServer) -> None:
+        serving = True
+        while True:
+            await asyncio.sleep(self.settings.server.health_check_interval_s)
+            reason = await self.readiness()
+            if (reason is None) != serving:
+                serving = reason is None
+                await grpc_server.set_serving(serving)
+                log.warning("health: %s", "SERVING" if serving else f"NOT_SERVING ({reason})")
 
     async def readiness(self) -> str | None:
         if not self._serving or self.journal is None:

@@ -14,7 +14,7 @@ from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
 from chiefofstate.journal.port import JournalRow
-from chiefofstate.readside.handler import DeliveryFailed
+from chiefofstate.readside.handler import DeliveryFailed, ReadSideCall
 from chiefofstate.readside.offset_store import Halt, ShardProgress, ShardRecord
 
 
@@ -149,10 +149,9 @@ class ScriptedHandler:
     most_in_flight: int = 0
     closed: bool = False
 
-    async def handle(
-        self, request: HandleReadSideRequest, entity_id: str, shard: int, timeout_s: float
-    ) -> bool:
-        self.calls.append((entity_id, request.meta.revision_number, shard))
+    async def handle(self, call: ReadSideCall, shard: int, timeout_s: float) -> bool:
+        request = call.message()
+        self.calls.append((call.entity_id, request.meta.revision_number, shard))
         self.requests.append(request)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)

@@ -12,7 +12,9 @@ from cos_bank.read_handler import Account, Balances, ReadFaults, ReadModel, Sele
 from google.protobuf.any_pb2 import Any as AnyProto
 
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
+from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
+from chiefofstate.readside.handler import ReadSideCall
 from chiefofstate.readside.http_handler import HttpReadHandler
 
 
@@ -29,6 +31,12 @@ def delivery(
         meta=MetaData(entity_id=entity_id, revision_number=revision),
         read_side_id=read_side_id,
     )
+
+
+def call(entity_id: str, revision: int, balance: int) -> ReadSideCall:
+    request = delivery(entity_id, revision, balance)
+    wrapper = EventWrapper(event=request.event, resulting_state=request.state, meta=request.meta)
+    return ReadSideCall(entity_id, wrapper.SerializeToString(), request.read_side_id)
 
 
 def test_the_projection_keeps_the_latest_state_and_ignores_redeliveries() -> None:
@@ -61,10 +69,10 @@ async def test_the_http_variant_speaks_the_protocol_cos_sends() -> None:
     model = ReadModel(ReadFaults(refuse=(Selector.parse("acc@2"),), fail=(Selector.parse("acc@3"),)), log)
     transport = httpx.ASGITransport(app=http_app(model))
     client = HttpReadHandler("bank", 80, use_tls=False, max_connections=1, transport=transport)
-    assert await client.handle(delivery("acc", 1, 100), "acc", 4, 1.0) is True
-    assert await client.handle(delivery("acc", 2, 150), "acc", 4, 1.0) is False
+    assert await client.handle(call("acc", 1, 100), 4, 1.0) is True
+    assert await client.handle(call("acc", 2, 150), 4, 1.0) is False
     with pytest.raises(Exception, match="HTTP 500"):
-        await client.handle(delivery("acc", 3, 170), "acc", 4, 1.0)
+        await client.handle(call("acc", 3, 170), 4, 1.0)
     await client.close()
     assert model.balances.accounts == {"acc": Account("Ann", 100, 1)}
     lines = [json.loads(line) for line in log.getvalue().splitlines()]

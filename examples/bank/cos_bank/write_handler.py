@@ -39,6 +39,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
@@ -50,6 +51,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped, unused-ignore]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from opentelemetry.trace import SpanKind
 
 from chiefofstate.gen.chief_of_state.v1 import writeside_pb2, writeside_pb2_grpc
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
@@ -59,6 +61,7 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventRequest,
     HandleEventResponse,
 )
+from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing, tracing_settings
 from cos_bank.domain import BankError, InsufficientFunds, decide, evolve
 from cos_bank.gen.bank.v1 import bank_pb2
 
@@ -129,8 +132,14 @@ def _log_call(
 class BankWriteHandler(writeside_pb2_grpc.WriteSideHandlerServiceServicer):
     """Adapts the pure rules in domain.py to the WriteSideHandlerService rpcs (SPEC.md §2.3)."""
 
-    def __init__(self, faults: FaultInjection | None = None) -> None:
+    def __init__(self, faults: FaultInjection | None = None, tracing: Tracing = TRACING_OFF) -> None:
         self._faults = FaultInjection() if faults is None else faults
+        # Joins CoS's trace: the node sends its span context in the call's metadata (OTEL_PROPAGATORS).
+        self._tracing = tracing
+
+    def _span(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AbstractContextManager[object]:
+        metadata = list(context.invocation_metadata() or ())
+        return self._tracing.span(name, kind=SpanKind.SERVER, parent=self._tracing.extract(metadata))
 
     async def HandleCommand(
         self,
@@ -143,7 +152,8 @@ class BankWriteHandler(writeside_pb2_grpc.WriteSideHandlerServiceServicer):
             # TEST HOOK: lets CoS tests hit COS_GRPC_CALLS_TIMEOUT / the caller's deadline
             await asyncio.sleep(self._faults.command_delay_ms / 1000)
         try:
-            events = decide(request.command, request.prior_state, request.prior_event_meta)
+            with self._span("bank.HandleCommand", context):
+                events = decide(request.command, request.prior_state, request.prior_event_meta)
         except BankError as error:
             await _abort(context, error)
         # `events`, never the deprecated single `event` field (§2.3); [] is a no-op for CoS (§3.7)
@@ -160,7 +170,8 @@ class BankWriteHandler(writeside_pb2_grpc.WriteSideHandlerServiceServicer):
         if faulty is not None:
             return faulty
         try:
-            state = evolve(request.event, request.prior_state, request.event_meta)
+            with self._span("bank.HandleEvent", context):
+                state = evolve(request.event, request.prior_state, request.event_meta)
         except BankError as error:
             await _abort(context, error)
         return HandleEventResponse(resulting_state=state)
@@ -211,6 +222,7 @@ class RunningHandler:
     health: health.aio.HealthServicer
     host: str
     port: int
+    tracing: Tracing = TRACING_OFF
 
     @property
     def address(self) -> str:
@@ -221,6 +233,7 @@ class RunningHandler:
         """Report NOT_SERVING, then let in-flight calls finish for up to `grace` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self.tracing.shutdown()
 
 
 async def serve(host: str, port: int, *, faults: FaultInjection | None = None) -> RunningHandler:
@@ -229,7 +242,8 @@ async def serve(host: str, port: int, *, faults: FaultInjection | None = None) -
     `faults=None` reads the TEST HOOK variables from the environment; pass `FaultInjection()` for none.
     Raises OSError when the address cannot be bound.
     """
-    handler = BankWriteHandler(FaultInjection.from_environment() if faults is None else faults)
+    tracing = Tracing(tracing_settings(os.environ, "bank-write-handler"))
+    handler = BankWriteHandler(FaultInjection.from_environment() if faults is None else faults, tracing)
     # grpc turns SO_REUSEPORT on by default, so a second handler on a busy port would start and silently
     # share its calls; a test or demo that picks a port must get a bind error instead
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -246,7 +260,7 @@ async def serve(host: str, port: int, *, faults: FaultInjection | None = None) -
     await server.start()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningHandler(server=server, health=health_servicer, host=host, port=bound_port)
+    return RunningHandler(server=server, health=health_servicer, host=host, port=bound_port, tracing=tracing)
 
 
 def _target(host: str, port: int) -> str:

@@ -1,4 +1,5 @@
-"""The command path shared by the gRPC and HTTP APIs: validation, time budget, logging (SPEC.md §3).
+"""The command path shared by the gRPC and HTTP APIs: validation, time budget, logging, the
+request's span and metrics (SPEC.md §3, §12).
 
 Both protocols hand their requests to the same EntityHost through this class, so a command behaves
 the same whichever door it came in by; only the encoding of the answer differs.
@@ -9,9 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from google.protobuf.any_pb2 import Any as AnyProto
+from opentelemetry.trace import Span, SpanKind
 
 from chiefofstate.api.grpc_errors import as_cos_error
 from chiefofstate.core.command_rules import validate_entity_id
@@ -20,6 +23,8 @@ from chiefofstate.core.headers import Metadata
 from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.host import EntityHost
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
+from chiefofstate.telemetry.metrics import NodeMetrics
+from chiefofstate.telemetry.tracing import SPAN_GET_STATE, SPAN_PROCESS_COMMAND, TRACING_OFF, Tracing
 
 log = logging.getLogger("chiefofstate.api")
 
@@ -30,27 +35,61 @@ class CommandPath:
         host: EntityHost,
         command_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        tracing: Tracing = TRACING_OFF,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._host = host
         self._command_timeout_s = command_timeout_s
         self._clock = clock
+        self._tracing = tracing
+        self._metrics = metrics
 
     def _deadline(self, caller_left_s: float | None) -> Deadline:
         # Decision D4: the caller's deadline and COS_COMMAND_HANDLER_TIMEOUT bound the whole command.
         budget = min(self._command_timeout_s, caller_left_s if caller_left_s is not None else math.inf)
         return Deadline(self._clock() + budget, self._clock)
 
+    @contextmanager
+    def _request(
+        self,
+        rpc: str,
+        span_name: str,
+        entity_id: str,
+        command_type: str,
+        metadata: Metadata,
+        report: Callable[[CosError, bool], None],
+    ) -> Iterator[Span | None]:
+        """The request's server span (joined to the caller's trace) and metrics; any failure leaves as a
+        CosError, reported (logged) while the span is still current so the log line carries its ids."""
+        started = time.perf_counter()
+        code = Code.OK
+        attributes = {"cos.entity_id": entity_id}
+        if command_type:
+            attributes["cos.command_type"] = command_type
+        try:
+            with self._tracing.span(
+                span_name, kind=SpanKind.SERVER, parent=self._tracing.extract(metadata), attributes=attributes
+            ) as span:
+                try:
+                    yield span
+                except Exception as failure:
+                    error = as_cos_error(failure)
+                    code = error.code
+                    report(error, error is not failure)
+                    if error is failure:
+                        raise
+                    raise error from failure
+        finally:
+            if self._metrics is not None:
+                self._metrics.observe_request(rpc, code.name, command_type, time.perf_counter() - started)
+
     async def process_command(
         self, entity_id: str, command: AnyProto, metadata: Metadata, caller_left_s: float | None
     ) -> StateWrapper:
         """The entity's new state; any failure is raised as a CosError and logged once."""
-        try:
-            validate_entity_id(entity_id)
-            return await self._host.process_command(
-                entity_id, command, metadata, self._deadline(caller_left_s)
-            )
-        except Exception as failure:
-            error = as_cos_error(failure)
+
+        def report(error: CosError, unexpected: bool) -> None:
             log.warning(
                 "command failed: entity_id=%s command_type=%s status=%s message=%s",
                 entity_id,
@@ -58,26 +97,37 @@ class CommandPath:
                 error.code.name,
                 error.message,
                 extra={"entity_id": entity_id, "status": error.code.name},
-                exc_info=not isinstance(failure, CosError),
+                exc_info=unexpected,
             )
-            if error is failure:
-                raise
-            raise error from failure
 
-    async def get_state(self, entity_id: str, caller_left_s: float | None) -> StateWrapper:
-        try:
+        with self._request(
+            "ProcessCommand", SPAN_PROCESS_COMMAND, entity_id, command.type_url, metadata, report
+        ) as span:
             validate_entity_id(entity_id)
-            return await self._host.get_state(entity_id, self._deadline(caller_left_s))
-        except Exception as failure:
-            error = as_cos_error(failure)
+            state = await self._host.process_command(
+                entity_id, command, metadata, self._deadline(caller_left_s)
+            )
+            if span is not None:
+                span.set_attribute("cos.revision", state.meta.revision_number)
+            return state
+
+    async def get_state(
+        self, entity_id: str, caller_left_s: float | None, metadata: Metadata = ()
+    ) -> StateWrapper:
+        def report(error: CosError, unexpected: bool) -> None:
             if error.code is not Code.NOT_FOUND:
                 log.warning(
                     "get state failed: entity_id=%s status=%s message=%s",
                     entity_id,
                     error.code.name,
                     error.message,
-                    exc_info=not isinstance(failure, CosError),
+                    extra={"entity_id": entity_id, "status": error.code.name},
+                    exc_info=unexpected,
                 )
-            if error is failure:
-                raise
-            raise error from failure
+
+        with self._request("GetState", SPAN_GET_STATE, entity_id, "", metadata, report) as span:
+            validate_entity_id(entity_id)
+            state = await self._host.get_state(entity_id, self._deadline(caller_left_s))
+            if span is not None:
+                span.set_attribute("cos.revision", state.meta.revision_number)
+            return state

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from grpc import aio
 
 from chiefofstate.api.command_path import CommandPath
@@ -12,7 +9,6 @@ from chiefofstate.api.grpc_errors import abort_with
 from chiefofstate.api.subscription_rpcs import SUBSCRIPTIONS_OFF, SubscriptionRpcs
 from chiefofstate.core.errors import CosError
 from chiefofstate.core.headers import HeaderValue
-from chiefofstate.entities.host import EntityHost
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceServicer
 from chiefofstate.subscription.hub import SubscriptionHub
@@ -27,14 +23,8 @@ def request_metadata(context: Context) -> list[tuple[str, HeaderValue]]:
 
 
 class ChiefOfStateService(ChiefOfStateServiceServicer):
-    def __init__(
-        self,
-        host: EntityHost,
-        command_timeout_s: float,
-        clock: Callable[[], float] = time.monotonic,
-        subscriptions: SubscriptionHub | None = None,
-    ) -> None:
-        self._commands = CommandPath(host, command_timeout_s, clock)
+    def __init__(self, commands: CommandPath, subscriptions: SubscriptionHub | None = None) -> None:
+        self._commands = commands
         self._subscriptions = SubscriptionRpcs(subscriptions)
 
     async def ProcessCommand(
@@ -51,7 +41,9 @@ class ChiefOfStateService(ChiefOfStateServiceServicer):
 
     async def GetState(self, request: pb.GetStateRequest, context: Context) -> pb.GetStateResponse:
         try:
-            state = await self._commands.get_state(request.entity_id, context.time_remaining())
+            state = await self._commands.get_state(
+                request.entity_id, context.time_remaining(), request_metadata(context)
+            )
         except CosError as error:
             await abort_with(context, error)
             raise

@@ -153,9 +153,9 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
         response_model=StateReply,
         responses=_ERROR_RESPONSES,
     )
-    async def get_state(entity_id: EntityId) -> Response:
+    async def get_state(entity_id: EntityId, request: Request) -> Response:
         try:
-            state = await commands.get_state(entity_id, None)
+            state = await commands.get_state(entity_id, None, _trace_metadata(request))
         except CosError as error:
             return failure_response(error)
         return JSONResponse(message_to_json(pb.GetStateResponse(state=state.state, meta=state.meta)))
@@ -184,6 +184,11 @@ async def _json_body(request: Request, max_body_bytes: int, timeout_s: float) ->
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise _BadRequest(400, f"the body is not valid JSON: {error}") from None
+
+
+def _trace_metadata(request: Request) -> list[tuple[str, HeaderValue]]:
+    # GetState persists nothing: only the trace context is read from its headers
+    return [(name, value) for name, value in request.headers.items() if not name.endswith("-bin")]
 
 
 def _metadata(request: Request) -> list[tuple[str, HeaderValue]]:

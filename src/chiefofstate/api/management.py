@@ -1,35 +1,49 @@
-"""Upstream's management endpoints, GET /alive and GET /ready (decision D11), on a tiny HTTP server.
+"""Small HTTP endpoints served with a few lines of asyncio: upstream's GET /alive and GET /ready
+(decision D11) on the management port, and Prometheus' GET /metrics on its own port.
 
-Kubernetes probes send one small request per connection; a few lines of asyncio serve that
-without a web framework on the node's start-up path.
+Probes and scrapers send one small GET per connection; no web framework is needed on the node's
+start-up path for that, and these ports must answer before anything else is up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 log = logging.getLogger("chiefofstate.management")
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None when ready, else the reason
 _MAX_REQUEST_LINE = 8192
+_IO_TIMEOUT_S = 5.0
 
 
-def _response(status: str, body: str) -> bytes:
-    payload = body.encode()
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: str
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+
+
+Route = Callable[[], Awaitable[Reply]]
+
+
+def _encode(reply: Reply) -> bytes:
     head = (
-        f"HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+        f"HTTP/1.1 {reply.status}\r\nContent-Type: {reply.content_type}\r\n"
+        f"Content-Length: {len(reply.body)}\r\nConnection: close\r\n\r\n"
     )
-    return head.encode() + payload
+    return head.encode() + reply.body
 
 
-class ManagementServer:
-    def __init__(self, host: str, port: int, readiness: ReadinessCheck) -> None:
+class SmallHttpServer:
+    """Answers GET on a fixed set of paths; anything else is 404 or 405."""
+
+    def __init__(self, host: str, port: int, routes: Mapping[str, Route]) -> None:
         self._host = host
         self._port = port
-        self._readiness = readiness
+        self._routes = dict(routes)
         self._server: asyncio.Server | None = None
 
     @property
@@ -46,28 +60,52 @@ class ManagementServer:
             await self._server.wait_closed()
             self._server = None
 
-    async def _answer(self, method: str, path: str) -> bytes:
-        if path not in ("/alive", "/ready"):
-            return _response("404 Not Found", "not found\n")
+    async def _answer(self, method: str, path: str) -> Reply:
+        route = self._routes.get(path)
+        if route is None:
+            return Reply("404 Not Found", b"not found\n")
         if method != "GET":
-            return _response("405 Method Not Allowed", "method not allowed\n")
-        if path == "/alive":
-            return _response("200 OK", "alive\n")
-        reason = await self._readiness()
-        if reason is None:
-            return _response("200 OK", "ready\n")
-        return _response("503 Service Unavailable", f"not ready: {reason}\n")
+            return Reply("405 Method Not Allowed", b"method not allowed\n")
+        return await route()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
+            request_line = await asyncio.wait_for(reader.readline(), timeout=_IO_TIMEOUT_S)
             parts = request_line.decode("latin-1", "replace").split()
             if len(parts) < 2 or len(request_line) > _MAX_REQUEST_LINE:
-                writer.write(_response("400 Bad Request", "bad request\n"))
+                reply = Reply("400 Bad Request", b"bad request\n")
             else:
-                writer.write(await self._answer(parts[0], parts[1].split("?", 1)[0]))
-            await asyncio.wait_for(writer.drain(), timeout=5)
+                reply = await self._answer(parts[0], parts[1].split("?", 1)[0])
+            writer.write(_encode(reply))
+            await asyncio.wait_for(writer.drain(), timeout=_IO_TIMEOUT_S)
         except (TimeoutError, ConnectionError) as error:
-            log.debug("management request dropped: %s", error)
+            log.debug("request dropped: %s", error)
         finally:
             writer.close()
+
+
+def management_routes(readiness: ReadinessCheck) -> dict[str, Route]:
+    async def alive() -> Reply:
+        return Reply("200 OK", b"alive\n")
+
+    async def ready() -> Reply:
+        reason = await readiness()
+        if reason is None:
+            return Reply("200 OK", b"ready\n")
+        return Reply("503 Service Unavailable", f"not ready: {reason}\n".encode())
+
+    return {"/alive": alive, "/ready": ready}
+
+
+def metrics_route(exposition: Callable[[], bytes]) -> Route:
+    async def metrics() -> Reply:
+        return Reply("200 OK", exposition(), "text/plain; version=0.0.4; charset=utf-8")
+
+    return metrics
+
+
+class ManagementServer(SmallHttpServer):
+    """GET /alive (the process runs) and GET /ready (migrated, store reachable, not shutting down)."""
+
+    def __init__(self, host: str, port: int, readiness: ReadinessCheck) -> None:
+        super().__init__(host, port, management_routes(readiness))

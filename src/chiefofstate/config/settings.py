@@ -17,6 +17,7 @@ from chiefofstate.core.command_rules import ProtoValidation
 from chiefofstate.core.errors import ConfigError
 from chiefofstate.core.headers import parse_header_list
 from chiefofstate.core.snapshots import SnapshotPolicy
+from chiefofstate.telemetry.tracing import TracingSettings, tracing_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,8 @@ class ServerSettings:
     command_timeout_s: float
     max_message_bytes: int
     shutdown_timeout_s: float
+    prometheus_port: int
+    health_check_interval_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,7 @@ class Settings:
     warnings: tuple[str, ...] = field(default=())
     subscriptions: SubscriptionSettings = field(default=SubscriptionSettings())
     read_sides: ReadSidesSettings = field(default=ReadSidesSettings())
+    tracing: TracingSettings = field(default=TracingSettings(enabled=False, service_name="chiefofstate"))
 
 
 _RETIRED_VARIABLES = (
@@ -157,6 +161,8 @@ def _server(env: Env) -> ServerSettings:
         command_timeout_s=float(env.integer("COS_COMMAND_HANDLER_TIMEOUT", 5, minimum=1, maximum=300)),
         max_message_bytes=env.integer("COS_MAX_MESSAGE_SIZE", 4 * 1024 * 1024, minimum=1024),
         shutdown_timeout_s=env.duration("COS_SHUTDOWN_TIMEOUT", "20s"),
+        prometheus_port=env.port("COS_PROMETHEUS_PORT", 9102),
+        health_check_interval_s=env.duration("COS_HEALTH_CHECK_INTERVAL", "2s"),
     )
 
 
@@ -329,6 +335,7 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
             max_subscriptions=env.integer("COS_SUBSCRIPTION_MAX", 10_000, minimum=1, maximum=1_000_000),
         ),
         read_sides=read_sides,
+        tracing=tracing_settings(environ, env.text("COS_SERVICE_NAME", "chiefofstate")),
     )
     _refuse_unsupported(settings)
     if settings.subscription_enabled and settings.server.protocol == "http":

@@ -27,6 +27,14 @@ from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandRequest, HandleEventRequest
 from chiefofstate.journal.port import AppendRequest, Journal
+from chiefofstate.telemetry.tracing import (
+    SPAN_HANDLE_EVENT,
+    SPAN_PERSIST,
+    SPAN_RECOVERY,
+    SPAN_REMOTE_CALLS,
+    TRACING_OFF,
+    Tracing,
+)
 from chiefofstate.writeside.port import WriteHandler
 
 log = logging.getLogger("chiefofstate.entities")
@@ -68,7 +76,10 @@ class CommandProcessor:
         settings: CommandSettings,
         wall_clock_ns: Callable[[], int] = time.time_ns,
         listeners: Sequence[CommitListener] = (),
+        tracing: Tracing = TRACING_OFF,
     ) -> None:
+        self._tracing = tracing
+        self.recoveries = 0
         self._handler = handler
         self._journal = journal
         self._appender = appender
@@ -79,14 +90,39 @@ class CommandProcessor:
 
     async def ensure_recovered(self, entity: Entity) -> StateWrapper:
         if entity.state is None:
-            entity.state = await recover(self._journal, entity.entity_id)
+            with self._tracing.span(SPAN_RECOVERY, attributes={"cos.entity_id": entity.entity_id}):
+                entity.state = await recover(self._journal, entity.entity_id)
             entity.writer_id = str(uuid.uuid4())  # upstream writes one writer id per incarnation
+            self.recoveries += 1
         return entity.state
 
     async def process(
         self, entity: Entity, command: AnyProto, metadata: Metadata, deadline: Deadline
     ) -> StateWrapper:
         prior = await self.ensure_recovered(entity)
+        with self._tracing.span(SPAN_REMOTE_CALLS):
+            wrappers = await self._decide(prior, command, metadata, deadline)
+        if not wrappers:
+            return prior  # a no-op persists nothing and consumes no revision (§3.7)
+        deadline.check("before the append")
+        request = AppendRequest(
+            entity_id=entity.entity_id,
+            shard=entity.shard,
+            expected_sequence=prior.meta.revision_number,
+            events=[wrapper.SerializeToString() for wrapper in wrappers],
+            write_timestamp_ms=self._wall_clock_ns() // 1_000_000,
+            writer=entity.writer_id,
+        )
+        with self._tracing.span(SPAN_PERSIST, attributes={"cos.event_count": len(wrappers)}):
+            # Once the append starts, its outcome is waited for even if the caller goes away (D4).
+            return await wait_to_the_end(
+                asyncio.ensure_future(self._append_and_apply(entity, request, wrappers))
+            )
+
+    async def _decide(
+        self, prior: StateWrapper, command: AnyProto, metadata: Metadata, deadline: Deadline
+    ) -> list[EventWrapper]:
+        """HandleCommand, then HandleEvent for each event in turn: the events to append, [] for a no-op."""
         settings = self._settings
         left = deadline.check("before HandleCommand")
         response = await self._handler.handle_command(
@@ -97,11 +133,9 @@ class CommandProcessor:
         events = candidate_events(response)
         for event in events:
             settings.validation.check_event(event)
-        if not events:
-            return prior  # a no-op persists nothing and consumes no revision (§3.7)
         if prior.meta.revision_number + len(events) > MAX_REVISION:
             raise Internal(
-                f"entity {entity.entity_id} would exceed the highest revision number {MAX_REVISION}"
+                f"entity {prior.meta.entity_id} would exceed the highest revision number {MAX_REVISION}"
             )
 
         persisted_headers = to_persisted_headers(select_headers(settings.persisted_headers, metadata))
@@ -111,27 +145,17 @@ class CommandProcessor:
             # Decision D1: each event is folded into the state the previous one produced.
             meta = next_event_meta(meta, self._wall_clock_ns(), persisted_headers)
             left = deadline.check("before HandleEvent")
-            event_response = await self._handler.handle_event(
-                HandleEventRequest(event=event, prior_state=state, event_meta=meta),
-                min(left, settings.call_timeout_s),
-            )
+            with self._tracing.span(SPAN_HANDLE_EVENT, attributes={"cos.revision": meta.revision_number}):
+                event_response = await self._handler.handle_event(
+                    HandleEventRequest(event=event, prior_state=state, event_meta=meta),
+                    min(left, settings.call_timeout_s),
+                )
             state = resulting_state_or_fail(
                 event_response.resulting_state if event_response.HasField("resulting_state") else None
             )
             settings.validation.check_state(state)
             wrappers.append(EventWrapper(event=event, resulting_state=state, meta=meta))
-
-        deadline.check("before the append")
-        request = AppendRequest(
-            entity_id=entity.entity_id,
-            shard=entity.shard,
-            expected_sequence=prior.meta.revision_number,
-            events=[wrapper.SerializeToString() for wrapper in wrappers],
-            write_timestamp_ms=self._wall_clock_ns() // 1_000_000,
-            writer=entity.writer_id,
-        )
-        # Once the append starts, its outcome is waited for even if the caller goes away (D4).
-        return await wait_to_the_end(asyncio.ensure_future(self._append_and_apply(entity, request, wrappers)))
+        return wrappers
 
     async def _append_and_apply(
         self, entity: Entity, request: AppendRequest, wrappers: list[EventWrapper]

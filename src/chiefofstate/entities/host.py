@@ -19,6 +19,13 @@ from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import Entity
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
 from chiefofstate.tasks import cancel_and_wait
+from chiefofstate.telemetry.tracing import (
+    SPAN_ENTITY_COMMAND,
+    SPAN_ENTITY_GET_STATE,
+    SPAN_MAILBOX,
+    TRACING_OFF,
+    Tracing,
+)
 
 log = logging.getLogger("chiefofstate.entities")
 
@@ -41,7 +48,9 @@ class EntityHost:
         processor: CommandProcessor,
         settings: HostSettings,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing = TRACING_OFF,
     ) -> None:
+        self._tracing = tracing
         self._processor = processor
         self._settings = settings
         self._clock = clock
@@ -65,8 +74,13 @@ class EntityHost:
     ) -> StateWrapper:
         entity = self._enter(entity_id)
         try:
-            async with entity.lock:
-                return await self._processor.process(entity, command, metadata, deadline)
+            with self._tracing.span(SPAN_MAILBOX):
+                await entity.lock.acquire()
+            try:
+                with self._tracing.span(SPAN_ENTITY_COMMAND):
+                    return await self._processor.process(entity, command, metadata, deadline)
+            finally:
+                entity.lock.release()
         finally:
             self._leave(entity)
 
@@ -74,9 +88,14 @@ class EntityHost:
         """Queued behind the entity's earlier commands (§3.2); revision 0 is NOT_FOUND (§3.13)."""
         entity = self._enter(entity_id)
         try:
-            async with entity.lock:
-                deadline.check("while waiting for the entity")
-                state = await self._processor.ensure_recovered(entity)
+            with self._tracing.span(SPAN_MAILBOX):
+                await entity.lock.acquire()
+            try:
+                with self._tracing.span(SPAN_ENTITY_GET_STATE):
+                    deadline.check("while waiting for the entity")
+                    state = await self._processor.ensure_recovered(entity)
+            finally:
+                entity.lock.release()
         finally:
             self._leave(entity)
         if state.meta.revision_number == 0:

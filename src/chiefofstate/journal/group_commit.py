@@ -10,15 +10,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import time
 from dataclasses import dataclass
+
+from opentelemetry.trace import Link
 
 from chiefofstate.core.errors import ResourceExhausted, StoreUnavailable
 from chiefofstate.journal.port import AppendRequest, Journal
+from chiefofstate.telemetry.metrics import NodeMetrics
+from chiefofstate.telemetry.tracing import SPAN_JOURNAL_BATCH, TRACING_OFF, Tracing
 
 
 @dataclass(slots=True)
 class _Pending:
     request: AppendRequest
+    link: Link | None  # the caller's span, linked from the batch span that carries the request
     # Resolved with the request's outcome (None or the exception to raise) rather than with an exception
     # set on the future: a caller that stopped waiting must not leave a "never retrieved" exception.
     outcome: asyncio.Future[Exception | None]
@@ -27,10 +33,20 @@ class _Pending:
 class GroupCommitWriter:
     """Owns one writer task: `start()` it, `await close()` it (what is queued is still written)."""
 
-    def __init__(self, journal: Journal, max_batch: int = 512, max_pending: int = 10_000) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        max_batch: int = 512,
+        max_pending: int = 10_000,
+        *,
+        tracing: Tracing = TRACING_OFF,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be at least 1")
         self._journal = journal
+        self._tracing = tracing
+        self._metrics = metrics
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -58,7 +74,7 @@ class GroupCommitWriter:
             raise StoreUnavailable("the journal writer is not running")
         if len(self._queue) >= self._max_pending:
             raise ResourceExhausted(f"journal writer queue is full ({len(self._queue)} pending)")
-        pending = _Pending(request, asyncio.get_running_loop().create_future())
+        pending = _Pending(request, self._tracing.current_link(), asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._wakeup.set()
         # shield: cancelling the caller must not cancel the future the writer will resolve.
@@ -99,8 +115,14 @@ class GroupCommitWriter:
                 _resolve(self._queue.popleft(), stopped)
 
     async def _flush_batch(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         try:
-            outcomes = await self._journal.append_batch([pending.request for pending in batch])
+            with self._tracing.span(
+                SPAN_JOURNAL_BATCH,
+                attributes={"cos.batch_size": len(batch)},
+                links=[pending.link for pending in batch if pending.link is not None],
+            ):
+                outcomes = await self._journal.append_batch([pending.request for pending in batch])
         except asyncio.CancelledError:
             unknown = StoreUnavailable("the journal writer stopped while writing; the outcome is unknown")
             for pending in batch:
@@ -108,6 +130,9 @@ class GroupCommitWriter:
             raise
         except Exception as exc:  # the whole transaction failed: every request in it shares the cause
             outcomes = [exc, *(_copy_for_another_caller(exc) for _ in batch[1:])]
+        if self._metrics is not None:
+            succeeded = all(outcome is None for outcome in outcomes)
+            self._metrics.observe_append_batch(len(batch), time.perf_counter() - started, succeeded=succeeded)
         if len(outcomes) != len(batch):
             mismatch = StoreUnavailable(
                 f"the journal answered {len(outcomes)} outcomes for {len(batch)} requests; outcome unknown"

@@ -38,7 +38,10 @@ from chiefofstate.readside.offset_committer import OffsetCommitter
 from chiefofstate.readside.offset_store import OffsetStore
 from chiefofstate.readside.pg_wakeups import AppendListener
 from chiefofstate.readside.projection import ProjectionContext
+from chiefofstate.readside.readings import register_read_side_readings
 from chiefofstate.readside.runtime import ReadSideRuntime
+from chiefofstate.telemetry.metrics import NodeMetrics
+from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
 from chiefofstate.writeside.grpc_handler import channel_options
 
 log = logging.getLogger("chiefofstate.readside")
@@ -79,7 +82,9 @@ async def open_offset_store(store: StoreSettings) -> OffsetStore:
     return await PostgresOffsetStore.open(postgres_settings(store.postgres))
 
 
-def _handler_factory(settings: Settings) -> Callable[[ReadSideSettings], GuardedReadHandler]:
+def _handler_factory(
+    settings: Settings, tracing: Tracing
+) -> Callable[[ReadSideSettings], GuardedReadHandler]:
     write_side = settings.write_side
     # COS_GRPC_KEEPALIVE_* apply to every outbound channel, read sides' included (SPEC.md §10.4).
     options = channel_options(
@@ -102,7 +107,7 @@ def _handler_factory(settings: Settings) -> Callable[[ReadSideSettings], Guarded
             handler = GrpcReadHandler(read_side.target, use_tls=read_side.use_tls, options=options)
         # One breaker per read side, shared by all its shards (SPEC.md §5.5).
         breaker = CircuitBreaker(breaker_settings) if breaker_settings is not None else None
-        return GuardedReadHandler(read_side, handler, breaker)
+        return GuardedReadHandler(read_side, handler, breaker, tracing=tracing)
 
     return build
 
@@ -111,6 +116,9 @@ async def open_read_sides(
     settings: Settings,
     closers: contextlib.AsyncExitStack,
     open_journal: Callable[[StoreSettings], Awaitable[Journal]],
+    *,
+    tracing: Tracing = TRACING_OFF,
+    metrics: NodeMetrics | None = None,
 ) -> ReadSides:
     """Start every projection; everything opened is registered on `closers` for the node's stop."""
     read_sides = settings.read_sides
@@ -125,9 +133,11 @@ async def open_read_sides(
         delivery=read_sides.delivery,
         slots=asyncio.Semaphore(read_sides.delivery.max_concurrency),
     )
-    runtime = ReadSideRuntime(read_sides, settings.num_shards, context, _handler_factory(settings))
+    runtime = ReadSideRuntime(read_sides, settings.num_shards, context, _handler_factory(settings, tracing))
     closers.push_async_callback(runtime.close)
     await runtime.start()
+    if metrics is not None:
+        register_read_side_readings(metrics, runtime)
     if settings.store.postgres is not None:
         # Appends on other nodes reach our projections through NOTIFY; ours also wake them in-process.
         listener = AppendListener(
@@ -141,6 +151,11 @@ async def open_read_sides(
         read_sides.source,
         sum(read_side.enabled for read_side in read_sides.read_sides),
     )
+    if settings.server.protocol == "http":
+        log.warning(
+            "read sides run, but ReadSideManagerService is not served: COS_SERVER_PROTOCOL=http starts no "
+            "gRPC server (as upstream); use 'both' to manage read sides"
+        )
     manager = ReadSideManagerService(runtime)
     admin = ReadSideAdminService(runtime)
 

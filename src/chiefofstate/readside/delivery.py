@@ -11,17 +11,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from chiefofstate.config.read_sides import ReadSideSettings
 from chiefofstate.core.breaker import CircuitBreaker
 from chiefofstate.core.errors import CosError
-from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
-from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
 from chiefofstate.journal.port import JournalRow
-from chiefofstate.readside.handler import DeliveryFailed, ReadHandler
+from chiefofstate.readside.handler import DeliveryFailed, ReadHandler, ReadSideCall
+from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
 
 REFUSED = "read handler answered successful=false"
+# The client spans upstream names after its read-side handler classes (SPEC.md §12).
+SPAN_GRPC_READ_SIDE = "ReadSideHandler.HandleEvent"
+SPAN_HTTP_READ_SIDE = "HttpReadSideHandler.HandleEvent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,23 +34,20 @@ class Event:
     ordering: int
     entity_id: str
     revision: int
-    request: HandleReadSideRequest | None  # None when the stored payload cannot be decoded
-    problem: str = ""
+    call: ReadSideCall
 
     def describe(self) -> str:
         return f"event ordering {self.ordering} (entity {self.entity_id!r}, revision {self.revision})"
 
 
 def event_of(row: JournalRow, read_side_id: str) -> Event:
-    """The request for one row: the event, its resulting state and meta as stored (§5.3)."""
-    try:
-        wrapper = EventWrapper.FromString(row.payload)
-    except DecodeError as error:
-        return Event(row.ordering, row.entity_id, row.sequence_number, None, f"unreadable event row: {error}")
-    request = HandleReadSideRequest(
-        event=wrapper.event, state=wrapper.resulting_state, meta=wrapper.meta, read_side_id=read_side_id
+    """The call for one row: the event, its resulting state and meta as stored (§5.3)."""
+    return Event(
+        row.ordering,
+        row.entity_id,
+        row.sequence_number,
+        ReadSideCall(row.entity_id, row.payload, read_side_id),
     )
-    return Event(row.ordering, row.entity_id, row.sequence_number, request)
 
 
 class GuardedReadHandler:
@@ -59,10 +59,14 @@ class GuardedReadHandler:
         handler: ReadHandler,
         breaker: CircuitBreaker | None,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing = TRACING_OFF,
     ) -> None:
         self._handler = handler
         self._breaker = breaker
         self._clock = clock
+        self._tracing = tracing
+        self._span_name = SPAN_HTTP_READ_SIDE if read_side.protocol == "http" else SPAN_GRPC_READ_SIDE
+        self._read_side_id = read_side.read_side_id
         # The breaker's call timeout also bounds each call (§5.5).
         self._timeout_s = (
             min(read_side.timeout_s, breaker.settings.call_timeout_s) if breaker else read_side.timeout_s
@@ -74,8 +78,6 @@ class GuardedReadHandler:
 
     async def deliver(self, event: Event, shard: int) -> str | None:
         """None when the handler took the event; otherwise why the delivery failed."""
-        if event.request is None:
-            return event.problem
         breaker = self._breaker
         if breaker is not None:
             try:
@@ -84,7 +86,7 @@ class GuardedReadHandler:
                 return str(error)
         started = self._clock()
         try:
-            accepted = await self._handler.handle(event.request, event.entity_id, shard, self._timeout_s)
+            accepted = await self._traced(event, shard)
         except DeliveryFailed as error:
             if breaker is not None:
                 now = self._clock()
@@ -98,6 +100,21 @@ class GuardedReadHandler:
             now = self._clock()
             breaker.record(succeeded=True, duration_s=now - started, now=now)
         return None if accepted else REFUSED
+
+    async def _traced(self, event: Event, shard: int) -> bool:
+        if not self._tracing.enabled:
+            return await self._handler.handle(event.call, shard, self._timeout_s)
+        attributes: dict[str, AttributeValue] = {
+            "cos.read_side_id": self._read_side_id,
+            "cos.entity_id": event.entity_id,
+            "cos.revision": event.revision,
+            "cos.event_tag": str(shard),
+        }
+        with self._tracing.span(self._span_name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+            accepted = await self._handler.handle(event.call, shard, self._timeout_s)
+            if span is not None:
+                span.set_attribute("cos.read_side.successful", accepted)
+            return accepted
 
     async def close(self) -> None:
         await self._handler.close()

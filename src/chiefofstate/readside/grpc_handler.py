@@ -7,14 +7,16 @@ from collections.abc import Sequence
 import grpc
 from grpc import aio
 
-from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest, HandleReadSideResponse
-from chiefofstate.gen.chief_of_state.v1.readside_pb2_grpc import ReadSideHandlerServiceStub
+from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideResponse
 from chiefofstate.readside.handler import (
     ENTITY_ID_HEADER,
     EVENT_TAG_HEADER,
     DeliveryFailed,
+    ReadSideCall,
     header_value,
 )
+
+HANDLE_READ_SIDE = "/chief_of_state.v1.ReadSideHandlerService/HandleReadSide"
 
 # gRPC's default reconnect backoff grows to two minutes. Calls wait for the handler to be reachable
 # (wait_for_ready, bounded by the read side's timeout), so the channel must try again often enough for a
@@ -31,18 +33,20 @@ class GrpcReadHandler:
             self._channel = aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
         else:
             self._channel = aio.insecure_channel(target, options=options)
-        self._stub = ReadSideHandlerServiceStub(self._channel)
-        self._target = target
+        # Requests go out already encoded (ReadSideCall.encoded), hence no request serializer.
+        self._handle_read_side: aio.UnaryUnaryMultiCallable[bytes, HandleReadSideResponse] = (
+            self._channel.unary_unary(
+                HANDLE_READ_SIDE, response_deserializer=HandleReadSideResponse.FromString
+            )
+        )
 
-    async def handle(
-        self, request: HandleReadSideRequest, entity_id: str, shard: int, timeout_s: float
-    ) -> bool:
-        metadata = ((ENTITY_ID_HEADER, header_value(entity_id)), (EVENT_TAG_HEADER, str(shard)))
+    async def handle(self, call: ReadSideCall, shard: int, timeout_s: float) -> bool:
+        metadata = ((ENTITY_ID_HEADER, header_value(call.entity_id)), (EVENT_TAG_HEADER, str(shard)))
         try:
             # A handler being restarted is waited for (up to the timeout) rather than failed at once,
             # so a rolling deploy of the read handler does not halt projections under STOP.
-            response: HandleReadSideResponse = await self._stub.HandleReadSide(
-                request, timeout=timeout_s, metadata=metadata, wait_for_ready=True
+            response: HandleReadSideResponse = await self._handle_read_side(
+                call.encoded(), timeout=timeout_s, metadata=metadata, wait_for_ready=True
             )
         except aio.AioRpcError as error:
             raise DeliveryFailed(f"{error.code().name}: {error.details() or ''}".rstrip(": ")) from None

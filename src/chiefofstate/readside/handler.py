@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
@@ -15,10 +16,39 @@ class DeliveryFailed(Exception):
     HTTP status or a body that is not the expected JSON. Counts against the read-side breaker."""
 
 
+# The request's first three fields are the stored EventWrapper's, with the same numbers and types
+# (1 event, 2 resulting state as `state`, 3 meta), so the stored bytes followed by field 4 are exactly
+# the serialized HandleReadSideRequest: no parsing and re-encoding per event (SPEC.md §2.4, §2.6).
+# tests/unit/readside/test_http_read_handler.py pins that correspondence.
+@functools.lru_cache(maxsize=1024)
+def _read_side_id_field(read_side_id: str) -> bytes:
+    return HandleReadSideRequest(read_side_id=read_side_id).SerializeToString()
+
+
+class ReadSideCall:
+    """One event for one read side, as the read handler receives it."""
+
+    __slots__ = ("_message", "_payload", "_read_side_id", "entity_id")
+
+    def __init__(self, entity_id: str, event_wrapper: bytes, read_side_id: str) -> None:
+        self.entity_id = entity_id
+        self._payload = event_wrapper
+        self._read_side_id = read_side_id
+        self._message: HandleReadSideRequest | None = None
+
+    def encoded(self) -> bytes:
+        """The serialized HandleReadSideRequest, for gRPC."""
+        return self._payload + _read_side_id_field(self._read_side_id)
+
+    def message(self) -> HandleReadSideRequest:
+        """The request as a message, for HTTP's JSON; raises DecodeError for an unreadable row."""
+        if self._message is None:
+            self._message = HandleReadSideRequest.FromString(self.encoded())
+        return self._message
+
+
 class ReadHandler(Protocol):
-    async def handle(
-        self, request: HandleReadSideRequest, entity_id: str, shard: int, timeout_s: float
-    ) -> bool:
+    async def handle(self, call: ReadSideCall, shard: int, timeout_s: float) -> bool:
         """The handler's `successful` (False also when it left the field out); raises DeliveryFailed."""
         ...
 

@@ -12,6 +12,7 @@ import socket
 import ssl
 
 import httpx
+from google.protobuf.message import DecodeError
 
 from chiefofstate.core.json_codec import message_to_json
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
@@ -19,6 +20,7 @@ from chiefofstate.readside.handler import (
     ENTITY_ID_HEADER,
     EVENT_TAG_HEADER,
     DeliveryFailed,
+    ReadSideCall,
     header_value,
 )
 
@@ -73,18 +75,18 @@ class HttpReadHandler:
             trust_env=False,  # a proxy variable must not reroute events to another host
         )
 
-    async def handle(
-        self, request: HandleReadSideRequest, entity_id: str, shard: int, timeout_s: float
-    ) -> bool:
+    async def handle(self, call: ReadSideCall, shard: int, timeout_s: float) -> bool:
         headers = {
             "content-type": "application/json",
-            ENTITY_ID_HEADER: header_value(entity_id),
+            ENTITY_ID_HEADER: header_value(call.entity_id),
             EVENT_TAG_HEADER: str(shard),
         }
         try:
-            reply = await self._client.post(
-                self._url, content=request_body(request), headers=headers, timeout=timeout_s
-            )
+            body = request_body(call.message())
+        except DecodeError as error:
+            raise DeliveryFailed(f"unreadable event row: {error}") from None
+        try:
+            reply = await self._client.post(self._url, content=body, headers=headers, timeout=timeout_s)
         except httpx.TimeoutException:
             raise DeliveryFailed(f"read handler did not answer within {timeout_s:g}s") from None
         except httpx.HTTPError as error:

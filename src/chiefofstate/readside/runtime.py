@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from chiefofstate.config.read_sides import ReadSideSettings, ReadSidesSettings
 from chiefofstate.core.errors import Code, CosError, InvalidArgument, NotFound
@@ -237,6 +238,24 @@ class ReadSideRuntime:
                 )
             views.append(ReadSideView(read_side, tuple(rows)))
         return views
+
+    def state_counts(self) -> list[tuple[dict[str, str], float]]:
+        """(labels, projections) for every read side and state, zeros included, for metrics."""
+        samples: list[tuple[dict[str, str], float]] = []
+        for read_side_id, projections in self._projections.items():
+            states = [projection.status().state for projection in projections]
+            samples.extend(
+                ({"read_side": read_side_id, "state": state.value}, states.count(state))
+                for state in ProjectionState
+                if state is not ProjectionState.DISABLED
+            )
+        return samples
+
+    def event_counts(self, kind: Literal["delivered", "skipped"]) -> list[tuple[dict[str, str], float]]:
+        return [
+            ({"read_side": read_side_id}, sum(getattr(projection, kind) for projection in projections))
+            for read_side_id, projections in self._projections.items()
+        ]
 
     def states(self, read_side_id: str, shard: int | None = None) -> dict[int, ProjectionState]:
         """In-memory states, cheap enough to attach to every manager answer (decision D7)."""

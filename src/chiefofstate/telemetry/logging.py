@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from opentelemetry import trace
+
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON.
 _STANDARD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _LEVEL_NAMES = {"WARNING": "WARN", "CRITICAL": "ERROR"}
@@ -41,6 +43,11 @@ class JsonFormatter(logging.Formatter):
             for key, value in record.__dict__.items()
             if key not in _STANDARD_ATTRIBUTES and not key.startswith("_")
         )
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            # lets a log line be found from its trace and back (only set while tracing is on)
+            entry["trace_id"] = format(span_context.trace_id, "032x")
+            entry["span_id"] = format(span_context.span_id, "016x")
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)

@@ -7,11 +7,18 @@ nothing on the hot path but a flag check.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 # Span names upstream emits, so existing dashboards and queries keep working (SPEC.md §12).
 SPAN_PROCESS_COMMAND = "CosService.processCommand"
@@ -56,7 +63,7 @@ class Tracing:
 
     def __init__(self, settings: TracingSettings) -> None:
         self.enabled = settings.enabled
-        self._provider: object | None = None
+        self._provider: TracerProvider | None = None
         if not settings.enabled:
             self.tracer: trace.Tracer = trace.NoOpTracer()
             return
@@ -70,6 +77,41 @@ class Tracing:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self._provider = provider
         self.tracer = provider.get_tracer("chiefofstate")
+
+    @contextlib.contextmanager
+    def span(
+        self,
+        name: str,
+        *,
+        kind: SpanKind = SpanKind.INTERNAL,
+        parent: Context | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        links: Sequence[Link] = (),
+    ) -> Iterator[trace.Span | None]:
+        """A span made current for the block; None (and no work at all) when tracing is off.
+
+        An exception leaving the block marks the span as an error with the failure's status name.
+        """
+        if not self.enabled:
+            yield None
+            return
+        with self.tracer.start_as_current_span(
+            name, context=parent, kind=kind, attributes=attributes, links=links, record_exception=False
+        ) as span:
+            try:
+                yield span
+            except Exception as failure:
+                code = getattr(getattr(failure, "code", None), "name", type(failure).__name__)
+                span.set_attribute("cos.status", str(code))
+                span.set_status(Status(StatusCode.ERROR, str(failure) or str(code)))
+                raise
+
+    def current_link(self) -> Link | None:
+        """A link to the current span, for work done later on its behalf (a group-commit batch)."""
+        if not self.enabled:
+            return None
+        context = trace.get_current_span().get_span_context()
+        return Link(context) if context.is_valid else None
 
     def extract(self, metadata: Sequence[tuple[str, str | bytes]]) -> Context | None:
         """The caller's trace context from request metadata (OTEL_PROPAGATORS decides the formats)."""
@@ -89,4 +131,7 @@ class Tracing:
     def shutdown(self) -> None:
         """Flush what is buffered and stop the exporter thread."""
         if self._provider is not None:
-            self._provider.shutdown()  # type: ignore[attr-defined]
+            self._provider.shutdown()
+
+
+TRACING_OFF = Tracing(TracingSettings(enabled=False, service_name=""))

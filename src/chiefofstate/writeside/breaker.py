@@ -51,8 +51,13 @@ class BreakerGuardedWriteHandler:
     ) -> HandleCommandResponse:
         return await self._guarded(lambda: self._inner.handle_command(request, headers, timeout_s))
 
-    async def handle_event(self, request: HandleEventRequest, timeout_s: float) -> HandleEventResponse:
-        return await self._guarded(lambda: self._inner.handle_event(request, timeout_s))
+    async def handle_event(
+        self,
+        request: HandleEventRequest,
+        timeout_s: float,
+        headers: Sequence[tuple[str, HeaderValue]] = (),
+    ) -> HandleEventResponse:
+        return await self._guarded(lambda: self._inner.handle_event(request, timeout_s, headers))
 
     async def close(self) -> None:
         await self._inner.close()

@@ -99,10 +99,17 @@ class GrpcWriteHandler:
             raise Internal(str(error)) from None
         return response
 
-    async def handle_event(self, request: HandleEventRequest, timeout_s: float) -> HandleEventResponse:
+    async def handle_event(
+        self,
+        request: HandleEventRequest,
+        timeout_s: float,
+        headers: Sequence[tuple[str, HeaderValue]] = (),
+    ) -> HandleEventResponse:
         stub = next(self._next_stub)
         try:
-            response: HandleEventResponse = await stub.HandleEvent(request, timeout=timeout_s)
+            response: HandleEventResponse = await stub.HandleEvent(
+                request, timeout=timeout_s, metadata=to_outgoing_metadata(headers) if headers else None
+            )
         except aio.AioRpcError as error:
             raise translate_rpc_error(error) from None
         return response

@@ -87,8 +87,15 @@ class HttpWriteHandler:
             COMMAND_PATH, "command", request, HandleCommandResponse, outgoing_headers(headers), timeout_s
         )
 
-    async def handle_event(self, request: HandleEventRequest, timeout_s: float) -> HandleEventResponse:
-        return await self._post(EVENT_PATH, "event", request, HandleEventResponse, [], timeout_s)
+    async def handle_event(
+        self,
+        request: HandleEventRequest,
+        timeout_s: float,
+        headers: Sequence[tuple[str, HeaderValue]] = (),
+    ) -> HandleEventResponse:
+        return await self._post(
+            EVENT_PATH, "event", request, HandleEventResponse, outgoing_headers(headers), timeout_s
+        )
 
     async def close(self) -> None:
         for client in self._clients:

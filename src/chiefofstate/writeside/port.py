@@ -16,7 +16,8 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
 
 class WriteHandler(Protocol):
     """Each call is bounded by `timeout_s` and raises a `CosError` on any failure:
-    `HandlerFailed` carrying the handler's own status, `DeadlineExceeded`, `Unavailable`, `Internal`."""
+    `HandlerFailed` carrying the handler's own status, `DeadlineExceeded`, `Unavailable`, `Internal`.
+    `headers` are sent as request metadata (gRPC) or request headers (HTTP)."""
 
     async def handle_command(
         self,
@@ -25,6 +26,13 @@ class WriteHandler(Protocol):
         timeout_s: float,
     ) -> HandleCommandResponse: ...
 
-    async def handle_event(self, request: HandleEventRequest, timeout_s: float) -> HandleEventResponse: ...
+    async def handle_event(
+        self,
+        request: HandleEventRequest,
+        timeout_s: float,
+        headers: Sequence[tuple[str, HeaderValue]] = (),
+    ) -> HandleEventResponse:
+        """`headers` carry only trace context: propagated headers go to HandleCommand alone (D12)."""
+        ...
 
     async def close(self) -> None: ...

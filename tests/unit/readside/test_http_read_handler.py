@@ -11,19 +11,40 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
+from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
-from chiefofstate.readside.handler import DeliveryFailed
+from chiefofstate.readside.handler import DeliveryFailed, ReadSideCall
 from chiefofstate.readside.http_handler import HttpReadHandler
 from tests.support.readside import packed
 
 
-def request() -> HandleReadSideRequest:
-    return HandleReadSideRequest(
+def wrapper() -> EventWrapper:
+    return EventWrapper(
         event=packed("deposited"),
-        state=packed("balance 5"),
+        resulting_state=packed("balance 5"),
         meta=MetaData(entity_id="é-1", revision_number=2, revision_date=Timestamp(seconds=1738317600)),
-        read_side_id="balances",
     )
+
+
+def request() -> ReadSideCall:
+    return ReadSideCall("é-1", wrapper().SerializeToString(), "balances")
+
+
+def test_the_stored_event_wrapper_is_the_start_of_the_request() -> None:
+    expected = HandleReadSideRequest(
+        event=wrapper().event, state=wrapper().resulting_state, meta=wrapper().meta, read_side_id="balances"
+    )
+    assert request().encoded() == expected.SerializeToString()
+    assert request().message() == expected
+    fields = [(f.number, f.message_type) for f in EventWrapper.DESCRIPTOR.fields]
+    assert fields == [(f.number, f.message_type) for f in HandleReadSideRequest.DESCRIPTOR.fields[:3]]
+
+
+async def test_an_unreadable_row_is_a_failed_call() -> None:
+    handler = handler_answering(200, b'{"successful": true}', [])
+    with pytest.raises(DeliveryFailed, match="unreadable event row"):
+        await handler.handle(ReadSideCall("e", b"\xff\xff\xff", "x"), 0, 1.0)
+    await handler.close()
 
 
 def handler_answering(status: int, body: bytes, seen: list[httpx.Request]) -> HttpReadHandler:
@@ -39,7 +60,7 @@ def handler_answering(status: int, body: bytes, seen: list[httpx.Request]) -> Ht
 async def test_the_request_is_a_json_post_with_base64_anys_and_cos_headers() -> None:
     seen: list[httpx.Request] = []
     handler = handler_answering(200, b'{"successful": true}', seen)
-    assert await handler.handle(request(), "é-1", 7, 1.0) is True
+    assert await handler.handle(request(), 7, 1.0) is True
     await handler.close()
     (sent,) = seen
     assert sent.method == "POST" and str(sent.url) == "http://read-handler:8080/v1/readside/handle"
@@ -70,7 +91,7 @@ def test_read_side_id_is_present_even_when_empty() -> None:
 )
 async def test_only_a_200_with_successful_true_is_a_success(body: bytes, successful: bool) -> None:
     handler = handler_answering(200, body, [])
-    assert await handler.handle(request(), "e", 0, 1.0) is successful
+    assert await handler.handle(request(), 0, 1.0) is successful
     await handler.close()
 
 
@@ -86,7 +107,7 @@ async def test_only_a_200_with_successful_true_is_a_success(body: bytes, success
 async def test_other_replies_are_failed_calls(status: int, body: bytes, message: str) -> None:
     handler = handler_answering(status, body, [])
     with pytest.raises(DeliveryFailed, match=message):
-        await handler.handle(request(), "e", 0, 1.0)
+        await handler.handle(request(), 0, 1.0)
     await handler.close()
 
 
@@ -102,5 +123,5 @@ async def test_timeouts_and_refused_connections_are_failed_calls() -> None:
             "h", 1, use_tls=False, max_connections=1, transport=httpx.MockTransport(reply)
         )
         with pytest.raises(DeliveryFailed, match=message):
-            await handler.handle(request(), "e", 0, 0.5)
+            await handler.handle(request(), 0, 0.5)
         await handler.close()

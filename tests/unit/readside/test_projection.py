@@ -379,3 +379,37 @@ async def test_handler_calls_in_flight_are_bounded_across_projections(rig: Rig) 
         await projection.start(ShardRecord())
     await eventually(lambda: len(rig.handler.calls) == 12)
     assert rig.handler.most_in_flight == 2
+
+
+async def test_each_call_is_a_client_span_named_as_upstreams(rig: Rig) -> None:
+    import contextlib
+    from collections.abc import Iterator
+    from typing import Any
+
+    class RecordingTracing:
+        enabled = True
+
+        def __init__(self) -> None:
+            self.spans: list[tuple[str, dict[str, Any]]] = []
+
+        @contextlib.contextmanager
+        def span(self, name: str, **options: Any) -> Iterator[None]:
+            self.spans.append((name, dict(options["attributes"])))
+            yield None
+
+    tracing = RecordingTracing()
+    read_side = ReadSideSettings("accounts", "127.0.0.1", 1, protocol="http")
+    guarded = GuardedReadHandler(read_side, rig.handler, None, tracing=tracing)  # type: ignore[arg-type]
+    rig.journal.append("a", SHARD, 1)
+    projection = Projection(read_side, SHARD, guarded, rig.context())
+    rig.projections.append(projection)
+    await projection.start(ShardRecord())
+    await eventually(lambda: len(tracing.spans) == 1)
+    name, attributes = tracing.spans[0]
+    assert name == "HttpReadSideHandler.HandleEvent"
+    assert attributes == {
+        "cos.read_side_id": "accounts",
+        "cos.entity_id": "a",
+        "cos.revision": 1,
+        "cos.event_tag": str(SHARD),
+    }

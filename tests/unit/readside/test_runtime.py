@@ -165,3 +165,21 @@ async def test_close_stops_every_projection_and_closes_the_handlers(closers: lis
     assert rig.handlers["a"].closed
     with pytest.raises(CosError, match="shutting down"):
         await rig.runtime.pause("a")
+
+
+async def test_projection_states_and_counts_are_exposed_as_metrics(closers: list[ReadSideRuntime]) -> None:
+    from chiefofstate.readside.readings import register_read_side_readings
+    from chiefofstate.telemetry.metrics import NodeMetrics
+
+    rig = Rig(side("a"))
+    rig.journal.append("x", 1, 2)
+    rig.store.halts[("a", 2)] = Halt(9, "failed", 1)
+    await started(rig, closers)
+    await eventually(lambda: rig.store.offsets.get(("a", 1)) == 2)
+    metrics = NodeMetrics()
+    register_read_side_readings(metrics, rig.runtime)
+    text = metrics.exposition().decode()
+    assert 'cos_read_side_projections{read_side="a",state="running"} 3.0' in text
+    assert 'cos_read_side_projections{read_side="a",state="halted"} 1.0' in text
+    assert 'cos_read_side_events_delivered_total{read_side="a"} 2.0' in text
+    assert 'cos_read_side_events_skipped_total{read_side="a"} 0.0' in text

@@ -1,0 +1,54 @@
+"""The node's counts that Prometheus reads at scrape time (names documented in docs/operations.md)."""
+
+from __future__ import annotations
+
+from chiefofstate.entities.command_processor import CommandProcessor
+from chiefofstate.entities.host import EntityHost
+from chiefofstate.entities.snapshotter import Snapshotter
+from chiefofstate.journal.group_commit import GroupCommitWriter
+from chiefofstate.subscription.hub import SubscriptionHub
+from chiefofstate.telemetry.metrics import NodeMetrics
+
+
+def register_node_readings(
+    metrics: NodeMetrics,
+    host: EntityHost,
+    processor: CommandProcessor,
+    snapshotter: Snapshotter,
+    writer: GroupCommitWriter,
+    subscriptions: SubscriptionHub | None,
+) -> None:
+    metrics.read_scalar("cos_entities_cached", "Entities held in memory right now.", lambda: len(host))
+    metrics.read_scalar(
+        "cos_entity_recoveries",
+        "Entities rebuilt from the journal (first use, or after eviction).",
+        lambda: processor.recoveries,
+        monotonic=True,
+    )
+    metrics.read_scalar(
+        "cos_entity_passivations",
+        "Entities evicted from memory (least recently used beyond capacity, or idle).",
+        lambda: host.passivations,
+        monotonic=True,
+    )
+    metrics.read_scalar(
+        "cos_snapshots_written", "Snapshots saved.", lambda: snapshotter.saved, monotonic=True
+    )
+    metrics.read_scalar(
+        "cos_snapshots_dropped",
+        "Snapshots skipped because the snapshot queue was full.",
+        lambda: snapshotter.dropped,
+        monotonic=True,
+    )
+    metrics.read_scalar(
+        "cos_journal_pending_appends", "Appends waiting for the journal writer.", lambda: writer.pending
+    )
+    if subscriptions is not None:
+        hub = subscriptions
+        metrics.read_scalar("cos_subscriptions", "Open subscription streams.", lambda: hub.open_streams)
+        metrics.read_scalar(
+            "cos_subscriptions_dropped",
+            "Subscribers ended with RESOURCE_EXHAUSTED for falling behind their buffer.",
+            lambda: hub.overflows,
+            monotonic=True,
+        )

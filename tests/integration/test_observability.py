@@ -1,0 +1,253 @@
+"""Traces over the wire to a real OTLP receiver, a real Prometheus scrape, and health that tells the truth."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cos_bank import client as bank
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
+from chiefofstate.launch import Process, node_environment, start_bank_write_handler, start_node
+from tests.integration.conftest import NodeFactory, base_env, postgres_env
+from tests.support.otlp import ReceivedSpan, SpanCollector, start_receiver
+from tests.support.postgres import ThrowawayServer, throwaway_server
+
+pytestmark = pytest.mark.integration
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN_ID = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[int, SpanCollector]]:
+    server, port, collector = await start_receiver()
+    yield port, collector
+    await server.stop(None)
+
+
+def otel_env(port: int) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_PROPAGATORS": "tracecontext,baggage",
+    }
+
+
+@pytest.fixture
+def traced_handler(tmp_path: Path, receiver: tuple[int, SpanCollector]) -> Iterator[Process]:
+    handler = start_bank_write_handler(tmp_path / "handler", extra_env=otel_env(receiver[0]))
+    yield handler
+    handler.stop()
+
+
+def by_name(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
+    return [span for span in spans if span.name == name and span.trace_id == TRACE_ID]
+
+
+def has_all(*names: str) -> object:
+    return lambda spans: all(by_name(spans, name) for name in names)
+
+
+async def test_one_trace_per_command_joins_the_caller_the_node_and_the_write_handler(
+    tmp_path: Path, receiver: tuple[int, SpanCollector], traced_handler: Process
+) -> None:
+    port, collector = receiver
+    env = node_environment(
+        {**base_env(traced_handler.ports["grpc"]), "COS_DB_PATH": str(tmp_path / "cos.db"), **otel_env(port)},
+        COS_SERVICE_NAME="cos-under-test",
+    )
+    node = start_node(env, tmp_path / "logs")
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
+            cos = ChiefOfStateServiceStub(channel)  # type: ignore[no-untyped-call]
+            metadata = (("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"),)
+            await cos.ProcessCommand(
+                pb.ProcessCommandRequest(entity_id="tr-1", command=bank.open_account("Tr", 5)),
+                metadata=metadata,
+                timeout=10,
+            )
+            with pytest.raises(aio.AioRpcError):
+                await cos.ProcessCommand(
+                    pb.ProcessCommandRequest(entity_id="tr-1", command=bank.withdraw(500)),
+                    metadata=metadata,
+                    timeout=10,
+                )
+        spans = await collector.wait_for(
+            has_all(
+                "CosService.processCommand",
+                "Entity.mailbox",
+                "Entity.handleCommand",
+                "Entity.recover",
+                "PersistentEntity.HandleRemoteCommandsAndEvents",
+                "RemoteCommandHandler.HandleCommand",
+                "RemoteCommandHandler.HandleEvent",
+                "Entity.handleEvent",
+                "Entity.persistEventAndReply",
+                "bank.HandleCommand",
+                "bank.HandleEvent",
+            )
+        )
+    finally:
+        node.stop()
+    api = by_name(spans, "CosService.processCommand")
+    succeeded = next(span for span in api if span.attributes.get("cos.revision") == 1)
+    failed = next(span for span in api if span is not succeeded)
+    # the caller's context is the parent: one trace from the client through every process
+    assert succeeded.parent_span_id == CALLER_SPAN_ID and succeeded.service == "cos-under-test"
+    assert succeeded.attributes["cos.entity_id"] == "tr-1"
+    assert succeeded.attributes["cos.command_type"] == "type.googleapis.com/bank.v1.OpenAccount"
+    assert failed.attributes["cos.status"] == "FAILED_PRECONDITION" and failed.status_code == 2
+    by_id = {span.span_id: span for span in spans}
+
+    def parent_name(span: ReceivedSpan) -> str:
+        return by_id[span.parent_span_id].name
+
+    entity = next(s for s in by_name(spans, "Entity.handleCommand") if s.parent_span_id == succeeded.span_id)
+    assert parent_name(by_name(spans, "Entity.mailbox")[0]) == "CosService.processCommand"
+    remote = next(
+        s
+        for s in by_name(spans, "PersistentEntity.HandleRemoteCommandsAndEvents")
+        if s.parent_span_id == entity.span_id
+    )
+    client = next(
+        s for s in by_name(spans, "RemoteCommandHandler.HandleCommand") if s.parent_span_id == remote.span_id
+    )
+    assert client.kind == 3  # SPAN_KIND_CLIENT
+    # the write handler's own span, exported by the handler process, is a child of the node's client span
+    handler_span = next(s for s in by_name(spans, "bank.HandleCommand") if s.parent_span_id == client.span_id)
+    assert handler_span.service == "bank-write-handler"
+    event_call = by_name(spans, "RemoteCommandHandler.HandleEvent")[0]
+    assert parent_name(event_call) == "Entity.handleEvent"
+    assert any(s.parent_span_id == event_call.span_id for s in by_name(spans, "bank.HandleEvent"))
+    persist = by_name(spans, "Entity.persistEventAndReply")[0]
+    assert parent_name(persist) == "Entity.handleCommand"
+    batches = await collector.wait_for(
+        lambda received: any(s.name == "Journal.appendBatch" and persist.span_id in s.links for s in received)
+    )
+    batch = next(s for s in batches if s.name == "Journal.appendBatch" and persist.span_id in s.links)
+    assert batch.attributes["cos.batch_size"] >= 1  # type: ignore[operator]
+    # log lines written inside a span carry its ids
+    failure_lines = [json.loads(line) for line in node.log_text().splitlines() if "command failed" in line]
+    assert failure_lines and failure_lines[0]["trace_id"] == TRACE_ID
+    assert failure_lines[0]["span_id"] == failed.span_id
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+async def scrape(node: Process) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with httpx.AsyncClient() as client:
+        reply = await client.get(f"http://127.0.0.1:{node.ports['metrics']}/metrics", timeout=5)
+    assert reply.status_code == 200
+    return samples(reply.text)
+
+
+async def test_metrics_move_with_commands_failures_and_the_cache(node_factory: NodeFactory) -> None:
+    node = node_factory()
+    before = await scrape(node)
+    async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
+        cos = ChiefOfStateServiceStub(channel)  # type: ignore[no-untyped-call]
+        for index in range(5):
+            await cos.ProcessCommand(
+                pb.ProcessCommandRequest(entity_id=f"m-{index}", command=bank.open_account("M", 10)),
+                timeout=10,
+            )
+        with pytest.raises(aio.AioRpcError):
+            await cos.ProcessCommand(
+                pb.ProcessCommandRequest(entity_id="m-0", command=bank.withdraw(99)), timeout=10
+            )
+        await cos.GetState(pb.GetStateRequest(entity_id="m-1"), timeout=10)
+    after = await scrape(node)
+    opened = (
+        ("rpc", "ProcessCommand"),
+        ("code", "OK"),
+        ("command_type", "type.googleapis.com/bank.v1.OpenAccount"),
+    )
+    assert after[("cos_requests_total", tuple(sorted(opened)))] == 5
+    refused = (
+        ("rpc", "ProcessCommand"),
+        ("code", "FAILED_PRECONDITION"),
+        ("command_type", "type.googleapis.com/bank.v1.Withdraw"),
+    )
+    assert after[("cos_requests_total", tuple(sorted(refused)))] == 1
+    ok_latency = ("cos_request_duration_seconds_count", (("code", "OK"), ("rpc", "ProcessCommand")))
+    assert after[ok_latency] - before.get(ok_latency, 0) == 5
+    assert (
+        after[("cos_write_handler_call_duration_seconds_count", (("code", "OK"), ("rpc", "HandleCommand")))]
+        == 5
+    )
+    assert (
+        after[
+            (
+                "cos_write_handler_call_duration_seconds_count",
+                (("code", "FAILED_PRECONDITION"), ("rpc", "HandleCommand")),
+            )
+        ]
+        == 1
+    )
+    assert after[("cos_journal_append_batch_size_count", ())] >= 1
+    assert after[("cos_journal_append_batch_size_sum", ())] == 5  # five commands appended, in some batches
+    assert after[("cos_entities_cached", ())] == 5
+    assert after[("cos_entity_recoveries_total", ())] == 5
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[ThrowawayServer]:
+    with throwaway_server() as server:
+        yield server
+
+
+async def health_status(channel: aio.Channel) -> int:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=""), timeout=5
+    )
+    return int(reply.status)
+
+
+async def wait_for_health(channel: aio.Channel, wanted: int) -> None:
+    deadline = time.monotonic() + 30
+    while await health_status(channel) != wanted:
+        assert time.monotonic() < deadline, "health never reached the expected status"
+        await asyncio.sleep(0.1)
+
+
+async def test_health_follows_the_database(
+    tmp_path: Path, bank_handler: Process, private_postgres: ThrowawayServer
+) -> None:
+    env = node_environment(
+        {**base_env(bank_handler.ports["grpc"]), **postgres_env(private_postgres.server, "postgres")},
+        COS_DB_CONNECT_TIMEOUT="1s",
+        COS_HEALTH_CHECK_INTERVAL="200ms",
+    )
+    node = start_node(env, tmp_path / "logs")
+    ready = f"http://127.0.0.1:{node.ports['management']}/ready"
+    try:
+        async with (
+            aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel,
+            httpx.AsyncClient() as http,
+        ):
+            assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+            private_postgres.stop()
+            await wait_for_health(channel, health_pb2.HealthCheckResponse.NOT_SERVING)
+            assert (await http.get(ready, timeout=10)).status_code == 503
+            private_postgres.start()
+            await wait_for_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            assert (await http.get(ready, timeout=10)).status_code == 200
+    finally:
+        assert node.stop() == 0
