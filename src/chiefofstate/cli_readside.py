@@ -146,7 +146,8 @@ def offsets(
         return [(by_shard.offsets.cluster_shard_number, by_shard.offsets.offset)], _state_summary(call)
 
     rows, states = _call(host, port, ask)
-    table = Table(title=f"offsets of read side {read_side_id}", title_justify="left")
+    title = f"offsets of read side {read_side_id}"
+    table = Table(title=title, title_justify="left", min_width=len(title))
     table.add_column("shard", justify="right")
     table.add_column("offset", justify="right")
     for number, offset in rows:

@@ -122,3 +122,10 @@ def test_state_trailer_groups_shards_into_ranges() -> None:
     states[3] = ProjectionState.HALTED
     states[9] = ProjectionState.PAUSED
     assert summarise_states(states) == "running=0-2,4-8,10-15;halted=3;paused=9"
+
+
+def test_append_notifications_name_the_shards_to_wake() -> None:
+    from chiefofstate.readside.pg_wakeups import parse_shards
+
+    assert parse_shards("3,7") == [3, 7]
+    assert parse_shards("") == [] and parse_shards("x,2,") == [2]
