@@ -26,6 +26,7 @@ from chiefofstate.readside.assembly import ReadSides, open_read_sides
 from chiefofstate.subscription.hub import SubscriptionHub
 from chiefofstate.tasks import cancel_and_wait
 from chiefofstate.telemetry.metrics import NodeMetrics
+from chiefofstate.telemetry.read_side_readings import ReadSideGauges
 from chiefofstate.telemetry.readings import register_node_readings
 from chiefofstate.telemetry.tracing import Tracing
 from chiefofstate.writeside.breaker import BreakerGuardedWriteHandler
@@ -189,6 +190,9 @@ class Node:
                 settings, closers, open_journal, tracing=tracing, metrics=metrics
             )
             listeners.append(self.read_sides.runtime)  # wakes the shard's projections on each commit
+            gauges = ReadSideGauges(self.read_sides.runtime, metrics, settings.server.health_check_interval_s)
+            gauges.start()
+            closers.push_async_callback(gauges.close)
         processor = CommandProcessor(
             handler,
             journal,

@@ -1,0 +1,67 @@
+"""Read-side series in a real Prometheus scrape: deliveries, offsets, journal heads, lag and states."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from chiefofstate.launch import Process, start_bank_read_handler
+from tests.integration.conftest import NodeFactory
+from tests.support.readside_processes import FAST, DeliveryLog, cos, open_and_deposit, read_side, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.parametrize("store_env", ["sqlite"], indirect=True)]
+
+
+@pytest.fixture
+def deliveries(tmp_path: Path) -> DeliveryLog:
+    return DeliveryLog(tmp_path / "deliveries.jsonl")
+
+
+@pytest.fixture
+def read_handler(tmp_path: Path, deliveries: DeliveryLog) -> Iterator[Process]:
+    process = start_bank_read_handler(tmp_path / "logs", None, http=False, deliveries=deliveries.path)
+    yield process
+    process.stop()
+
+
+def scrape(node: Process) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    text = httpx.get(f"http://127.0.0.1:{node.ports['metrics']}/metrics", timeout=5).text
+    series: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            series.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return series
+
+
+def test_read_side_metrics_follow_deliveries(
+    node_factory: NodeFactory, read_handler: Process, deliveries: DeliveryLog
+) -> None:
+    node = node_factory(
+        **FAST, **read_side("balances", read_handler.ports["read_side"]), COS_HEALTH_CHECK_INTERVAL="200ms"
+    )
+    opened, stub = cos(node)
+    with opened:
+        revisions = {
+            account: open_and_deposit(stub, account, deposits=2) for account in ("rm-1", "rm-2", "rm-3")
+        }
+    total = sum(revisions.values())
+    deliveries.wait_until(lambda log: len(log.all("balances")) >= total, what="every event delivered")
+
+    def caught_up() -> bool:
+        series = scrape(node)
+        lags = series.get("cos_read_side_lag_events", {})
+        offsets = series.get("cos_read_side_offset", {})
+        return bool(lags) and all(value == 0 for value in lags.values()) and sum(offsets.values()) > 0
+
+    wait_for(caught_up, what="offsets stored and lag back to 0")
+    series = scrape(node)
+    assert series["cos_read_side_events_delivered_total"][(("read_side", "balances"),)] >= total
+    assert series["cos_read_side_projections"][(("read_side", "balances"), ("state", "running"))] == 16
+    heads = series["cos_read_side_journal_head"]
+    offsets = series["cos_read_side_offset"]
+    assert len(heads) == 16 and heads == offsets  # every shard processed up to its newest event
+    assert max(heads.values()) > 0
