@@ -17,10 +17,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.launch import Process, node_environment, start_bank_write_handler, start_node
+from chiefofstate.launch import (
+    Process,
+    node_environment,
+    start_bank_read_handler,
+    start_bank_write_handler,
+    start_node,
+)
 from tests.integration.conftest import NodeFactory, base_env, postgres_env
 from tests.support.otlp import ReceivedSpan, SpanCollector, start_receiver
 from tests.support.postgres import ThrowawayServer, throwaway_server
+from tests.support.readside_processes import FAST, read_side
 
 pytestmark = pytest.mark.integration
 
@@ -251,3 +258,38 @@ async def test_health_follows_the_database(
             assert (await http.get(ready, timeout=10)).status_code == 200
     finally:
         assert node.stop() == 0
+
+
+async def test_read_handler_calls_carry_the_delivery_span_context(
+    tmp_path: Path, bank_handler: Process, receiver: tuple[int, SpanCollector]
+) -> None:
+    port, collector = receiver
+    log_path = tmp_path / "deliveries.jsonl"
+    read_handler = start_bank_read_handler(tmp_path / "logs", None, http=True, deliveries=log_path)
+    env = node_environment(
+        {**base_env(bank_handler.ports["grpc"]), "COS_DB_PATH": str(tmp_path / "cos.db"), **otel_env(port)},
+        **FAST,
+        **read_side("traced", read_handler.ports["read_side"], PROTOCOL="http"),
+    )
+    node = start_node(env, tmp_path / "logs")
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
+            cos = ChiefOfStateServiceStub(channel)  # type: ignore[no-untyped-call]
+            await cos.ProcessCommand(
+                pb.ProcessCommandRequest(entity_id="rs-1", command=bank.open_account("R", 1)), timeout=10
+            )
+        spans = await collector.wait_for(
+            lambda received: any(s.name == "HttpReadSideHandler.HandleEvent" for s in received)
+        )
+        deadline = time.monotonic() + 20
+        while not log_path.exists() or not log_path.read_text().strip():
+            assert time.monotonic() < deadline, "the read handler never received the event"
+            await asyncio.sleep(0.1)
+    finally:
+        node.stop()
+        read_handler.stop()
+    delivery_span = next(s for s in spans if s.name == "HttpReadSideHandler.HandleEvent")
+    assert delivery_span.attributes["cos.entity_id"] == "rs-1"
+    received = json.loads(log_path.read_text().splitlines()[0])
+    _, trace_id, parent_id, _ = received["traceparent"].split("-")
+    assert (trace_id, parent_id) == (delivery_span.trace_id, delivery_span.span_id)

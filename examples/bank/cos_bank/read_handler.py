@@ -146,14 +146,16 @@ class ReadModel:
         self.faults = faults
         self._log = log
 
-    async def handle(self, request: HandleReadSideRequest, entity_header: str, tag_header: str) -> str:
+    async def handle(
+        self, request: HandleReadSideRequest, entity_header: str, tag_header: str, traceparent: str = ""
+    ) -> str:
         """The outcome of one delivery; `ok` means the projection took the event."""
         if self.faults.delay_ms:
             await asyncio.sleep(self.faults.delay_ms / 1000)  # TEST HOOK: a slow read handler
         meta = request.meta
         outcome = self.faults.outcome(request.read_side_id, meta.entity_id, meta.revision_number)
         account = self.balances.apply(request) if outcome == "ok" else None
-        self._record(request, entity_header, tag_header, outcome, account)
+        self._record(request, entity_header, tag_header, outcome, account, traceparent)
         if outcome == "hang":
             await asyncio.sleep(HANG_LIMIT_S)  # TEST HOOK: CoS's timeout must give up first
         return outcome
@@ -165,6 +167,7 @@ class ReadModel:
         tag_header: str,
         outcome: str,
         account: Account | None,
+        traceparent: str,
     ) -> None:
         if self._log is None:
             return
@@ -180,6 +183,7 @@ class ReadModel:
             "outcome": outcome,
             "received_at": time.time(),
             "revision_date": meta.revision_date.seconds + meta.revision_date.nanos / 1e9,
+            "traceparent": traceparent,  # the W3C trace context CoS sent, when its tracing is on
         }
         # One short line per delivery; the file is opened line-buffered, so this is one write() call.
         self._log.write(json.dumps(line) + "\n")
@@ -198,7 +202,10 @@ class GrpcReadSide(readside_pb2_grpc.ReadSideHandlerServiceServicer):
             key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
         }
         outcome = await self._model.handle(
-            request, metadata.get("x-cos-entity-id", ""), metadata.get("x-cos-event-tag", "")
+            request,
+            metadata.get("x-cos-entity-id", ""),
+            metadata.get("x-cos-event-tag", ""),
+            metadata.get("traceparent", ""),
         )
         if outcome == "failed":
             await context.abort(grpc.StatusCode.INTERNAL, "test hook: BANK_READ_FAIL")
@@ -212,7 +219,10 @@ def http_app(model: ReadModel) -> Starlette:
         except (ValueError, JsonShapeError) as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         outcome = await model.handle(
-            body, request.headers.get("x-cos-entity-id", ""), request.headers.get("x-cos-event-tag", "")
+            body,
+            request.headers.get("x-cos-entity-id", ""),
+            request.headers.get("x-cos-event-tag", ""),
+            request.headers.get("traceparent", ""),
         )
         if outcome == "failed":
             return JSONResponse({"error": "test hook: BANK_READ_FAIL"}, status_code=500)

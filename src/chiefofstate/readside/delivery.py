@@ -111,7 +111,7 @@ class GuardedReadHandler:
             "cos.event_tag": str(shard),
         }
         with self._tracing.span(self._span_name, kind=SpanKind.CLIENT, attributes=attributes) as span:
-            accepted = await self._handler.handle(event.call, shard, self._timeout_s)
+            accepted = await self._handler.handle(event.call, shard, self._timeout_s, self._tracing.inject())
             if span is not None:
                 span.set_attribute("cos.read_side.successful", accepted)
             return accepted

@@ -40,8 +40,14 @@ class GrpcReadHandler:
             )
         )
 
-    async def handle(self, call: ReadSideCall, shard: int, timeout_s: float) -> bool:
-        metadata = ((ENTITY_ID_HEADER, header_value(call.entity_id)), (EVENT_TAG_HEADER, str(shard)))
+    async def handle(
+        self, call: ReadSideCall, shard: int, timeout_s: float, trace_headers: Sequence[tuple[str, str]] = ()
+    ) -> bool:
+        metadata = (
+            (ENTITY_ID_HEADER, header_value(call.entity_id)),
+            (EVENT_TAG_HEADER, str(shard)),
+            *trace_headers,
+        )
         try:
             # A handler being restarted is waited for (up to the timeout) rather than failed at once,
             # so a rolling deploy of the read handler does not halt projections under STOP.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Protocol
 
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
@@ -48,8 +49,11 @@ class ReadSideCall:
 
 
 class ReadHandler(Protocol):
-    async def handle(self, call: ReadSideCall, shard: int, timeout_s: float) -> bool:
-        """The handler's `successful` (False also when it left the field out); raises DeliveryFailed."""
+    async def handle(
+        self, call: ReadSideCall, shard: int, timeout_s: float, trace_headers: Sequence[tuple[str, str]] = ()
+    ) -> bool:
+        """The handler's `successful` (False also when it left the field out); raises DeliveryFailed.
+        `trace_headers` carry the delivery span's context so the handler's spans join its trace."""
         ...
 
     async def close(self) -> None: ...

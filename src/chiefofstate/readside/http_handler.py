@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+from collections.abc import Sequence
 
 import httpx
 from google.protobuf.message import DecodeError
@@ -75,8 +76,11 @@ class HttpReadHandler:
             trust_env=False,  # a proxy variable must not reroute events to another host
         )
 
-    async def handle(self, call: ReadSideCall, shard: int, timeout_s: float) -> bool:
+    async def handle(
+        self, call: ReadSideCall, shard: int, timeout_s: float, trace_headers: Sequence[tuple[str, str]] = ()
+    ) -> bool:
         headers = {
+            **dict(trace_headers),
             "content-type": "application/json",
             ENTITY_ID_HEADER: header_value(call.entity_id),
             EVENT_TAG_HEADER: str(shard),
