@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,8 +16,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Below Linux's ephemeral range (32768-60999): a port chosen there could be taken by any outgoing
+# connection (to PostgreSQL, to a handler) between choosing it and the server binding it.
+_CHOSEN_PORTS = range(20000, 32000)
+
 
 def free_port() -> int:
+    """A port that is free now, picked outside the ephemeral range; a bind can still race, so callers
+    that start servers on it retry on a bind failure (see start_node)."""
+    for _ in range(200):
+        port = random.choice(_CHOSEN_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -155,3 +170,23 @@ def start_node(env: Mapping[str, str], log_dir: Path, name: str = "cos-node", wa
         ready_url = f"http://127.0.0.1:{process.ports['management']}/ready"
         wait_for("ready", process, lambda: http_ok(ready_url), 60)
     return process
+
+
+_BIND_FAILURES = ("Address already in use", "cannot bind", "Failed to bind")
+
+
+def start_node_on_free_ports(
+    base: Mapping[str, str], log_dir: Path, name: str = "cos-node", wait: bool = True, **overrides: str
+) -> Process:
+    """`start_node` on ports chosen here; when a chosen port was taken between choosing and binding,
+    try again on new ones (ports fixed by `overrides` are kept, and such a clash is raised)."""
+    for attempt in range(3):
+        env = node_environment(base, **overrides)
+        try:
+            return start_node(
+                env, log_dir, name=name if attempt == 0 else f"{name}-retry{attempt}", wait=wait
+            )
+        except RuntimeError as error:
+            if attempt == 2 or not any(marker in str(error) for marker in _BIND_FAILURES):
+                raise
+    raise AssertionError("unreachable")

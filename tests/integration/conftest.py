@@ -11,7 +11,7 @@ import pytest
 from grpc import aio
 
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.launch import Process, node_environment, start_bank_write_handler, start_node
+from chiefofstate.launch import Process, start_bank_write_handler, start_node_on_free_ports
 from tests.support.postgres import PgServer
 
 pytestmark = pytest.mark.integration
@@ -97,8 +97,13 @@ def node_factory(
 
     def start(wait: bool = True, **overrides: str) -> Process:
         handler_env = base_env(bank_handler.ports["write_side"], write_protocol)
-        env = node_environment({**handler_env, **store_env}, **overrides)
-        process = start_node(env, tmp_path / "logs", name=f"cos-node-{len(started)}", wait=wait)
+        process = start_node_on_free_ports(
+            {**handler_env, **store_env},
+            tmp_path / "logs",
+            name=f"cos-node-{len(started)}",
+            wait=wait,
+            **overrides,
+        )
         started.append(process)
         return process
 

@@ -11,7 +11,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -53,9 +52,9 @@ def _binaries() -> Path:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    from chiefofstate.launch import free_port
+
+    return free_port()
 
 
 class ThrowawayServer:
