@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from benchmarks.engine import Timing
-from benchmarks.report import Report, render
+from benchmarks.report import Report, render, report_from_json
 from benchmarks.suite import Plan, progress, run
 
 SUITES = ("table", "recovery", "memory", "scaleout", "variants", "profile")
@@ -82,7 +82,7 @@ def _plan(args: argparse.Namespace) -> Plan:
             seed=args.seed,
             cold_per_level=8_000,
             history_events=1_000,
-            recovery_restarts=1,
+            recovery_restarts=2,
             recovery_samples=3,
             memory_entities=5_000,
             profile_seconds=5.0,
@@ -120,7 +120,9 @@ def main() -> int:
     parser.add_argument("--suite", default="", help=f"comma-separated, from {', '.join(SUITES)}")
     parser.add_argument("--concurrency", type=int, nargs="+", help="requests in flight (default 1 16 64 256)")
     parser.add_argument("--generators", type=int, default=1, help="load generator processes (default 1)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before the first window")
+    parser.add_argument(
+        "--warmup", type=float, default=0.5, help="seconds of load before each round's window"
+    )
     parser.add_argument("--window", type=float, default=2.0, help="seconds per measured window")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement (figures are medians)")
     parser.add_argument("--seed", type=int, default=1)
@@ -137,8 +139,14 @@ def main() -> int:
         help="seconds in total the run may wait, before measurements, for other jobs to leave the CPUs",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument(
+        "--render", type=Path, help="print the tables of a file written by --json, run nothing"
+    )
     parser.add_argument("--profile-dir", type=Path, help="where the profile suite writes py-spy output")
     args = parser.parse_args()
+    if args.render:
+        print(render(report_from_json(json.loads(args.render.read_text()))))
+        return 0
     plan = _plan(args)
     if args.nice:
         # Every process of the run inherits this: on a shared box, other jobs then yield the CPUs to the

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from benchmarks import profiling
-from benchmarks.engine import ColdCursor, Engine, Target, Timing
+from benchmarks.engine import ColdCursor, Engine, Round, Target, Timing
 from benchmarks.loadgen import cold_id
 from benchmarks.processes import rss_bytes
 from benchmarks.results import Cell
@@ -34,8 +34,16 @@ MEMORY_WARM_ENTITIES = 1_000
 CACHE_FULL_ENTITIES = 30_000  # ids read once each while the cache is at capacity (and again below it)
 
 
+RECOVERY_WARM_IDS_PER_NODE = 3
+
+
 def history_id(events: int) -> str:
     return f"history-{events}"
+
+
+def recovery_warm_range(ranges: IdRanges, plan: Plan) -> tuple[int, int]:
+    """Seeded ids the recovery suite reads to warm each fresh node up before it times anything."""
+    return ranges.take(RECOVERY_WARM_IDS_PER_NODE * (plan.recovery_restarts + 1), plan.stores)
 
 
 # -- recovery ---------------------------------------------------------------------------------------
@@ -55,7 +63,17 @@ def _median_ms(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
-def measure_recovery(node: NodeHandle, plan: Plan, progress: Progress) -> list[dict[str, Any]]:
+def _warm_up(stub: ChiefOfStateServiceStub, warm_ids: list[str]) -> None:
+    """Reads that exercise every path the timed reads take (a found entity, a missing one), so the
+    timed reads pay for no first-call set-up of the node, its connections or its statements."""
+    for entity_id in warm_ids:
+        _get_state_ms(stub, entity_id)
+    _get_state_ms(stub, f"missing-{warm_ids[0]}")
+
+
+def measure_recovery(
+    node: NodeHandle, plan: Plan, warm_range: tuple[int, int], progress: Progress
+) -> list[dict[str, Any]]:
     """Time to the first GetState of an entity with a long and with a short history, three ways.
 
     * after a node restart: each restart warms the node's store connection with a read of an unknown
@@ -65,6 +83,8 @@ def measure_recovery(node: NodeHandle, plan: Plan, progress: Progress) -> list[d
     * the journal alone: `latest_state` timed in this process, without gRPC or the node.
     """
     lengths = (plan.history_events, plan.short_history_events)
+    warm_ids = [cold_id(index) for index in range(*warm_range)]
+    per_restart = len(warm_ids) // (plan.recovery_restarts + 1)
     after_restart: dict[int, list[float]] = {length: [] for length in lengths}
     after_passivation: dict[int, list[float]] = {length: [] for length in lengths}
     for restart in range(plan.recovery_restarts):
@@ -72,14 +92,14 @@ def measure_recovery(node: NodeHandle, plan: Plan, progress: Progress) -> list[d
         with grpc.insecure_channel(node.address) as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
             stub = ChiefOfStateServiceStub(channel)
-            _get_state_ms(stub, f"recovery-warm-up-{restart}")
+            _warm_up(stub, warm_ids[restart * per_restart : (restart + 1) * per_restart])
             for length in lengths if restart % 2 == 0 else lengths[::-1]:
                 after_restart[length].append(_get_state_ms(stub, history_id(length)))
     node.restart(COS_ENTITY_IDLE_TIMEOUT="200ms")
     with grpc.insecure_channel(node.address) as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
         stub = ChiefOfStateServiceStub(channel)
-        _get_state_ms(stub, "recovery-warm-up")
+        _warm_up(stub, warm_ids[plan.recovery_restarts * per_restart :])
         for sample in range(plan.recovery_samples):
             for length in lengths if sample % 2 == 0 else lengths[::-1]:
                 after_passivation[length].append(_get_state_ms(stub, history_id(length)))
@@ -201,51 +221,59 @@ def _cursor(cold_range: tuple[int, int], engine: Engine) -> ColdCursor:
 
 
 def measure_scaleout(node: NodeHandle, engine: Engine, plan: Plan, progress: Progress) -> list[Cell]:
-    """One node against two sharing the store; the generator splits the entities between them."""
+    """One node against two sharing the store; the generator splits the entities between the two.
+
+    Both layouts stay up together and their rounds are interleaved, as in the main table. "Split by
+    shard" is what a cluster does (each node owns half the shards); "split by id only" gives each node
+    half the ids whatever their shard, so both nodes lock every shard's row in cos_shard_locks.
+    """
     concurrency = plan.scaleout_concurrency
     workloads = ("ProcessCommand hot", "ProcessCommand new")
-    cells: list[Cell] = []
     node.restart()
-    for workload in workloads:
-        cell = engine.measure(node.target("1 node"), workload, concurrency)
-        progress(f"scale-out 1 node {workload}: {cell.throughput:,.0f} ops/s")
-        cells.append(cell)
     second = node.fleet.start_node(node.store.env, node.handler, name="node-postgres-2")
     try:
         addresses = [node.address, f"127.0.0.1:{second.ports['grpc']}"]
 
-        def groups() -> dict[str, list[int]]:
+        def both_nodes() -> dict[str, list[int]]:
             own = node.groups()
             return {**own, "server": own["server"] + [second.popen.pid]}
 
-        for route_by, label in (
-            ("shard", "2 nodes, split by shard"),
-            ("worker", "2 nodes, split by id only"),
-        ):
-            target = Target(label, addresses, groups)
-            for workload in workloads:
-                cell = engine.measure(target, workload, concurrency, route_by=route_by)
-                progress(f"scale-out {label} {workload}: {cell.throughput:,.0f} ops/s")
-                cells.append(cell)
+        layouts = [
+            (node.target("1 node"), "shard"),
+            (Target("2 nodes, split by shard", addresses, both_nodes), "shard"),
+            (Target("2 nodes, split by id only", addresses, both_nodes), "worker"),
+        ]
+        plan_cells = [(target, route_by, workload) for workload in workloads for target, route_by in layouts]
+        rounds: list[list[Round]] = [[] for _ in plan_cells]
+        for _ in range(engine.timing.rounds):
+            for index, (target, route_by, workload) in enumerate(plan_cells):
+                rounds[index].append(engine.run_round(target, workload, concurrency, route_by=route_by))
     finally:
         node.fleet.stop(second)
+    cells = []
+    for (target, _, workload), measured in zip(plan_cells, rounds, strict=True):
+        cell = engine.combine(target.system, workload, concurrency, measured, engine.timing)
+        progress(f"scale-out {target.system} {workload}: {cell.throughput:,.0f} ops/s")
+        cells.append(cell)
     return cells
 
 
 # -- profile ----------------------------------------------------------------------------------------
 
 
-PROFILED = (
-    ("floor", "ProcessCommand"),
-    ("node", "ProcessCommand hot"),
-    ("node", "ProcessCommand new"),
-    ("echo", "GetState"),
-    ("node", "GetState cached"),
+PROFILED = (  # (system, workload, requests in flight)
+    ("floor", "ProcessCommand", 64),
+    ("node", "ProcessCommand hot", 64),
+    ("node", "ProcessCommand new", 64),
+    ("echo", "GetState", 64),
+    ("node", "GetState cached", 64),
+    ("floor", "ProcessCommand", 1),
+    ("node", "ProcessCommand hot", 1),
 )
 
 
 def profile_systems(node: NodeHandle, engine: Engine, plan: Plan, progress: Progress) -> dict[str, Any]:
-    """py-spy samples the floor, the echo server and the node (PostgreSQL) at 64 in flight.
+    """py-spy samples the floor, the echo server and the node (PostgreSQL), mostly at 64 in flight.
 
     Python and native frames of every thread are sampled, idle ones included, and the busy samples
     are scaled to the process's measured CPU per operation, so floor and node compare per command.
@@ -267,18 +295,17 @@ def profile_systems(node: NodeHandle, engine: Engine, plan: Plan, progress: Prog
     timing = Timing(warmup_s=2.0, window_s=plan.profile_seconds, rounds=1)
     profiles: list[profiling.Profile] = []
     try:
-        for system, workload in PROFILED:
+        for system, workload, concurrency in PROFILED:
             process, target = targets[system]
-            raw = folder / f"{system}-{workload.replace(' ', '-').lower()}.txt"
+            label = f"{system} {workload} c={concurrency}"
+            raw = folder / f"{label.replace(' ', '-').replace('=', '').lower()}.txt"
             spy = _Spy(process.popen.pid, raw, plan.profile_seconds)
-            cell = engine.measure(target, workload, 64, timing=timing, on_measure_start=spy.start)
+            cell = engine.measure(target, workload, concurrency, timing=timing, on_measure_start=spy.start)
             spy.wait()
-            progress(f"profiled {system} {workload} c=64: {cell.throughput:,.0f} ops/s → {raw}")
+            progress(f"profiled {label}: {cell.throughput:,.0f} ops/s → {raw}")
             if raw.exists() and cell.cpu is not None:
-                summary = profiling.summarise_file(raw)
-                profiles.append(
-                    profiling.Profile(f"{system} {workload}", summary, cell.cpu.per_op_us["server"])
-                )
+                summary = profiling.summarise_file(raw, spy.expected_samples)
+                profiles.append(profiling.Profile(label, summary, cell.cpu.per_op_us["server"]))
     finally:
         fleet.stop(floor)
         fleet.stop(echo)
@@ -286,11 +313,27 @@ def profile_systems(node: NodeHandle, engine: Engine, plan: Plan, progress: Prog
 
 
 class _Spy:
+    """py-spy without stopping the process (see benchmarks/profiling.py for why)."""
+
+    RATE = 200
+
     def __init__(self, pid: int, output: Path, seconds: float) -> None:
+        self.seconds = max(int(seconds), 1)
         self.command = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid)]
-        self.command += ["--duration", str(max(int(seconds), 1)), "--rate", "250", "--idle", "--native"]
+        self.command += [
+            "--duration",
+            str(self.seconds),
+            "--rate",
+            str(self.RATE),
+            "--nonblocking",
+            "--threads",
+        ]
         self.command += ["--format", "raw", "--output", str(output)]
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def expected_samples(self) -> int:
+        return self.seconds * self.RATE
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -344,36 +387,50 @@ def process_groups(
 def measure_variants(
     node: NodeHandle, engine: Engine, progress: Progress, concurrency: int = 64
 ) -> list[Cell]:
-    """Each variant's node against a floor and echo on the same loop, at one concurrency."""
-    fleet, handler = node.fleet, node.handler
-    cells: list[Cell] = []
-    for variant in VARIANTS:
-        floor = fleet.start_floor("floor", handler, loop=variant.loop)
-        echo = fleet.start_floor("echo", loop=variant.loop)
-        env = {**node.store.env, **dict(variant.env)}
-        experiment = fleet.start_node(env, handler, name="node-variant", variant=variant.node_variant)
-        try:
-            floor_target = Target(
-                f"floor [{variant.label}]",
-                [f"127.0.0.1:{floor.ports['grpc']}"],
-                process_groups(floor, handler),
+    """Every variant's node, and a floor and an echo server per event loop, all up at once; rounds are
+    interleaved across all of them so that each variant meets the same background load."""
+    fleet, handler, store = node.fleet, node.handler, node.store
+    references: list[tuple[Target, str, str]] = []  # (target, workload, loop)
+    variants: list[tuple[Target, Variant]] = []
+    try:
+        for loop in sorted({variant.loop for variant in VARIANTS}):
+            floor = fleet.start_floor("floor", handler, loop=loop)
+            echo = fleet.start_floor("echo", loop=loop)
+            address = f"127.0.0.1:{floor.ports['grpc']}"
+            references.append(
+                (Target(f"floor [{loop}]", [address], process_groups(floor, handler)), "ProcessCommand", loop)
             )
-            echo_target = Target(
-                f"echo [{variant.label}]", [f"127.0.0.1:{echo.ports['grpc']}"], process_groups(echo)
+            address = f"127.0.0.1:{echo.ports['grpc']}"
+            references.append((Target(f"echo [{loop}]", [address], process_groups(echo)), "GetState", loop))
+        for index, variant in enumerate(VARIANTS):
+            env = {**store.env, **dict(variant.env)}
+            process = fleet.start_node(
+                env, handler, name=f"node-variant-{index}", variant=variant.node_variant
             )
-            node_target = Target(
-                f"node/{node.store.name} [{variant.label}]",
-                [f"127.0.0.1:{experiment.ports['grpc']}"],
-                process_groups(experiment, handler, node.store),
+            address = f"127.0.0.1:{process.ports['grpc']}"
+            target = Target(
+                f"node/{store.name} [{variant.label}]", [address], process_groups(process, handler, store)
             )
-            measured = [engine.measure(floor_target, "ProcessCommand", concurrency)]
-            measured.append(engine.measure(echo_target, "GetState", concurrency))
-            measured += [engine.measure(node_target, workload, concurrency) for workload in VARIANT_WORKLOADS]
-        finally:
-            for process in (experiment, echo, floor):
-                fleet.stop(process)
-        for cell in measured:
-            cell.extra["variant"] = variant.label
-            progress(f"variant {variant.label}: {cell.system} {cell.workload} {cell.throughput:,.0f} ops/s")
-        cells += measured
+            variants.append((target, variant))
+        plan = [
+            (target, workload, {"loop": loop, "variant": f"loop: {loop}"})
+            for target, workload, loop in references
+        ]
+        plan += [
+            (target, workload, {"loop": variant.loop, "variant": variant.label})
+            for target, variant in variants
+            for workload in VARIANT_WORKLOADS
+        ]
+        rounds: list[list[Round]] = [[] for _ in plan]
+        for _ in range(engine.timing.rounds):
+            for index, (target, workload, _tags) in enumerate(plan):
+                rounds[index].append(engine.run_round(target, workload, concurrency))
+    finally:
+        fleet.stop_all_but(node.process, handler)
+    cells = []
+    for (target, workload, tags), measured in zip(plan, rounds, strict=True):
+        cell = engine.combine(target.system, workload, concurrency, measured, engine.timing)
+        cell.extra.update(tags)
+        progress(f"variant {tags['variant']}: {cell.workload} {cell.throughput:,.0f} ops/s")
+        cells.append(cell)
     return cells

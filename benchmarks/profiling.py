@@ -1,12 +1,18 @@
 """Reading py-spy's raw (collapsed-stack) output into a short summary of where the node's time goes.
 
 Each line of the raw format is `frame;frame;...;leaf COUNT`, root first; a frame is `function (file:line)`
-or a native `symbol (library)`. The node's event loop runs on the main thread; grpc's poller thread
-(started by grpc.aio on a stock asyncio loop) is reported separately.
+or, with `--native`, a native `symbol (library)`. The benchmark records with `--nonblocking` and Python
+frames only: native unwinding has to stop the process for every sample, which halves the node's
+throughput and changes what is measured. Without native frames, time spent in C is charged to the
+innermost Python frame: `Handle._run` (a loop callback implemented in C) stands for grpc's Cython
+completion handlers and asyncio's C task steps. Without `--idle`, py-spy leaves idle samples out, so
+the event-loop thread's idle share is what is missing from the expected count (rate × duration).
 """
 
 from __future__ import annotations
 
+import inspect
+import selectors
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +77,25 @@ def _symbol(frame: str) -> str:
     return frame.split(" ", 1)[0]
 
 
+def _selector_wait_frame() -> str:
+    """`select (selectors.py:N)` where N is the line that blocks in epoll: a loop with nothing to do."""
+    source, first = inspect.getsourcelines(selectors.DefaultSelector.select)
+    offset = next(index for index, line in enumerate(source) if "self._selector.poll(" in line)
+    return f".select (selectors.py:{first + offset})"
+
+
+SELECTOR_WAIT = _selector_wait_frame()
+
+
 def _is_idle(frames: list[str]) -> bool:
-    return _symbol(frames[-1]) in IDLE_LEAVES or any(_symbol(frame) in IDLE_FRAMES for frame in frames[-3:])
+    return (
+        _symbol(frames[-1]) in IDLE_LEAVES
+        or frames[-1].endswith(SELECTOR_WAIT)
+        or any(_symbol(frame) in IDLE_FRAMES for frame in frames[-3:])
+    )
+
+
+C_CALLBACKS = "loop callbacks in C (grpc Cython core, asyncio C tasks)"
 
 
 def _category(frames: list[str]) -> str:
@@ -80,6 +103,8 @@ def _category(frames: list[str]) -> str:
         return "garbage collector"
     if _symbol(frames[-1]) in SYSCALL_LEAVES:
         return "system calls (sockets, eventfd, futex)"
+    if frames[-1].startswith("Handle._run (asyncio/events.py"):
+        return C_CALLBACKS
     for frame in reversed(frames):
         for needle, category in CATEGORIES:
             if needle in frame:
@@ -91,7 +116,8 @@ def _is_python(frame: str) -> bool:
     return frame.endswith(")") and ".py:" in frame
 
 
-def summarise_lines(lines: list[str]) -> Summary:
+def summarise_lines(lines: list[str], expected_samples: int = 0) -> Summary:
+    """`expected_samples` (rate × duration) is needed when idle samples were left out (no `--idle`)."""
     summary = Summary()
     for line in lines:
         stack, _, count_text = line.rstrip().rpartition(" ")
@@ -100,7 +126,12 @@ def summarise_lines(lines: list[str]) -> Summary:
         count = int(count_text)
         frames = stack.split(";")
         idle = _is_idle(frames)
-        if not any("_run_module_as_main" in frame or "asyncio/runners.py" in frame for frame in frames):
+        if frames[0].startswith("thread ("):  # recorded with --threads: "thread (TID): NAME"
+            on_main_thread = frames[0].endswith(": MainThread")
+            frames = frames[1:] or [""]
+        else:
+            on_main_thread = any("_run_module_as_main" in frame for frame in frames)
+        if not on_main_thread:
             summary.other_thread_samples += count
             summary.other_thread_idle += count if idle else 0
             continue
@@ -122,11 +153,15 @@ def summarise_lines(lines: list[str]) -> Summary:
                 if name not in seen:
                     seen.add(name)
                     summary.own_inclusive[name] += count
+    missing = expected_samples - summary.main_samples
+    if missing > 0:  # py-spy leaves out samples of a thread it sees blocked
+        summary.main_samples += missing
+        summary.main_idle += missing
     return summary
 
 
-def summarise_file(path: Path) -> Summary:
-    return summarise_lines(path.read_text().splitlines())
+def summarise_file(path: Path, expected_samples: int = 0) -> Summary:
+    return summarise_lines(path.read_text().splitlines(), expected_samples)
 
 
 def _share(count: int, total: int) -> str:
