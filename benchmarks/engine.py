@@ -116,6 +116,12 @@ class Engine:
         self._serial = itertools.count()
         self._primed: set[tuple[str, str]] = set()
 
+    def cold_cursor(self, start: int, end: int) -> ColdCursor:
+        """Slices of a seeded range such that every round, and every retry of a noisy one, reads ids
+        nobody read before."""
+        attempts = self.timing.rounds * (1 + self.quiet.retries_per_round)
+        return ColdCursor(start, end, (end - start) // attempts)
+
     def measure(
         self,
         target: Target,
@@ -307,11 +313,3 @@ def _sample(target: Target, generator_pids: list[int]) -> _Sample:
     cpu = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
     busy, _total = machine_busy_seconds()
     return _Sample(time.monotonic(), cpu, busy)
-
-
-def busy_cores(over_s: float = 0.5) -> float:
-    """Cores busy on the whole machine, averaged over `over_s` seconds."""
-    busy, total = machine_busy_seconds()
-    time.sleep(over_s)
-    busy_after, total_after = machine_busy_seconds()
-    return (busy_after - busy) / max(total_after - total, 1e-9) * (os.cpu_count() or 1)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from benchmarks import profiling
-from benchmarks.engine import ColdCursor, Engine, Round, Target, Timing
+from benchmarks.engine import Engine, Round, Target, Timing
 from benchmarks.loadgen import cold_id
 from benchmarks.processes import rss_bytes
 from benchmarks.results import Cell
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 MEMORY_WARM_ENTITIES = 1_000
-CACHE_FULL_ENTITIES = 30_000  # ids read once each while the cache is at capacity (and again below it)
+CACHE_FULL_ENTITIES = 45_000  # ids read once each while the cache is at capacity (and again below it)
 
 
 RECOVERY_WARM_IDS_PER_NODE = 3
@@ -182,14 +182,16 @@ def measure_memory(
         f"memory: {entities:,} entities cached in {took:.1f}s, "
         f"RSS {before / 2**20:.1f} → {after / 2**20:.1f} MiB, {per_entity:.0f} B per entity"
     )
-    at = engine.measure(target, "GetState cold", concurrency, cold=_cursor(ranges.at_capacity, engine))
+    at = engine.measure(target, "GetState cold", concurrency, cold=engine.cold_cursor(*ranges.at_capacity))
     progress(
         f"GetState cold c={concurrency} with the cache at capacity: "
         f"{at.throughput:,.0f} ops/s p99 {at.p99_ms:.1f} ms"
     )
     node.restart(COS_ENTITY_CACHE_CAPACITY=str(capacity))
     target = node.target(f"node/{node.store.name}")  # the restarted node listens on a new port
-    below = engine.measure(target, "GetState cold", concurrency, cold=_cursor(ranges.below_capacity, engine))
+    below = engine.measure(
+        target, "GetState cold", concurrency, cold=engine.cold_cursor(*ranges.below_capacity)
+    )
     progress(
         f"GetState cold c={concurrency} with an empty cache: "
         f"{below.throughput:,.0f} ops/s p99 {below.p99_ms:.1f} ms"
@@ -210,11 +212,6 @@ def measure_memory(
             "below": {"throughput": below.throughput, "p99_ms": below.p99_ms},
         },
     }
-
-
-def _cursor(cold_range: tuple[int, int], engine: Engine) -> ColdCursor:
-    start, end = cold_range
-    return ColdCursor(start, end, (end - start) // (engine.timing.rounds + engine.quiet.retries_per_round))
 
 
 # -- scale-out --------------------------------------------------------------------------------------
@@ -392,10 +389,12 @@ def measure_variants(
     fleet, handler, store = node.fleet, node.handler, node.store
     references: list[tuple[Target, str, str]] = []  # (target, workload, loop)
     variants: list[tuple[Target, Variant]] = []
+    started: list[Process] = []
     try:
         for loop in sorted({variant.loop for variant in VARIANTS}):
             floor = fleet.start_floor("floor", handler, loop=loop)
             echo = fleet.start_floor("echo", loop=loop)
+            started += [floor, echo]
             address = f"127.0.0.1:{floor.ports['grpc']}"
             references.append(
                 (Target(f"floor [{loop}]", [address], process_groups(floor, handler)), "ProcessCommand", loop)
@@ -426,7 +425,8 @@ def measure_variants(
             for index, (target, workload, _tags) in enumerate(plan):
                 rounds[index].append(engine.run_round(target, workload, concurrency))
     finally:
-        fleet.stop_all_but(node.process, handler)
+        for process in started:
+            fleet.stop(process)
     cells = []
     for (target, workload, tags), measured in zip(plan, rounds, strict=True):
         cell = engine.combine(target.system, workload, concurrency, measured, engine.timing)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 RPCS = ("process", "get")
 ENTITY_KINDS = ("new", "hot", "cold")
+ROUTES = ("shard", "worker")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class Workload:
     # "shard": an entity goes to targets[shard % len(targets)], as a cluster that splits shards would;
     # "worker": worker w sends everything to targets[w % len(targets)] (ids split with no regard to shards).
     route_by: str = "shard"
+
+    def __post_init__(self) -> None:
+        if self.rpc not in RPCS or self.entities not in ENTITY_KINDS or self.route_by not in ROUTES:
+            raise ValueError(f"unknown rpc, entity kind or route in {self!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

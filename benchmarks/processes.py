@@ -68,11 +68,6 @@ class Fleet:
         if process in self._running:
             self._running.remove(process)
 
-    def stop_all_but(self, *keep: Process) -> None:
-        """Stop every process started so far except `keep` (the generators stay too)."""
-        for process in [process for process in self._running if process not in keep]:
-            self.stop(process)
-
     def stop_all(self) -> None:
         self.generators.close()
         while self._running:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import extras
-from benchmarks.engine import ColdCursor, Engine, QuietPolicy, Round, Target, Timing
+from benchmarks.engine import Engine, QuietPolicy, Round, Target, Timing
 from benchmarks.loadgen import cold_id
 from benchmarks.processes import Fleet
 from benchmarks.report import Report
@@ -31,7 +31,7 @@ class Plan:
     suites: frozenset[str]
     generators: int = 1
     seed: int = 1
-    cold_per_level: int = 30_000
+    cold_per_level: int = 40_000
     history_events: int = 100_000
     short_history_events: int = 10
     recovery_restarts: int = 4  # even: each entity is read first after half of the restarts
@@ -70,7 +70,6 @@ class NodeHandle:
         self.store = store
         self.handler = handler
         self.name = name
-        self.extra_env: dict[str, str] = {}
         self.process = fleet.start_node(store.env, handler, name=name)
 
     @property
@@ -80,7 +79,6 @@ class NodeHandle:
     def restart(self, **extra_env: str) -> None:
         """A fresh process (empty cache); `extra_env` holds until the next restart."""
         self.fleet.stop(self.process)
-        self.extra_env = dict(extra_env)
         self.process = self.fleet.start_node({**self.store.env, **extra_env}, self.handler, name=self.name)
 
     def target(self, system: str) -> Target:
@@ -230,9 +228,6 @@ def _table(
         for concurrency in plan.levels:
             node.restart()  # an empty cache, so that every read below is a recovery
             start, end = cold[concurrency]
-            # Each round (and each retry of a noisy one) reads ids nobody read before.
-            cursor = ColdCursor(
-                start, end, (end - start) // (plan.timing.rounds + engine.quiet.retries_per_round)
-            )
+            cursor = engine.cold_cursor(start, end)
             cell = engine.measure(node.target(f"node/{name}"), "GetState cold", concurrency, cold=cursor)
             report.cells.append(measured(cell))
