@@ -89,6 +89,7 @@ def _plan(args: argparse.Namespace) -> Plan:
             profile_dir=args.profile_dir,
             quiet_budget_s=args.quiet_wait,
             postgres_server=args.pg,
+            keep_logs=args.keep_logs,
         )
     return Plan(
         stores=stores,
@@ -100,6 +101,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         profile_dir=args.profile_dir,
         quiet_budget_s=args.quiet_wait,
         postgres_server=args.pg,
+        keep_logs=args.keep_logs,
     )
 
 
@@ -143,6 +145,7 @@ def main() -> int:
         "--render", type=Path, help="print the tables of a file written by --json, run nothing"
     )
     parser.add_argument("--profile-dir", type=Path, help="where the profile suite writes py-spy output")
+    parser.add_argument("--keep-logs", action="store_true", help="keep every process's log after a good run")
     args = parser.parse_args()
     if args.render:
         print(render(report_from_json(json.loads(args.render.read_text()))))
@@ -159,7 +162,11 @@ def main() -> int:
     started = time.monotonic()
     machine = _machine()
     progress(f"machine: {machine}")
-    report: Report = run(plan)
+    try:
+        report: Report = run(plan)
+    except KeyboardInterrupt:
+        progress("interrupted; every process the run started has been stopped")
+        return 130
     report.machine = machine
     report.settings = {
         "postgres": f"{plan.postgres_server} server, fsync on" if "postgres" in plan.stores else "not used",

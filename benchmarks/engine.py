@@ -119,7 +119,8 @@ class Engine:
     def cold_cursor(self, start: int, end: int) -> ColdCursor:
         """Slices of a seeded range such that every round, and every retry of a noisy one, reads ids
         nobody read before."""
-        attempts = self.timing.rounds * (1 + self.quiet.retries_per_round)
+        retries = self.quiet.retries_per_round if self.quiet.budget_s > 0 else 0
+        attempts = self.timing.rounds * (1 + retries)
         return ColdCursor(start, end, (end - start) // attempts)
 
     def measure(

@@ -44,8 +44,9 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
 
 
-def _wait_listening(process: Process) -> None:
-    wait_for("listening", process, lambda: "listening on" in process.log_text(), 30)
+# How a server says that the port chosen for it was taken between choosing and binding.
+BIND_FAILURES = ("Address already in use", "cannot bind", "Failed to bind")
+START_ATTEMPTS = 3
 
 
 @dataclass
@@ -59,10 +60,6 @@ class Fleet:
         self._running: list[Process] = []
         self.generators = GeneratorPool(self.log_dir, self.env)
 
-    def _own(self, process: Process) -> Process:
-        self._running.append(process)
-        return process
-
     def stop(self, process: Process) -> None:
         process.stop(timeout_s=20)
         if process in self._running:
@@ -73,46 +70,85 @@ class Fleet:
         while self._running:
             self._running.pop().stop(timeout_s=20)
 
+    def _start(
+        self,
+        name: str,
+        launch: Callable[[str], Process],
+        ready: Callable[[Process], None],
+    ) -> Process:
+        """Start a server; ports are chosen free but can be taken before the server binds them, so a
+        bind failure is retried on new ports (each `launch` call chooses its own)."""
+        for attempt in range(START_ATTEMPTS):
+            process = launch(name if attempt == 0 else f"{name}-retry{attempt}")
+            self._running.append(process)
+            try:
+                ready(process)
+            except RuntimeError as error:  # the process exited
+                self.stop(process)
+                if attempt == START_ATTEMPTS - 1 or not any(marker in str(error) for marker in BIND_FAILURES):
+                    raise
+                continue
+            except BaseException:
+                self.stop(process)
+                raise
+            return process
+        raise AssertionError("unreachable")
+
+    def _start_listening(self, name: str, args: Callable[[int], list[str]]) -> Process:
+        def launch(label: str) -> Process:
+            port = free_port()
+            process = spawn(label, args(port), self.env, self.log_dir)
+            process.ports["grpc"] = port
+            return process
+
+        def listening(process: Process) -> None:
+            wait_for("listening", process, lambda: "listening on" in process.log_text(), 30)
+
+        return self._start(name, launch, listening)
+
     def start_handler(self, name: str = "handler") -> Process:
-        port = free_port()
-        args = [sys.executable, "-m", "benchmarks.handlers", "--port", str(port)]
-        process = self._own(spawn(name, args, self.env, self.log_dir))
-        process.ports["grpc"] = port
-        _wait_listening(process)
-        return process
+        return self._start_listening(
+            name, lambda port: [sys.executable, "-m", "benchmarks.handlers", "--port", str(port)]
+        )
 
     def start_floor(self, mode: str, handler: Process | None = None, loop: str = "asyncio") -> Process:
-        port = free_port()
-        args = [sys.executable, "-m", "benchmarks.floor", "--mode", mode, "--port", str(port), "--loop", loop]
-        if handler is not None:
-            args += ["--handler", f"127.0.0.1:{handler.ports['grpc']}"]
-        process = self._own(spawn(mode, args, self.env, self.log_dir))
-        process.ports["grpc"] = port
-        _wait_listening(process)
-        return process
+        def args(port: int) -> list[str]:
+            command = [sys.executable, "-m", "benchmarks.floor", "--mode", mode, "--port", str(port)]
+            command += ["--loop", loop]
+            if handler is not None:
+                command += ["--handler", f"127.0.0.1:{handler.ports['grpc']}"]
+            return command
+
+        return self._start_listening(mode, args)
 
     def start_node(
         self, store_env: Mapping[str, str], handler: Process, name: str = "node", variant: str = ""
     ) -> Process:
         """`cos serve` as users run it; with a `variant`, the same with an experiment applied
         (benchmarks/variants.py)."""
-        env = node_environment(
-            self.env,
-            COS_WRITE_SIDE_HOST="127.0.0.1",
-            COS_WRITE_SIDE_PORT=str(handler.ports["grpc"]),
-            LOG_LEVEL="warn",
-            LOG_STYLE="simple",
+        overrides = {
+            "COS_WRITE_SIDE_HOST": "127.0.0.1",
+            "COS_WRITE_SIDE_PORT": str(handler.ports["grpc"]),
+            "LOG_LEVEL": "warn",
+            "LOG_STYLE": "simple",
             **store_env,
-        )
-        if not variant:
-            return self._own(start_node(env, self.log_dir, name=name))
-        process = self._own(
-            spawn(name, [sys.executable, "-m", "benchmarks.variants", variant], env, self.log_dir)
-        )
-        process.ports["grpc"] = int(env["COS_PORT"])
-        ready_url = f"http://127.0.0.1:{env['COS_MANAGEMENT_PORT']}/ready"
-        wait_for("ready", process, lambda: http_ok(ready_url), 60)
-        return process
+        }
+
+        def launch(label: str) -> Process:
+            env = node_environment(self.env, **overrides)  # new ports on every attempt
+            if not variant:
+                return start_node(env, self.log_dir, name=label, wait=False)
+            args = [sys.executable, "-m", "benchmarks.variants", variant]
+            process = spawn(label, args, env, self.log_dir)
+            process.ports["grpc"] = int(env["COS_PORT"])
+            process.ports["management"] = int(env["COS_MANAGEMENT_PORT"])
+            return process
+
+        def ready(process: Process) -> None:
+            url = f"http://127.0.0.1:{process.ports['management']}/ready"
+            wait_for("ready", process, lambda: http_ok(url), 60)
+
+        return self._start(name, launch, ready)
 
 
 class GeneratorError(RuntimeError):

@@ -205,7 +205,7 @@ def targets_table(cells: Sequence[Cell], cpus: int) -> str:
                     f"{throughput:.2f}",
                     _verdict(throughput >= 0.85),
                     _number(capacity, 2),
-                    _verdict(capacity >= 0.85),
+                    _verdict(capacity >= 0.85, capacity),
                 ]
             )
             rows.append(
@@ -220,14 +220,16 @@ def targets_table(cells: Sequence[Cell], cpus: int) -> str:
                     f"{ratio:.2f}",
                     _verdict(ratio >= 0.85),
                     _number(capacity, 2),
-                    _verdict(capacity >= 0.85),
+                    _verdict(capacity >= 0.85, capacity),
                 ]
             )
     header = ["target", "measured", "met?", "projected from CPU per op", "met?"]
     return _table(header, rows) if rows else ""
 
 
-def _verdict(met: bool) -> str:
+def _verdict(met: bool, value: float = 0.0) -> str:
+    if math.isnan(value):
+        return "n/a"
     return "yes" if met else "NO"
 
 

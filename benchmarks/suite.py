@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -41,6 +42,7 @@ class Plan:
     profile_seconds: float = 15.0
     profile_dir: Path | None = None
     postgres_server: str = "private"  # "private": a server of our own; "local": tests/support's choice
+    keep_logs: bool = False  # logs are removed after a run that succeeded, kept after one that failed
     quiet_budget_s: float = 0.0  # total seconds the run may wait for other jobs on the machine to calm down
 
 
@@ -116,15 +118,22 @@ def _stores(names: tuple[str, ...], postgres_server: str) -> Iterator[dict[str, 
 def run(plan: Plan) -> Report:
     report = Report()
     log_dir = Path(tempfile.mkdtemp(prefix="cos-bench-"))
-    progress(f"logs in {log_dir}")
+    progress(f"logs in {log_dir} (removed after a good run unless --keep-logs)")
     fleet = Fleet(log_dir, {**os.environ, "PYTHONUNBUFFERED": "1"})
     quiet = QuietPolicy(budget_s=plan.quiet_budget_s)
     engine = Engine(log_dir, fleet.generators, plan.timing, plan.generators, plan.seed, quiet)
     try:
         with _stores(plan.stores, plan.postgres_server) as stores:
             _run_suites(plan, engine, fleet, stores, report)
+    except BaseException:
+        progress(f"the processes' logs are kept in {log_dir}")
+        raise
     finally:
         fleet.stop_all()
+    if plan.keep_logs:
+        progress(f"the processes' logs are kept in {log_dir}")
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)
     return report
 
 
