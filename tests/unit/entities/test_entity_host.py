@@ -17,6 +17,7 @@ from chiefofstate.core.headers import HeaderValue
 from chiefofstate.core.snapshots import SnapshotPolicy
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings
 from chiefofstate.entities.deadline import Deadline
+from chiefofstate.entities.entity import Entity
 from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
@@ -199,3 +200,24 @@ async def test_snapshots_follow_the_frequency_and_retention(tmp_path: Path) -> N
         assert [(row.sequence_number, row.deleted) for row in events] == [(8, True), (9, False), (10, False)]
         state = await rig.host.get_state("snap", rig.deadline())
         assert unpacked_int(state.state) == 10
+
+
+async def test_a_full_cache_evicts_the_oldest_idle_entity_without_scanning_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for rig in build_rig(tmp_path / "j.db", capacity=1_000):
+        for index in range(1_000):
+            await rig.command(f"old-{index}", 1)
+        inspected = 0
+
+        def counting_idle(entity: Entity, original: property = Entity.idle) -> bool:
+            nonlocal inspected
+            inspected += 1
+            return bool(original.fget(entity))  # type: ignore[misc]
+
+        monkeypatch.setattr(Entity, "idle", property(counting_idle))
+        await rig.command("newcomer", 1)
+        assert len(rig.host) == 1_000
+        assert "old-0" not in rig.host._entities and "newcomer" in rig.host._entities
+        # eviction looks at the least recently used entities only, not all 1,000 on every request
+        assert inspected <= 5
