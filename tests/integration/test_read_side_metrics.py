@@ -58,6 +58,9 @@ def test_read_side_metrics_follow_deliveries(
         return bool(lags) and all(value == 0 for value in lags.values()) and sum(offsets.values()) > 0
 
     wait_for(caught_up, what="offsets stored and lag back to 0")
+    text = httpx.get(f"http://127.0.0.1:{node.ports['metrics']}/metrics", timeout=5).text
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
+    assert len(families) == len(set(families)), "a metric family is exposed twice"
     series = scrape(node)
     assert series["cos_read_side_events_delivered_total"][(("read_side", "balances"),)] >= total
     assert series["cos_read_side_projections"][(("read_side", "balances"), ("state", "running"))] == 16

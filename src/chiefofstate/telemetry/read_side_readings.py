@@ -1,5 +1,5 @@
-"""Read-side series for Prometheus: states and counts read at scrape time, offsets, journal heads and
-lag refreshed by one owned task (a scrape cannot wait for the database)."""
+"""Read-side offsets, journal heads and lag for Prometheus, refreshed by one owned task (a scrape cannot
+wait for the database). States and delivery counts are read at scrape time (readside/readings.py)."""
 
 from __future__ import annotations
 
@@ -20,23 +20,6 @@ class ReadSideGauges:
         self._refresh_s = refresh_s
         self._views: list[ReadSideView] = []
         self._task: asyncio.Task[None] | None = None
-        metrics.read_at_scrape(
-            "cos_read_side_projections",
-            "Projections per read side in each state (running, paused, halted, stopped, restarting).",
-            runtime.state_counts,
-        )
-        metrics.read_at_scrape(
-            "cos_read_side_events_delivered",
-            "Events a read handler accepted.",
-            lambda: runtime.event_counts("delivered"),
-            monotonic=True,
-        )
-        metrics.read_at_scrape(
-            "cos_read_side_events_skipped",
-            "Events skipped by a failure policy or an operator.",
-            lambda: runtime.event_counts("skipped"),
-            monotonic=True,
-        )
         metrics.read_at_scrape(
             "cos_read_side_offset", "Stored offset (journal ordering) per shard.", self._offsets
         )
