@@ -158,20 +158,21 @@ def offsets(
 
 
 def _act(
-    verb: str,
-    all_shards: Callable[[ReadSideManagerServiceStub, str, float], Any],
-    one_shard: Callable[[ReadSideManagerServiceStub, str, int, float], Any],
-    read_side_id: str,
-    shard: int | None,
-    host: str,
-    port: int,
-    timeout: float,
+    verb: str, rpc: str, read_side_id: str, shard: int | None, host: str, port: int, timeout: float
 ) -> None:
+    """Call `rpc` (all shards) or `rpc + "ByShard"` (one shard) of the manager, then show the result.
+
+    The four actions' messages follow one naming pattern (`<Rpc>Request`, `<Rpc>ByShardRequest`,
+    SPEC.md §2.5), so the call is looked up by name rather than written out four times.
+    """
+
     def send(channel: grpc.Channel) -> Any:
         stub = ReadSideManagerServiceStub(channel)
         if shard is None:
-            return all_shards(stub, read_side_id, timeout)
-        return one_shard(stub, read_side_id, shard, timeout)
+            request = getattr(pb, f"{rpc}Request")(read_side_id=read_side_id)
+            return getattr(stub, rpc)(request, timeout=timeout)
+        request = getattr(pb, f"{rpc}ByShardRequest")(read_side_id=read_side_id, cluster_shard_number=shard)
+        return getattr(stub, f"{rpc}ByShard")(request, timeout=timeout)
 
     _call(host, port, send)
     where = "every shard" if shard is None else f"shard {shard}"
@@ -188,18 +189,7 @@ def pause(
     timeout: Timeout = 30.0,
 ) -> None:
     """Stop delivering; the paused flag is stored and survives restarts."""
-    _act(
-        "paused",
-        lambda stub, rs, t: stub.PauseReadSide(pb.PauseReadSideRequest(read_side_id=rs), timeout=t),
-        lambda stub, rs, s, t: stub.PauseReadSideByShard(
-            pb.PauseReadSideByShardRequest(read_side_id=rs, cluster_shard_number=s), timeout=t
-        ),
-        read_side_id,
-        shard,
-        host,
-        port,
-        timeout,
-    )
+    _act("paused", "PauseReadSide", read_side_id, shard, host, port, timeout)
 
 
 @app.command()
@@ -211,18 +201,7 @@ def resume(
     timeout: Timeout = 30.0,
 ) -> None:
     """Deliver again from the stored offset; also ends a halt (the failing event is retried)."""
-    _act(
-        "resumed",
-        lambda stub, rs, t: stub.ResumeReadSide(pb.ResumeReadSideRequest(read_side_id=rs), timeout=t),
-        lambda stub, rs, s, t: stub.ResumeReadSideByShard(
-            pb.ResumeReadSideByShardRequest(read_side_id=rs, cluster_shard_number=s), timeout=t
-        ),
-        read_side_id,
-        shard,
-        host,
-        port,
-        timeout,
-    )
+    _act("resumed", "ResumeReadSide", read_side_id, shard, host, port, timeout)
 
 
 @app.command()
@@ -234,18 +213,7 @@ def restart(
     timeout: Timeout = 30.0,
 ) -> None:
     """Delete the stored offset and replay the shard(s) from the oldest event."""
-    _act(
-        "restarted",
-        lambda stub, rs, t: stub.RestartReadSide(pb.RestartReadSideRequest(read_side_id=rs), timeout=t),
-        lambda stub, rs, s, t: stub.RestartReadSideByShard(
-            pb.RestartReadSideByShardRequest(read_side_id=rs, cluster_shard_number=s), timeout=t
-        ),
-        read_side_id,
-        shard,
-        host,
-        port,
-        timeout,
-    )
+    _act("restarted", "RestartReadSide", read_side_id, shard, host, port, timeout)
 
 
 @app.command()
@@ -257,15 +225,4 @@ def skip(
     timeout: Timeout = 30.0,
 ) -> None:
     """Move past the next unprocessed event of the shard(s) — the one a halted projection is stuck on."""
-    _act(
-        "skipped the next event of",
-        lambda stub, rs, t: stub.SkipOffset(pb.SkipOffsetRequest(read_side_id=rs), timeout=t),
-        lambda stub, rs, s, t: stub.SkipOffsetByShard(
-            pb.SkipOffsetByShardRequest(read_side_id=rs, cluster_shard_number=s), timeout=t
-        ),
-        read_side_id,
-        shard,
-        host,
-        port,
-        timeout,
-    )
+    _act("skipped the next event of", "SkipOffset", read_side_id, shard, host, port, timeout)
