@@ -47,23 +47,10 @@ async def open_journal(store: StoreSettings) -> Journal:
         from chiefofstate.journal.sqlite import SqliteJournal
 
         return await SqliteJournal.open(store.sqlite_path, migrations_initial_version=initial)
-    from chiefofstate.journal.postgres import PostgresJournal, PostgresSettings
+    from chiefofstate.journal.postgres import PostgresJournal, settings_from_config
 
-    pg = store.postgres
     return await PostgresJournal.open(
-        PostgresSettings(
-            host=pg.host,
-            port=pg.port,
-            database=pg.database,
-            user=pg.user,
-            password=pg.password,
-            schema=pg.schema,
-            pool_max_size=pg.pool_max_size,
-            pool_min_size=pg.pool_min_idle,
-            idle_timeout_ms=int(pg.pool_idle_timeout_s * 1000),
-            max_lifetime_ms=int(pg.pool_max_lifetime_s * 1000),
-            connect_timeout_s=pg.connect_timeout_s,
-        ),
+        settings_from_config(store.postgres),
         migrations_initial_version=initial,
     )
 

@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -47,6 +47,9 @@ _UNIQUE_VIOLATION = "23505"
 # pg_advisory_xact_lock key serialising migrations of nodes booting together ("cos_migr").
 _MIGRATION_LOCK_KEY = 0x636F735F6D696772
 # A first boot on a large upstream database builds an index; that must not hit the statement timeout.
+if TYPE_CHECKING:
+    from chiefofstate.config.settings import PostgresSettings as PostgresConfig
+
 _MIGRATION_STATEMENT_TIMEOUT_S = 3600.0
 _CLOSE_TIMEOUT_S = 10.0
 
@@ -72,6 +75,24 @@ class PostgresSettings:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}/{self.database}"
+
+
+def settings_from_config(config: PostgresConfig, *, pool_min_size: int | None = None) -> PostgresSettings:
+    """The COS_DB_* settings as this adapter takes them; `pool_min_size` overrides the configured minimum
+    (the read-side pool keeps fewer idle connections than the journal's)."""
+    return PostgresSettings(
+        host=config.host,
+        port=config.port,
+        database=config.database,
+        user=config.user,
+        password=config.password,
+        schema=config.schema,
+        pool_max_size=config.pool_max_size,
+        pool_min_size=config.pool_min_idle if pool_min_size is None else pool_min_size,
+        idle_timeout_ms=int(config.pool_idle_timeout_s * 1000),
+        max_lifetime_ms=int(config.pool_max_lifetime_s * 1000),
+        connect_timeout_s=config.connect_timeout_s,
+    )
 
 
 def quote_identifier(name: str) -> str:

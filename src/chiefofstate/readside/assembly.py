@@ -29,7 +29,7 @@ from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import (
     add_ReadSideAdminServiceServicer_to_server,
 )
 from chiefofstate.journal.port import Journal
-from chiefofstate.journal.postgres import PostgresSettings
+from chiefofstate.journal.postgres import PostgresSettings, settings_from_config
 from chiefofstate.readside.delivery import GuardedReadHandler
 from chiefofstate.readside.grpc_handler import GrpcReadHandler
 from chiefofstate.readside.handler import ReadHandler
@@ -57,19 +57,7 @@ class ReadSides:
 
 
 def postgres_settings(config: PostgresConfig) -> PostgresSettings:
-    return PostgresSettings(
-        host=config.host,
-        port=config.port,
-        database=config.database,
-        user=config.user,
-        password=config.password,
-        schema=config.schema,
-        pool_max_size=config.pool_max_size,
-        pool_min_size=min(1, config.pool_max_size),
-        idle_timeout_ms=int(config.pool_idle_timeout_s * 1000),
-        max_lifetime_ms=int(config.pool_max_lifetime_s * 1000),
-        connect_timeout_s=config.connect_timeout_s,
-    )
+    return settings_from_config(config, pool_min_size=min(1, config.pool_max_size))
 
 
 async def open_offset_store(store: StoreSettings) -> OffsetStore:
