@@ -120,8 +120,10 @@ class EntityHost:
     def _leave(self, entity: Entity) -> None:
         entity.users -= 1
         entity.last_used = self._clock()
-        if entity.state is None and entity.idle:
-            # never recovered (e.g. the store was down): keep no empty shell around
+        if entity.idle and (entity.state is None or entity.state.meta.revision_number == 0):
+            # Nothing worth caching: never recovered (the store was down), or an entity without events
+            # (GetState of an unknown id, a no-op). Keeping these would let lookups of random ids fill
+            # the cache and evict real entities.
             self._forget(entity)
         self._evict_over_capacity()
 

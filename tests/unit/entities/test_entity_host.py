@@ -221,3 +221,12 @@ async def test_a_full_cache_evicts_the_oldest_idle_entity_without_scanning_the_r
         assert "old-0" not in rig.host._entities and "newcomer" in rig.host._entities
         # eviction looks at the least recently used entities only, not all 1,000 on every request
         assert inspected <= 5
+
+
+async def test_lookups_of_entities_without_events_do_not_fill_the_cache(rig: Rig) -> None:
+    await rig.command("real", 1)
+    for index in range(50):
+        with pytest.raises(NotFound):
+            await rig.host.get_state(f"unknown-{index}", rig.deadline())
+    assert await rig.command("quiet", 0) == 0  # a no-op on a new entity
+    assert len(rig.host) == 1  # only the entity with events stays cached
