@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
+
+_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -78,7 +81,6 @@ class Tracing:
         self._provider = provider
         self.tracer = provider.get_tracer("chiefofstate")
 
-    @contextlib.contextmanager
     def span(
         self,
         name: str,
@@ -87,14 +89,26 @@ class Tracing:
         parent: Context | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
         links: Sequence[Link] = (),
-    ) -> Iterator[trace.Span | None]:
-        """A span made current for the block; None (and no work at all) when tracing is off.
+    ) -> AbstractContextManager[trace.Span | None]:
+        """A span made current for the block; None when tracing is off.
 
-        An exception leaving the block marks the span as an error with the failure's status name.
+        Off, this returns one shared do-nothing context manager: the command path creates several spans
+        per command, and a generator per span would be paid even with tracing off.
         """
         if not self.enabled:
-            yield None
-            return
+            return _NO_SPAN
+        return self._recorded_span(name, kind, parent, attributes, links)
+
+    @contextlib.contextmanager
+    def _recorded_span(
+        self,
+        name: str,
+        kind: SpanKind,
+        parent: Context | None,
+        attributes: Mapping[str, AttributeValue] | None,
+        links: Sequence[Link],
+    ) -> Iterator[trace.Span]:
+        """An exception leaving the block marks the span as an error with the failure's status name."""
         with self.tracer.start_as_current_span(
             name, context=parent, kind=kind, attributes=attributes, links=links, record_exception=False
         ) as span:
