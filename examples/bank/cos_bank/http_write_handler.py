@@ -27,7 +27,6 @@ TEST HOOKS — the same variables as the gRPC variant (see write_handler.py), ne
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
@@ -56,9 +55,8 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
 )
 from cos_bank.domain import BankError, decide, evolve
 from cos_bank.gen.bank.v1 import bank_pb2
-from cos_bank.write_handler import FaultInjection, injected_event_fault
+from cos_bank.write_handler import FaultInjection, handler_main, injected_event_fault
 
-DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 50052
 
 # TEST HOOK amounts (cents), honoured only with BANK_HANDLER_FAULTS=1
@@ -245,29 +243,13 @@ async def _run_until_signalled(host: str, port: int, faults: FaultInjection) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m cos_bank.http_write_handler`; returns the exit code."""
-    parser = argparse.ArgumentParser(
+    return handler_main(
+        argv,
         prog="python -m cos_bank.http_write_handler",
         description="Bank example write handler for Chief of State (HTTP write-side protocol).",
+        default_port=DEFAULT_PORT,
+        run=_run_until_signalled,
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=DEFAULT_PORT,
-        help=f"port to listen on, 0 = any free one (default {DEFAULT_PORT})",
-    )
-    args = parser.parse_args(argv)
-    try:
-        faults = FaultInjection.from_environment()
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(_run_until_signalled(args.host, args.port, faults))
-    except OSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

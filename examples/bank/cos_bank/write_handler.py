@@ -38,7 +38,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
@@ -281,18 +281,23 @@ async def _run_until_signalled(host: str, port: int, faults: FaultInjection) -> 
         await running.stop()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m cos_bank.write_handler`; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m cos_bank.write_handler",
-        description="Bank example write handler for Chief of State (gRPC WriteSideHandlerService).",
-    )
+def handler_main(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    default_port: int,
+    run: Callable[[str, int, FaultInjection], Coroutine[Any, Any, None]],
+) -> int:
+    """The command line shared by the bank's write handlers (gRPC and HTTP); returns the exit code:
+    0 after SIGTERM/SIGINT, 1 when the address cannot be bound, 2 for a bad test-hook variable."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument(
         "--port",
         type=int,
-        default=DEFAULT_PORT,
-        help=f"port to listen on, 0 = any free one (default {DEFAULT_PORT})",
+        default=default_port,
+        help=f"port to listen on, 0 = any free one (default {default_port})",
     )
     args = parser.parse_args(argv)
     try:
@@ -301,11 +306,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_run_until_signalled(args.host, args.port, faults))
+        asyncio.run(run(args.host, args.port, faults))
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m cos_bank.write_handler`; returns the exit code."""
+    return handler_main(
+        argv,
+        prog="python -m cos_bank.write_handler",
+        description="Bank example write handler for Chief of State (gRPC WriteSideHandlerService).",
+        default_port=DEFAULT_PORT,
+        run=_run_until_signalled,
+    )
 
 
 if __name__ == "__main__":
