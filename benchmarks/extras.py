@@ -352,15 +352,14 @@ class _Spy:
 class Variant:
     label: str
     node_variant: str = ""  # names from benchmarks/variants.py
-    loop: str = "asyncio"  # the floor and echo run on the node's loop, always
+    loop: str = "uvloop"  # the floor and echo run on the node's loop, always
     env: tuple[tuple[str, str], ...] = ()
 
 
 VARIANTS = (
     Variant("stock"),
-    Variant("uvloop", "uvloop", "uvloop"),
+    Variant("COS_EVENT_LOOP=asyncio", loop="asyncio", env=(("COS_EVENT_LOOP", "asyncio"),)),
     Variant("gc tuned", "gc"),
-    Variant("uvloop + gc tuned", "uvloop,gc", "uvloop"),
     Variant("COS_GRPC_CLIENT_POOL_SIZE=2", env=(("COS_GRPC_CLIENT_POOL_SIZE", "2"),)),
     Variant("COS_DB_POOL_MAX_SIZE=2", env=(("COS_DB_POOL_MAX_SIZE", "2"),)),
 )

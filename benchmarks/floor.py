@@ -3,7 +3,8 @@
 `--mode floor` serves `ProcessCommand` the way the node does on the wire: one unary call in, then
 `HandleCommand` and `HandleEvent` to the write handler over one channel built with the node's options and
 deadline, and a reply of the node's size. `--mode echo` answers every call from a constant (a bare unary
-server, the ceiling for `GetState`). Both run on the default asyncio loop and the same grpcio as the node.
+server, the ceiling for `GetState`). Both run on the node's event loop (uvloop, as `cos serve` does) and
+the same grpcio as the node.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--handler", default="", help="HOST:PORT of the write handler (floor mode)")
     parser.add_argument("--pool-size", type=int, default=1, help="as COS_GRPC_CLIENT_POOL_SIZE")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="as the node's loop")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop", help="as the node's loop")
     args = parser.parse_args()
     if args.mode == "floor" and not args.handler:
         parser.error("--mode floor needs --handler")

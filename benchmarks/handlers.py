@@ -1,7 +1,7 @@
 """The minimal write handler: one constant event per command, one constant state per event, no logic.
 
 Run as `python -m benchmarks.handlers --port N`; prints `listening on HOST:PORT` once it accepts calls and
-stops on SIGTERM or SIGINT. It runs on the default asyncio loop, as the node does.
+stops on SIGTERM or SIGINT. It runs on uvloop, as the node does.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from grpc import aio
 
 from benchmarks.messages import EVENT, SERVER_OPTIONS, STATE
+from chiefofstate.event_loop import run_on_event_loop
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleCommandRequest,
     HandleCommandResponse,
@@ -64,12 +65,8 @@ async def _main(host: str, port: int) -> None:
 
 
 def run_on_loop(loop: str, main: Coroutine[Any, Any, None]) -> None:
-    """`asyncio` is the stock loop `cos serve` uses; `uvloop` only for the uvloop experiment."""
-    if loop == "uvloop":
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(main)
+    """`uvloop` is the loop `cos serve` uses by default; `asyncio` for the COS_EVENT_LOOP=asyncio variant."""
+    run_on_event_loop(main, loop)
 
 
 def main() -> None:
@@ -77,7 +74,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    run_on_loop("asyncio", _main(args.host, args.port))
+    run_on_loop("uvloop", _main(args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ class Fleet:
             name, lambda port: [sys.executable, "-m", "benchmarks.handlers", "--port", str(port)]
         )
 
-    def start_floor(self, mode: str, handler: Process | None = None, loop: str = "asyncio") -> Process:
+    def start_floor(self, mode: str, handler: Process | None = None, loop: str = "uvloop") -> Process:
         def args(port: int) -> list[str]:
             command = [sys.executable, "-m", "benchmarks.floor", "--mode", mode, "--port", str(port)]
             command += ["--loop", loop]

@@ -7,17 +7,9 @@ backs (or refutes) the recommendation in docs/performance.md.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import sys
 from collections.abc import Callable
-
-
-def use_uvloop() -> None:
-    """Run the node's event loop on uvloop (proposal: `cos serve` installs it when available)."""
-    import uvloop
-
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def tune_gc() -> None:
@@ -27,7 +19,7 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-VARIANTS: dict[str, Callable[[], None]] = {"uvloop": use_uvloop, "gc": tune_gc}
+VARIANTS: dict[str, Callable[[], None]] = {"gc": tune_gc}
 
 
 def main() -> None:

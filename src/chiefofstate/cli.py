@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ from rich.table import Table
 from chiefofstate.cli_readside import app as readside_app
 from chiefofstate.config.settings import Settings, load_logging_settings, load_settings
 from chiefofstate.core.errors import ConfigError, CosError
+from chiefofstate.event_loop import run_on_event_loop
 from chiefofstate.telemetry.logging import configure_logging
 
 app = typer.Typer(
@@ -38,12 +38,12 @@ def _settings(*, require_write_side: bool) -> Settings:
         raise typer.Exit(CONFIG_ERROR_EXIT) from None
 
 
-def _run(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
+def _run(coroutine_factory: Callable[[], Awaitable[T]], event_loop: str = "asyncio") -> T:
     async def runner() -> T:
         return await coroutine_factory()
 
     try:
-        return asyncio.run(runner())
+        return run_on_event_loop(runner(), event_loop)
     except CosError as error:
         print(f"error: {error}", file=sys.stderr)
         raise typer.Exit(1) from None
@@ -57,7 +57,7 @@ def serve() -> None:
         print(f"warning: {warning}", file=sys.stderr)
     from chiefofstate.node import run_until_signalled
 
-    _run(lambda: run_until_signalled(settings))
+    _run(lambda: run_until_signalled(settings), settings.server.event_loop)
 
 
 @app.command()

@@ -92,6 +92,7 @@ def test_header_lists_and_validation_lists_are_parsed() -> None:
         ("COS_SNAPSHOT_FREQUENCY", "0", "at least 1"),
         ("COS_DISABLE_SNAPSHOT", "maybe", "true or false"),
         ("COS_GRPC_CLIENT_POOL_SIZE", "0", "at least 1"),
+        ("COS_EVENT_LOOP", "trio", "one of uvloop, asyncio"),
     ],
 )
 def test_invalid_values_name_the_variable(variable: str, value: str, message: str) -> None:
@@ -158,3 +159,8 @@ def test_subscription_bounds_must_be_positive(variable: str) -> None:
 def test_subscriptions_without_a_grpc_server_produce_a_warning() -> None:
     settings = load(COS_SERVER_PROTOCOL="http", COS_SUBSCRIPTION_ENABLED="true")
     assert any("COS_SUBSCRIPTION_ENABLED has no effect" in warning for warning in settings.warnings)
+
+
+def test_the_event_loop_is_uvloop_unless_asyncio_is_asked_for() -> None:
+    assert load().server.event_loop == "uvloop"
+    assert load(COS_EVENT_LOOP="asyncio").server.event_loop == "asyncio"

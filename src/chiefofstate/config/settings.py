@@ -89,6 +89,7 @@ class ServerSettings:
     shutdown_timeout_s: float
     prometheus_port: int
     health_check_interval_s: float
+    event_loop: str = "uvloop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,7 @@ def _server(env: Env) -> ServerSettings:
         shutdown_timeout_s=env.duration("COS_SHUTDOWN_TIMEOUT", "20s"),
         prometheus_port=env.port("COS_PROMETHEUS_PORT", 9102),
         health_check_interval_s=env.duration("COS_HEALTH_CHECK_INTERVAL", "2s"),
+        event_loop=env.choice("COS_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
     )
 
 
