@@ -61,7 +61,7 @@ async def read_state(settings: Settings, entity_id: str) -> dict[str, str] | Non
         await journal.close()
     if stored is None:
         return None
-    state = state_from_stored(entity_id, stored)
+    state = state_from_stored(entity_id, stored).decode()
     return {
         "entity id": entity_id,
         "state type": state.state.type_url,

@@ -25,6 +25,7 @@ from chiefofstate.journal.port import Journal
 from chiefofstate.readside.assembly import ReadSides, open_read_sides
 from chiefofstate.subscription.hub import SubscriptionHub
 from chiefofstate.tasks import cancel_and_wait
+from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.read_side_readings import ReadSideGauges
 from chiefofstate.telemetry.readings import register_node_readings
@@ -230,6 +231,7 @@ class Node:
                 server.max_message_bytes,
                 # ReadSideManagerService only with COS_READ_SIDE_ENABLED=true (SPEC.md §1).
                 extra_services=self.read_sides.services if self.read_sides is not None else (),
+                metrics=GrpcServerMetrics(metrics),
             )
             await grpc_server.start()
             serving.append(f"gRPC on {server.address}:{grpc_server.port}")

@@ -163,14 +163,16 @@ async def test_shard_progress_reports_the_head_and_counts_pending_events_up_to_a
     assert await stores.offsets.shard_progress(1, 0, 100) == ShardProgress(head=0, pending=0)
     for revision in range(5):
         result = await stores.journal.append_batch(
-            [AppendRequest(f"entity-{revision % 2}", 1, revision // 2, [b"event"], 1, "writer")]
+            [AppendRequest(f"entity-{revision % 2}", 1, revision // 2, [b"event"], 1000 + revision, "writer")]
         )
         assert result == [None]
     orderings = [row.ordering for row in await stores.journal.read_shard(1, 0, 100)]
     assert len(orderings) == 5
-    assert await stores.offsets.shard_progress(1, 0, 100) == ShardProgress(orderings[-1], 5)
-    assert await stores.offsets.shard_progress(1, orderings[1], 100) == ShardProgress(orderings[-1], 3)
-    assert await stores.offsets.shard_progress(1, 0, 2) == ShardProgress(orderings[-1], 2)
+    # the write time of the first event after the offset: how long the shard has waited (lag seconds)
+    assert await stores.offsets.shard_progress(1, 0, 100) == ShardProgress(orderings[-1], 5, 1000)
+    assert await stores.offsets.shard_progress(1, orderings[1], 100) == ShardProgress(orderings[-1], 3, 1002)
+    assert await stores.offsets.shard_progress(1, 0, 2) == ShardProgress(orderings[-1], 2, 1000)
+    assert await stores.offsets.shard_progress(1, orderings[-1], 100) == ShardProgress(orderings[-1], 0)
     assert await stores.offsets.shard_progress(0, 0, 100) == ShardProgress(0, 0)
 
 

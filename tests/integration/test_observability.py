@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from cos_bank import client as bank
@@ -30,6 +31,8 @@ from tests.support.postgres import ThrowawayServer, throwaway_server
 from tests.support.readside_processes import FAST, read_side
 
 pytestmark = pytest.mark.integration
+
+COS_SERVICE = "chief_of_state.v1.ChiefOfStateService"
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
@@ -180,6 +183,14 @@ async def test_metrics_move_with_commands_failures_and_the_cache(node_factory: N
                 pb.ProcessCommandRequest(entity_id="m-0", command=bank.withdraw(99)), timeout=10
             )
         await cos.GetState(pb.GetStateRequest(entity_id="m-1"), timeout=10)
+        with pytest.raises(aio.AioRpcError) as invalid:
+            await cos.ProcessCommand(
+                pb.ProcessCommandRequest(entity_id="", command=bank.open_account("M", 10)), timeout=10
+            )
+        assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(aio.AioRpcError) as missing:
+            await cos.GetState(pb.GetStateRequest(entity_id="never-created"), timeout=10)
+        assert missing.value.code() is grpc.StatusCode.NOT_FOUND
     after = await scrape(node)
     opened = (
         ("rpc", "ProcessCommand"),
@@ -211,7 +222,38 @@ async def test_metrics_move_with_commands_failures_and_the_cache(node_factory: N
     assert after[("cos_journal_append_batch_size_count", ())] >= 1
     assert after[("cos_journal_append_batch_size_sum", ())] == 5  # five commands appended, in some batches
     assert after[("cos_entities_cached", ())] == 5
-    assert after[("cos_entity_recoveries_total", ())] == 5
+    # the five new accounts, and the journal read that found nothing for "never-created"
+    assert after[("cos_entity_recoveries_total", ())] == 6
+
+    # gRPC server metrics (go-grpc-prometheus names), for every method the node serves
+    def grpc_series(
+        name: str, method: str, code: str | None = None
+    ) -> tuple[str, tuple[tuple[str, str], ...]]:
+        labels = {"grpc_type": "unary", "grpc_service": COS_SERVICE, "grpc_method": method}
+        if code is not None:
+            labels["grpc_code"] = code
+        return (name, tuple(sorted(labels.items())))
+
+    def moved(key: tuple[str, tuple[tuple[str, str], ...]]) -> float:
+        return after[key] - before.get(key, 0)
+
+    assert moved(grpc_series("grpc_server_started_total", "ProcessCommand")) == 7
+    assert moved(grpc_series("grpc_server_handled_total", "ProcessCommand", "OK")) == 5
+    assert moved(grpc_series("grpc_server_handled_total", "ProcessCommand", "FAILED_PRECONDITION")) == 1
+    assert moved(grpc_series("grpc_server_handled_total", "ProcessCommand", "INVALID_ARGUMENT")) == 1
+    assert moved(grpc_series("grpc_server_handling_seconds_count", "ProcessCommand")) == 7
+    assert moved(grpc_series("grpc_server_handled_total", "GetState", "OK")) == 1
+    assert moved(grpc_series("grpc_server_handled_total", "GetState", "NOT_FOUND")) == 1
+    # methods not called yet are exposed at 0 (so rate() sees their first call), streams included
+    assert before[grpc_series("grpc_server_handled_total", "Unsubscribe", "OK")] == 0
+    subscribe = (("grpc_method", "Subscribe"), ("grpc_service", COS_SERVICE), ("grpc_type", "server_stream"))
+    assert before[("grpc_server_msg_sent_total", subscribe)] == 0
+    health_check = (
+        ("grpc_method", "Check"),
+        ("grpc_service", "grpc.health.v1.Health"),
+        ("grpc_type", "unary"),
+    )
+    assert ("grpc_server_started_total", health_check) in after
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ class MemoryJournal:
         self._revisions: dict[str, int] = {}
         self.failures_left = 0  # read_shard raises StoreUnavailable this many times
 
-    def append(self, entity_id: str, shard: int, count: int = 1) -> list[JournalRow]:
+    def append(self, entity_id: str, shard: int, count: int = 1, written_ms: int = 0) -> list[JournalRow]:
         added = []
         for _ in range(count):
             revision = self._revisions.get(entity_id, 0) + 1
@@ -48,7 +48,7 @@ class MemoryJournal:
                 sequence_number=revision,
                 shard=shard,
                 deleted=False,
-                write_timestamp_ms=0,
+                write_timestamp_ms=written_ms,
                 payload=wrapper.SerializeToString(),
             )
             self.rows.append(row)
@@ -129,7 +129,11 @@ class MemoryOffsetStore:
     async def shard_progress(self, shard: int, after_offset: int, count_limit: int) -> ShardProgress:
         rows = [row for row in (self.journal.rows if self.journal else []) if row.shard == shard]
         pending = [row for row in rows if row.ordering > after_offset]
-        return ShardProgress(rows[-1].ordering if rows else 0, min(len(pending), count_limit))
+        return ShardProgress(
+            rows[-1].ordering if rows else 0,
+            min(len(pending), count_limit),
+            pending[0].write_timestamp_ms if pending else None,
+        )
 
     async def close(self) -> None:
         pass

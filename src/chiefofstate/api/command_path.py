@@ -21,8 +21,8 @@ from chiefofstate.core.command_rules import validate_entity_id
 from chiefofstate.core.errors import Code, CosError
 from chiefofstate.core.headers import Metadata
 from chiefofstate.entities.deadline import Deadline
+from chiefofstate.entities.entity import EntityState
 from chiefofstate.entities.host import EntityHost
-from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import SPAN_GET_STATE, SPAN_PROCESS_COMMAND, TRACING_OFF, Tracing
 
@@ -86,7 +86,7 @@ class CommandPath:
 
     async def process_command(
         self, entity_id: str, command: AnyProto, metadata: Metadata, caller_left_s: float | None
-    ) -> StateWrapper:
+    ) -> EntityState:
         """The entity's new state; any failure is raised as a CosError and logged once."""
 
         def report(error: CosError, unexpected: bool) -> None:
@@ -108,12 +108,12 @@ class CommandPath:
                 entity_id, command, metadata, self._deadline(caller_left_s)
             )
             if span is not None:
-                span.set_attribute("cos.revision", state.meta.revision_number)
+                span.set_attribute("cos.revision", state.revision)
             return state
 
     async def get_state(
         self, entity_id: str, caller_left_s: float | None, metadata: Metadata = ()
-    ) -> StateWrapper:
+    ) -> EntityState:
         def report(error: CosError, unexpected: bool) -> None:
             if error.code is not Code.NOT_FOUND:
                 log.warning(
@@ -129,5 +129,5 @@ class CommandPath:
             validate_entity_id(entity_id)
             state = await self._host.get_state(entity_id, self._deadline(caller_left_s))
             if span is not None:
-                span.set_attribute("cos.revision", state.meta.revision_number)
+                span.set_attribute("cos.revision", state.revision)
             return state

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import grpc
 from grpc import aio
 
 from chiefofstate.api.command_path import CommandPath
@@ -10,10 +13,17 @@ from chiefofstate.api.subscription_rpcs import SUBSCRIPTIONS_OFF, SubscriptionRp
 from chiefofstate.core.errors import CosError
 from chiefofstate.core.headers import HeaderValue
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
-from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceServicer
 from chiefofstate.subscription.hub import SubscriptionHub
 
-__all__ = ["SUBSCRIPTIONS_OFF", "ChiefOfStateService", "request_metadata"]
+__all__ = [
+    "COS_SERVICE_NAME",
+    "SUBSCRIPTIONS_OFF",
+    "ChiefOfStateService",
+    "add_to_server",
+    "request_metadata",
+]
+
+COS_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChiefOfStateService"].full_name
 
 Context = aio.ServicerContext[object, object]
 
@@ -22,14 +32,15 @@ def request_metadata(context: Context) -> list[tuple[str, HeaderValue]]:
     return [(key, value) for key, value in context.invocation_metadata() or ()]
 
 
-class ChiefOfStateService(ChiefOfStateServiceServicer):
+class ChiefOfStateService:
+    """`ProcessCommand` and `GetState` answer with the entity's cached reply bytes (entities/entity.py,
+    `EntityState`), registered without a response serializer by `add_to_server`."""
+
     def __init__(self, commands: CommandPath, subscriptions: SubscriptionHub | None = None) -> None:
         self._commands = commands
         self._subscriptions = SubscriptionRpcs(subscriptions)
 
-    async def ProcessCommand(
-        self, request: pb.ProcessCommandRequest, context: Context
-    ) -> pb.ProcessCommandResponse:
+    async def ProcessCommand(self, request: pb.ProcessCommandRequest, context: Context) -> bytes:
         try:
             state = await self._commands.process_command(
                 request.entity_id, request.command, request_metadata(context), context.time_remaining()
@@ -37,9 +48,9 @@ class ChiefOfStateService(ChiefOfStateServiceServicer):
         except CosError as error:
             await abort_with(context, error)
             raise  # abort raises; this line only satisfies the type checker
-        return pb.ProcessCommandResponse(state=state.state, meta=state.meta)
+        return state.reply
 
-    async def GetState(self, request: pb.GetStateRequest, context: Context) -> pb.GetStateResponse:
+    async def GetState(self, request: pb.GetStateRequest, context: Context) -> bytes:
         try:
             state = await self._commands.get_state(
                 request.entity_id, context.time_remaining(), request_metadata(context)
@@ -47,18 +58,14 @@ class ChiefOfStateService(ChiefOfStateServiceServicer):
         except CosError as error:
             await abort_with(context, error)
             raise
-        return pb.GetStateResponse(state=state.state, meta=state.meta)
+        return state.reply
 
-    # Server-streaming rpcs written as coroutines with context.write (grpc's reader/writer API), so
-    # the generated base class's iterator return type does not fit; see subscription_rpcs.py.
-    async def Subscribe(  # type: ignore[override]
-        self, request: pb.SubscribeRequest, context: Context
-    ) -> None:
+    # Server-streaming rpcs written as coroutines with context.write (grpc's reader/writer API);
+    # see subscription_rpcs.py.
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Context) -> None:
         await self._subscriptions.subscribe(request, context)
 
-    async def SubscribeAll(  # type: ignore[override]
-        self, request: pb.SubscribeAllRequest, context: Context
-    ) -> None:
+    async def SubscribeAll(self, request: pb.SubscribeAllRequest, context: Context) -> None:
         await self._subscriptions.subscribe_all(request, context)
 
     async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Context) -> pb.UnsubscribeResponse:
@@ -70,3 +77,30 @@ class ChiefOfStateService(ChiefOfStateServiceServicer):
     ) -> pb.UnsubscribeAllResponse:
         subscription_id = await self._subscriptions.unsubscribe(request.subscription_id, context)
         return pb.UnsubscribeAllResponse(subscription_id=subscription_id)
+
+
+def add_to_server(service: ChiefOfStateService, server: aio.Server) -> None:
+    """Registers the service as the generated `add_ChiefOfStateServiceServicer_to_server` would, except
+    that ProcessCommand and GetState have no response serializer: their replies are already bytes."""
+    unary = grpc.unary_unary_rpc_method_handler
+    streaming = grpc.unary_stream_rpc_method_handler
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "ProcessCommand": unary(service.ProcessCommand, pb.ProcessCommandRequest.FromString, None),
+        "GetState": unary(service.GetState, pb.GetStateRequest.FromString, None),
+        "Subscribe": streaming(
+            service.Subscribe, pb.SubscribeRequest.FromString, pb.SubscribeResponse.SerializeToString
+        ),
+        "SubscribeAll": streaming(
+            service.SubscribeAll, pb.SubscribeAllRequest.FromString, pb.SubscribeAllResponse.SerializeToString
+        ),
+        "Unsubscribe": unary(
+            service.Unsubscribe, pb.UnsubscribeRequest.FromString, pb.UnsubscribeResponse.SerializeToString
+        ),
+        "UnsubscribeAll": unary(
+            service.UnsubscribeAll,
+            pb.UnsubscribeAllRequest.FromString,
+            pb.UnsubscribeAllResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(COS_SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(COS_SERVICE_NAME, handlers)

@@ -1,4 +1,5 @@
-"""Builds the node's gRPC server: the CoS service, standard health and server reflection (D11)."""
+"""Builds the node's gRPC server: the CoS service, standard health and server reflection (D11), with
+server metrics for every method when given a GrpcServerMetrics interceptor."""
 
 from __future__ import annotations
 
@@ -8,11 +9,8 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from chiefofstate.api.cos_service import ChiefOfStateService
-from chiefofstate.gen.chief_of_state.v1 import service_pb2
-from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import add_ChiefOfStateServiceServicer_to_server
-
-COS_SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["ChiefOfStateService"].full_name
+from chiefofstate.api.cos_service import COS_SERVICE_NAME, ChiefOfStateService, add_to_server
+from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics
 
 # (full service name, function adding its servicer to the server): services only some nodes serve,
 # such as ReadSideManagerService with COS_READ_SIDE_ENABLED=true (SPEC.md §1).
@@ -27,24 +25,27 @@ class GrpcServer:
         port: int,
         max_message_bytes: int,
         extra_services: Sequence[ServiceRegistration] = (),
+        metrics: GrpcServerMetrics | None = None,
     ) -> None:
         self._server = aio.server(
+            interceptors=[metrics] if metrics is not None else None,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 # A restarted node must be able to rebind at once; two live nodes must not share a port.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
-        add_ChiefOfStateServiceServicer_to_server(service, self._server)
+        add_to_server(service, self._server)
         for _, register in extra_services:
             register(self._server)
         self._service_names = [COS_SERVICE_NAME, *(name for name, _ in extra_services)]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
-        )
+        served = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(served, self._server)
+        if metrics is not None:
+            metrics.initialize(served)
         self.port = self._server.add_insecure_port(f"{address}:{port}")
         if self.port == 0:
             raise OSError(f"cannot bind the gRPC port {address}:{port}")

@@ -145,7 +145,7 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
             state = await commands.process_command(entity_id, command_request.command, metadata, None)
         except CosError as error:
             return failure_response(error)
-        return JSONResponse(message_to_json(pb.ProcessCommandResponse(state=state.state, meta=state.meta)))
+        return JSONResponse(message_to_json(pb.ProcessCommandResponse.FromString(state.reply)))
 
     @app.get(
         "/v1/entities/{entityId:path}/state",
@@ -158,7 +158,7 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
             state = await commands.get_state(entity_id, None, _trace_metadata(request))
         except CosError as error:
             return failure_response(error)
-        return JSONResponse(message_to_json(pb.GetStateResponse(state=state.state, meta=state.meta)))
+        return JSONResponse(message_to_json(pb.GetStateResponse.FromString(state.reply)))
 
     return app
 

@@ -18,13 +18,14 @@ from chiefofstate.core.command_rules import (
     next_event_meta,
     resulting_state_or_fail,
 )
-from chiefofstate.core.errors import Internal
+from chiefofstate.core.errors import Internal, StoreUnavailable
 from chiefofstate.core.headers import Metadata, select_headers, to_persisted_headers
-from chiefofstate.entities.deadline import Deadline, wait_to_the_end
-from chiefofstate.entities.entity import Entity
+from chiefofstate.entities.deadline import Deadline
+from chiefofstate.entities.entity import Entity, EntityState
 from chiefofstate.entities.recovery import recover
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
+from chiefofstate.gen.chief_of_state.v1.service_pb2 import GetStateResponse
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandRequest, HandleEventRequest
 from chiefofstate.journal.port import AppendRequest, Journal
 from chiefofstate.telemetry.tracing import (
@@ -43,7 +44,9 @@ MAX_REVISION = 2**32 - 1  # MetaData.revision_number is a uint32
 
 
 class Appender(Protocol):
-    async def append(self, request: AppendRequest) -> None: ...
+    def submit(self, request: AppendRequest) -> asyncio.Future[Exception | None]:
+        """Queue the request; the future's result is None once committed, else the failure."""
+        ...
 
 
 class CommitListener(Protocol):
@@ -88,39 +91,53 @@ class CommandProcessor:
         self._wall_clock_ns = wall_clock_ns
         self._listeners = tuple(listeners)
 
-    async def ensure_recovered(self, entity: Entity) -> StateWrapper:
-        if entity.state is None:
+    async def ensure_recovered(self, entity: Entity) -> EntityState:
+        state = entity.state
+        if state is None:
             with self._tracing.span(SPAN_RECOVERY, attributes={"cos.entity_id": entity.entity_id}):
-                entity.state = await recover(self._journal, entity.entity_id)
-            entity.writer_id = str(uuid.uuid4())  # upstream writes one writer id per incarnation
+                state = await recover(self._journal, entity.entity_id)
+            entity.state = state
+            entity.writer_id = ""  # a new incarnation: its first append draws a new writer id
             self.recoveries += 1
-        return entity.state
+        return state
 
     async def process(
         self, entity: Entity, command: AnyProto, metadata: Metadata, deadline: Deadline
-    ) -> StateWrapper:
-        prior = await self.ensure_recovered(entity)
+    ) -> EntityState:
+        current = await self.ensure_recovered(entity)
+        prior = current.decode()
         with self._tracing.span(SPAN_REMOTE_CALLS):
             wrappers = await self._decide(prior, command, metadata, deadline)
         if not wrappers:
-            return prior  # a no-op persists nothing and consumes no revision (§3.7)
+            return current  # a no-op persists nothing and consumes no revision (§3.7)
         deadline.check("before the append")
+        if not entity.writer_id:
+            entity.writer_id = str(uuid.uuid4())  # upstream writes one writer id per incarnation
         request = AppendRequest(
             entity_id=entity.entity_id,
             shard=entity.shard,
-            expected_sequence=prior.meta.revision_number,
+            expected_sequence=current.revision,
             events=[wrapper.SerializeToString() for wrapper in wrappers],
             write_timestamp_ms=self._wall_clock_ns() // 1_000_000,
             writer=entity.writer_id,
         )
         with self._tracing.span(SPAN_PERSIST, attributes={"cos.event_count": len(wrappers)}):
-            # Once the append starts, its outcome is waited for even if the caller goes away (D4).
-            return await wait_to_the_end(
-                asyncio.ensure_future(self._append_and_apply(entity, request, wrappers))
-            )
+            outcome = self._appender.submit(request)
+            # Decision D4: once queued, the append's outcome is waited for even if the caller goes away,
+            # so the entity never starts its next command while this one's append is in flight.
+            caller_cancelled = False
+            while not outcome.done():
+                try:
+                    await asyncio.shield(outcome)
+                except asyncio.CancelledError:
+                    caller_cancelled = True
+            state = self._apply(entity, request, wrappers, outcome)
+        if caller_cancelled:
+            raise asyncio.CancelledError
+        return state
 
     async def _decide(
-        self, prior: StateWrapper, command: AnyProto, metadata: Metadata, deadline: Deadline
+        self, prior: GetStateResponse, command: AnyProto, metadata: Metadata, deadline: Deadline
     ) -> list[EventWrapper]:
         """HandleCommand, then HandleEvent for each event in turn: the events to append, [] for a no-op."""
         settings = self._settings
@@ -157,18 +174,26 @@ class CommandProcessor:
             wrappers.append(EventWrapper(event=event, resulting_state=state, meta=meta))
         return wrappers
 
-    async def _append_and_apply(
-        self, entity: Entity, request: AppendRequest, wrappers: list[EventWrapper]
-    ) -> StateWrapper:
-        try:
-            await self._appender.append(request)
-        except BaseException:
+    def _apply(
+        self,
+        entity: Entity,
+        request: AppendRequest,
+        wrappers: list[EventWrapper],
+        outcome: asyncio.Future[Exception | None],
+    ) -> EntityState:
+        failure = (
+            StoreUnavailable("the journal writer stopped; the outcome of the append is unknown")
+            if outcome.cancelled()
+            else outcome.result()
+        )
+        if failure is not None:
             # The outcome may be unknown (a connection lost during commit): forget the cached state
             # so the next command reads the truth from the journal.
             entity.state = None
-            raise
+            raise failure
         last = wrappers[-1]
-        entity.state = StateWrapper(state=last.resulting_state, meta=last.meta)
+        state = EntityState.of(last.resulting_state, last.meta)
+        entity.state = state
         for listener in self._listeners:
             try:
                 listener.on_committed(entity.entity_id, entity.shard, wrappers)
@@ -176,7 +201,7 @@ class CommandProcessor:
                 # The events are committed: the reply must say so whatever a listener does.
                 log.exception("commit listener %r failed for %s", listener, entity.entity_id)
         self._offer_snapshot(request, wrappers)
-        return entity.state
+        return state
 
     def _offer_snapshot(self, request: AppendRequest, wrappers: list[EventWrapper]) -> None:
         first = request.expected_sequence + 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -28,24 +27,3 @@ class Deadline:
                 f"deadline exceeded {stage}; the command was abandoned and nothing was written"
             )
         return left
-
-
-async def wait_to_the_end(task: asyncio.Future[T]) -> T:
-    """Await work that must finish even if the caller is cancelled (the append of D4).
-
-    A cancelled caller still waits for the outcome, so the entity never starts its next command
-    while the append of its previous one is in flight; the cancellation is re-raised afterwards.
-    """
-    caller_cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise
-            caller_cancelled = True
-        except Exception:  # the task's own failure is read from it below
-            break
-    if caller_cancelled:
-        raise asyncio.CancelledError
-    return task.result()

@@ -17,8 +17,7 @@ from chiefofstate.core.headers import Metadata
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.entities.command_processor import CommandProcessor
 from chiefofstate.entities.deadline import Deadline
-from chiefofstate.entities.entity import Entity
-from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
+from chiefofstate.entities.entity import Entity, EntityState
 from chiefofstate.tasks import cancel_and_wait
 from chiefofstate.telemetry.tracing import (
     SPAN_ENTITY_COMMAND,
@@ -72,38 +71,38 @@ class EntityHost:
 
     async def process_command(
         self, entity_id: str, command: AnyProto, metadata: Metadata, deadline: Deadline
-    ) -> StateWrapper:
-        entity = self._enter(entity_id)
+    ) -> EntityState:
+        entity, lock = self._enter(entity_id)
         try:
             with self._tracing.span(SPAN_MAILBOX):
-                await entity.lock.acquire()
+                await lock.acquire()
             try:
                 with self._tracing.span(SPAN_ENTITY_COMMAND):
                     return await self._processor.process(entity, command, metadata, deadline)
             finally:
-                entity.lock.release()
+                lock.release()
         finally:
             self._leave(entity)
 
-    async def get_state(self, entity_id: str, deadline: Deadline) -> StateWrapper:
+    async def get_state(self, entity_id: str, deadline: Deadline) -> EntityState:
         """Queued behind the entity's earlier commands (§3.2); revision 0 is NOT_FOUND (§3.13)."""
-        entity = self._enter(entity_id)
+        entity, lock = self._enter(entity_id)
         try:
             with self._tracing.span(SPAN_MAILBOX):
-                await entity.lock.acquire()
+                await lock.acquire()
             try:
                 with self._tracing.span(SPAN_ENTITY_GET_STATE):
                     deadline.check("while waiting for the entity")
                     state = await self._processor.ensure_recovered(entity)
             finally:
-                entity.lock.release()
+                lock.release()
         finally:
             self._leave(entity)
-        if state.meta.revision_number == 0:
+        if state.revision == 0:
             raise NotFound("")
         return state
 
-    def _enter(self, entity_id: str) -> Entity:
+    def _enter(self, entity_id: str) -> tuple[Entity, asyncio.Lock]:
         # No await between the lookup and `users += 1`: eviction can never pick an entity a caller holds.
         entity = self._entities.get(entity_id)
         if entity is None:
@@ -115,16 +114,21 @@ class EntityHost:
         if entity.users >= limit:
             raise ResourceExhausted(f"entity {entity_id} has {entity.users} requests queued (limit {limit})")
         entity.users += 1
-        return entity
+        lock = entity.lock
+        if lock is None:
+            lock = entity.lock = asyncio.Lock()
+        return entity, lock
 
     def _leave(self, entity: Entity) -> None:
         entity.users -= 1
         entity.last_used = self._clock()
-        if entity.idle and (entity.state is None or entity.state.meta.revision_number == 0):
-            # Nothing worth caching: never recovered (the store was down), or an entity without events
-            # (GetState of an unknown id, a no-op). Keeping these would let lookups of random ids fill
-            # the cache and evict real entities.
-            self._forget(entity)
+        if entity.idle:
+            entity.lock = None  # nobody holds or waits for it; the next caller makes a new one
+            if entity.state is None or entity.state.revision == 0:
+                # Nothing worth caching: never recovered (the store was down), or an entity without
+                # events (GetState of an unknown id, a no-op). Keeping these would let lookups of random
+                # ids fill the cache and evict real entities.
+                self._forget(entity)
         self._evict_over_capacity()
 
     def _forget(self, entity: Entity) -> None:

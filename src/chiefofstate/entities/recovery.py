@@ -4,24 +4,25 @@ from __future__ import annotations
 
 from chiefofstate.core.command_rules import initial_state
 from chiefofstate.core.errors import Internal
+from chiefofstate.entities.entity import EntityState
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
 from chiefofstate.journal.port import Journal, StoredState
 
 
-def state_from_stored(entity_id: str, stored: StoredState | None) -> StateWrapper:
+def state_from_stored(entity_id: str, stored: StoredState | None) -> EntityState:
     """Every event row carries its resulting state, so the newest row alone is the current state."""
     if stored is None:
-        return initial_state(entity_id)
+        return EntityState.of_wrapper(initial_state(entity_id))
     try:
         if stored.kind == "snapshot":
-            return StateWrapper.FromString(stored.payload)
+            return EntityState.of_wrapper(StateWrapper.FromString(stored.payload))
         event = EventWrapper.FromString(stored.payload)
     except Exception as error:  # protobuf raises DecodeError, a bare Exception subclass
         raise Internal(
             f"cannot decode stored {stored.kind} {entity_id}#{stored.sequence_number}: {error}"
         ) from None
-    return StateWrapper(state=event.resulting_state, meta=event.meta)
+    return EntityState.of(event.resulting_state, event.meta)
 
 
-async def recover(journal: Journal, entity_id: str) -> StateWrapper:
+async def recover(journal: Journal, entity_id: str) -> EntityState:
     return state_from_stored(entity_id, await journal.latest_state(entity_id))

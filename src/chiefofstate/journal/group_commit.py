@@ -64,21 +64,26 @@ class GroupCommitWriter:
             raise RuntimeError("the journal writer is already started")
         self._task = asyncio.get_running_loop().create_task(self._write_until_closed(), name="journal-writer")
 
-    async def append(self, request: AppendRequest) -> None:
-        """Append one command's events; returns once they are committed, raises the request's failure.
+    def submit(self, request: AppendRequest) -> asyncio.Future[Exception | None]:
+        """Queue one command's events; the future resolves once they are committed, with None, or with
+        the request's failure as its result (never as an exception set on the future).
 
-        Once queued, a request is written even if the caller is cancelled while waiting: cancellation
-        only stops the wait, so the caller must treat the outcome as unknown (SPEC.md §3.14).
+        Once queued, a request is written whatever becomes of the caller: a caller that stops waiting
+        must treat the outcome as unknown (SPEC.md §3.14). Callers that may be cancelled while waiting
+        should await it through `asyncio.shield`, since cancelling an awaited future cancels it.
         """
         if self._closing or self._task is None or self._task.done():
             raise StoreUnavailable("the journal writer is not running")
         if len(self._queue) >= self._max_pending:
             raise ResourceExhausted(f"journal writer queue is full ({len(self._queue)} pending)")
-        pending = _Pending(request, self._tracing.current_link(), asyncio.get_running_loop().create_future())
-        self._queue.append(pending)
+        outcome: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(request, self._tracing.current_link(), outcome))
         self._wakeup.set()
-        # shield: cancelling the caller must not cancel the future the writer will resolve.
-        outcome = await asyncio.shield(pending.outcome)
+        return outcome
+
+    async def append(self, request: AppendRequest) -> None:
+        """Append one command's events; returns once they are committed, raises the request's failure."""
+        outcome = await asyncio.shield(self.submit(request))
         if outcome is not None:
             raise outcome
 

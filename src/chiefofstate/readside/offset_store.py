@@ -44,6 +44,9 @@ class ShardProgress:
 
     head: int  # highest `ordering` tagged with the shard; 0 when it has none
     pending: int  # events of the shard after the offset, counted up to the limit asked for
+    # write_timestamp (epoch ms) of the first event after the offset: how long the shard has waited;
+    # None when there is none (or upstream stored none)
+    oldest_pending_ms: int | None = None
 
 
 class OffsetStore(Protocol):

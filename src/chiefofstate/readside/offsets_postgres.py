@@ -72,7 +72,10 @@ _SHARD_PROGRESS = """
 SELECT (SELECT COALESCE(max(event_id), 0) FROM event_tag WHERE tag = $1) AS head,
        (SELECT count(*) FROM (
             SELECT 1 FROM event_tag t JOIN event_journal j ON j.ordering = t.event_id
-            WHERE t.tag = $1 AND t.event_id > $2 AND NOT j.deleted LIMIT $3) AS after_offset) AS pending
+            WHERE t.tag = $1 AND t.event_id > $2 AND NOT j.deleted LIMIT $3) AS after_offset) AS pending,
+       (SELECT j.write_timestamp FROM event_tag t JOIN event_journal j ON j.ordering = t.event_id
+            WHERE t.tag = $1 AND t.event_id > $2 AND NOT j.deleted
+            ORDER BY t.event_id LIMIT 1) AS oldest_pending
 """
 
 
@@ -199,7 +202,8 @@ class PostgresOffsetStore:
     async def shard_progress(self, shard: int, after_offset: int, count_limit: int) -> ShardProgress:
         async with self._connection("read the journal's progress") as connection:
             row = await connection.fetchrow(_SHARD_PROGRESS, str(shard), after_offset, count_limit)
-        return ShardProgress(int(row["head"]), int(row["pending"]))
+        oldest = row["oldest_pending"]
+        return ShardProgress(int(row["head"]), int(row["pending"]), None if oldest is None else int(oldest))
 
     async def close(self) -> None:
         try:

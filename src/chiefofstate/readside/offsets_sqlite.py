@@ -58,7 +58,9 @@ _SHARD_PROGRESS = """
 SELECT (SELECT COALESCE(max(event_id), 0) FROM event_tag WHERE tag = ?1),
        (SELECT count(*) FROM (
             SELECT 1 FROM event_tag t JOIN event_journal j ON j.ordering = t.event_id
-            WHERE t.tag = ?1 AND t.event_id > ?2 AND NOT j.deleted LIMIT ?3))
+            WHERE t.tag = ?1 AND t.event_id > ?2 AND NOT j.deleted LIMIT ?3)),
+       (SELECT j.write_timestamp FROM event_tag t JOIN event_journal j ON j.ordering = t.event_id
+            WHERE t.tag = ?1 AND t.event_id > ?2 AND NOT j.deleted ORDER BY t.event_id LIMIT 1)
 """
 
 
@@ -198,8 +200,8 @@ class SqliteOffsetStore:
             rows = list(
                 await connection.execute_fetchall(_SHARD_PROGRESS, (str(shard), after_offset, count_limit))
             )
-        head, pending = rows[0]
-        return ShardProgress(int(head), int(pending))
+        head, pending, oldest = rows[0]
+        return ShardProgress(int(head), int(pending), None if oldest is None else int(oldest))
 
     async def close(self) -> None:
         async with self._lock:

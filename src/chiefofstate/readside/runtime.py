@@ -45,6 +45,7 @@ class ShardView:
     state: ProjectionState
     detail: str
     halt: Halt | None
+    oldest_pending_ms: int | None = None  # write time of the first event after the offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +235,7 @@ class ReadSideRuntime:
                         state=state,
                         detail=detail,
                         halt=halt,
+                        oldest_pending_ms=progress.oldest_pending_ms,
                     )
                 )
             views.append(ReadSideView(read_side, tuple(rows)))

@@ -1,13 +1,21 @@
 """Read-side offsets, journal heads and lag for Prometheus, refreshed by one owned task (a scrape cannot
-wait for the database). States and delivery counts are read at scrape time (readside/readings.py)."""
+wait for the database). States and delivery counts are read at scrape time (readside/readings.py).
+
+Lag in seconds is how long the oldest unprocessed event of the shard has waited: now minus the write
+time of the first event after the stored offset, 0 when there is none. It comes from the same status
+query as the lag in events, so both describe one moment (the refresh), and it keeps growing while a
+projection is paused, halted or failing, however long the shard was idle before that event."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections.abc import Callable
 
 from chiefofstate.core.errors import CosError
-from chiefofstate.readside.runtime import ReadSideRuntime, ReadSideView
+from chiefofstate.readside.runtime import ReadSideRuntime, ReadSideView, ShardView
 from chiefofstate.tasks import cancel_and_wait
 from chiefofstate.telemetry.metrics import NodeMetrics, Samples
 
@@ -15,10 +23,18 @@ log = logging.getLogger("chiefofstate.metrics")
 
 
 class ReadSideGauges:
-    def __init__(self, runtime: ReadSideRuntime, metrics: NodeMetrics, refresh_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        runtime: ReadSideRuntime,
+        metrics: NodeMetrics,
+        refresh_s: float = 5.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._runtime = runtime
         self._refresh_s = refresh_s
+        self._wall_clock = wall_clock
         self._views: list[ReadSideView] = []
+        self._refreshed_at = 0.0
         self._task: asyncio.Task[None] | None = None
         metrics.read_at_scrape(
             "cos_read_side_offset", "Stored offset (journal ordering) per shard.", self._offsets
@@ -31,6 +47,11 @@ class ReadSideGauges:
             "Events of the shard not yet processed (counted up to a cap).",
             self._lags,
         )
+        metrics.read_at_scrape(
+            "cos_read_side_lag_seconds",
+            "Age of the oldest event of the shard not yet processed; 0 when caught up.",
+            self._lag_seconds,
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._refresh_forever(), name="read-side-gauges")
@@ -40,7 +61,8 @@ class ReadSideGauges:
         self._task = None
 
     async def refresh(self) -> None:
-        self._views = await self._runtime.views()
+        views = await self._runtime.views()
+        self._views, self._refreshed_at = views, self._wall_clock()
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -65,3 +87,21 @@ class ReadSideGauges:
 
     def _lags(self) -> Samples:
         return list(self._per_shard("lag"))
+
+    def _lag_seconds(self) -> Samples:
+        samples = []
+        for view in self._views:
+            for shard in view.shards:
+                labels = {"read_side": view.settings.read_side_id, "shard": str(shard.shard)}
+                samples.append((labels, lag_seconds(shard, self._refreshed_at)))
+        return samples
+
+
+def lag_seconds(shard: ShardView, now: float) -> float:
+    """0 when caught up; NaN (unknown) when the waiting event has no write time (rows written by old
+    upstream versions); never negative when the writing node's clock runs ahead of ours."""
+    if shard.lag.events == 0:
+        return 0.0
+    if shard.oldest_pending_ms is None:
+        return math.nan
+    return max(0.0, now - shard.oldest_pending_ms / 1000)

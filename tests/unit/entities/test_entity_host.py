@@ -27,6 +27,7 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventResponse,
 )
 from chiefofstate.journal.group_commit import GroupCommitWriter
+from chiefofstate.journal.port import AppendRequest
 from chiefofstate.journal.sqlite import SqliteJournal
 
 
@@ -85,7 +86,7 @@ class Rig:
 
     async def command(self, entity: str, count: int) -> int:
         state = await self.host.process_command(entity, packed_int(count), [], self.deadline())
-        return state.meta.revision_number
+        return state.revision
 
 
 async def build_rig(
@@ -127,7 +128,7 @@ async def test_several_events_get_consecutive_revisions_and_fold_in_order(rig: R
     assert await rig.command("e", 3) == 3
     assert rig.handler.seen_revisions == [1, 2, 3]
     state = await rig.host.get_state("e", rig.deadline())
-    assert unpacked_int(state.state) == 3
+    assert unpacked_int(state.decode().state) == 3
 
 
 async def test_no_op_commands_keep_the_entity_not_found(rig: Rig) -> None:
@@ -146,7 +147,7 @@ async def test_the_cache_is_bounded_and_evicted_entities_recover_without_handler
         assert rig.host.passivations == 7
         calls_before = (rig.handler.command_calls, rig.handler.event_calls)
         state = await rig.host.get_state("e-0", rig.deadline())  # evicted long ago
-        assert state.meta.revision_number == 2 and unpacked_int(state.state) == 2
+        assert state.revision == 2 and unpacked_int(state.decode().state) == 2
         assert (rig.handler.command_calls, rig.handler.event_calls) == calls_before
         assert await rig.command("e-0", 1) == 3
 
@@ -199,7 +200,7 @@ async def test_snapshots_follow_the_frequency_and_retention(tmp_path: Path) -> N
         # events up to 8 are gone except the highest of them, kept as a deleted marker
         assert [(row.sequence_number, row.deleted) for row in events] == [(8, True), (9, False), (10, False)]
         state = await rig.host.get_state("snap", rig.deadline())
-        assert unpacked_int(state.state) == 10
+        assert unpacked_int(state.decode().state) == 10
 
 
 async def test_a_full_cache_evicts_the_oldest_idle_entity_without_scanning_the_rest(
@@ -230,3 +231,30 @@ async def test_lookups_of_entities_without_events_do_not_fill_the_cache(rig: Rig
             await rig.host.get_state(f"unknown-{index}", rig.deadline())
     assert await rig.command("quiet", 0) == 0  # a no-op on a new entity
     assert len(rig.host) == 1  # only the entity with events stays cached
+
+
+async def test_a_caller_cancelled_during_its_append_waits_for_it_and_the_commit_is_kept(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await rig.command("c", 1) == 1
+    gate, entered = asyncio.Event(), asyncio.Event()
+    append_batch = rig.journal.append_batch
+
+    async def held_append(requests: Sequence[AppendRequest]) -> list[Exception | None]:
+        entered.set()
+        await gate.wait()
+        return await append_batch(requests)
+
+    monkeypatch.setattr(rig.journal, "append_batch", held_append)
+    caller = asyncio.ensure_future(rig.command("c", 1))
+    await entered.wait()
+    caller.cancel()
+    await asyncio.sleep(0.01)
+    assert not caller.done()  # decision D4: the entity stays busy until the append's outcome is known
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    recoveries = rig.host._processor.recoveries
+    assert await rig.command("c", 1) == 3  # the cancelled caller's event was committed and is cached
+    assert rig.host._processor.recoveries == recoveries
+    assert rig.host._entities["c"].lock is None  # an idle cached entity carries no lock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -183,3 +184,36 @@ async def test_projection_states_and_counts_are_exposed_as_metrics(closers: list
     assert 'cos_read_side_projections{read_side="a",state="halted"} 1.0' in text
     assert 'cos_read_side_events_delivered_total{read_side="a"} 2.0' in text
     assert 'cos_read_side_events_skipped_total{read_side="a"} 0.0' in text
+
+
+async def test_lag_seconds_is_the_age_of_the_oldest_unprocessed_event(closers: list[ReadSideRuntime]) -> None:
+    from chiefofstate.telemetry.metrics import NodeMetrics
+    from chiefofstate.telemetry.read_side_readings import ReadSideGauges
+
+    rig = await started(Rig(side("a", auto_start=False)), closers)  # paused: nothing is delivered
+    rig.journal.append("x", 1, written_ms=1_000_000)
+    rig.journal.append("x", 1, written_ms=1_020_000)
+    metrics = NodeMetrics()
+    gauges = ReadSideGauges(rig.runtime, metrics, wall_clock=lambda: 1_030.0)
+    await gauges.refresh()
+    text = metrics.exposition().decode()
+    assert 'cos_read_side_lag_events{read_side="a",shard="1"} 2.0' in text
+    assert 'cos_read_side_lag_seconds{read_side="a",shard="1"} 30.0' in text  # the oldest waits 30 s
+    assert 'cos_read_side_lag_seconds{read_side="a",shard="0"} 0.0' in text
+    await rig.runtime.resume("a")
+    await eventually(lambda: rig.store.offsets.get(("a", 1)) == 2, what="both events delivered and stored")
+    await gauges.refresh()
+    assert 'cos_read_side_lag_seconds{read_side="a",shard="1"} 0.0' in metrics.exposition().decode()
+
+
+def test_lag_seconds_is_unknown_without_a_write_time_and_never_negative() -> None:
+    from chiefofstate.core.readside_rules import Lag
+    from chiefofstate.readside.runtime import ShardView
+    from chiefofstate.telemetry.read_side_readings import lag_seconds
+
+    def behind(oldest_ms: int | None) -> ShardView:
+        return ShardView(1, 1, 2, Lag(1, False), ProjectionState.RUNNING, "", None, oldest_ms)
+
+    assert math.isnan(lag_seconds(behind(None), 100.0))  # rows written without write_timestamp
+    assert lag_seconds(behind(101_000), 100.0) == 0.0  # the writer's clock runs ahead of ours
+    assert lag_seconds(behind(99_500), 100.0) == 0.5
