@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from importlib import resources
 
 import pytest
@@ -389,6 +391,46 @@ async def test_latest_state_is_the_newer_of_snapshot_and_event(journal: Journal)
     assert await journal.latest_state("only-snapshot") == StoredState("snapshot", 7, b"snap-7")
     await journal.save_snapshot(SnapshotRow("e", 9, NOW_MS, b"snap-9"))
     assert await journal.latest_state("e") == StoredState("snapshot", 9, b"snap-9")
+
+
+async def test_many_concurrent_latest_state_reads_answer_each_entity(journal: Journal) -> None:
+    """Recovery of many entities at once (batched on PostgreSQL): every caller gets its own entity's
+    state, whatever else is read with it, duplicates and more ids than one batch takes included."""
+    expected: dict[str, StoredState | None] = {}
+    events_only = [f"events-{n}" for n in range(120)]
+    for start in range(0, len(events_only), 40):
+        chunk = events_only[start : start + 40]
+        await append_ok(journal, *(request(e, 0, count=1 + n % 3) for n, e in enumerate(chunk, start)))
+    for n, entity_id in enumerate(events_only):
+        expected[entity_id] = StoredState("event", 1 + n % 3, payload(entity_id, 1 + n % 3))
+    for n in range(40):
+        newer, older, tie = f"snap-newer-{n}", f"snap-older-{n}", f"snap-tie-{n}"
+        await append_ok(journal, request(newer, 0, count=2), request(older, 0, count=4), request(tie, 0))
+        await journal.save_snapshot(SnapshotRow(newer, 1, NOW_MS, b"old"))
+        await journal.save_snapshot(SnapshotRow(newer, 10 + n, NOW_MS, f"snap-{n}".encode()))
+        await journal.save_snapshot(SnapshotRow(older, 3, NOW_MS, b"behind"))
+        await journal.save_snapshot(SnapshotRow(tie, 1, NOW_MS, b"same"))
+        await journal.save_snapshot(SnapshotRow(f"snap-only-{n}", 7, NOW_MS, b"alone"))
+        expected[newer] = StoredState("snapshot", 10 + n, f"snap-{n}".encode())
+        expected[older] = StoredState("event", 4, payload(older, 4))
+        expected[tie] = StoredState("event", 1, payload(tie, 1))
+        expected[f"snap-only-{n}"] = StoredState("snapshot", 7, b"alone")
+    for n in range(30):
+        marker_only, partly = f"deleted-all-{n}", f"deleted-some-{n}"
+        await append_ok(journal, request(marker_only, 0, count=3), request(partly, 0, count=4))
+        await journal.delete_events_up_to(marker_only, 3)
+        await journal.delete_events_up_to(partly, 2)
+        expected[marker_only] = StoredState("event", 3, payload(marker_only, 3))
+        expected[partly] = StoredState("event", 4, payload(partly, 4))
+    for n in range(50):
+        expected[f"unknown-{n}"] = None
+
+    asked = list(expected) + random.Random(3).sample(list(expected), 100)  # 100 ids asked for twice
+    random.Random(4).shuffle(asked)
+    assert len(set(asked)) > 256
+    answers = await asyncio.gather(*(journal.latest_state(entity_id) for entity_id in asked))
+    for entity_id, answer in zip(asked, answers, strict=True):
+        assert answer == expected[entity_id], entity_id
 
 
 async def test_read_events_filters_by_entity_and_sequence(journal: Journal) -> None:

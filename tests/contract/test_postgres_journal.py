@@ -7,6 +7,7 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from chiefofstate.core.errors import Internal, SequenceConflict, StoreUnavailable
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.journal.port import EVENT_MANIFEST, SERIALIZER_ID, AppendRequest, Journal
-from chiefofstate.journal.postgres import PostgresJournal, PostgresSettings
+from chiefofstate.journal.postgres import APPEND_CHANNEL, PostgresJournal, PostgresSettings
 from tests.contract.conftest import LATEST_VERSION
 from tests.support.postgres import PgServer
 
@@ -104,6 +105,12 @@ async def test_tables_live_in_the_configured_schema(
         record["table_name"] for record in tables
     }
     assert await raw.fetchval("SELECT to_regclass('public.event_journal')") is None
+    # The append function lives beside the tables and resolves them through the search path.
+    homes = await raw.fetch(
+        "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE p.proname = 'cos_append_events'"
+    )
+    assert [record["nspname"] for record in homes] == ["Cos Schema"]
 
 
 async def test_nodes_booting_together_migrate_once(
@@ -230,3 +237,106 @@ async def test_read_shard_never_skips_an_event_that_commits_late(
     finally:
         for pool in pools:
             await pool.close()
+
+
+async def statements_on_the_only_connection(journal: PostgresJournal) -> list[str]:
+    """Record every statement the journal's single pooled connection runs from now on."""
+    statements: list[str] = []
+
+    def log(query: Any) -> None:
+        statements.append(query.query)
+
+    async with journal._pool.acquire() as connection:
+        connection.add_query_logger(log)
+    return statements
+
+
+async def test_a_batch_is_one_statement(pg_database: tuple[PgServer, str], raw: asyncpg.Connection) -> None:
+    """No BEGIN, lock, append, notify, COMMIT: the batch is one call of cos_append_events."""
+    journal = await PostgresJournal.open(settings_for(pg_database, pool_max_size=1, pool_min_size=1))
+    try:
+        await journal.migrate(8)
+        statements = await statements_on_the_only_connection(journal)
+        # The first use of a statement on a connection also prepares it (and asyncpg looks up its types).
+        assert await journal.append_batch([request("warm-up", 0)]) == [None]
+        statements.clear()
+        batch = [request(f"one-trip-{n}", 0, count=2) for n in range(10)]
+        assert await journal.append_batch(batch) == [None] * 10
+        assert len(statements) == 1 and "cos_append_events" in statements[0]
+        (conflict,) = await journal.append_batch([request("one-trip-0", 0)])
+        assert isinstance(conflict, SequenceConflict)
+        assert "revision 2" in str(conflict)
+        assert len(statements) == 2
+    finally:
+        await journal.close()
+    assert await raw.fetchval("SELECT count(*) FROM event_journal") == 21
+    assert await raw.fetchval("SELECT count(*) FROM event_tag") == 21
+
+
+async def test_an_append_notifies_its_shards_and_a_refused_one_does_not(
+    journal: PostgresJournal, raw: asyncpg.Connection
+) -> None:
+    received: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_notify(connection: Any, pid: int, channel: str, payload: str) -> None:
+        received.put_nowait(payload)
+
+    await raw.add_listener(APPEND_CHANNEL, on_notify)
+    ids = {shard_of(f"notify-{n}", 8): f"notify-{n}" for n in range(40)}
+    first, second = ids[1], ids[6]
+    assert await journal.append_batch([request(second, 0), request(first, 0)]) == [None, None]
+    assert await asyncio.wait_for(received.get(), 10) == "1,6"
+    (conflict,) = await journal.append_batch([request(first, 0)])
+    assert isinstance(conflict, SequenceConflict)
+    assert await journal.append_batch([request(second, 1)]) == [None]
+    # the refused append sent nothing: the next notification is the later append's
+    assert await asyncio.wait_for(received.get(), 10) == "6"
+
+
+async def test_a_database_at_version_8_upgrades_to_the_append_function(
+    journal: PostgresJournal, raw: asyncpg.Connection
+) -> None:
+    assert await journal.append_batch([request("before-9", 0)]) == [None]
+    await raw.execute("DROP FUNCTION cos_append_events")
+    await raw.execute("DELETE FROM cos_migrations WHERE version_number >= 9")
+    assert await journal.migrate(8) == LATEST_VERSION
+    rows = await raw.fetch("SELECT version_number, is_snapshot FROM cos_migrations ORDER BY 1")
+    assert [record["version_number"] for record in rows] == list(range(6, LATEST_VERSION + 1))
+    assert not next(record["is_snapshot"] for record in rows if record["version_number"] == 9)
+    assert await journal.append_batch([request("before-9", 1), request("after-9", 0)]) == [None, None]
+    assert [row.sequence_number for row in await journal.read_events("before-9")] == [1, 2]
+
+
+async def test_a_shard_beyond_the_created_rows_is_added_and_locked(
+    journal: PostgresJournal, raw: asyncpg.Connection
+) -> None:
+    wide = AppendRequest("wide", 40, 0, [b"w"], NOW_MS, "w")  # COS_NUM_SHARDS raised after migration
+    assert await journal.append_batch([wide, request("narrow", 0)]) == [None, None]
+    assert await raw.fetchval("SELECT count(*) FROM cos_shard_locks WHERE shard = 40") == 1
+    assert (
+        await raw.fetchval(
+            "SELECT t.tag FROM event_tag t JOIN event_journal j ON j.ordering = t.event_id "
+            "WHERE j.persistence_id = 'wide'"
+        )
+        == "40"
+    )
+
+
+async def test_concurrent_latest_state_reads_go_in_few_queries(pg_database: tuple[PgServer, str]) -> None:
+    journal = await PostgresJournal.open(settings_for(pg_database, pool_max_size=1, pool_min_size=1))
+    try:
+        await journal.migrate(8)
+        ids = [f"recovering-{n}" for n in range(300)]
+        assert await journal.append_batch([request(entity_id, 0) for entity_id in ids]) == [None] * 300
+        statements = await statements_on_the_only_connection(journal)
+        assert await journal.latest_state("warm-up") is None
+        statements.clear()
+        states = await asyncio.gather(*(journal.latest_state(entity_id) for entity_id in [*ids, "nobody"]))
+        assert [state.payload if state else None for state in states] == [
+            *(f"{entity_id}#1".encode() for entity_id in ids),
+            None,
+        ]
+        # 301 ids, at most 256 per query
+        assert len(statements) == 2
+    finally:
+        await journal.close()

@@ -6,6 +6,7 @@ so nothing above an adapter ever sees a library's exception type.
 
 from __future__ import annotations
 
+import copy
 from enum import IntEnum
 
 
@@ -97,3 +98,14 @@ class ConfigError(Exception):
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
         self.problem = problem
+
+
+def copy_for_another_caller(exc: Exception) -> Exception:
+    """Each waiting caller raises its own copy: raising one object in many tasks would stack every
+    caller's traceback onto it (keeping their frames alive). The copy points at the original as its cause."""
+    try:
+        duplicate = copy.copy(exc)
+    except Exception:
+        return exc
+    duplicate.__cause__ = exc
+    return duplicate

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import copy
 import time
 from dataclasses import dataclass
 
 from opentelemetry.trace import Link
 
-from chiefofstate.core.errors import ResourceExhausted, StoreUnavailable
+from chiefofstate.core.errors import ResourceExhausted, StoreUnavailable, copy_for_another_caller
 from chiefofstate.journal.port import AppendRequest, Journal
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import SPAN_JOURNAL_BATCH, TRACING_OFF, Tracing
@@ -134,7 +133,7 @@ class GroupCommitWriter:
                 _resolve(pending, unknown)
             raise
         except Exception as exc:  # the whole transaction failed: every request in it shares the cause
-            outcomes = [exc, *(_copy_for_another_caller(exc) for _ in batch[1:])]
+            outcomes = [exc, *(copy_for_another_caller(exc) for _ in batch[1:])]
         if self._metrics is not None:
             succeeded = all(outcome is None for outcome in outcomes)
             self._metrics.observe_append_batch(len(batch), time.perf_counter() - started, succeeded=succeeded)
@@ -145,17 +144,6 @@ class GroupCommitWriter:
             outcomes = [mismatch] * len(batch)
         for pending, outcome in zip(batch, outcomes, strict=True):
             _resolve(pending, outcome)
-
-
-def _copy_for_another_caller(exc: Exception) -> Exception:
-    """Each waiting caller raises its own copy: raising one object in many tasks would stack every
-    caller's traceback onto it (keeping their frames alive). The copy points at the original as its cause."""
-    try:
-        duplicate = copy.copy(exc)
-    except Exception:
-        return exc
-    duplicate.__cause__ = exc
-    return duplicate
 
 
 def _resolve(pending: _Pending, outcome: Exception | None) -> None:

@@ -79,8 +79,9 @@ def load_scripts(dialect: Dialect) -> MigrationScripts:
 def split_statements(script: str) -> list[str]:
     """The statements of a script, for drivers that run one statement per call.
 
-    Our scripts hold plain DDL only (no semicolons inside literals, no triggers), so a split on `;`
-    after dropping comment lines is exact.
+    The SQLite scripts hold plain DDL only (no semicolons inside literals, no triggers), so a split on
+    `;` after dropping comment lines is exact for them. PostgreSQL runs each script in one call; its
+    scripts may hold function bodies and must not go through this.
     """
     code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("--"))
     return [statement.strip() for statement in code.split(";") if statement.strip()]

@@ -1,7 +1,8 @@
 """The PostgreSQL journal (asyncpg), in upstream's tables (SPEC.md §4, decision D2).
 
 Appends lock their shards' rows of `cos_shard_locks` before they draw `ordering` values (decision D3),
-so a projection reading "tag = s and ordering > offset" never misses an event that commits late.
+so a projection reading "tag = s and ordering > offset" never misses an event that commits late. A
+whole batch is one call of the stored function `cos_append_events` (migration 9): one round trip.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from chiefofstate.core.errors import Internal, StoreUnavailable
+from chiefofstate.journal.coalescing import CoalescingReader
 from chiefofstate.journal.migrations import MigrationError, MigrationScripts, load_scripts, run_migrations
 from chiefofstate.journal.port import (
-    EVENT_MANIFEST,
     SERIALIZER_ID,
     SNAPSHOT_MANIFEST,
     AppendRequest,
@@ -27,7 +28,6 @@ from chiefofstate.journal.port import (
     StoredState,
 )
 from chiefofstate.journal.rows import (
-    ADAPTER_MANIFEST,
     check_snapshot_serializer,
     event_row,
     has_repeated_entity,
@@ -114,46 +114,18 @@ async def _keep_session_state(connection: Any) -> None:
     back any transaction left open before the connection returns to the pool."""
 
 
-_LOCK_SHARDS = "SELECT shard FROM cos_shard_locks WHERE shard = ANY($1::int[]) ORDER BY shard FOR UPDATE"
-APPEND_CHANNEL = "cos_journal_appended"
-_NOTIFY_APPENDED = f"SELECT pg_notify('{APPEND_CHANNEL}', $1)"
-_ADD_SHARDS = (
-    "INSERT INTO cos_shard_locks (shard) SELECT unnest($1::int[]) ORDER BY 1 ON CONFLICT (shard) DO NOTHING"
-)
+APPEND_CHANNEL = "cos_journal_appended"  # notified by cos_append_events (migrations/postgres/0009)
 _ENSURE_SHARDS = """
 INSERT INTO cos_shard_locks (shard) SELECT generate_series(0, $1::int - 1) ON CONFLICT (shard) DO NOTHING
 """
 
-# One statement writes a whole batch. `req` holds each request's current revision as seen after the
-# shard locks were taken, so it is exact for every writer that takes them; requests whose expected
-# revision differs (a stale writer, or a gap) insert nothing and are answered with a conflict.
-_APPEND = f"""
-WITH req AS (
-    SELECT r.pid, r.expected,
-           COALESCE((SELECT max(j.sequence_number) FROM event_journal j WHERE j.persistence_id = r.pid), 0)
-               AS current
-    FROM unnest($1::text[], $2::bigint[]) AS r(pid, expected)
-),
-ev AS (
-    SELECT * FROM unnest($3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bytea[], $8::text[])
-        WITH ORDINALITY AS e(pid, seq, writer, ts, payload, tag, position)
-),
-inserted AS (
-    INSERT INTO event_journal (persistence_id, sequence_number, deleted, writer, write_timestamp,
-                               adapter_manifest, event_ser_id, event_ser_manifest, event_payload)
-    SELECT e.pid, e.seq, FALSE, e.writer, e.ts,
-           '{ADAPTER_MANIFEST}', {SERIALIZER_ID}, '{EVENT_MANIFEST}', e.payload
-    FROM ev e JOIN req r ON r.pid = e.pid
-    WHERE r.current = r.expected
-    ORDER BY e.position
-    RETURNING ordering, persistence_id, sequence_number
-),
-tagged AS (
-    INSERT INTO event_tag (event_id, tag)
-    SELECT i.ordering, e.tag
-    FROM inserted i JOIN ev e ON e.pid = i.persistence_id AND e.seq = i.sequence_number
-)
-SELECT pid, current FROM req
+# One autocommitted statement writes a whole batch: the function locks the batch's shards, reads each
+# request's current revision under those locks, inserts the requests whose expected revision matches,
+# notifies APPEND_CHANNEL, and answers each request's current revision (migrations/postgres/0009).
+_APPEND = """
+SELECT entity_id, current_sequence
+FROM cos_append_events($1::int[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
+                       $7::bigint[], $8::bytea[], $9::text[])
 """
 
 _EVENT_COLUMNS = (
@@ -176,17 +148,39 @@ WHERE t.tag = $1 AND t.event_id > $2 AND NOT j.deleted
 ORDER BY t.event_id
 LIMIT $3
 """
+# The newest event row and the newest snapshot of one id (a lone read: no batch formed meanwhile). The
+# batched form below is planned anew on every call (its generic plan guesses ten ids and is never
+# chosen), which costs a lone read more than the read itself.
 _LATEST_STATE = """
 SELECT * FROM (
-    SELECT 'event' AS kind, sequence_number, event_ser_id AS serializer_id,
+    SELECT persistence_id, 'event' AS kind, sequence_number, event_ser_id AS serializer_id,
            event_ser_manifest AS manifest, event_payload AS payload
     FROM event_journal WHERE persistence_id = $1 ORDER BY sequence_number DESC LIMIT 1
 ) AS latest_event
 UNION ALL
 SELECT * FROM (
-    SELECT 'snapshot', sequence_number, snapshot_ser_id, snapshot_ser_manifest, snapshot_payload
+    SELECT persistence_id, 'snapshot', sequence_number, snapshot_ser_id, snapshot_ser_manifest,
+           snapshot_payload
     FROM state_snapshot WHERE persistence_id = $1 ORDER BY sequence_number DESC LIMIT 1
 ) AS latest_snapshot
+"""
+# The same for many ids at once, each found by a backward scan of its primary key (a lateral LIMIT 1),
+# so an entity's older rows are never read.
+_LATEST_STATES = """
+SELECT ids.pid AS persistence_id, 'event' AS kind, e.sequence_number, e.event_ser_id AS serializer_id,
+       e.event_ser_manifest AS manifest, e.event_payload AS payload
+FROM unnest($1::text[]) AS ids(pid)
+CROSS JOIN LATERAL (
+    SELECT sequence_number, event_ser_id, event_ser_manifest, event_payload
+    FROM event_journal WHERE persistence_id = ids.pid ORDER BY sequence_number DESC LIMIT 1
+) AS e
+UNION ALL
+SELECT ids.pid, 'snapshot', s.sequence_number, s.snapshot_ser_id, s.snapshot_ser_manifest, s.snapshot_payload
+FROM unnest($1::text[]) AS ids(pid)
+CROSS JOIN LATERAL (
+    SELECT sequence_number, snapshot_ser_id, snapshot_ser_manifest, snapshot_payload
+    FROM state_snapshot WHERE persistence_id = ids.pid ORDER BY sequence_number DESC LIMIT 1
+) AS s
 """
 _SAVE_SNAPSHOT = f"""
 INSERT INTO state_snapshot (persistence_id, sequence_number, created, snapshot_ser_id, snapshot_ser_manifest,
@@ -294,6 +288,12 @@ class PostgresJournal:
         self._settings = settings
         self._initial_version = migrations_initial_version
         self._clock = clock
+        # Recovering many entities at once (a restart, a rebalance) reads their states in a few batches.
+        self._latest_states = CoalescingReader(
+            self._read_latest_states,
+            stopped=lambda: StoreUnavailable("the journal was closed before the state was read"),
+            name="journal-latest-states",
+        )
 
     @classmethod
     async def open(
@@ -435,18 +435,11 @@ class PostgresJournal:
                 timestamps.append(request.write_timestamp_ms)
                 payloads.append(payload)
                 tags.append(tag)
-        async with connection.transaction():
-            locked = await connection.fetch(_LOCK_SHARDS, shards)
-            if len(locked) < len(shards):
-                await connection.execute(_ADD_SHARDS, shards)
-                await connection.fetch(_LOCK_SHARDS, shards)
-            records = await connection.fetch(
-                _APPEND, entity_ids, expected, event_ids, sequences, writers, timestamps, payloads, tags
-            )
-            current = {record["pid"]: int(record["current"]) for record in records}
-            if any(current[request.entity_id] == request.expected_sequence for request in requests):
-                # Delivered at commit only: wakes read-side projections on every node (readside/pg_wakeups).
-                await connection.execute(_NOTIFY_APPENDED, ",".join(map(str, shards)))
+        # Autocommitted: the statement is its own transaction, so the batch costs one round trip.
+        records = await connection.fetch(
+            _APPEND, shards, entity_ids, expected, event_ids, sequences, writers, timestamps, payloads, tags
+        )
+        current = {record["entity_id"]: int(record["current_sequence"]) for record in records}
         return [
             None
             if current[request.entity_id] == request.expected_sequence
@@ -455,11 +448,20 @@ class PostgresJournal:
         ]
 
     async def latest_state(self, entity_id: str) -> StoredState | None:
+        # Rows are checked here, per caller, so a bad row fails only the callers of its entity.
+        return newest_state(entity_id, await self._latest_states.get(entity_id))
+
+    async def _read_latest_states(
+        self, entity_ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, int, int, str, bytes]]]:
+        candidates: dict[str, list[tuple[str, int, int, str, bytes]]] = {pid: [] for pid in entity_ids}
         async with self._connection("read the latest state") as connection:
-            records = await connection.fetch(_LATEST_STATE, entity_id)
-        return newest_state(
-            entity_id,
-            [
+            if len(entity_ids) == 1:
+                records = await connection.fetch(_LATEST_STATE, entity_ids[0])
+            else:
+                records = await connection.fetch(_LATEST_STATES, list(entity_ids))
+        for record in records:
+            candidates[record["persistence_id"]].append(
                 (
                     record["kind"],
                     record["sequence_number"],
@@ -467,9 +469,8 @@ class PostgresJournal:
                     record["manifest"],
                     record["payload"],
                 )
-                for record in records
-            ],
-        )
+            )
+        return candidates
 
     async def read_events(
         self, entity_id: str, after_sequence: int = 0, limit: int = 1000
@@ -527,6 +528,7 @@ class PostgresJournal:
             await connection.fetchval("SELECT 1")
 
     async def close(self) -> None:
+        await self._latest_states.close()
         try:
             await asyncio.wait_for(self._pool.close(), _CLOSE_TIMEOUT_S)
         except TimeoutError:

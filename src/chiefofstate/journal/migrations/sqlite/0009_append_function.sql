@@ -1,0 +1,3 @@
+-- Version 9 adds a stored append function on PostgreSQL (one round trip per group-commit batch).
+-- SQLite runs in-process and has no stored functions, so here the version changes nothing; it is kept
+-- so that both stores record the same version history in cos_migrations.
