@@ -195,6 +195,7 @@ class Node:
             listeners=listeners,
             tracing=tracing,
         )
+        writer.linger_while(lambda: processor.deciding > 0)
         host = self.host = EntityHost(
             processor,
             HostSettings(

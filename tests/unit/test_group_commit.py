@@ -120,6 +120,29 @@ async def test_requests_arriving_during_a_flush_form_the_next_batches(
     assert len(await journal.read_shard(0, 0, 100)) == 41
 
 
+async def test_a_flush_lingers_for_appends_that_are_on_their_way_but_not_without_bound(
+    journal: RecordingJournal, writer: GroupCommitWriter
+) -> None:
+    coming = [3]  # three commands are still talking to their write handler
+
+    async def arrives_after(turns: int, entity_id: str) -> None:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        coming[0] -= 1
+        await writer.append(request(entity_id))
+
+    writer.linger_while(lambda: coming[0] > 0)
+    late = [asyncio.create_task(arrives_after(turns, f"late{turns}")) for turns in (1, 3, 5)]
+    await writer.append(request("first"))
+    await asyncio.gather(*late)
+    assert journal.batches == [["first", "late1", "late3", "late5"]]  # one round trip for all four
+
+    journal.batches.clear()
+    writer.linger_while(lambda: True)  # an append that never comes (a handler that hangs)
+    await writer.append(request("alone"))
+    assert journal.batches == [["alone"]]  # written after at most MAX_LINGER_TURNS turns of the loop
+
+
 async def test_concurrent_callers_share_transactions(
     journal: RecordingJournal, writer: GroupCommitWriter
 ) -> None:

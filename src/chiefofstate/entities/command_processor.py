@@ -83,6 +83,9 @@ class CommandProcessor:
     ) -> None:
         self._tracing = tracing
         self.recoveries = 0
+        # Commands between the start of HandleCommand and their append: the group-commit writer lingers
+        # briefly while there are any, so their appends share a round trip (group_commit.linger_while).
+        self.deciding = 0
         self._handler = handler
         self._journal = journal
         self._appender = appender
@@ -106,8 +109,12 @@ class CommandProcessor:
     ) -> EntityState:
         current = await self.ensure_recovered(entity)
         prior = current.decode()
-        with self._tracing.span(SPAN_REMOTE_CALLS):
-            wrappers = await self._decide(prior, command, metadata, deadline)
+        self.deciding += 1
+        try:
+            with self._tracing.span(SPAN_REMOTE_CALLS):
+                wrappers = await self._decide(prior, command, metadata, deadline)
+        finally:
+            self.deciding -= 1
         if not wrappers:
             return current  # a no-op persists nothing and consumes no revision (§3.7)
         deadline.check("before the append")
