@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc import aio
@@ -11,7 +11,7 @@ from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.grpc_errors import abort_with
 from chiefofstate.api.subscription_rpcs import SUBSCRIPTIONS_OFF, SubscriptionRpcs
 from chiefofstate.core.errors import CosError
-from chiefofstate.core.headers import HeaderValue
+from chiefofstate.core.headers import Metadata
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.subscription.hub import SubscriptionHub
 
@@ -28,8 +28,9 @@ COS_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ChiefOfStateService"].full_na
 Context = aio.ServicerContext[object, object]
 
 
-def request_metadata(context: Context) -> list[tuple[str, HeaderValue]]:
-    return [(key, value) for key, value in context.invocation_metadata() or ()]
+def request_metadata(context: Context) -> Metadata:
+    # grpc.aio gives the call's metadata as a tuple of (key, value) pairs: used as it is, not copied.
+    return cast(Metadata, context.invocation_metadata() or ())
 
 
 class ChiefOfStateService:

@@ -258,3 +258,24 @@ async def test_a_caller_cancelled_during_its_append_waits_for_it_and_the_commit_
     assert await rig.command("c", 1) == 3  # the cancelled caller's event was committed and is cached
     assert rig.host._processor.recoveries == recoveries
     assert rig.host._entities["c"].lock is None  # an idle cached entity carries no lock
+
+
+async def test_get_state_of_an_idle_cached_entity_answers_at_once_and_a_busy_one_after_its_commands(
+    rig: Rig,
+) -> None:
+    await rig.command("g", 2)
+    recoveries = rig.host._processor.recoveries
+    state = await rig.host.get_state("g", rig.deadline())
+    assert state.revision == 2 and rig.host._processor.recoveries == recoveries
+    assert rig.host._entities["g"].lock is None  # answered from the cache, no lock taken
+
+    assert await rig.command("busy", 1) == 1  # cached at revision 1
+    rig.handler.gate = asyncio.Event()
+    busy = asyncio.ensure_future(rig.command("busy", 1))
+    await asyncio.sleep(0.01)  # the command holds the entity, waiting for its handler
+    read = asyncio.ensure_future(rig.host.get_state("busy", rig.deadline()))
+    await asyncio.sleep(0.01)
+    assert not read.done()  # queued behind the command (§3.2), not answered from the cache
+    rig.handler.gate.set()
+    assert await busy == 2
+    assert (await read).revision == 2
