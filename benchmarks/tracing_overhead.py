@@ -4,14 +4,21 @@
 
 Each round starts a fresh bank handler and node for each variant (SQLite, or PostgreSQL when COS_DB_HOST
 is set), drives ProcessCommand over gRPC with a closed loop, and reports the median over rounds. The
-receiver is a real OTLP/gRPC server in this process that counts the spans it is sent.
+receiver is a real OTLP/gRPC server in a process of its own (benchmarks/otlp_sink.py) that counts the
+spans it is sent. A third variant samples 10 % of traces (OTEL_TRACES_SAMPLER=parentbased_traceidratio).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
+import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from cos_bank import client as bank
 from grpc import aio
@@ -19,7 +26,6 @@ from grpc import aio
 from benchmarks.http_bench_common import TABLE_HEADER, LoadResult, bank_and_node, closed_loop, median
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from tests.support.otlp import start_receiver
 
 
 async def _drive(grpc_port: int, name: str, seconds: float, concurrency: int) -> LoadResult:
@@ -41,25 +47,61 @@ async def _drive(grpc_port: int, name: str, seconds: float, concurrency: int) ->
         return await closed_loop(name, call, concurrency, seconds)
 
 
-async def run(
-    seconds: float, concurrency: int, rounds: int
-) -> tuple[list[LoadResult], list[LoadResult], int]:
-    server, port, collector = await start_receiver()
-    off: list[LoadResult] = []
-    on: list[LoadResult] = []
-    try:
-        for round_number in range(rounds):
-            with bank_and_node() as (_, node):
-                off.append(await _drive(node.ports["grpc"], f"off{round_number}", seconds, concurrency))
-            traced = {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-                "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            }
-            with bank_and_node(**traced) as (_, node):
-                on.append(await _drive(node.ports["grpc"], f"on{round_number}", seconds, concurrency))
-    finally:
-        await server.stop(None)
-    return off, on, len(collector.spans)
+# (label, node and handler environment beyond the OTLP endpoint); None: tracing off
+VARIANTS: tuple[tuple[str, dict[str, str] | None], ...] = (
+    ("off", None),
+    ("on", {}),
+    (
+        "on, 10 % sampled",
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+    ),
+)
+
+
+@contextlib.contextmanager
+def span_sink() -> Iterator[tuple[int, Callable[[], int]]]:
+    """The counting OTLP receiver in its own process: its port, and a function that stops it and
+    returns how many spans it received."""
+    with tempfile.TemporaryDirectory(prefix="cos-otlp-") as scratch:
+        count_file = Path(scratch) / "spans"
+        sink = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.otlp_sink", "--count-file", str(count_file)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+        def stop() -> int:
+            if sink.poll() is None:
+                sink.send_signal(signal.SIGTERM)
+                sink.wait(30)
+            return int(count_file.read_text()) if count_file.exists() else 0
+
+        try:
+            assert sink.stdout is not None
+            line = sink.stdout.readline()
+            if not line.startswith("listening on "):
+                raise RuntimeError(f"the OTLP sink did not start: {line!r}")
+            yield int(line.split()[-1]), stop
+        finally:
+            stop()
+
+
+async def run(seconds: float, concurrency: int, rounds: int, port: int) -> dict[str, list[LoadResult]]:
+    """Every variant once per round, in turn, so background load lands on all of them alike."""
+    results: dict[str, list[LoadResult]] = {label: [] for label, _ in VARIANTS}
+    for round_number in range(rounds):
+        for label, extra in VARIANTS:
+            env = {}
+            if extra is not None:
+                env = {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                    "OTEL_EXPORTER_OTLP_INSECURE": "true",
+                    **extra,
+                }
+            with bank_and_node(**env) as (_, node):
+                name = f"{label} #{round_number + 1}"
+                results[label].append(await _drive(node.ports["grpc"], name, seconds, concurrency))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,15 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    off, on, spans = asyncio.run(run(args.seconds, args.concurrency, args.rounds))
-    off_rate = median([result.throughput for result in off])
-    on_rate = median([result.throughput for result in on])
+    with span_sink() as (port, stop_sink):
+        results = asyncio.run(run(args.seconds, args.concurrency, args.rounds, port))
+        spans = stop_sink()
     print(TABLE_HEADER)
-    for result in [*off, *on]:
-        print(result.row())
-    print(f"\nmedian ProcessCommand/s: tracing off {off_rate:,.0f}, tracing on {on_rate:,.0f}")
-    print(f"ratio on/off: {on_rate / off_rate:.3f} (overhead {100 * (1 - on_rate / off_rate):.1f} %)")
-    print(f"spans received by the OTLP receiver: {spans}")
+    for label, _ in VARIANTS:
+        for result in results[label]:
+            print(result.row())
+    off_rate = median([result.throughput for result in results["off"]])
+    print(f"\nmedian ProcessCommand/s, tracing off: {off_rate:,.0f}")
+    for label, _ in VARIANTS[1:]:
+        rate = median([result.throughput for result in results[label]])
+        ratio = rate / off_rate
+        print(
+            f"tracing {label}: {rate:,.0f}/s, ratio to off {ratio:.3f} (overhead {100 * (1 - ratio):.1f} %)"
+        )
+    print(f"spans received by the OTLP receiver (its own process): {spans}")
     return 0
 
 
