@@ -177,6 +177,8 @@ class Node:
             self.read_sides = await open_read_sides(
                 settings, closers, open_journal, tracing=tracing, metrics=metrics
             )
+            if self.read_sides.command_traces is not None:
+                listeners.append(self.read_sides.command_traces)
             listeners.append(self.read_sides.runtime)  # wakes the shard's projections on each commit
             gauges = ReadSideGauges(self.read_sides.runtime, metrics, settings.server.health_check_interval_s)
             gauges.start()

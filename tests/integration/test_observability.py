@@ -302,7 +302,7 @@ async def test_health_follows_the_database(
         assert node.stop() == 0
 
 
-async def test_read_handler_calls_carry_the_delivery_span_context(
+async def test_read_handler_calls_join_the_commands_trace_under_the_delivery_span(
     tmp_path: Path, bank_handler: Process, receiver: tuple[int, SpanCollector]
 ) -> None:
     port, collector = receiver
@@ -332,6 +332,11 @@ async def test_read_handler_calls_carry_the_delivery_span_context(
         read_handler.stop()
     delivery_span = next(s for s in spans if s.name == "HttpReadSideHandler.HandleEvent")
     assert delivery_span.attributes["cos.entity_id"] == "rs-1"
+    # The delivery is part of the command's trace, a child of the span that appended the event.
+    command_span = next(s for s in spans if s.name == "CosService.processCommand")
+    persist_span = next(s for s in spans if s.name == "Entity.persistEventAndReply")
+    assert delivery_span.trace_id == command_span.trace_id == persist_span.trace_id
+    assert delivery_span.parent_span_id == persist_span.span_id
     received = json.loads(log_path.read_text().splitlines()[0])
     _, trace_id, parent_id, _ = received["traceparent"].split("-")
     assert (trace_id, parent_id) == (delivery_span.trace_id, delivery_span.span_id)

@@ -40,6 +40,7 @@ from chiefofstate.readside.pg_wakeups import AppendListener
 from chiefofstate.readside.projection import ProjectionContext
 from chiefofstate.readside.readings import register_read_side_readings
 from chiefofstate.readside.runtime import ReadSideRuntime
+from chiefofstate.telemetry.command_traces import CommandTraces
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
 from chiefofstate.writeside.grpc_handler import channel_options
@@ -54,6 +55,8 @@ ADMIN_SERVICE = readside_admin_pb2.DESCRIPTOR.services_by_name["ReadSideAdminSer
 class ReadSides:
     runtime: ReadSideRuntime
     services: tuple[ServiceRegistration, ...]
+    # Tells deliveries which command wrote an event; a commit listener, present when tracing is on.
+    command_traces: CommandTraces | None = None
 
 
 def postgres_settings(config: PostgresConfig) -> PostgresSettings:
@@ -71,7 +74,7 @@ async def open_offset_store(store: StoreSettings) -> OffsetStore:
 
 
 def _handler_factory(
-    settings: Settings, tracing: Tracing
+    settings: Settings, tracing: Tracing, command_traces: CommandTraces | None
 ) -> Callable[[ReadSideSettings], GuardedReadHandler]:
     write_side = settings.write_side
     # COS_GRPC_KEEPALIVE_* apply to every outbound channel, read sides' included (SPEC.md §10.4).
@@ -95,7 +98,7 @@ def _handler_factory(
             handler = GrpcReadHandler(read_side.target, use_tls=read_side.use_tls, options=options)
         # One breaker per read side, shared by all its shards (SPEC.md §5.5).
         breaker = CircuitBreaker(breaker_settings) if breaker_settings is not None else None
-        return GuardedReadHandler(read_side, handler, breaker, tracing=tracing)
+        return GuardedReadHandler(read_side, handler, breaker, tracing=tracing, command_traces=command_traces)
 
     return build
 
@@ -121,7 +124,11 @@ async def open_read_sides(
         delivery=read_sides.delivery,
         slots=asyncio.Semaphore(read_sides.delivery.max_concurrency),
     )
-    runtime = ReadSideRuntime(read_sides, settings.num_shards, context, _handler_factory(settings, tracing))
+    # With tracing on, the node registers this as a commit listener (ReadSides.command_traces).
+    command_traces = CommandTraces() if tracing.enabled else None
+    runtime = ReadSideRuntime(
+        read_sides, settings.num_shards, context, _handler_factory(settings, tracing, command_traces)
+    )
     closers.push_async_callback(runtime.close)
     await runtime.start()
     if metrics is not None:
@@ -153,4 +160,5 @@ async def open_read_sides(
     def add_admin(server: aio.Server) -> None:
         add_ReadSideAdminServiceServicer_to_server(admin, server)
 
-    return ReadSides(runtime, ((MANAGER_SERVICE, add_manager), (ADMIN_SERVICE, add_admin)))
+    services = ((MANAGER_SERVICE, add_manager), (ADMIN_SERVICE, add_admin))
+    return ReadSides(runtime, services, command_traces)

@@ -19,6 +19,7 @@ from chiefofstate.core.breaker import CircuitBreaker
 from chiefofstate.core.errors import CosError
 from chiefofstate.journal.port import JournalRow
 from chiefofstate.readside.handler import DeliveryFailed, ReadHandler, ReadSideCall
+from chiefofstate.telemetry.command_traces import CommandTraces
 from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
 
 REFUSED = "read handler answered successful=false"
@@ -60,8 +61,10 @@ class GuardedReadHandler:
         breaker: CircuitBreaker | None,
         clock: Callable[[], float] = time.monotonic,
         tracing: Tracing = TRACING_OFF,
+        command_traces: CommandTraces | None = None,
     ) -> None:
         self._handler = handler
+        self._command_traces = command_traces
         self._breaker = breaker
         self._clock = clock
         self._tracing = tracing
@@ -110,7 +113,12 @@ class GuardedReadHandler:
             "cos.revision": event.revision,
             "cos.event_tag": str(shard),
         }
-        with self._tracing.span(self._span_name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+        # A delivery soon after its command joins that command's trace, under the span that appended it.
+        traces = self._command_traces
+        parent = traces.parent_of(event.entity_id, event.revision) if traces is not None else None
+        with self._tracing.span(
+            self._span_name, kind=SpanKind.CLIENT, parent=parent, attributes=attributes
+        ) as span:
             accepted = await self._handler.handle(event.call, shard, self._timeout_s, self._tracing.inject())
             if span is not None:
                 span.set_attribute("cos.read_side.successful", accepted)
