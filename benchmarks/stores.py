@@ -24,7 +24,7 @@ from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, Sta
 from chiefofstate.journal.port import AppendRequest, Journal
 from chiefofstate.launch import free_port
 from chiefofstate.node import open_store
-from tests.support.postgres import PgServer
+from tests.support.postgres import PgServer, postgres_binaries
 
 NUM_SHARDS = 16  # COS_NUM_SHARDS default
 SEED_BATCH = 2000
@@ -54,16 +54,6 @@ class Store:
         return [int(row[0]) for row in rows]
 
 
-def _postgres_binaries() -> Path:
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (candidate / "initdb").exists():
-            return candidate
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    raise RuntimeError("no PostgreSQL binaries (initdb, pg_ctl) on this machine; use --pg local")
-
-
 @contextlib.contextmanager
 def private_postgres_server() -> Iterator[PgServer]:
     """A PostgreSQL server of our own, in a temporary folder, with the stock durable settings (fsync on).
@@ -71,7 +61,10 @@ def private_postgres_server() -> Iterator[PgServer]:
     A shared server makes a poor instrument: other jobs' CREATE/DROP DATABASE force checkpoints, and
     their fsyncs land in the middle of our commits.
     """
-    bindir = _postgres_binaries()
+    try:
+        bindir = postgres_binaries()
+    except RuntimeError as missing:
+        raise RuntimeError(f"{missing}; use --pg local") from None
     folder = Path(tempfile.mkdtemp(prefix="cos-bench-pg-"))
     run_as: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root

@@ -41,7 +41,8 @@ def _answers(server: PgServer) -> bool:
         return False
 
 
-def _binaries() -> Path:
+def postgres_binaries() -> Path:
+    """The folder of the local PostgreSQL server binaries (initdb, pg_ctl)."""
     for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (candidate / "initdb").exists():
             return candidate
@@ -62,7 +63,7 @@ class ThrowawayServer:
     which is how tests take the database away from a running node."""
 
     def __init__(self) -> None:
-        self.bindir = _binaries()
+        self.bindir = postgres_binaries()
         self.folder = Path(tempfile.mkdtemp(prefix="cos-pg-"))
         self.run_as: list[str] = []
         if os.geteuid() == 0:
