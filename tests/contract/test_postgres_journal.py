@@ -340,3 +340,35 @@ async def test_concurrent_latest_state_reads_go_in_few_queries(pg_database: tupl
         assert len(statements) == 2
     finally:
         await journal.close()
+
+
+async def backend_pid_of_appends(journal: PostgresJournal, entity_id: str, expected: int) -> int:
+    assert await journal.append_batch([request(entity_id, expected)]) == [None]
+    (kept,) = journal._kept
+    return int(kept.get_server_pid())
+
+
+async def test_the_writer_keeps_one_connection_between_batches_but_never_the_whole_pool(
+    pg_database: tuple[PgServer, str],
+) -> None:
+    journal = await PostgresJournal.open(settings_for(pg_database, pool_max_size=2))
+    try:
+        await journal.migrate(8)
+        first = await backend_pid_of_appends(journal, "kept", 0)
+        assert await backend_pid_of_appends(journal, "kept", 1) == first  # no pool round trip between
+        await journal.latest_state("kept")  # a second caller uses the pool's other connection
+        assert len(journal._kept) == 1  # at most pool_max_size - 1 are kept
+    finally:
+        await journal.close()
+    assert journal._kept == []
+
+    alone = await PostgresJournal.open(settings_for(pg_database, pool_max_size=1, acquire_timeout_s=2))
+    try:
+        await alone.migrate(8)
+        for expected in range(3):
+            assert await alone.append_batch([request("single", expected)]) == [None]
+            # with one connection in all, none is kept: other calls get it without waiting
+            assert len(await alone.read_events("single")) == expected + 1
+        assert alone._kept == []
+    finally:
+        await alone.close()
