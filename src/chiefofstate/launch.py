@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +21,13 @@ from pathlib import Path
 _CHOSEN_PORTS = range(20000, 32000)
 
 
-def free_port() -> int:
-    """A port that is free now, picked outside the ephemeral range; a bind can still race, so callers
-    that start servers on it retry on a bind failure (see start_node)."""
+def free_port(avoid: Collection[int] = ()) -> int:
+    """A port that is free now and not in `avoid`, picked outside the ephemeral range; a bind can still
+    race, so callers that start servers on it retry on a bind failure (see start_node)."""
     for _ in range(200):
         port = random.choice(_CHOSEN_PORTS)
+        if port in avoid:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
@@ -148,14 +150,20 @@ def start_bank_read_handler(
     return process
 
 
+_NODE_PORT_VARIABLES = ("COS_PORT", "COS_MANAGEMENT_PORT", "COS_HTTP_PORT", "COS_PROMETHEUS_PORT")
+
+
 def node_environment(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    """`base` and `overrides`, with a distinct free port for each of the node's servers not given."""
     env = {**base, **overrides}
     env.setdefault("COS_ADDRESS", "127.0.0.1")
-    env.setdefault("COS_PORT", str(free_port()))
-    env.setdefault("COS_MANAGEMENT_PORT", str(free_port()))
     env.setdefault("COS_HTTP_ADDRESS", "127.0.0.1")
-    env.setdefault("COS_HTTP_PORT", str(free_port()))
-    env.setdefault("COS_PROMETHEUS_PORT", str(free_port()))
+    taken = {int(env[name]) for name in _NODE_PORT_VARIABLES if env.get(name, "").isdigit()}
+    for name in _NODE_PORT_VARIABLES:
+        if name not in env:
+            port = free_port(avoid=taken)
+            taken.add(port)
+            env[name] = str(port)
     return env
 
 
@@ -172,7 +180,7 @@ def start_node(env: Mapping[str, str], log_dir: Path, name: str = "cos-node", wa
     return process
 
 
-_BIND_FAILURES = ("Address already in use", "cannot bind", "Failed to bind")
+_BIND_FAILURES = ("address already in use", "cannot bind", "failed to bind")  # compared in lower case
 
 
 def start_node_on_free_ports(
@@ -187,6 +195,6 @@ def start_node_on_free_ports(
                 env, log_dir, name=name if attempt == 0 else f"{name}-retry{attempt}", wait=wait
             )
         except RuntimeError as error:
-            if attempt == 2 or not any(marker in str(error) for marker in _BIND_FAILURES):
+            if attempt == 2 or not any(marker in str(error).lower() for marker in _BIND_FAILURES):
                 raise
     raise AssertionError("unreachable")
