@@ -26,7 +26,7 @@ from chiefofstate.journal.port import AppendRequest, Journal
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import SPAN_JOURNAL_BATCH, TRACING_OFF, Tracing
 
-MAX_LINGER_TURNS = 10
+MAX_LINGER_TURNS = 25
 
 
 def _nothing_coming() -> bool:
