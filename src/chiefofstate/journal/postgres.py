@@ -27,6 +27,9 @@ from chiefofstate.journal.port import (
     SnapshotRow,
     StoredState,
 )
+
+if TYPE_CHECKING:
+    from chiefofstate.config.settings import PostgresSettings as PostgresConfig
 from chiefofstate.journal.rows import (
     check_snapshot_serializer,
     event_row,
@@ -47,9 +50,6 @@ _UNIQUE_VIOLATION = "23505"
 # pg_advisory_xact_lock key serialising migrations of nodes booting together ("cos_migr").
 _MIGRATION_LOCK_KEY = 0x636F735F6D696772
 # A first boot on a large upstream database builds an index; that must not hit the statement timeout.
-if TYPE_CHECKING:
-    from chiefofstate.config.settings import PostgresSettings as PostgresConfig
-
 _MIGRATION_STATEMENT_TIMEOUT_S = 3600.0
 # One for the group-commit writer, one for the recovery reader.
 _MAX_KEPT_CONNECTIONS = 2
@@ -367,10 +367,13 @@ class PostgresJournal:
         with self._translated(action):
             async with self._pool.acquire(timeout=self._settings.acquire_timeout_s) as connection:
                 yield connection
-                age = time.monotonic() - connection.opened_at
-                if age * 1000 > self._settings.max_lifetime_ms:
+                if self._past_lifetime(connection):
                     # A closed connection goes back to the pool, which opens a fresh one when needed.
                     await connection.close(timeout=_CLOSE_TIMEOUT_S)
+
+    def _past_lifetime(self, connection: Any) -> bool:
+        opened_at: float = connection.opened_at  # _AgedConnection
+        return (time.monotonic() - opened_at) * 1000 > self._settings.max_lifetime_ms
 
     @contextlib.asynccontextmanager
     async def _kept_connection(self, action: str) -> AsyncIterator[Any]:
@@ -387,17 +390,11 @@ class PostgresJournal:
             kept = False
             try:
                 yield connection
-                age_ms = (time.monotonic() - connection.opened_at) * 1000
-                if (
-                    not self._closing
-                    and len(self._kept) < self._max_kept
-                    and age_ms <= self._settings.max_lifetime_ms
-                    and not connection.is_closed()
-                ):
+                if self._past_lifetime(connection):
+                    await connection.close(timeout=_CLOSE_TIMEOUT_S)
+                elif not self._closing and len(self._kept) < self._max_kept and not connection.is_closed():
                     self._kept.append(connection)
                     kept = True
-                elif age_ms > self._settings.max_lifetime_ms:
-                    await connection.close(timeout=_CLOSE_TIMEOUT_S)
             finally:
                 if not kept:
                     await self._pool.release(connection)

@@ -72,29 +72,24 @@ class ReadSideGauges:
                 log.debug("read-side gauges not refreshed: %s", error)
             await asyncio.sleep(self._refresh_s)
 
-    def _per_shard(self, value: str) -> Samples:
-        for view in self._views:
-            for shard in view.shards:
-                labels = {"read_side": view.settings.read_side_id, "shard": str(shard.shard)}
-                number = {"offset": shard.offset or 0, "head": shard.head, "lag": shard.lag.events}[value]
-                yield labels, float(number)
+    def _per_shard(self, value: Callable[[ShardView], float]) -> Samples:
+        return [
+            ({"read_side": view.settings.read_side_id, "shard": str(shard.shard)}, float(value(shard)))
+            for view in self._views
+            for shard in view.shards
+        ]
 
     def _offsets(self) -> Samples:
-        return list(self._per_shard("offset"))
+        return self._per_shard(lambda shard: shard.offset or 0)
 
     def _heads(self) -> Samples:
-        return list(self._per_shard("head"))
+        return self._per_shard(lambda shard: shard.head)
 
     def _lags(self) -> Samples:
-        return list(self._per_shard("lag"))
+        return self._per_shard(lambda shard: shard.lag.events)
 
     def _lag_seconds(self) -> Samples:
-        samples = []
-        for view in self._views:
-            for shard in view.shards:
-                labels = {"read_side": view.settings.read_side_id, "shard": str(shard.shard)}
-                samples.append((labels, lag_seconds(shard, self._refreshed_at)))
-        return samples
+        return self._per_shard(lambda shard: lag_seconds(shard, self._refreshed_at))
 
 
 def lag_seconds(shard: ShardView, now: float) -> float:

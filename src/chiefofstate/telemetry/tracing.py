@@ -18,7 +18,9 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
+# The one context manager `span` hands out when tracing is off (callers that skip building a span's
+# attributes when off return it too).
+NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -96,7 +98,7 @@ class Tracing:
         per command, and a generator per span would be paid even with tracing off.
         """
         if not self.enabled:
-            return _NO_SPAN
+            return NO_SPAN
         return self._recorded_span(name, kind, parent, attributes, links)
 
     @contextlib.contextmanager

@@ -4,7 +4,6 @@ and a latency histogram by rpc and outcome."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -21,10 +20,8 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
 )
 from chiefofstate.telemetry import tracing as spans
 from chiefofstate.telemetry.metrics import NodeMetrics
-from chiefofstate.telemetry.tracing import Tracing
+from chiefofstate.telemetry.tracing import NO_SPAN, Tracing
 from chiefofstate.writeside.port import WriteHandler
-
-_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
 
 
 class InstrumentedWriteHandler:
@@ -47,7 +44,7 @@ class InstrumentedWriteHandler:
 
     def _span(self, name: str, rpc: str, entity_id: str) -> AbstractContextManager[object]:
         if not self._tracing.enabled:
-            return _NO_SPAN  # no attributes built for a span that is not recorded
+            return NO_SPAN  # no attributes built for a span that is not recorded
         attributes = {"rpc.system": self._system, "rpc.method": rpc, "cos.entity_id": entity_id}
         return self._tracing.span(name, kind=SpanKind.CLIENT, attributes=attributes)
 
