@@ -18,6 +18,13 @@ def request(entity_id: str, expected: int = 0) -> AppendRequest:
     return AppendRequest(entity_id, 0, expected, [f"{entity_id}#{expected + 1}".encode()], 1, "w")
 
 
+async def append(writer: GroupCommitWriter, request: AppendRequest) -> None:
+    """Submit and wait for the outcome as the command processor does (shielded), raising a failure."""
+    outcome = await asyncio.shield(writer.submit(request))
+    if outcome is not None:
+        raise outcome
+
+
 class RecordingJournal:
     """Delegates to a real journal; records each batch and can hold or fail flushes on demand."""
 
@@ -98,7 +105,7 @@ async def writer(journal: RecordingJournal) -> AsyncIterator[GroupCommitWriter]:
 async def test_a_lone_request_is_written_at_once(
     journal: RecordingJournal, writer: GroupCommitWriter
 ) -> None:
-    await writer.append(request("alone"))
+    await append(writer, request("alone"))
     assert journal.batches == [["alone"]]
     assert len(await journal.read_events("alone")) == 1
 
@@ -107,9 +114,9 @@ async def test_requests_arriving_during_a_flush_form_the_next_batches(
     journal: RecordingJournal, writer: GroupCommitWriter
 ) -> None:
     journal.gate = asyncio.Event()
-    first = asyncio.create_task(writer.append(request("first")))
+    first = asyncio.create_task(append(writer, request("first")))
     await journal.entered.wait()
-    later = [asyncio.create_task(writer.append(request(f"e{n}"))) for n in range(40)]
+    later = [asyncio.create_task(append(writer, request(f"e{n}"))) for n in range(40)]
     await asyncio.sleep(0)
     journal.gate.set()
     await asyncio.gather(first, *later)
@@ -129,24 +136,24 @@ async def test_a_flush_lingers_for_appends_that_are_on_their_way_but_not_without
         for _ in range(turns):
             await asyncio.sleep(0)
         coming[0] -= 1
-        await writer.append(request(entity_id))
+        await append(writer, request(entity_id))
 
     writer.linger_while(lambda: coming[0] > 0)
     late = [asyncio.create_task(arrives_after(turns, f"late{turns}")) for turns in (1, 3, 5)]
-    await writer.append(request("first"))
+    await append(writer, request("first"))
     await asyncio.gather(*late)
     assert journal.batches == [["first", "late1", "late3", "late5"]]  # one round trip for all four
 
     journal.batches.clear()
     writer.linger_while(lambda: True)  # an append that never comes (a handler that hangs)
-    await writer.append(request("alone"))
+    await append(writer, request("alone"))
     assert journal.batches == [["alone"]]  # written after at most MAX_LINGER_TURNS turns of the loop
 
 
 async def test_concurrent_callers_share_transactions(
     journal: RecordingJournal, writer: GroupCommitWriter
 ) -> None:
-    await asyncio.gather(*(writer.append(request(f"e{n}")) for n in range(40)))
+    await asyncio.gather(*(append(writer, request(f"e{n}")) for n in range(40)))
     assert sum(len(batch) for batch in journal.batches) == 40
     assert len(journal.batches) < 40
 
@@ -154,14 +161,14 @@ async def test_concurrent_callers_share_transactions(
 async def test_a_conflicting_request_fails_alone(
     journal: RecordingJournal, writer: GroupCommitWriter
 ) -> None:
-    await writer.append(request("taken"))
+    await append(writer, request("taken"))
     journal.batches.clear()
 
     outcomes = await asyncio.gather(
-        writer.append(request("first")),
-        writer.append(request("second")),
-        writer.append(request("taken")),
-        writer.append(request("third")),
+        append(writer, request("first")),
+        append(writer, request("second")),
+        append(writer, request("taken")),
+        append(writer, request("third")),
         return_exceptions=True,
     )
 
@@ -175,26 +182,26 @@ async def test_a_failed_flush_fails_every_request_in_it(
 ) -> None:
     journal.failure = StoreUnavailable("database away")
     outcomes = await asyncio.gather(
-        *(writer.append(request(f"f{n}")) for n in range(5)), return_exceptions=True
+        *(append(writer, request(f"f{n}")) for n in range(5)), return_exceptions=True
     )
     assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes)
     assert all(str(outcome) == "database away" for outcome in outcomes)
     journal.failure = None
-    await writer.append(request("recovered"))
+    await append(writer, request("recovered"))
 
 
 async def test_a_full_queue_is_resource_exhausted(journal: RecordingJournal) -> None:
     writer = GroupCommitWriter(journal, max_batch=4, max_pending=3)
     writer.start()
     journal.gate = asyncio.Event()
-    in_flight = asyncio.create_task(writer.append(request("in-flight")))
+    in_flight = asyncio.create_task(append(writer, request("in-flight")))
     await journal.entered.wait()  # the writer holds it; the queue is empty again
-    queued = [asyncio.create_task(writer.append(request(f"q{n}"))) for n in range(3)]
+    queued = [asyncio.create_task(append(writer, request(f"q{n}"))) for n in range(3)]
     await asyncio.sleep(0)
     assert writer.pending == 3
 
     with pytest.raises(ResourceExhausted, match=r"^journal writer queue is full \(3 pending\)$"):
-        await writer.append(request("one-too-many"))
+        await append(writer, request("one-too-many"))
 
     journal.gate.set()
     await asyncio.gather(in_flight, *queued)
@@ -206,7 +213,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_write(journal: RecordingJo
     writer = GroupCommitWriter(journal)
     writer.start()
     journal.gate = asyncio.Event()
-    caller = asyncio.create_task(writer.append(request("abandoned")))
+    caller = asyncio.create_task(append(writer, request("abandoned")))
     await journal.entered.wait()
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -219,22 +226,22 @@ async def test_a_cancelled_caller_does_not_cancel_the_write(journal: RecordingJo
 async def test_close_writes_what_is_queued_then_refuses(journal: RecordingJournal) -> None:
     writer = GroupCommitWriter(journal)
     writer.start()
-    callers = [asyncio.create_task(writer.append(request(f"c{n}"))) for n in range(10)]
+    callers = [asyncio.create_task(append(writer, request(f"c{n}"))) for n in range(10)]
     await asyncio.sleep(0)  # every caller has queued its request
     await writer.close()
     assert await asyncio.gather(*callers) == [None] * 10
     assert len(await journal.read_shard(0, 0, 100)) == 10
     with pytest.raises(StoreUnavailable):
-        await writer.append(request("late"))
+        await append(writer, request("late"))
 
 
 async def test_a_cancelled_writer_fails_what_it_holds(journal: RecordingJournal) -> None:
     writer = GroupCommitWriter(journal)
     writer.start()
     journal.gate = asyncio.Event()
-    in_flight = asyncio.create_task(writer.append(request("in-flight")))
+    in_flight = asyncio.create_task(append(writer, request("in-flight")))
     await journal.entered.wait()
-    queued = asyncio.create_task(writer.append(request("queued")))
+    queued = asyncio.create_task(append(writer, request("queued")))
     await asyncio.sleep(0)
     assert writer._task is not None
     writer._task.cancel()  # what the node's task group does on a hard stop
@@ -249,7 +256,7 @@ async def test_cancelling_close_cancels_the_writer(journal: RecordingJournal) ->
     writer = GroupCommitWriter(journal)
     writer.start()
     journal.gate = asyncio.Event()
-    in_flight = asyncio.create_task(writer.append(request("in-flight")))
+    in_flight = asyncio.create_task(append(writer, request("in-flight")))
     await journal.entered.wait()
     closing = asyncio.create_task(writer.close())
     await asyncio.sleep(0)

@@ -99,12 +99,6 @@ class GroupCommitWriter:
         self._wakeup.set()
         return outcome
 
-    async def append(self, request: AppendRequest) -> None:
-        """Append one command's events; returns once they are committed, raises the request's failure."""
-        outcome = await asyncio.shield(self.submit(request))
-        if outcome is not None:
-            raise outcome
-
     async def close(self) -> None:
         """Stop taking requests, write everything already queued, then stop the writer task."""
         self._closing = True
