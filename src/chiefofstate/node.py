@@ -198,7 +198,7 @@ class Node:
             listeners=listeners,
             tracing=tracing,
         )
-        writer.linger_while(lambda: processor.deciding > 0)
+        writer.linger_while(lambda: processor.deciding > 0, processor.linger_budget_s)
         host = self.host = EntityHost(
             processor,
             HostSettings(

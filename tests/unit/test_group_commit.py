@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chiefofstate.core.errors import ResourceExhausted, SequenceConflict, StoreUnavailable
-from chiefofstate.journal.group_commit import GroupCommitWriter
+from chiefofstate.journal.group_commit import MAX_LINGER_S, GroupCommitWriter
 from chiefofstate.journal.port import AppendRequest, JournalRow, SnapshotRow, StoredState
 from chiefofstate.journal.sqlite import SqliteJournal
 
@@ -127,27 +127,74 @@ async def test_requests_arriving_during_a_flush_form_the_next_batches(
     assert len(await journal.read_shard(0, 0, 100)) == 41
 
 
-async def test_a_flush_lingers_for_appends_that_are_on_their_way_but_not_without_bound(
+async def test_a_flush_waits_for_appends_on_their_way_and_ends_with_the_last_of_them(
     journal: RecordingJournal, writer: GroupCommitWriter
 ) -> None:
     coming = [3]  # three commands are still talking to their write handler
+    loop = asyncio.get_running_loop()
 
-    async def arrives_after(turns: int, entity_id: str) -> None:
-        for _ in range(turns):
-            await asyncio.sleep(0)
+    async def arrives_after(delay_s: float, entity_id: str) -> None:
+        await asyncio.sleep(delay_s)
         coming[0] -= 1
         await append(writer, request(entity_id))
 
-    writer.linger_while(lambda: coming[0] > 0)
-    late = [asyncio.create_task(arrives_after(turns, f"late{turns}")) for turns in (1, 3, 5)]
+    writer.linger_while(lambda: coming[0] > 0, lambda: 5.0)  # capped at MAX_LINGER_S
+    delays = (0, 0.002, 0.004)
+    late = [asyncio.create_task(arrives_after(delay, f"late{n}")) for n, delay in enumerate(delays)]
+    started = loop.time()
     await append(writer, request("first"))
+    waited = loop.time() - started
     await asyncio.gather(*late)
-    assert journal.batches == [["first", "late1", "late3", "late5"]]  # one round trip for all four
+    assert journal.batches == [["first", "late0", "late1", "late2"]]  # one round trip for all four
+    # The last append on its way ended the wait: not the budget, not the cap.
+    assert waited < MAX_LINGER_S
+
+
+async def test_a_flush_waits_no_longer_than_its_budget_for_an_append_that_never_comes(
+    journal: RecordingJournal, writer: GroupCommitWriter
+) -> None:
+    loop = asyncio.get_running_loop()
+    budget = MAX_LINGER_S / 2
+    writer.linger_while(lambda: True, lambda: budget)  # a command whose handler hangs
+    started = loop.time()
+    await append(writer, request("alone"))
+    assert journal.batches == [["alone"]]
+    assert budget * 0.9 <= loop.time() - started < MAX_LINGER_S
 
     journal.batches.clear()
-    writer.linger_while(lambda: True)  # an append that never comes (a handler that hangs)
-    await append(writer, request("alone"))
-    assert journal.batches == [["alone"]]  # written after at most MAX_LINGER_TURNS turns of the loop
+    writer.linger_while(lambda: True, lambda: 60.0)  # a budget beyond the cap
+    started = loop.time()
+    await append(writer, request("capped"))
+    assert journal.batches == [["capped"]]
+    assert MAX_LINGER_S * 0.9 <= loop.time() - started < 1.0
+
+
+async def test_a_full_batch_ends_the_wait(journal: RecordingJournal) -> None:
+    writer = GroupCommitWriter(journal, max_batch=4)
+    writer.start()
+    try:
+        writer.linger_while(lambda: True, lambda: 60.0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.gather(*(append(writer, request(f"e{n}")) for n in range(4)))
+        assert journal.batches == [["e0", "e1", "e2", "e3"]]
+        assert loop.time() - started < MAX_LINGER_S
+    finally:
+        await writer.close()
+
+
+async def test_close_ends_the_wait_and_writes_what_is_queued(journal: RecordingJournal) -> None:
+    writer = GroupCommitWriter(journal)
+    writer.start()
+    writer.linger_while(lambda: True, lambda: 60.0)
+    loop = asyncio.get_running_loop()
+    outcome = writer.submit(request("queued"))
+    await asyncio.sleep(0.001)  # the writer is waiting for appends that never come
+    started = loop.time()
+    await writer.close()
+    assert loop.time() - started < MAX_LINGER_S
+    assert outcome.result() is None
+    assert journal.batches == [["queued"]]
 
 
 async def test_concurrent_callers_share_transactions(

@@ -76,6 +76,7 @@ class CounterHandler:
 @dataclass
 class Rig:
     host: EntityHost
+    processor: CommandProcessor
     handler: CounterHandler
     journal: SqliteJournal
     snapshotter: Snapshotter
@@ -110,7 +111,7 @@ async def build_rig(
     clock = [1000.0]
     host = EntityHost(processor, HostSettings(16, capacity, idle_s, mailbox), clock=lambda: clock[0])
     try:
-        yield Rig(host, handler, journal, snapshotter, clock)
+        yield Rig(host, processor, handler, journal, snapshotter, clock)
     finally:
         await host.close()
         await snapshotter.close()
@@ -279,3 +280,16 @@ async def test_get_state_of_an_idle_cached_entity_answers_at_once_and_a_busy_one
     rig.handler.gate.set()
     assert await busy == 2
     assert (await read).revision == 2
+
+
+async def test_the_group_commit_budget_follows_how_long_commands_take_to_decide(rig: Rig) -> None:
+    assert rig.processor.linger_budget_s() == 0.0  # no command decided yet: a flush never waits
+    await rig.command("quick", 1)
+    quick = rig.processor.linger_budget_s()
+    rig.handler.command_delay_s = 0.02
+    for _ in range(20):
+        await rig.command("slow", 1)
+    slow = rig.processor.linger_budget_s()
+    # A moving average: it moves toward the 20 ms handler within a few commands, not at once.
+    assert quick < 0.005 < slow < 0.02
+    assert rig.processor.deciding == 0
