@@ -23,8 +23,8 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pool
 from grpc import aio
-from prometheus_client import Counter, Histogram
 
+from chiefofstate.telemetry.loop_metrics import CounterSeries, LoopCounter, LoopHistogram
 from chiefofstate.telemetry.metrics import LATENCY_BUCKETS, NodeMetrics
 
 # go-grpc-prometheus's grpc_type values, by (request streaming, response streaming)
@@ -78,13 +78,13 @@ class MethodSeries:
         labels = (grpc_type, service, method)
         self._labels = labels
         self._handled_family = metrics.handled
-        self._handled: dict[grpc.StatusCode, Counter] = {}
+        self._handled: dict[grpc.StatusCode, CounterSeries] = {}
         self.started = metrics.started.labels(*labels)
         self.seconds = metrics.seconds.labels(*labels)
         self.sent = metrics.sent.labels(*labels) if grpc_type in ("server_stream", "bidi_stream") else None
         self._handled_series(grpc.StatusCode.OK)
 
-    def _handled_series(self, code: grpc.StatusCode) -> Counter:
+    def _handled_series(self, code: grpc.StatusCode) -> CounterSeries:
         series = self._handled[code] = self._handled_family.labels(*self._labels, code.name)
         return series
 
@@ -100,27 +100,24 @@ class GrpcServerMetrics(aio.ServerInterceptor):
     def __init__(self, metrics: NodeMetrics) -> None:
         registry = metrics.registry
         labels = ["grpc_type", "grpc_service", "grpc_method"]
-        self.started = Counter(
-            "grpc_server_started_total", "RPCs started on the server.", labels, registry=registry
+        self.started = LoopCounter(
+            "grpc_server_started_total", "RPCs started on the server.", labels, registry
         )
-        self.handled = Counter(
+        self.handled = LoopCounter(
             "grpc_server_handled_total",
             "RPCs completed on the server, whatever their status.",
             [*labels, "grpc_code"],
-            registry=registry,
+            registry,
         )
-        self.seconds = Histogram(
+        self.seconds = LoopHistogram(
             "grpc_server_handling_seconds",
             "Time from the start of an RPC to its end (the whole stream for streaming RPCs).",
             labels,
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry,
+            LATENCY_BUCKETS,
         )
-        self.sent = Counter(
-            "grpc_server_msg_sent_total",
-            "Messages sent by the server on streaming RPCs.",
-            labels,
-            registry=registry,
+        self.sent = LoopCounter(
+            "grpc_server_msg_sent_total", "Messages sent by the server on streaming RPCs.", labels, registry
         )
         self._series: dict[str, MethodSeries] = {}
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}

@@ -2,8 +2,8 @@
 
 Latencies are recorded where they happen; counts that components already keep (entities cached,
 passivations, snapshots) are read only when Prometheus scrapes, so they cost nothing per command.
-Series recorded per command are bound once per label tuple and kept: prometheus_client's `labels()`
-checks, converts and locks on every call, which would double the cost of recording.
+Series recorded per command are bound once per label tuple and kept, and are the event loop's own
+(loop_metrics.py): recording takes no lock.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from chiefofstate.telemetry.loop_metrics import CounterSeries, HistogramSeries, LoopCounter, LoopHistogram
 
 # Bounded label values: a client can send any type URL, and every distinct label value is a new
 # time series kept forever. Past this many distinct values the rest are counted as "other".
@@ -88,45 +90,48 @@ class NodeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._command_type = BoundedLabel(MAX_COMMAND_TYPES)
-        self.requests = Counter(
+        registry = self.registry
+        self.requests = LoopCounter(
             "cos_requests_total",
             "ProcessCommand and GetState calls by outcome (gRPC status name) and command type URL.",
             ["rpc", "code", "command_type"],
-            registry=self.registry,
+            registry,
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = LoopHistogram(
             "cos_request_duration_seconds",
             "Time from receiving a ProcessCommand or GetState call to its reply.",
             ["rpc", "code"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry,
+            LATENCY_BUCKETS,
         )
-        self.handler_seconds = Histogram(
+        self.handler_seconds = LoopHistogram(
             "cos_write_handler_call_duration_seconds",
             "Duration of calls to the write handler, by rpc and outcome.",
             ["rpc", "code"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry,
+            LATENCY_BUCKETS,
         )
-        self.append_seconds = Histogram(
+        self.append_seconds = LoopHistogram(
             "cos_journal_append_duration_seconds",
             "Duration of one group-commit transaction (many commands' appends).",
             ["outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry,
+            LATENCY_BUCKETS,
         )
-        self.append_batch_size = Histogram(
+        self.append_batch_size = LoopHistogram(
             "cos_journal_append_batch_size",
             "Commands appended together in one group-commit transaction.",
-            buckets=_BATCH_BUCKETS,
-            registry=self.registry,
+            [],
+            registry,
+            _BATCH_BUCKETS,
         )
+        self._append_batch_sizes = self.append_batch_size.labels()
         self._scraped = _ReadAtScrape()
         self.registry.register(self._scraped)
         # Bound series, keyed by their label values; bounded because `command_type` is (BoundedLabel)
         # and rpc and code have a handful of values each.
-        self._request_series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
-        self._handler_series: dict[tuple[str, str], Histogram] = {}
+        self._request_series: dict[tuple[str, str, str], tuple[CounterSeries, HistogramSeries]] = {}
+        self._handler_series: dict[tuple[str, str], HistogramSeries] = {}
         self._append_ok = self.append_seconds.labels("ok")
         self._append_error = self.append_seconds.labels("error")
 
@@ -150,7 +155,7 @@ class NodeMetrics:
 
     def observe_append_batch(self, size: int, seconds: float, *, succeeded: bool) -> None:
         (self._append_ok if succeeded else self._append_error).observe(seconds)
-        self.append_batch_size.observe(size)
+        self._append_batch_sizes.observe(size)
 
     def read_at_scrape(
         self, name: str, documentation: str, read: Callable[[], Samples], *, monotonic: bool = False
