@@ -105,12 +105,15 @@ async def test_tables_live_in_the_configured_schema(
         record["table_name"] for record in tables
     }
     assert await raw.fetchval("SELECT to_regclass('public.event_journal')") is None
-    # The append function lives beside the tables and resolves them through the search path.
+    # The stored functions live beside the tables and resolve them through the search path.
     homes = await raw.fetch(
-        "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE p.proname = 'cos_append_events'"
+        "SELECT p.proname, n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE p.proname IN ('cos_append_events', 'cos_latest_states') ORDER BY 1"
     )
-    assert [record["nspname"] for record in homes] == ["Cos Schema"]
+    assert [(record["proname"], record["nspname"]) for record in homes] == [
+        ("cos_append_events", "Cos Schema"),
+        ("cos_latest_states", "Cos Schema"),
+    ]
 
 
 async def test_nodes_booting_together_migrate_once(
@@ -291,6 +294,23 @@ async def test_an_append_notifies_its_shards_and_a_refused_one_does_not(
     assert await journal.append_batch([request(second, 1)]) == [None]
     # the refused append sent nothing: the next notification is the later append's
     assert await asyncio.wait_for(received.get(), 10) == "6"
+
+
+async def test_recoveries_read_together_are_one_call_of_the_stored_read(
+    pg_database: tuple[PgServer, str], raw: asyncpg.Connection
+) -> None:
+    journal = await PostgresJournal.open(settings_for(pg_database, pool_max_size=1, pool_min_size=1))
+    try:
+        await journal.migrate(8)
+        assert await journal.append_batch([request(f"read-{n}", 0, count=2) for n in range(5)]) == [None] * 5
+        statements = await statements_on_the_only_connection(journal)
+        asked = [f"read-{n}" for n in range(5)] + ["nobody"]
+        states = await asyncio.gather(*(journal.latest_state(entity_id) for entity_id in asked))
+        assert [state.sequence_number if state else None for state in states] == [2, 2, 2, 2, 2, None]
+        # Asked in the same turn of the loop, the six ids are read by one call of the stored function.
+        assert len(statements) == 1 and "cos_latest_states" in statements[0]
+    finally:
+        await journal.close()
 
 
 async def test_a_database_at_version_8_upgrades_to_the_append_function(

@@ -1,0 +1,3 @@
+-- Version 10 adds a stored function for batched recovery reads on PostgreSQL. SQLite plans its
+-- statements once per connection and has no stored functions, so here the version changes nothing;
+-- it is kept so that both stores record the same version history in cos_migrations.
