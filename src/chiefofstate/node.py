@@ -198,7 +198,8 @@ class Node:
             listeners=listeners,
             tracing=tracing,
         )
-        writer.linger_while(lambda: processor.deciding > 0, processor.linger_budget_s)
+        writer.linger_while(lambda: processor.deciding > 0, processor.decide_time.append_wait_s)
+        journal.batch_reads_within(processor.decide_time.read_wait_s)
         host = self.host = EntityHost(
             processor,
             HostSettings(

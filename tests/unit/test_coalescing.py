@@ -225,3 +225,58 @@ async def test_close_of_an_idle_reader_is_immediate() -> None:
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError):
         reader(FakeStore(), max_batch=0)
+
+
+# ------------------------------------------------------------------------------- waiting for company
+
+
+async def steady_arrivals(target: CoalescingReader[str, int], count: int, gap_s: float) -> list[int]:
+    """`count` callers arriving one every `gap_s` seconds, as recoveries do under steady load."""
+    calls = []
+    for n in range(count):
+        calls.append(asyncio.create_task(target.get(f"key-{n}")))
+        await asyncio.sleep(gap_s)
+    return list(await asyncio.gather(*calls))
+
+
+async def test_keys_arriving_often_wait_to_share_a_fetch() -> None:
+    store = FakeStore()
+    target = reader(store)
+    target.wait_for_company(lambda: 0.01)
+    # Keys every millisecond: one is expected within the 10 ms wait, so reads share round trips.
+    await steady_arrivals(target, 40, 0.001)
+    assert len(store.fetches) <= 10
+    assert max(len(batch) for batch in store.fetches) >= 4
+
+
+async def test_keys_arriving_rarely_are_read_at_once() -> None:
+    store = FakeStore()
+    target = reader(store)
+    target.wait_for_company(lambda: 0.001)
+    # Keys every 5 ms: none is expected within the 1 ms wait, so each is read alone, without waiting.
+    loop = asyncio.get_running_loop()
+    await steady_arrivals(target, 10, 0.005)
+    started = loop.time()
+    assert await target.get("lone") == 4
+    assert loop.time() - started < 0.001
+    assert all(len(batch) == 1 for batch in store.fetches)
+
+
+async def test_a_full_batch_ends_the_wait_and_close_ends_it_too() -> None:
+    store = FakeStore()
+    target = reader(store, max_batch=4)
+    target.wait_for_company(lambda: 60.0)
+    loop = asyncio.get_running_loop()
+    # Teaches the reader that keys come often: the first is read alone, then two full batches.
+    await asyncio.wait_for(steady_arrivals(target, 9, 0.0005), 5.0)
+    store.fetches.clear()
+    started = loop.time()
+    four = asyncio.gather(*(target.get(f"k{n}") for n in range(4)))
+    assert await asyncio.wait_for(four, 5.0) == [2, 2, 2, 2]
+    assert loop.time() - started < 1.0 and store.fetches == [["k0", "k1", "k2", "k3"]]
+
+    waiting = asyncio.create_task(target.get("left alone"))
+    await asyncio.sleep(0.01)  # the reader is waiting for company that will not come
+    await target.close()
+    with pytest.raises(StoreUnavailable, match="stopped"):
+        await waiting

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from chiefofstate.core.batching import MAX_WAIT_S
 from chiefofstate.core.errors import ResourceExhausted, SequenceConflict, StoreUnavailable
-from chiefofstate.journal.group_commit import MAX_LINGER_S, GroupCommitWriter
+from chiefofstate.journal.group_commit import GroupCommitWriter
 from chiefofstate.journal.port import AppendRequest, JournalRow, SnapshotRow, StoredState
 from chiefofstate.journal.sqlite import SqliteJournal
 
@@ -138,7 +139,7 @@ async def test_a_flush_waits_for_appends_on_their_way_and_ends_with_the_last_of_
         coming[0] -= 1
         await append(writer, request(entity_id))
 
-    writer.linger_while(lambda: coming[0] > 0, lambda: 5.0)  # capped at MAX_LINGER_S
+    writer.linger_while(lambda: coming[0] > 0, lambda: 5.0)  # capped at MAX_WAIT_S
     delays = (0, 0.002, 0.004)
     late = [asyncio.create_task(arrives_after(delay, f"late{n}")) for n, delay in enumerate(delays)]
     started = loop.time()
@@ -147,26 +148,26 @@ async def test_a_flush_waits_for_appends_on_their_way_and_ends_with_the_last_of_
     await asyncio.gather(*late)
     assert journal.batches == [["first", "late0", "late1", "late2"]]  # one round trip for all four
     # The last append on its way ended the wait: not the budget, not the cap.
-    assert waited < MAX_LINGER_S
+    assert waited < MAX_WAIT_S
 
 
 async def test_a_flush_waits_no_longer_than_its_budget_for_an_append_that_never_comes(
     journal: RecordingJournal, writer: GroupCommitWriter
 ) -> None:
     loop = asyncio.get_running_loop()
-    budget = MAX_LINGER_S / 2
+    budget = MAX_WAIT_S / 2
     writer.linger_while(lambda: True, lambda: budget)  # a command whose handler hangs
     started = loop.time()
     await append(writer, request("alone"))
     assert journal.batches == [["alone"]]
-    assert budget * 0.9 <= loop.time() - started < MAX_LINGER_S
+    assert budget * 0.9 <= loop.time() - started < MAX_WAIT_S
 
     journal.batches.clear()
     writer.linger_while(lambda: True, lambda: 60.0)  # a budget beyond the cap
     started = loop.time()
     await append(writer, request("capped"))
     assert journal.batches == [["capped"]]
-    assert MAX_LINGER_S * 0.9 <= loop.time() - started < 1.0
+    assert MAX_WAIT_S * 0.9 <= loop.time() - started < 1.0
 
 
 async def test_a_full_batch_ends_the_wait(journal: RecordingJournal) -> None:
@@ -178,7 +179,7 @@ async def test_a_full_batch_ends_the_wait(journal: RecordingJournal) -> None:
         started = loop.time()
         await asyncio.gather(*(append(writer, request(f"e{n}")) for n in range(4)))
         assert journal.batches == [["e0", "e1", "e2", "e3"]]
-        assert loop.time() - started < MAX_LINGER_S
+        assert loop.time() - started < MAX_WAIT_S
     finally:
         await writer.close()
 
@@ -192,7 +193,7 @@ async def test_close_ends_the_wait_and_writes_what_is_queued(journal: RecordingJ
     await asyncio.sleep(0.001)  # the writer is waiting for appends that never come
     started = loop.time()
     await writer.close()
-    assert loop.time() - started < MAX_LINGER_S
+    assert loop.time() - started < MAX_WAIT_S
     assert outcome.result() is None
     assert journal.batches == [["queued"]]
 

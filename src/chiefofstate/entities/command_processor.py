@@ -12,6 +12,7 @@ from typing import Protocol
 
 from google.protobuf.any_pb2 import Any as AnyProto
 
+from chiefofstate.core.batching import DecideTime
 from chiefofstate.core.command_rules import (
     ProtoValidation,
     candidate_events,
@@ -41,14 +42,6 @@ from chiefofstate.writeside.port import WriteHandler
 log = logging.getLogger("chiefofstate.entities")
 
 MAX_REVISION = 2**32 - 1  # MetaData.revision_number is a uint32
-
-# A flush may wait for the appends of commands still deciding for at most this share of the time
-# commands take to decide (HandleCommand and HandleEvent, queueing included). Under load, batches of
-# 10-20 instead of 2-5 take about a sixth off the CPU each command costs the node and the database
-# (docs/performance.md); the wait scales with the load, so it stays a bounded part of a command's
-# latency, and closed-loop clients fall into step with the batches, which shortens it further.
-LINGER_SHARE = 1.0
-_DECIDE_SMOOTHING = 1 / 32  # the decide time is a moving average over about the last 32 commands
 
 
 class Appender(Protocol):
@@ -88,13 +81,15 @@ class CommandProcessor:
         wall_clock_ns: Callable[[], int] = time.time_ns,
         listeners: Sequence[CommitListener] = (),
         tracing: Tracing = TRACING_OFF,
+        decide_time: DecideTime | None = None,
     ) -> None:
         self._tracing = tracing
+        # How long commands take to decide: the journal sizes its waits for company by it (core/batching).
+        self.decide_time = decide_time if decide_time is not None else DecideTime()
         self.recoveries = 0
         # Commands between the start of HandleCommand and their append: the group-commit writer lingers
         # briefly while there are any, so their appends share a round trip (group_commit.linger_while).
         self.deciding = 0
-        self._decide_s = 0.0
         self._handler = handler
         self._journal = journal
         self._appender = appender
@@ -102,10 +97,6 @@ class CommandProcessor:
         self._settings = settings
         self._wall_clock_ns = wall_clock_ns
         self._listeners = tuple(listeners)
-
-    def linger_budget_s(self) -> float:
-        """How long the group-commit writer may wait for the appends of commands still deciding."""
-        return self._decide_s * LINGER_SHARE
 
     async def ensure_recovered(self, entity: Entity) -> EntityState:
         state = entity.state
@@ -129,7 +120,7 @@ class CommandProcessor:
                 wrappers = await self._decide(prior, command, metadata, deadline)
         finally:
             self.deciding -= 1
-            self._decide_s += (time.perf_counter() - started - self._decide_s) * _DECIDE_SMOOTHING
+            self.decide_time.record(time.perf_counter() - started)
         if not wrappers:
             return current  # a no-op persists nothing and consumes no revision (§3.7)
         deadline.check("before the append")

@@ -1,9 +1,11 @@
 """Coalesced reads: one read by key in flight at a time; keys asked for meanwhile go together in the next.
 
-The read-side counterpart of group commit (group_commit.py): no timer decides when to read. An idle
-reader reads a lone key at once; keys that arrive while a read is in flight wait for it and are then
-fetched together, so batches grow exactly as fast as the database is slow. Recovering many entities
-after a restart then costs a few multi-key queries instead of one query per entity.
+The read-side counterpart of group commit (group_commit.py). Keys that arrive while a read is in flight
+wait for it and are then fetched together, so batches grow as fast as the database is slow: recovering
+many entities after a restart costs a few multi-key queries instead of one query per entity. An idle
+reader reads a lone key at once, unless keys arrive so often that another is expected within the wait
+it was given (`wait_for_company`): then it waits that long (or until the batch is full) first, so that
+under steady load reads share round trips instead of going one by one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from chiefofstate.core.batching import ArrivalRate
 from chiefofstate.core.errors import copy_for_another_caller
+from chiefofstate.journal.early_wake import EarlyWake
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -98,6 +102,14 @@ class CoalescingReader(Generic[K, V]):
         self._queue: KeyQueue[K, asyncio.Future[V | _Failed]] = KeyQueue()
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
+        self._arrivals = ArrivalRate()
+        self._wait_s: Callable[[], float] = _no_wait
+        self._company = EarlyWake()
+
+    def wait_for_company(self, wait_s: Callable[[], float]) -> None:
+        """Before a fetch from idle, wait at most `wait_s()` seconds for other keys when they arrive often
+        enough that one is expected within that time; a full batch ends the wait."""
+        self._wait_s = wait_s
 
     @property
     def waiting(self) -> int:
@@ -109,7 +121,10 @@ class CoalescingReader(Generic[K, V]):
             raise self._stopped()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[V | _Failed] = loop.create_future()
+        self._arrivals.arrived(loop.time())
         self._queue.add(key, waiter)
+        if len(self._queue) >= self._max_batch:
+            self._company.wake()
         if self._runner is None:
             # Scheduled, not run: callers arriving in this same turn of the loop join the first fetch.
             self._runner = loop.create_task(self._fetch_until_empty(), name=self._name)
@@ -137,6 +152,9 @@ class CoalescingReader(Generic[K, V]):
     async def _fetch_until_empty(self) -> None:
         batch: dict[K, list[asyncio.Future[V | _Failed]]] = {}
         try:
+            wait_s = self._wait_s()
+            if len(self._queue) < self._max_batch and self._arrivals.worth_waiting(wait_s):
+                await self._company.at_most(wait_s)
             while self._queue:
                 batch = self._queue.take(self._max_batch)
                 try:
@@ -158,6 +176,10 @@ class CoalescingReader(Generic[K, V]):
                 stopped = self._stopped()
                 _fail_all(batch, stopped)
                 _fail_all(self._queue.take_all(), stopped)
+
+
+def _no_wait() -> float:
+    return 0.0
 
 
 def _resolve_all(waiters: list[asyncio.Future[V | _Failed]], value: V) -> None:

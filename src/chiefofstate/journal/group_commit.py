@@ -9,9 +9,9 @@ HandleCommand and their append, a flush first waits a little for them (`linger_w
 appends share its round trip. Each round trip costs a socket write and read on the node and a commit in
 the database whatever its size, so under concurrent load fewer, larger batches take CPU off every
 command. The wait ends as soon as no other command is deciding, when the batch is full, or after a
-budget the command processor sets in proportion to how long commands take to decide (at most
-MAX_LINGER_S): a batch then adds at most a fixed share to a command's latency, whatever the load, and a
-lone client never waits.
+budget in proportion to how long commands take to decide (core/batching.py, at most MAX_WAIT_S): a batch
+then adds at most a bounded share to a command's latency, whatever the load, and a lone client never
+waits.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Link
 
+from chiefofstate.core.batching import MAX_WAIT_S
 from chiefofstate.core.errors import ResourceExhausted, StoreUnavailable, copy_for_another_caller
+from chiefofstate.journal.early_wake import EarlyWake
 from chiefofstate.journal.port import AppendRequest, Journal
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import SPAN_JOURNAL_BATCH, TRACING_OFF, Tracing
-
-MAX_LINGER_S = 0.020
 
 
 def _nothing_coming() -> bool:
@@ -74,12 +74,12 @@ class GroupCommitWriter:
         self._closing = False
         self._appends_coming: Callable[[], bool] = _nothing_coming
         self._linger_budget_s: Callable[[], float] = _no_budget
-        self._lingering: asyncio.Future[None] | None = None  # while a flush waits for appends on their way
+        self._lingering = EarlyWake()  # a flush waiting for appends on their way
 
     def linger_while(self, appends_coming: Callable[[], bool], budget_s: Callable[[], float]) -> None:
         """Before a flush, wait while `appends_coming()` says other appends are on their way, for at most
-        `budget_s()` seconds (and never more than MAX_LINGER_S); the command processor tells both
-        (CommandProcessor.deciding and CommandProcessor.linger_budget_s)."""
+        `budget_s()` seconds (and never more than MAX_WAIT_S); the command processor tells both
+        (CommandProcessor.deciding and DecideTime.append_wait_s)."""
         self._appends_coming = appends_coming
         self._linger_budget_s = budget_s
 
@@ -108,18 +108,15 @@ class GroupCommitWriter:
         outcome: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(request, self._tracing.current_link(), outcome))
         self._wakeup.set()
-        if self._lingering is not None and (
-            len(self._queue) >= self._max_batch or not self._appends_coming()
-        ):
-            _wake(self._lingering)  # the batch is full, or this was the last append on its way
+        if self._lingering.waiting and (len(self._queue) >= self._max_batch or not self._appends_coming()):
+            self._lingering.wake()  # the batch is full, or this was the last append on its way
         return outcome
 
     async def close(self) -> None:
         """Stop taking requests, write everything already queued, then stop the writer task."""
         self._closing = True
         self._wakeup.set()
-        if self._lingering is not None:
-            _wake(self._lingering)
+        self._lingering.wake()
         if self._task is None:
             return
         try:
@@ -140,7 +137,7 @@ class GroupCommitWriter:
                     await self._wakeup.wait()
                     continue
                 if len(self._queue) < self._max_batch and not self._closing and self._appends_coming():
-                    await self._linger(min(self._linger_budget_s(), MAX_LINGER_S))
+                    await self._lingering.at_most(min(self._linger_budget_s(), MAX_WAIT_S))
                 size = min(len(self._queue), self._max_batch)
                 batch = [self._queue.popleft() for _ in range(size)]
                 await self._flush_batch(batch)
@@ -149,19 +146,6 @@ class GroupCommitWriter:
             stopped = StoreUnavailable("the journal writer stopped before writing this request")
             while self._queue:
                 _resolve(self._queue.popleft(), stopped)
-
-    async def _linger(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        lingering = self._lingering = loop.create_future()
-        # One timer per batch, and `submit` ends the wait early: no polling of the loop while waiting.
-        timer = loop.call_later(seconds, _wake, lingering)
-        try:
-            await lingering
-        finally:
-            timer.cancel()
-            self._lingering = None
 
     async def _flush_batch(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
@@ -189,11 +173,6 @@ class GroupCommitWriter:
             outcomes = [mismatch] * len(batch)
         for pending, outcome in zip(batch, outcomes, strict=True):
             _resolve(pending, outcome)
-
-
-def _wake(lingering: asyncio.Future[None]) -> None:
-    if not lingering.done():
-        lingering.set_result(None)
 
 
 def _resolve(pending: _Pending, outcome: Exception | None) -> None:

@@ -6,7 +6,7 @@ serialized `EventWrapper`, one `event_tag` row with the shard number, snapshots 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -85,6 +85,11 @@ class Journal(Protocol):
 
     async def latest_state(self, entity_id: str) -> StoredState | None:
         """The newest of (latest snapshot, latest event row); None when the entity has neither."""
+        ...
+
+    def batch_reads_within(self, wait_s: Callable[[], float]) -> None:
+        """A hint: `latest_state` reads arriving steadily may wait up to `wait_s()` seconds to share one
+        round trip. A store whose reads cost no round trip ignores it."""
         ...
 
     async def read_events(

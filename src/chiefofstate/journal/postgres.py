@@ -464,6 +464,10 @@ class PostgresJournal:
             for request in requests
         ]
 
+    def batch_reads_within(self, wait_s: Callable[[], float]) -> None:
+        """Recoveries arriving steadily may wait up to `wait_s()` to share one read (coalescing.py)."""
+        self._latest_states.wait_for_company(wait_s)
+
     async def latest_state(self, entity_id: str) -> StoredState | None:
         # Rows are checked here, per caller, so a bad row fails only the callers of its entity.
         return newest_state(entity_id, await self._latest_states.get(entity_id))

@@ -342,6 +342,9 @@ class SqliteJournal:
             for request in requests
         ]
 
+    def batch_reads_within(self, wait_s: Callable[[], float]) -> None:
+        """Reads are in-process here: nothing is gained by waiting for others."""
+
     async def latest_state(self, entity_id: str) -> StoredState | None:
         async with self._session("read the latest state") as connection:
             rows = await connection.execute_fetchall(_LATEST_STATE, (entity_id,))

@@ -283,13 +283,13 @@ async def test_get_state_of_an_idle_cached_entity_answers_at_once_and_a_busy_one
 
 
 async def test_the_group_commit_budget_follows_how_long_commands_take_to_decide(rig: Rig) -> None:
-    assert rig.processor.linger_budget_s() == 0.0  # no command decided yet: a flush never waits
+    assert rig.processor.decide_time.append_wait_s() == 0.0  # no command decided yet: a flush never waits
     await rig.command("quick", 1)
-    quick = rig.processor.linger_budget_s()
+    quick = rig.processor.decide_time.append_wait_s()
     rig.handler.command_delay_s = 0.02
     for _ in range(20):
         await rig.command("slow", 1)
-    slow = rig.processor.linger_budget_s()
+    slow = rig.processor.decide_time.append_wait_s()
     # A moving average: it moves toward the 20 ms handler within a few commands, not at once.
     assert quick < 0.005 < slow < 0.02
     assert rig.processor.deciding == 0
