@@ -1,4 +1,5 @@
-"""The gRPC server metrics interceptor: status codes as the client sees them, series bound once."""
+"""The gRPC server metrics: status codes as the client sees them, series bound once, every handler
+registered through MeasuredServer measured."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from grpc_health.v1 import health_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
-from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, failure_code, split_method
+from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, MeasuredServer, failure_code, split_method
 from chiefofstate.telemetry.metrics import NodeMetrics
 
 COS = "chief_of_state.v1.ChiefOfStateService"
@@ -21,7 +22,7 @@ PROCESS_COMMAND = f"/{COS}/ProcessCommand"
 
 
 class FakeContext:
-    """The parts of grpc.aio's ServicerContext the interceptor reads."""
+    """The parts of grpc.aio's ServicerContext the measured handlers read."""
 
     def __init__(self, code: grpc.StatusCode | None = None, remaining: float | None = None) -> None:
         self._code = code
@@ -92,24 +93,34 @@ def labels(method: str, grpc_type: str = "unary", **extra: str) -> tuple[tuple[s
 
 
 async def measured_handler(
-    interceptor: GrpcServerMetrics, method: str, handler: grpc.RpcMethodHandler[Any, Any] | None
+    server_metrics: GrpcServerMetrics, method: str, handler: grpc.RpcMethodHandler[Any, Any] | None
 ) -> Any:
-    calls = []
+    """The handler as a server registered through MeasuredServer runs it (None: not ours)."""
+    service, name = split_method(method)
+    generic = grpc.method_handlers_generic_handler(service, {name: handler} if handler is not None else {})
+    registered: dict[str, Any] = {}
 
-    async def continuation(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-        calls.append(details.method)
-        return handler
+    class Recorder:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            registered["generic"] = handlers[0]
 
-    measured = await interceptor.intercept_service(continuation, Details(method))
-    assert await interceptor.intercept_service(continuation, Details(method)) is measured
-    assert calls == [method] if measured is not None else calls == [method, method]
+        def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
+            registered.update(handlers)
+
+    measuring = MeasuredServer(Recorder(), server_metrics)  # type: ignore[arg-type]
+    measuring.add_generic_rpc_handlers([generic])
+    measured = registered["generic"].service(Details(method))
+    assert registered["generic"].service(Details(method)) is measured  # wrapped once per method
+    if handler is not None:
+        measuring.add_registered_method_handlers(service, {name: handler})
+        assert registered[name] is measured  # the fast path runs the same measured handler
     return measured
 
 
 async def test_unary_calls_are_counted_by_status_and_timed() -> None:
     metrics = NodeMetrics()
-    interceptor = GrpcServerMetrics(metrics)
-    interceptor.initialize([COS])
+    server_metrics = GrpcServerMetrics(metrics)
+    server_metrics.initialize([COS])
 
     async def process_command(request: pb.ProcessCommandRequest, context: FakeContext) -> bytes:
         if not request.entity_id:
@@ -123,7 +134,7 @@ async def test_unary_calls_are_counted_by_status_and_timed() -> None:
     handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
         process_command, pb.ProcessCommandRequest.FromString, None
     )
-    measured = await measured_handler(interceptor, PROCESS_COMMAND, handler)
+    measured = await measured_handler(server_metrics, PROCESS_COMMAND, handler)
     assert (measured.request_streaming, measured.response_streaming) == (False, False)
     assert measured.request_deserializer == pb.ProcessCommandRequest.FromString
     assert measured.response_serializer is None
@@ -153,7 +164,7 @@ async def test_unknown_methods_are_left_to_grpc_and_not_counted() -> None:
 
 async def test_written_and_yielded_stream_messages_are_counted() -> None:
     metrics = NodeMetrics()
-    interceptor = GrpcServerMetrics(metrics)
+    server_metrics = GrpcServerMetrics(metrics)
     watch = "/grpc.health.v1.Health/Watch"
     reflect = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
@@ -171,13 +182,13 @@ async def test_written_and_yielded_stream_messages_are_counted() -> None:
             yield text
 
     writer = await measured_handler(
-        interceptor, watch, grpc.unary_stream_rpc_method_handler(written, None, None)
+        server_metrics, watch, grpc.unary_stream_rpc_method_handler(written, None, None)
     )
     context = FakeContext()
     await writer.unary_stream(health_pb2.HealthCheckRequest(), context)
     assert len(context.written) == 3
     generator = await measured_handler(
-        interceptor, reflect, grpc.stream_stream_rpc_method_handler(yielded, None, None)
+        server_metrics, reflect, grpc.stream_stream_rpc_method_handler(yielded, None, None)
     )
     assert [reply async for reply in generator.stream_stream(requests(), FakeContext())] == ["A", "B"]
 
@@ -190,7 +201,7 @@ async def test_written_and_yielded_stream_messages_are_counted() -> None:
 
 async def test_a_stream_the_client_abandons_is_cancelled() -> None:
     metrics = NodeMetrics()
-    interceptor = GrpcServerMetrics(metrics)
+    server_metrics = GrpcServerMetrics(metrics)
     method = "/grpc.health.v1.Health/Watch"
     parked = asyncio.Event()
 
@@ -199,7 +210,7 @@ async def test_a_stream_the_client_abandons_is_cancelled() -> None:
         await asyncio.Event().wait()
 
     measured = await measured_handler(
-        interceptor, method, grpc.unary_stream_rpc_method_handler(endless, None, None)
+        server_metrics, method, grpc.unary_stream_rpc_method_handler(endless, None, None)
     )
     task = asyncio.create_task(measured.unary_stream(object(), FakeContext()))
     await parked.wait()

@@ -1,5 +1,5 @@
 """Builds the node's gRPC server: the CoS service, standard health and server reflection (D11), with
-server metrics for every method when given a GrpcServerMetrics interceptor."""
+server metrics for every method when given GrpcServerMetrics (each handler wrapped as it is added)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chiefofstate.api.cos_service import COS_SERVICE_NAME, ChiefOfStateService, add_to_server
-from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics
+from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, MeasuredServer
 
 # (full service name, function adding its servicer to the server): services only some nodes serve,
 # such as ReadSideManagerService with COS_READ_SIDE_ENABLED=true (SPEC.md §1).
@@ -28,7 +28,6 @@ class GrpcServer:
         metrics: GrpcServerMetrics | None = None,
     ) -> None:
         self._server = aio.server(
-            interceptors=[metrics] if metrics is not None else None,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -36,14 +35,15 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        add_to_server(service, self._server)
+        registry = MeasuredServer(self._server, metrics) if metrics is not None else self._server
+        add_to_server(service, registry)
         for _, register in extra_services:
-            register(self._server)
+            register(registry)
         self._service_names = [COS_SERVICE_NAME, *(name for name, _ in extra_services)]
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
         served = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(served, self._server)
+        reflection.enable_server_reflection(served, registry)
         if metrics is not None:
             metrics.initialize(served)
         self.port = self._server.add_insecure_port(f"{address}:{port}")
