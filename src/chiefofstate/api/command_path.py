@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from types import TracebackType
 
 from google.protobuf.any_pb2 import Any as AnyProto
 from opentelemetry.trace import Span, SpanKind
@@ -24,7 +25,13 @@ from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import EntityState
 from chiefofstate.entities.host import EntityHost
 from chiefofstate.telemetry.metrics import NodeMetrics
-from chiefofstate.telemetry.tracing import SPAN_GET_STATE, SPAN_PROCESS_COMMAND, TRACING_OFF, Tracing
+from chiefofstate.telemetry.tracing import (
+    NO_SPAN,
+    SPAN_GET_STATE,
+    SPAN_PROCESS_COMMAND,
+    TRACING_OFF,
+    Tracing,
+)
 
 log = logging.getLogger("chiefofstate.api")
 
@@ -50,7 +57,6 @@ class CommandPath:
         budget = min(self._command_timeout_s, caller_left_s if caller_left_s is not None else math.inf)
         return Deadline(self._clock() + budget, self._clock)
 
-    @contextmanager
     def _request(
         self,
         rpc: str,
@@ -59,30 +65,16 @@ class CommandPath:
         command_type: str,
         metadata: Metadata,
         report: Callable[[CosError, bool], None],
-    ) -> Iterator[Span | None]:
-        """The request's server span (joined to the caller's trace) and metrics; any failure leaves as a
-        CosError, reported (logged) while the span is still current so the log line carries its ids."""
-        started = time.perf_counter()
-        code = Code.OK
-        attributes = {"cos.entity_id": entity_id}
-        if command_type:
-            attributes["cos.command_type"] = command_type
-        try:
-            with self._tracing.span(
+    ) -> _RequestScope:
+        span: AbstractContextManager[Span | None] = NO_SPAN
+        if self._tracing.enabled:
+            attributes = {"cos.entity_id": entity_id}
+            if command_type:
+                attributes["cos.command_type"] = command_type
+            span = self._tracing.span(
                 span_name, kind=SpanKind.SERVER, parent=self._tracing.extract(metadata), attributes=attributes
-            ) as span:
-                try:
-                    yield span
-                except Exception as failure:
-                    error = as_cos_error(failure)
-                    code = error.code
-                    report(error, error is not failure)
-                    if error is failure:
-                        raise
-                    raise error from failure
-        finally:
-            if self._metrics is not None:
-                self._metrics.observe_request(rpc, code.name, command_type, time.perf_counter() - started)
+            )
+        return _RequestScope(span, self._metrics, rpc, command_type, report)
 
     async def process_command(
         self, entity_id: str, command: AnyProto, metadata: Metadata, caller_left_s: float | None
@@ -131,3 +123,51 @@ class CommandPath:
             if span is not None:
                 span.set_attribute("cos.revision", state.revision)
             return state
+
+
+class _RequestScope:
+    """One request's server span (joined to the caller's trace) and metrics; any failure leaves as a
+    CosError, reported (logged) while the span is still current so the log line carries its ids.
+
+    A class rather than a generator-based context manager: it is entered on every request, and this
+    costs a third of what contextlib's machinery does.
+    """
+
+    __slots__ = ("_command_type", "_metrics", "_report", "_rpc", "_span", "_started")
+
+    def __init__(
+        self,
+        span: AbstractContextManager[Span | None],
+        metrics: NodeMetrics | None,
+        rpc: str,
+        command_type: str,
+        report: Callable[[CosError, bool], None],
+    ) -> None:
+        self._span = span
+        self._metrics = metrics
+        self._rpc = rpc
+        self._command_type = command_type
+        self._report = report
+        self._started = 0.0
+
+    def __enter__(self) -> Span | None:
+        self._started = time.perf_counter()
+        return self._span.__enter__()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, failure: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        code = Code.OK
+        try:
+            if isinstance(failure, Exception):
+                error = as_cos_error(failure)
+                code = error.code
+                self._report(error, error is not failure)
+                if error is not failure:
+                    self._span.__exit__(type(error), error, None)
+                    raise error from failure
+            self._span.__exit__(kind, failure, traceback)
+        finally:
+            if self._metrics is not None:
+                seconds = time.perf_counter() - self._started
+                self._metrics.observe_request(self._rpc, code.name, self._command_type, seconds)

@@ -111,7 +111,9 @@ class CommandProcessor:
     async def process(
         self, entity: Entity, command: AnyProto, metadata: Metadata, deadline: Deadline
     ) -> EntityState:
-        current = await self.ensure_recovered(entity)
+        current = entity.state
+        if current is None:
+            current = await self.ensure_recovered(entity)
         prior = current.decode()
         self.deciding += 1
         started = time.perf_counter()
