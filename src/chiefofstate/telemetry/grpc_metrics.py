@@ -135,9 +135,9 @@ class GrpcServerMetrics:
                 continue  # not in the default pool: its series appear on the first call
             for method in service.methods:
                 kind = _GRPC_TYPES[(method.client_streaming, method.server_streaming)]
-                self._method_series(f"/{service.full_name}/{method.name}", kind)
+                self.method_series(f"/{service.full_name}/{method.name}", kind)
 
-    def _method_series(self, full_method: str, grpc_type: str) -> MethodSeries:
+    def method_series(self, full_method: str, grpc_type: str) -> MethodSeries:
         series = self._series.get(full_method)
         if series is None:
             series = self._series[full_method] = MethodSeries(self, grpc_type, *split_method(full_method))
@@ -156,7 +156,7 @@ class GrpcServerMetrics:
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         streaming = (handler.request_streaming, handler.response_streaming)
-        series = self._method_series(method, _GRPC_TYPES[streaming])
+        series = self.method_series(method, _GRPC_TYPES[streaming])
         behavior: Any = (
             handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         )

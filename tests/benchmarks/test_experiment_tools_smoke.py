@@ -1,0 +1,46 @@
+"""The experiment tools of benchmarks/ still run (tiny sizes); their figures belong to
+docs/performance.md, so only their shape is checked."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.postgres import PgServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> str:
+    finished = subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=110
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished.stdout
+
+
+@pytest.mark.timeout(60)
+def test_command_path_cost_reports_both_workloads() -> None:
+    out = run("benchmarks.command_path_cost", "--commands", "500")
+    costs = dict(re.findall(r"ProcessCommand (hot|new): ([0-9.]+) µs", out))
+    assert set(costs) == {"hot", "new"}
+    assert all(float(cost) > 0 for cost in costs.values())
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_node_load_measures_a_node_on_postgres(pg_server: PgServer) -> None:
+    out = run(
+        "benchmarks.node_load",
+        *("--workload", "new", "--concurrency", "4", "--seconds", "1", "--warmup", "0.5"),
+        *("--pg-host", pg_server.host, "--pg-port", str(pg_server.port), "--pg-user", pg_server.user),
+    )
+    found = re.search(r"new c=4: ([0-9,]+) ops/s .* batch ([0-9.]+) .* node ([0-9]+) ", out)
+    assert found is not None, out
+    assert int(found.group(1).replace(",", "")) > 0
+    assert float(found.group(2)) >= 1.0  # every command appended, in batches of one or more
