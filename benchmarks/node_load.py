@@ -113,7 +113,7 @@ async def measure(arguments: argparse.Namespace) -> str:
             "COS_DB_NAME": database,
             **dict(pair.split("=", 1) for pair in arguments.env),
         }
-        node = fleet.start_node(store, handler)
+        node = fleet.start_node(store, handler, variant=arguments.variant)
         channel = aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}")
         try:
             workers = Workers(ChiefOfStateServiceStub(channel), arguments.workload, arguments.concurrency)
@@ -179,6 +179,7 @@ def cli() -> None:
     parser.add_argument("--pg-user", default="postgres")
     parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="more node settings")
     parser.add_argument("--label", default="", help="printed first, to tell runs apart")
+    parser.add_argument("--variant", default="", help="an experiment of benchmarks/variants.py")
     arguments = parser.parse_args()
     if arguments.label:
         arguments.label += " "

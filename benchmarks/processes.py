@@ -142,6 +142,7 @@ class Fleet:
             process = spawn(label, args, env, self.log_dir)
             process.ports["grpc"] = int(env["COS_PORT"])
             process.ports["management"] = int(env["COS_MANAGEMENT_PORT"])
+            process.ports["metrics"] = int(env.get("COS_PROMETHEUS_PORT", "9102"))
             return process
 
         def ready(process: Process) -> None:

@@ -252,13 +252,13 @@ async def test_keys_arriving_often_wait_to_share_a_fetch() -> None:
 async def test_keys_arriving_rarely_are_read_at_once() -> None:
     store = FakeStore()
     target = reader(store)
-    target.wait_for_company(lambda: 0.001)
-    # Keys every 5 ms: none is expected within the 1 ms wait, so each is read alone, without waiting.
+    target.wait_for_company(lambda: 0.02)
+    # Keys every 50 ms: none is expected within the 20 ms wait, so each is read alone, without waiting.
     loop = asyncio.get_running_loop()
-    await steady_arrivals(target, 10, 0.005)
+    await steady_arrivals(target, 10, 0.05)
     started = loop.time()
     assert await target.get("lone") == 4
-    assert loop.time() - started < 0.001
+    assert loop.time() - started < 0.02
     assert all(len(batch) == 1 for batch in store.fetches)
 
 
