@@ -1,8 +1,8 @@
 """Group commit: one writer task turns many commands' appends into one journal transaction.
 
-No timer decides when to flush. When the writer is idle a request is written at once (no added latency
-for a lone client); requests that arrive while a flush is in flight wait for it and then go together in
-the next one, so batches grow exactly as fast as the database is slow (DESIGN.md "Group commit").
+When the writer is idle and no other command is about to append, a request is written at once (no added
+latency for a lone client); requests that arrive while a flush is in flight wait for it and then go
+together in the next one, so batches grow as fast as the database is slow (DESIGN.md "Group commit").
 
 One refinement, for a database that is fast next to the write handler: while other commands are between
 HandleCommand and their append, a flush first waits a little for them (`linger_while`), so that their
