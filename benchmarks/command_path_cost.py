@@ -19,7 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from benchmarks.messages import COMMAND, EVENT, STATE
+from benchmarks.handlers import COMMAND_ANSWER, EVENT_ANSWER
+from benchmarks.messages import COMMAND
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.core.command_rules import ProtoValidation
@@ -42,8 +43,6 @@ from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import TRACING_OFF
 from chiefofstate.writeside.instrumented import InstrumentedWriteHandler
 
-COMMAND_ANSWER = HandleCommandResponse(events=[EVENT])
-EVENT_ANSWER = HandleEventResponse(resulting_state=STATE)
 PROCESS_COMMAND = "/chief_of_state.v1.ChiefOfStateService/ProcessCommand"
 
 

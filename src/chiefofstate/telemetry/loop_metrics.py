@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import cast
+from typing import Generic, TypeVar, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -54,36 +54,45 @@ class HistogramSeries:
         self.sum += value
 
 
-class _Family(Collector):
-    """Subclasses register themselves once their series exist. `describe` names the family, so a
-    registry refuses a second family of the same name whether or not it collects to describe."""
+S = TypeVar("S", CounterSeries, HistogramSeries)
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+
+class _Family(Collector, Generic[S]):
+    """A family's series by label values, each made on first use. It registers itself once its fields
+    exist; `describe` names the family, so a registry refuses a second family of the same name whether
+    or not it collects to describe."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+        new_series: Callable[[], S],
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self._new_series: Callable[[], S] = new_series
+        self._series: dict[tuple[str, ...], S] = {}
+        registry.register(self)
 
-    def _check(self, values: tuple[str, ...]) -> None:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+    def labels(self, *values: str) -> S:
+        series = self._series.get(values)
+        if series is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            series = self._series[values] = self._new_series()
+        return series
 
 
-class LoopCounter(_Family):
+class LoopCounter(_Family[CounterSeries]):
     """A counter family; give the name without `_total`, as with prometheus_client's Counter."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
     ) -> None:
-        super().__init__(name.removesuffix("_total"), documentation, labelnames)
-        self._series: dict[tuple[str, ...], CounterSeries] = {}
-        registry.register(self)
-
-    def labels(self, *values: str) -> CounterSeries:
-        series = self._series.get(values)
-        if series is None:
-            self._check(values)
-            series = self._series[values] = CounterSeries()
-        return series
+        super().__init__(name.removesuffix("_total"), documentation, labelnames, registry, CounterSeries)
 
     def describe(self) -> Iterator[Metric]:
         yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -95,7 +104,7 @@ class LoopCounter(_Family):
         yield family
 
 
-class LoopHistogram(_Family):
+class LoopHistogram(_Family[HistogramSeries]):
     def __init__(
         self,
         name: str,
@@ -104,17 +113,8 @@ class LoopHistogram(_Family):
         registry: CollectorRegistry,
         buckets: Sequence[float],
     ) -> None:
-        super().__init__(name, documentation, labelnames)
-        self._bounds = tuple(sorted(float(bound) for bound in buckets))
-        self._series: dict[tuple[str, ...], HistogramSeries] = {}
-        registry.register(self)
-
-    def labels(self, *values: str) -> HistogramSeries:
-        series = self._series.get(values)
-        if series is None:
-            self._check(values)
-            series = self._series[values] = HistogramSeries(self._bounds)
-        return series
+        bounds = self._bounds = tuple(sorted(float(bound) for bound in buckets))
+        super().__init__(name, documentation, labelnames, registry, lambda: HistogramSeries(bounds))
 
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
