@@ -16,6 +16,7 @@ from grpc import aio
 
 from benchmarks.messages import EVENT, SERVER_OPTIONS, STATE
 from chiefofstate.event_loop import run_on_event_loop
+from chiefofstate.gc_tuning import freeze_start_up_heap
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleCommandRequest,
     HandleCommandResponse,
@@ -50,6 +51,7 @@ async def serve_until_signalled(server: aio.Server, banner: str) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await server.start()
+    freeze_start_up_heap()  # as `cos serve` does: the floor must not pay full collections the node avoids
     print(banner, flush=True)
     try:
         await stop.wait()

@@ -30,6 +30,7 @@ from grpc import aio
 
 from benchmarks.messages import COMMAND
 from chiefofstate.core.sharding import shard_of
+from chiefofstate.gc_tuning import freeze_start_up_heap
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 
@@ -230,6 +231,7 @@ async def serve() -> None:
 
 
 def main() -> None:
+    freeze_start_up_heap()  # as every process of the benchmark does (benchmarks/handlers.py)
     asyncio.run(serve())
 
 

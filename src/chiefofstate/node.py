@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
@@ -21,6 +20,7 @@ from chiefofstate.core.errors import CosError, StoreUnavailable
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings, CommitListener
 from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
+from chiefofstate.gc_tuning import freeze_start_up_heap
 from chiefofstate.journal.group_commit import GroupCommitWriter
 from chiefofstate.journal.port import Journal
 from chiefofstate.readside.assembly import ReadSides, open_read_sides
@@ -309,15 +309,6 @@ class Node:
         started = time.monotonic()
         await self._closers.aclose()
         log.warning("chiefofstate node stopped in %.2fs", time.monotonic() - started)
-
-
-def freeze_start_up_heap() -> None:
-    """Take what starting allocated (modules, protobuf descriptors, gRPC and OpenTelemetry state: ≈ 80,000
-    objects) out of the garbage collector's reach. A full collection otherwise walks all of it and stops
-    the event loop for ≈ 45 ms every few seconds under load, which is most of the node's p99; frozen, it
-    takes ≈ 1 ms (docs/performance.md). What the node allocates later is collected as before."""
-    gc.collect()
-    gc.freeze()
 
 
 async def run_until_signalled(settings: Settings) -> None:
