@@ -81,11 +81,10 @@ class CommandProcessor:
         wall_clock_ns: Callable[[], int] = time.time_ns,
         listeners: Sequence[CommitListener] = (),
         tracing: Tracing = TRACING_OFF,
-        decide_time: DecideTime | None = None,
     ) -> None:
         self._tracing = tracing
         # How long commands take to decide: the journal sizes its waits for company by it (core/batching).
-        self.decide_time = decide_time if decide_time is not None else DecideTime()
+        self.decide_time = DecideTime()
         self.recoveries = 0
         # Commands between the start of HandleCommand and their append: the group-commit writer lingers
         # briefly while there are any, so their appends share a round trip (group_commit.linger_while).
