@@ -12,7 +12,6 @@ one setting can be compared with another in back-to-back runs.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import tempfile
@@ -20,21 +19,12 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import asyncpg
-from grpc import aio
 
-from benchmarks.messages import COMMAND
+from benchmarks.loadgen import Channels, Measurement, Workload
 from benchmarks.processes import Fleet, cpu_seconds
 from chiefofstate.event_loop import run_on_event_loop
-from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
-from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-
-if TYPE_CHECKING:
-    from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceAsyncStub
-
-HOT_IDS_PER_WORKER = 4
 
 
 def scraped(text: str, name: str) -> float:
@@ -47,45 +37,22 @@ def metrics_text(port: int) -> str:
         return str(answer.read().decode())
 
 
-class Workers:
-    def __init__(self, stub: ChiefOfStateServiceAsyncStub, workload: str, concurrency: int) -> None:
-        self._stub = stub
-        self._workload = workload
-        self._concurrency = concurrency
-        self.latencies: list[float] = []
-
-    def _entity(self, worker: int, n: int) -> str:
-        if self._workload == "new":
-            return f"new-{worker}-{n}-{uuid.uuid4().hex[:8]}"
-        return f"hot-{worker}-{n % HOT_IDS_PER_WORKER}"
-
-    async def prime(self) -> None:
-        await asyncio.gather(
-            *(
-                self._stub.ProcessCommand(pb.ProcessCommandRequest(entity_id=f"hot-{w}-{n}", command=COMMAND))
-                for w in range(self._concurrency)
-                for n in range(HOT_IDS_PER_WORKER)
-            )
-        )
-
-    async def run(self, seconds: float, *, record: bool) -> None:
-        stop_at = time.monotonic() + seconds
-        await asyncio.gather(*(self._worker(w, stop_at, record) for w in range(self._concurrency)))
-
-    async def _worker(self, worker: int, stop_at: float, record: bool) -> None:
-        n = 0
-        while time.monotonic() < stop_at:
-            entity_id = self._entity(worker, n)
-            n += 1
-            started = time.perf_counter()
-            if self._workload == "get":
-                await self._stub.GetState(pb.GetStateRequest(entity_id=entity_id))
-            else:
-                await self._stub.ProcessCommand(
-                    pb.ProcessCommandRequest(entity_id=entity_id, command=COMMAND)
-                )
-            if record:
-                self.latencies.append(time.perf_counter() - started)
+def phase(arguments: argparse.Namespace, name: str, seconds: float) -> Workload:
+    """One phase of load (warm-up or measured) as the benchmark's load generator runs it: hot and get
+    workloads keep the same entities across phases, new ones take fresh ids in each."""
+    return Workload(
+        targets=[],
+        rpc="get" if arguments.workload == "get" else "process",
+        entities="new" if arguments.workload == "new" else "hot",
+        prefix=f"load-{name}" if arguments.workload == "new" else "load",
+        workers=arguments.concurrency,
+        first_worker=0,
+        total_workers=arguments.concurrency,
+        warmup_s=0.0,
+        window_s=seconds,
+        windows=1,
+        prime=name == "warmup",
+    )
 
 
 async def database_pids(connect: dict[str, str], database: str) -> list[int]:
@@ -114,18 +81,20 @@ async def measure(arguments: argparse.Namespace) -> str:
             **dict(pair.split("=", 1) for pair in arguments.env),
         }
         node = fleet.start_node(store, handler, variant=arguments.variant)
-        channel = aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}")
+        channels = Channels()
         try:
-            workers = Workers(ChiefOfStateServiceStub(channel), arguments.workload, arguments.concurrency)
-            await workers.prime()
-            await workers.run(arguments.warmup, record=False)
+            stubs = await channels.stubs([f"127.0.0.1:{node.ports['grpc']}"])
+            warmup = Measurement(phase(arguments, "warmup", arguments.warmup), stubs)
+            await warmup.prime()
+            await warmup.run(time.monotonic())
             backends = await database_pids(connect, database)
             metrics_port = node.ports["metrics"]
             before = metrics_text(metrics_port)
             cpu_before = [cpu_seconds(node.popen.pid), cpu_seconds(handler.popen.pid)]
             db_before = sum(cpu_seconds(pid) for pid in backends)
             own_before = time.process_time()
-            await workers.run(arguments.seconds, record=True)
+            measured = Measurement(phase(arguments, "measured", arguments.seconds), stubs)
+            await measured.run(time.monotonic())
             own = time.process_time() - own_before
             db = sum(cpu_seconds(pid) for pid in backends) - db_before
             node_cpu, handler_cpu = (
@@ -134,19 +103,22 @@ async def measure(arguments: argparse.Namespace) -> str:
             )
             after = metrics_text(metrics_port)
         finally:
-            await channel.close()
+            await channels.close()
     finally:
         fleet.stop_all()
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
 
-    latencies = sorted(workers.latencies)
+    (window,) = measured.windows
+    if window.errors:
+        raise SystemExit(f"requests failed in the measured window: {dict(window.errors)}")
+    latencies = sorted(window.latencies_us)
     count = len(latencies)
     if count == 0:
         raise SystemExit("no request completed in the measured window")
 
     def percentile(share: float) -> float:
-        return latencies[min(count - 1, int(count * share))] * 1e3
+        return latencies[min(count - 1, int(count * share))] / 1e3
 
     batches = scraped(after, "cos_journal_append_batch_size_count") - scraped(
         before, "cos_journal_append_batch_size_count"
@@ -159,7 +131,7 @@ async def measure(arguments: argparse.Namespace) -> str:
         f"{arguments.label}{arguments.workload} c={arguments.concurrency}:"
         f" {count / arguments.seconds:,.0f} ops/s"
         f"  p50 {percentile(0.5):.1f}  p90 {percentile(0.9):.1f}  p99 {percentile(0.99):.1f}"
-        f"  max {latencies[-1] * 1e3:.0f} ms  p99/p50 {percentile(0.99) / percentile(0.5):.2f}"
+        f"  max {latencies[-1] / 1e3:.0f} ms  p99/p50 {percentile(0.99) / percentile(0.5):.2f}"
         f"  batch {appended / batches if batches else 0:.1f}"
         f"  µs/op: node {node_cpu * per_op:.0f} handler {handler_cpu * per_op:.0f}"
         f" database {db * per_op:.0f} generator {own * per_op:.0f}"
