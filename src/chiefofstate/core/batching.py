@@ -17,6 +17,11 @@ MAX_WAIT_S = 0.020
 _SMOOTHING = 1 / 32  # moving averages over about the last 32 observations
 
 
+def no_wait() -> float:
+    """The wait of a batcher nobody has told how long it may wait: none."""
+    return 0.0
+
+
 class DecideTime:
     """A moving average of how long commands take to decide, and the waits it allows."""
 

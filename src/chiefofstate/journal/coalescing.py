@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from chiefofstate.core.batching import ArrivalRate
+from chiefofstate.core.batching import ArrivalRate, no_wait
 from chiefofstate.core.errors import copy_for_another_caller
 from chiefofstate.journal.early_wake import EarlyWake
 
@@ -103,7 +103,7 @@ class CoalescingReader(Generic[K, V]):
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
         self._arrivals = ArrivalRate()
-        self._wait_s: Callable[[], float] = _no_wait
+        self._wait_s: Callable[[], float] = no_wait
         self._company = EarlyWake()
 
     def wait_for_company(self, wait_s: Callable[[], float]) -> None:
@@ -176,10 +176,6 @@ class CoalescingReader(Generic[K, V]):
                 stopped = self._stopped()
                 _fail_all(batch, stopped)
                 _fail_all(self._queue.take_all(), stopped)
-
-
-def _no_wait() -> float:
-    return 0.0
 
 
 def _resolve_all(waiters: list[asyncio.Future[V | _Failed]], value: V) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Link
 
-from chiefofstate.core.batching import MAX_WAIT_S
+from chiefofstate.core.batching import MAX_WAIT_S, no_wait
 from chiefofstate.core.errors import ResourceExhausted, StoreUnavailable, copy_for_another_caller
 from chiefofstate.journal.early_wake import EarlyWake
 from chiefofstate.journal.port import AppendRequest, Journal
@@ -34,10 +34,6 @@ from chiefofstate.telemetry.tracing import SPAN_JOURNAL_BATCH, TRACING_OFF, Trac
 
 def _nothing_coming() -> bool:
     return False
-
-
-def _no_budget() -> float:
-    return 0.0
 
 
 @dataclass(slots=True)
@@ -73,7 +69,7 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._appends_coming: Callable[[], bool] = _nothing_coming
-        self._linger_budget_s: Callable[[], float] = _no_budget
+        self._linger_budget_s: Callable[[], float] = no_wait
         self._lingering = EarlyWake()  # a flush waiting for appends on their way
 
     def linger_while(self, appends_coming: Callable[[], bool], budget_s: Callable[[], float]) -> None:

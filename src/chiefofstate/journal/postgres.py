@@ -27,9 +27,6 @@ from chiefofstate.journal.port import (
     SnapshotRow,
     StoredState,
 )
-
-if TYPE_CHECKING:
-    from chiefofstate.config.settings import PostgresSettings as PostgresConfig
 from chiefofstate.journal.rows import (
     check_snapshot_serializer,
     event_row,
@@ -38,6 +35,9 @@ from chiefofstate.journal.rows import (
     sequence_conflict,
 )
 
+if TYPE_CHECKING:
+    from chiefofstate.config.settings import PostgresSettings as PostgresConfig
+
 # SQLSTATE classes that mean "the database cannot serve us right now", not "the request is wrong":
 # connection exception, invalid authorization, invalid catalog (database missing), transaction rollback
 # (serialization failure, deadlock), insufficient resources, operator intervention (shutdown), system error.
@@ -45,6 +45,7 @@ _UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "28", "3D", "40", "53", "57", "
 # Data exceptions and integrity violations are caused by one request's rows; the batch is then retried
 # one request per transaction so that only the offending request fails.
 _PER_REQUEST_SQLSTATE_CLASSES = frozenset({"22", "23"})
+
 _UNIQUE_VIOLATION = "23505"
 
 # pg_advisory_xact_lock key serialising migrations of nodes booting together ("cos_migr").
