@@ -51,3 +51,23 @@ def test_shards_are_in_range_for_powers_of_two(entity_id: str, exponent: int) ->
 @given(st.text())
 def test_hash_is_a_signed_32_bit_int(entity_id: str) -> None:
     assert -(2**31) <= java_string_hash(entity_id) < 2**31
+
+
+def _java_loop(text: str) -> int:
+    """Java's own left-to-right definition, unit by unit, to check the precomputed-powers sum against."""
+    encoded = text.encode("utf-16-be", "surrogatepass")
+    value = 0
+    for index in range(0, len(encoded), 2):
+        value = (31 * value + int.from_bytes(encoded[index : index + 2], "big")) & 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+@given(st.text(max_size=700))
+def test_hash_equals_javas_loop_for_short_and_long_strings(entity_id: str) -> None:
+    # max_size reaches past the 512 precomputed units (surrogate pairs count twice)
+    assert java_string_hash(entity_id) == _java_loop(entity_id)
+
+
+def test_hash_of_a_string_longer_than_the_precomputed_powers() -> None:
+    long_id = "x" * 600 + "😀" * 10
+    assert java_string_hash(long_id) == _java_loop(long_id)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +24,7 @@ from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import Entity, EntityState
 from chiefofstate.entities.recovery import recover
 from chiefofstate.entities.snapshotter import Snapshotter
+from chiefofstate.entities.writer_ids import new_writer_id
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
 from chiefofstate.gen.chief_of_state.v1.service_pb2 import GetStateResponse
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandRequest, HandleEventRequest
@@ -126,7 +126,7 @@ class CommandProcessor:
             return current  # a no-op persists nothing and consumes no revision (§3.7)
         deadline.check("before the append")
         if not entity.writer_id:
-            entity.writer_id = str(uuid.uuid4())  # upstream writes one writer id per incarnation
+            entity.writer_id = new_writer_id()  # upstream writes one writer id per incarnation
         request = AppendRequest(
             entity_id=entity.entity_id,
             shard=entity.shard,
