@@ -24,7 +24,26 @@ def short_switch_interval() -> None:
     sys.setswitchinterval(0.0005)
 
 
-VARIANTS: dict[str, Callable[[], None]] = {"gc": tune_gc, "switch": short_switch_interval}
+def quarter_append_wait() -> None:
+    """Group commit waits for deciding commands a quarter of their decide time instead of all of it."""
+    from chiefofstate.core import batching
+
+    batching.APPEND_SHARE = 0.25
+
+
+def no_append_wait() -> None:
+    """Group commit flushes as soon as the writer is free (batches form only behind a flush in flight)."""
+    from chiefofstate.core import batching
+
+    batching.APPEND_SHARE = 0.0
+
+
+VARIANTS: dict[str, Callable[[], None]] = {
+    "gc": tune_gc,
+    "switch": short_switch_interval,
+    "quarter-append-wait": quarter_append_wait,
+    "no-append-wait": no_append_wait,
+}
 
 
 def main() -> None:
