@@ -29,6 +29,8 @@ from chiefofstate.telemetry.tracing import (
 
 log = logging.getLogger("chiefofstate.entities")
 
+SWEEP_CHUNK = 2_000  # idle entities passivated per turn of the event loop (about 1 ms of work)
+
 
 @dataclass(frozen=True, slots=True)
 class HostSettings:
@@ -117,8 +119,6 @@ class EntityHost:
         if entity is None:
             entity = Entity(entity_id, shard_of(entity_id, self._settings.num_shards))
             self._entities[entity_id] = entity
-        else:
-            self._entities.move_to_end(entity_id)
         limit = self._settings.mailbox_capacity
         if entity.users >= limit:
             raise ResourceExhausted(f"entity {entity_id} has {entity.users} requests queued (limit {limit})")
@@ -131,6 +131,9 @@ class EntityHost:
     def _leave(self, entity: Entity) -> None:
         entity.users -= 1
         entity.last_used = self._clock()
+        # Moved to the end when a caller leaves rather than when it comes: idle entities then stand in
+        # the order of `last_used`, which both eviction and the idle sweep read from the front.
+        self._entities.move_to_end(entity.entity_id)
         if entity.idle:
             entity.lock = None  # nobody holds or waits for it; the next caller makes a new one
             if entity.state is None or entity.state.revision == 0:
@@ -159,10 +162,20 @@ class EntityHost:
             self._forget(entity)
         self.passivations += len(victims)
 
-    def passivate_idle(self) -> int:
-        """Forget every entity idle for longer than the timeout; returns how many."""
+    def passivate_idle(self, limit: int = SWEEP_CHUNK) -> int:
+        """Forget up to `limit` entities idle for longer than the timeout; returns how many.
+
+        Idle entities stand in the order they were last used, so the scan stops at the first one used
+        after the threshold: a sweep costs what it passivates (plus the few entities busy at the
+        front), not the size of the cache."""
         threshold = self._clock() - self._settings.idle_timeout_s
-        victims = [e for e in self._entities.values() if e.idle and e.last_used <= threshold]
+        victims: list[Entity] = []
+        for entity in self._entities.values():
+            if not entity.idle:
+                continue
+            if entity.last_used > threshold or len(victims) >= limit:
+                break
+            victims.append(entity)
         for entity in victims:
             self._forget(entity)
         self.passivations += len(victims)
@@ -172,6 +185,14 @@ class EntityHost:
         interval = min(max(self._settings.idle_timeout_s / 2, 0.05), 60.0)
         while True:
             await asyncio.sleep(interval)
-            passivated = self.passivate_idle()
+            passivated = 0
+            while True:
+                # In chunks, with a turn of the event loop between them: a burst of entities expiring
+                # together must not hold up the requests in flight.
+                chunk = self.passivate_idle()
+                passivated += chunk
+                if chunk < SWEEP_CHUNK:
+                    break
+                await asyncio.sleep(0)
             if passivated:
                 log.debug("passivated %d idle entities", passivated)

@@ -18,7 +18,7 @@ from chiefofstate.core.snapshots import SnapshotPolicy
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings
 from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import Entity
-from chiefofstate.entities.host import EntityHost, HostSettings
+from chiefofstate.entities.host import SWEEP_CHUNK, EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleCommandRequest,
@@ -162,6 +162,47 @@ async def test_idle_entities_are_passivated_after_the_timeout(tmp_path: Path) ->
         assert rig.host.passivate_idle() == 1  # only "a" was idle for over a minute
         assert len(rig.host) == 1
         assert await rig.command("a", 1) == 2
+
+
+async def test_the_idle_sweep_follows_the_order_of_last_use_and_looks_only_at_what_expired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for rig in build_rig(tmp_path / "j.db", idle_s=60, capacity=10_000):
+        for index in range(1_000):
+            await rig.command(f"e-{index}", 1)
+        rig.clock[0] += 30
+        # Used again after the others: "e-0" and "e-1" are now among the most recently used.
+        await rig.command("e-1", 1)
+        await rig.command("e-0", 1)
+        rig.clock[0] += 31  # the other 998 have been idle for 61 s, "e-0" and "e-1" for 31 s
+        inspected = 0
+
+        def counting_idle(entity: Entity, original: property = Entity.idle) -> bool:
+            nonlocal inspected
+            inspected += 1
+            return bool(original.fget(entity))  # type: ignore[misc]
+
+        monkeypatch.setattr(Entity, "idle", property(counting_idle))
+        assert rig.host.passivate_idle(limit=100) == 100
+        assert inspected <= 101  # a chunk looks at what it passivates and the entity that ends it
+        assert rig.host.passivate_idle() == 898
+        assert sorted(rig.host._entities) == ["e-0", "e-1"]
+        assert rig.host.passivate_idle() == 0
+
+
+async def test_the_sweeper_passivates_a_burst_larger_than_its_chunk(tmp_path: Path) -> None:
+    async for rig in build_rig(tmp_path / "j.db", idle_s=0.1, capacity=10_000):
+        rig.host.start()
+        count = SWEEP_CHUNK * 2 + 10
+        for first in range(0, count, 500):  # 500 at a time share the journal's commits
+            await asyncio.gather(*(rig.command(f"e-{n}", 1) for n in range(first, min(first + 500, count))))
+        rig.clock[0] += 1  # the fake clock: every entity has now been idle for ten timeouts
+        for _ in range(100):
+            if len(rig.host) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert len(rig.host) == 0
+        assert rig.host.passivations == count
 
 
 async def test_commands_for_one_entity_are_serial_and_a_full_mailbox_is_refused(tmp_path: Path) -> None:
