@@ -4,8 +4,7 @@ one at a time."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from google.protobuf.any_pb2 import Any as AnyProto
 
@@ -29,14 +28,15 @@ def _varint(value: int) -> bytes:
     return bytes(encoded)
 
 
-@dataclass(frozen=True, slots=True)
-class EntityState:
+class EntityState(NamedTuple):
     """An entity's state as the node keeps it: serialized, as the reply that carries it.
 
     `GetStateResponse` and `ProcessCommandResponse` have the same fields with the same numbers
     (state = 1, meta = 2), so these bytes are the body of either reply and are sent without being
     built or serialized again. As bytes a cached state costs a quarter of the memory of the message
     objects; a command decodes it once (about 2 µs) to hand the prior state to the write handler.
+    A named tuple rather than a frozen dataclass: one is made for every command, and this is the
+    cheapest immutable record to make.
     """
 
     reply: bytes
@@ -76,22 +76,26 @@ Resting = tuple[int, bytes, int, str, float]
 RESTING_LAST_USED: Final = 4  # the index of `last used`
 
 
-@dataclass(eq=False, slots=True)
 class Entity:
     """An entity with callers: the ones holding or waiting for its lock.
 
     `asyncio.Lock` wakes waiters first-in first-out, which gives arrival order per entity (§3.2).
     `users` counts the callers; an entity with users is never evicted, so two incarnations of one
     entity can never run side by side on this node. When the last caller leaves, the host keeps only
-    a `Resting` record of it (host.py).
+    a `Resting` record of it (host.py). A plain slotted class: one is made each time an entity wakes.
     """
 
-    entity_id: str
-    shard: int
-    state: EntityState | None = None  # None until recovered, and again after a failed append
-    writer_id: str = ""  # one per incarnation, drawn at its first append
-    users: int = 0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    __slots__ = ("entity_id", "lock", "shard", "state", "users", "writer_id")
+
+    def __init__(
+        self, entity_id: str, shard: int, state: EntityState | None = None, writer_id: str = ""
+    ) -> None:
+        self.entity_id = entity_id
+        self.shard = shard
+        self.state = state  # None until recovered, and again after a failed append
+        self.writer_id = writer_id  # one per incarnation, drawn at its first append
+        self.users = 0
+        self.lock = asyncio.Lock()
 
     def resting(self, now: float) -> Resting | None:
         """What the cache keeps once nobody uses the entity; None when nothing is worth keeping."""
