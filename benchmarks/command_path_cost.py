@@ -4,7 +4,8 @@ ProcessCommand runs through the same layers as in `cos serve` (the gRPC metrics 
 the command path, the entity host, the command processor, the instrumented write-handler wrapper) with
 an in-process write handler and an appender that commits at once: no network, no database. What is
 left is the Python the node adds to every command, the part of its cost this project controls
-directly. Hot commands go to 64 cached entities in turn; new ones each to an entity never seen.
+directly. Hot commands go to 64 cached entities in turn; new ones each to an entity never seen;
+GetState reads the 64 cached entities in turn.
 
 `--profile` prints the functions that cost the most (cProfile, which slows every call it counts).
 """
@@ -44,6 +45,7 @@ from chiefofstate.telemetry.tracing import TRACING_OFF
 from chiefofstate.writeside.instrumented import InstrumentedWriteHandler
 
 PROCESS_COMMAND = "/chief_of_state.v1.ChiefOfStateService/ProcessCommand"
+GET_STATE = "/chief_of_state.v1.ChiefOfStateService/GetState"
 
 
 class InProcessHandler:
@@ -92,7 +94,11 @@ class Context:
         return None
 
 
-def build_call() -> Callable[[pb.ProcessCommandRequest, Any], Awaitable[Any]]:
+Call = Callable[[Any, Any], Awaitable[Any]]
+
+
+def build_calls() -> tuple[Call, Call]:
+    """ProcessCommand and GetState as `cos serve` registers them, on one node."""
     metrics = NodeMetrics()
     handler = InstrumentedWriteHandler(InProcessHandler(), TRACING_OFF, metrics, "grpc")
     snapshotter = Snapshotter(EmptyJournal(), SnapshotPolicy(enabled=False, frequency=0, retain=0))  # type: ignore[arg-type]
@@ -106,43 +112,54 @@ def build_call() -> Callable[[pb.ProcessCommandRequest, Any], Awaitable[Any]]:
     host = EntityHost(processor, HostSettings(16, 100_000, 0, 1000))
     service = ChiefOfStateService(CommandPath(host, 5.0, metrics=metrics))
     server_metrics = GrpcServerMetrics(metrics)
-    return measured_coroutine(service.ProcessCommand, server_metrics.method_series(PROCESS_COMMAND, "unary"))
+    return (
+        measured_coroutine(service.ProcessCommand, server_metrics.method_series(PROCESS_COMMAND, "unary")),
+        measured_coroutine(service.GetState, server_metrics.method_series(GET_STATE, "unary")),
+    )
+
+
+def requests(workload: str, count: int) -> list[Any]:
+    """`count` requests of the workload: new entities each get an id never used before."""
+    if workload == "new":
+        return [pb.ProcessCommandRequest(entity_id=f"new-{n}", command=COMMAND) for n in range(count)]
+    if workload == "get":
+        return [pb.GetStateRequest(entity_id=f"hot-{n % 64}") for n in range(count)]
+    return [pb.ProcessCommandRequest(entity_id=f"hot-{n % 64}", command=COMMAND) for n in range(count)]
+
+
+async def primed(workload: str) -> Call:
+    """The call the workload makes, on a node whose 64 hot entities are cached."""
+    process, get = build_calls()
+    context = Context()
+    for n in range(64):
+        await process(pb.ProcessCommandRequest(entity_id=f"hot-{n}", command=COMMAND), context)
+    return get if workload == "get" else process
 
 
 async def cost_per_command_us(workload: str, commands: int, rounds: int = 3) -> float:
-    """The best of `rounds` runs of `commands` sequential commands, in microseconds per command."""
-    call = build_call()
+    """The best of `rounds` runs of `commands` sequential requests, in microseconds per request."""
+    call = await primed(workload)
     context = Context()
-    hot = [pb.ProcessCommandRequest(entity_id=f"hot-{n}", command=COMMAND) for n in range(64)]
-    for request in hot:
-        await call(request, context)
-    fresh = iter(range(10**9))
-
-    async def one_round() -> float:
+    best = float("inf")
+    for round_number in range(rounds):
+        batch = requests(workload, commands)
+        if workload == "new":  # fresh ids in every round
+            for request in batch:
+                request.entity_id = f"{request.entity_id}-{round_number}"
         started = time.perf_counter()
-        for n in range(commands):
-            if workload == "hot":
-                request = hot[n % 64]
-            else:
-                request = pb.ProcessCommandRequest(entity_id=f"new-{next(fresh)}", command=COMMAND)
+        for request in batch:
             await call(request, context)
-        return (time.perf_counter() - started) / commands * 1e6
-
-    return min([await one_round() for _ in range(rounds)])
+        best = min(best, (time.perf_counter() - started) / commands * 1e6)
+    return best
 
 
 async def profile(workload: str, commands: int) -> str:
-    call = build_call()
+    call = await primed(workload)
     context = Context()
-    requests = [
-        pb.ProcessCommandRequest(
-            entity_id=f"{workload}-{n if workload == 'new' else n % 64}", command=COMMAND
-        )
-        for n in range(commands)
-    ]
+    batch = requests(workload, commands)
     profiler = cProfile.Profile()
     profiler.enable()
-    for request in requests:
+    for request in batch:
         await call(request, context)
     profiler.disable()
     lines: list[str] = []
@@ -159,7 +176,8 @@ async def profile(workload: str, commands: int) -> str:
 async def main(arguments: argparse.Namespace) -> None:
     for workload in arguments.workload:
         cost = await cost_per_command_us(workload, arguments.commands)
-        print(f"ProcessCommand {workload}: {cost:.1f} µs of the node's own Python per command", flush=True)
+        rpc = "GetState cached" if workload == "get" else f"ProcessCommand {workload}"
+        print(f"{rpc}: {cost:.1f} µs of the node's own Python per request", flush=True)
         if arguments.profile:
             print(await profile(workload, arguments.commands), flush=True)
 
@@ -168,7 +186,7 @@ def cli() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workload", nargs="+", choices=("hot", "new"), default=["hot", "new"])
+    parser.add_argument("--workload", nargs="+", choices=("hot", "new", "get"), default=["hot", "new", "get"])
     parser.add_argument(
         "--commands", type=int, default=20_000, help="commands per round (3 rounds, best kept)"
     )

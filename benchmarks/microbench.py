@@ -29,7 +29,7 @@ def _host(capacity: int) -> EntityHost:
 
 
 def _cache(host: EntityHost, entity_id: str, state: EntityState) -> None:
-    entity, _ = host._enter(entity_id)
+    entity = host._enter(entity_id)
     entity.state = state
     host._leave(entity)
 

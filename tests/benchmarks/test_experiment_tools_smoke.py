@@ -24,11 +24,21 @@ def run(*args: str) -> str:
 
 
 @pytest.mark.timeout(60)
-def test_command_path_cost_reports_both_workloads() -> None:
+def test_command_path_cost_reports_every_workload() -> None:
     out = run("benchmarks.command_path_cost", "--commands", "500")
-    costs = dict(re.findall(r"ProcessCommand (hot|new): ([0-9.]+) µs", out))
-    assert set(costs) == {"hot", "new"}
+    costs = dict(re.findall(r"(?:ProcessCommand|GetState) (hot|new|cached): ([0-9.]+) µs", out))
+    assert set(costs) == {"hot", "new", "cached"}
     assert all(float(cost) > 0 for cost in costs.values())
+
+
+@pytest.mark.timeout(100)
+def test_microbench_reports_the_request_cost_at_capacity_and_the_memory_per_entity() -> None:
+    out = run("benchmarks.microbench")
+    assert re.search(r"\| 100,000 \| [0-9.]+ µs \|", out), out
+    per_entity = re.search(r"\| EntityHost, states as recovered \| ([0-9]+) B \| (-?[0-9]+) B \|", out)
+    assert per_entity is not None, out
+    assert int(per_entity.group(1)) > 0
+    assert int(per_entity.group(2)) < 1024  # the bound on a cached entity's overhead beyond its state
 
 
 @pytest.mark.slow

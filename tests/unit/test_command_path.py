@@ -32,6 +32,9 @@ class Host:
             raise self.failure
         return EntityState(b"", 3)
 
+    def resting_state(self, entity_id: str) -> EntityState | None:
+        return None  # nothing cached at rest: every read goes through get_state
+
     async def get_state(self, *args: object) -> EntityState:
         return await self.process_command()
 
@@ -112,3 +115,39 @@ async def test_an_empty_entity_id_is_invalid_and_tracing_off_records_the_same_me
         )
         == 1
     )
+
+
+class RestingHost(Host):
+    """One entity cached at rest; every other read goes through get_state, which counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued_reads = 0
+
+    def resting_state(self, entity_id: str) -> EntityState | None:
+        return EntityState(b"cached", 7) if entity_id == "resting" else None
+
+    async def get_state(self, *args: object) -> EntityState:
+        self.queued_reads += 1
+        return await super().get_state(*args)
+
+
+async def test_a_read_of_an_entity_at_rest_is_answered_from_the_cache_and_counted() -> None:
+    host, metrics = RestingHost(), NodeMetrics()
+    path = CommandPath(host, 5.0, metrics=metrics)
+    assert (await path.get_state("resting", None)).reply == b"cached"
+    assert host.queued_reads == 0
+    assert (await path.get_state("other", None)).revision == 3
+    assert host.queued_reads == 1
+    labels = {"rpc": "GetState", "code": "OK", "command_type": ""}
+    assert metrics.registry.get_sample_value("cos_requests_total", labels) == 2
+
+
+async def test_with_tracing_on_every_read_goes_through_the_entity_and_has_its_span() -> None:
+    tracing, exporter = recorded_tracing()
+    host = RestingHost()
+    path = CommandPath(host, 5.0, tracing=tracing)
+    assert (await path.get_state("resting", None)).revision == 3  # the host's get_state answered
+    assert host.queued_reads == 1
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None and span.attributes["cos.revision"] == 3

@@ -58,13 +58,7 @@ class CommandPath:
         return Deadline(self._clock() + budget, self._clock)
 
     def _request(
-        self,
-        rpc: str,
-        span_name: str,
-        entity_id: str,
-        command_type: str,
-        metadata: Metadata,
-        report: Callable[[CosError, bool], None],
+        self, rpc: str, span_name: str, entity_id: str, command_type: str, metadata: Metadata
     ) -> _RequestScope:
         span: AbstractContextManager[Span | None] = NO_SPAN
         if self._tracing.enabled:
@@ -74,26 +68,14 @@ class CommandPath:
             span = self._tracing.span(
                 span_name, kind=SpanKind.SERVER, parent=self._tracing.extract(metadata), attributes=attributes
             )
-        return _RequestScope(span, self._metrics, rpc, command_type, report)
+        return _RequestScope(span, self._metrics, rpc, entity_id, command_type)
 
     async def process_command(
         self, entity_id: str, command: AnyProto, metadata: Metadata, caller_left_s: float | None
     ) -> EntityState:
         """The entity's new state; any failure is raised as a CosError and logged once."""
-
-        def report(error: CosError, unexpected: bool) -> None:
-            log.warning(
-                "command failed: entity_id=%s command_type=%s status=%s message=%s",
-                entity_id,
-                command.type_url,
-                error.code.name,
-                error.message,
-                extra={"entity_id": entity_id, "status": error.code.name},
-                exc_info=unexpected,
-            )
-
         with self._request(
-            "ProcessCommand", SPAN_PROCESS_COMMAND, entity_id, command.type_url, metadata, report
+            _PROCESS_COMMAND, SPAN_PROCESS_COMMAND, entity_id, command.type_url, metadata
         ) as span:
             validate_entity_id(entity_id)
             state = await self._host.process_command(
@@ -106,23 +88,46 @@ class CommandPath:
     async def get_state(
         self, entity_id: str, caller_left_s: float | None, metadata: Metadata = ()
     ) -> EntityState:
-        def report(error: CosError, unexpected: bool) -> None:
-            if error.code is not Code.NOT_FOUND:
-                log.warning(
-                    "get state failed: entity_id=%s status=%s message=%s",
-                    entity_id,
-                    error.code.name,
-                    error.message,
-                    extra={"entity_id": entity_id, "status": error.code.name},
-                    exc_info=unexpected,
-                )
-
-        with self._request("GetState", SPAN_GET_STATE, entity_id, "", metadata, report) as span:
+        with self._request(_GET_STATE, SPAN_GET_STATE, entity_id, "", metadata) as span:
             validate_entity_id(entity_id)
+            if span is None:
+                # A cached entity nobody is using answers at once: no deadline or coroutine to make.
+                cached = self._host.resting_state(entity_id)
+                if cached is not None:
+                    return cached
             state = await self._host.get_state(entity_id, self._deadline(caller_left_s))
             if span is not None:
                 span.set_attribute("cos.revision", state.revision)
             return state
+
+
+_PROCESS_COMMAND = "ProcessCommand"
+_GET_STATE = "GetState"
+
+
+def _report(rpc: str, entity_id: str, command_type: str, error: CosError, unexpected: bool) -> None:
+    """One log line per failed request; a GetState of an unknown entity is an answer, not a failure."""
+    if rpc == _GET_STATE:
+        if error.code is Code.NOT_FOUND:
+            return
+        log.warning(
+            "get state failed: entity_id=%s status=%s message=%s",
+            entity_id,
+            error.code.name,
+            error.message,
+            extra={"entity_id": entity_id, "status": error.code.name},
+            exc_info=unexpected,
+        )
+        return
+    log.warning(
+        "command failed: entity_id=%s command_type=%s status=%s message=%s",
+        entity_id,
+        command_type,
+        error.code.name,
+        error.message,
+        extra={"entity_id": entity_id, "status": error.code.name},
+        exc_info=unexpected,
+    )
 
 
 class _RequestScope:
@@ -133,21 +138,21 @@ class _RequestScope:
     costs a third of what contextlib's machinery does.
     """
 
-    __slots__ = ("_command_type", "_metrics", "_report", "_rpc", "_span", "_started")
+    __slots__ = ("_command_type", "_entity_id", "_metrics", "_rpc", "_span", "_started")
 
     def __init__(
         self,
         span: AbstractContextManager[Span | None],
         metrics: NodeMetrics | None,
         rpc: str,
+        entity_id: str,
         command_type: str,
-        report: Callable[[CosError, bool], None],
     ) -> None:
         self._span = span
         self._metrics = metrics
         self._rpc = rpc
+        self._entity_id = entity_id
         self._command_type = command_type
-        self._report = report
         self._started = 0.0
 
     def __enter__(self) -> Span | None:
@@ -157,12 +162,12 @@ class _RequestScope:
     def __exit__(
         self, kind: type[BaseException] | None, failure: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        code = Code.OK
+        code = _OK
         try:
             if isinstance(failure, Exception):
                 error = as_cos_error(failure)
-                code = error.code
-                self._report(error, error is not failure)
+                code = error.code.name
+                _report(self._rpc, self._entity_id, self._command_type, error, error is not failure)
                 if error is not failure:
                     self._span.__exit__(type(error), error, None)
                     raise error from failure
@@ -170,4 +175,7 @@ class _RequestScope:
         finally:
             if self._metrics is not None:
                 seconds = time.perf_counter() - self._started
-                self._metrics.observe_request(self._rpc, code.name, self._command_type, seconds)
+                self._metrics.observe_request(self._rpc, code, self._command_type, seconds)
+
+
+_OK = Code.OK.name

@@ -98,16 +98,25 @@ class EntityHost:
         finally:
             self._leave(entity)
 
+    def resting_state(self, entity_id: str) -> EntityState | None:
+        """The state of a cached entity nobody is using (the read counts as a use), else None.
+
+        Nothing is queued ahead of such a read and nothing needs recovering, so it needs no lock:
+        `get_state` would give the same answer (and, when tracing, its spans)."""
+        resting = self._resting.get(entity_id)
+        if resting is None:
+            return None
+        shard, reply, revision, writer_id, _ = resting
+        self._resting[entity_id] = (shard, reply, revision, writer_id, self._clock())
+        self._resting.move_to_end(entity_id)
+        return EntityState(reply, revision)
+
     async def get_state(self, entity_id: str, deadline: Deadline) -> EntityState:
         """Queued behind the entity's earlier commands (§3.2); revision 0 is NOT_FOUND (§3.13)."""
-        resting = self._resting.get(entity_id)
-        if resting is not None and not self._tracing.enabled:
-            # Nothing queued ahead and nothing to recover: the answer is the cached state, with no
-            # lock to take (the path below gives the same answer, and its spans when tracing is on).
-            shard, reply, revision, writer_id, _ = resting
-            self._resting[entity_id] = (shard, reply, revision, writer_id, self._clock())
-            self._resting.move_to_end(entity_id)
-            return EntityState(reply, revision)
+        if not self._tracing.enabled:
+            cached = self.resting_state(entity_id)
+            if cached is not None:
+                return cached
         entity = self._enter(entity_id)
         try:
             with self._tracing.span(SPAN_MAILBOX):

@@ -74,7 +74,7 @@ def split_method(full_method: str) -> tuple[str, str]:
 class MethodSeries:
     """The bound series of one method; a status code's `handled` series is bound on its first use."""
 
-    __slots__ = ("_handled", "_handled_family", "_labels", "seconds", "sent", "started")
+    __slots__ = ("_handled", "_handled_family", "_handled_ok", "_labels", "seconds", "sent", "started")
 
     def __init__(self, metrics: GrpcServerMetrics, grpc_type: str, service: str, method: str) -> None:
         labels = (grpc_type, service, method)
@@ -84,14 +84,15 @@ class MethodSeries:
         self.started = metrics.started.labels(*labels)
         self.seconds = metrics.seconds.labels(*labels)
         self.sent = metrics.sent.labels(*labels) if grpc_type in ("server_stream", "bidi_stream") else None
-        self._handled_series(grpc.StatusCode.OK)
+        self._handled_ok = self._handled_series(grpc.StatusCode.OK)
 
     def _handled_series(self, code: grpc.StatusCode) -> CounterSeries:
         series = self._handled[code] = self._handled_family.labels(*self._labels, code.name)
         return series
 
     def finish(self, code: grpc.StatusCode, seconds: float) -> None:
-        handled = self._handled.get(code)
+        # OK without a dict lookup: hashing an Enum member runs Python code, on every call.
+        handled = self._handled_ok if code is grpc.StatusCode.OK else self._handled.get(code)
         if handled is None:
             handled = self._handled_series(code)
         handled.inc()
