@@ -31,6 +31,20 @@ def quarter_append_wait() -> None:
     batching.APPEND_SHARE = 0.25
 
 
+def double_append_wait() -> None:
+    """Group commit waits for deciding commands up to twice their decide time."""
+    from chiefofstate.core import batching
+
+    batching.APPEND_SHARE = 2.0
+
+
+def quadruple_append_wait() -> None:
+    """Group commit waits for deciding commands up to four times their decide time."""
+    from chiefofstate.core import batching
+
+    batching.APPEND_SHARE = 4.0
+
+
 def no_append_wait() -> None:
     """Group commit flushes as soon as the writer is free (batches form only behind a flush in flight)."""
     from chiefofstate.core import batching
@@ -43,6 +57,8 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "switch": short_switch_interval,
     "quarter-append-wait": quarter_append_wait,
     "no-append-wait": no_append_wait,
+    "double-append-wait": double_append_wait,
+    "quadruple-append-wait": quadruple_append_wait,
 }
 
 

@@ -11,6 +11,7 @@ import pytest
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.wrappers_pb2 import Int64Value
 
+from chiefofstate.core.batching import APPEND_SHARE, MAX_WAIT_S
 from chiefofstate.core.command_rules import ProtoValidation
 from chiefofstate.core.errors import DeadlineExceeded, NotFound, ResourceExhausted
 from chiefofstate.core.headers import HeaderValue
@@ -325,11 +326,12 @@ async def test_get_state_of_an_idle_cached_entity_answers_at_once_and_a_busy_one
 async def test_the_group_commit_budget_follows_how_long_commands_take_to_decide(rig: Rig) -> None:
     assert rig.processor.decide_time.append_wait_s() == 0.0  # no command decided yet: a flush never waits
     await rig.command("quick", 1)
-    quick = rig.processor.decide_time.append_wait_s()
+    quick = rig.processor.decide_time.seconds
     rig.handler.command_delay_s = 0.02
     for _ in range(20):
         await rig.command("slow", 1)
-    slow = rig.processor.decide_time.append_wait_s()
+    slow = rig.processor.decide_time.seconds
     # A moving average: it moves toward the 20 ms handler within a few commands, not at once.
-    assert quick < 0.005 < slow < 0.02
+    assert quick < 0.0025 < slow < 0.02
+    assert rig.processor.decide_time.append_wait_s() == pytest.approx(min(slow * APPEND_SHARE, MAX_WAIT_S))
     assert rig.processor.deciding == 0
