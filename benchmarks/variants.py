@@ -45,6 +45,13 @@ def quadruple_append_wait() -> None:
     batching.APPEND_SHARE = 4.0
 
 
+def longer_read_wait() -> None:
+    """Recovery reads wait for company up to the whole decide time instead of half of it."""
+    from chiefofstate.core import batching
+
+    batching.READ_SHARE = 1.0
+
+
 def no_append_wait() -> None:
     """Group commit flushes as soon as the writer is free (batches form only behind a flush in flight)."""
     from chiefofstate.core import batching
@@ -59,6 +66,7 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "no-append-wait": no_append_wait,
     "double-append-wait": double_append_wait,
     "quadruple-append-wait": quadruple_append_wait,
+    "longer-read-wait": longer_read_wait,
 }
 
 
