@@ -151,3 +151,21 @@ async def test_with_tracing_on_every_read_goes_through_the_entity_and_has_its_sp
     assert host.queued_reads == 1
     (span,) = exporter.get_finished_spans()
     assert span.attributes is not None and span.attributes["cos.revision"] == 3
+
+
+async def test_cached_state_answers_a_resting_entity_at_once_and_counts_it_as_a_get_state() -> None:
+    host, metrics = RestingHost(), NodeMetrics()
+    path = CommandPath(host, 5.0, metrics=metrics)
+    cached = path.cached_state("resting")
+    assert cached is not None and cached.reply == b"cached"
+    assert path.cached_state("other") is None  # not at rest: the caller goes through get_state
+    assert path.cached_state("") is None  # nothing invalid is ever cached; get_state will refuse it
+    labels = {"rpc": "GetState", "code": "OK", "command_type": ""}
+    assert metrics.registry.get_sample_value("cos_requests_total", labels) == 1
+    assert host.queued_reads == 0
+
+
+async def test_cached_state_leaves_every_read_to_get_state_when_tracing() -> None:
+    tracing, _ = recorded_tracing()
+    path = CommandPath(RestingHost(), 5.0, tracing=tracing)
+    assert path.cached_state("resting") is None
