@@ -91,18 +91,30 @@ def _plan(args: argparse.Namespace) -> Plan:
             postgres_server=args.pg,
             keep_logs=args.keep_logs,
         )
+    timing = Timing(warmup_s=args.warmup, window_s=args.window, rounds=args.rounds)
     return Plan(
         stores=stores,
         levels=tuple(args.concurrency or (1, 16, 64, 256)),
-        timing=Timing(warmup_s=args.warmup, window_s=args.window, rounds=args.rounds),
+        timing=timing,
         suites=suites,
         generators=args.generators,
         seed=args.seed,
+        cold_per_level=cold_ids_needed(timing),
         profile_dir=args.profile_dir,
         quiet_budget_s=args.quiet_wait,
         postgres_server=args.pg,
         keep_logs=args.keep_logs,
     )
+
+
+COLD_READS_PER_SECOND = 5_000  # above any cold-read rate measured here (≈ 3,100 per second)
+
+
+def cold_ids_needed(timing: Timing) -> int:
+    """Seeded ids for one level of the cold GetState workload: each id is read once, in every round's
+    warm-up and window, so longer or more rounds need more of them."""
+    seconds = timing.rounds * (timing.warmup_s + timing.window_s)
+    return max(40_000, int(seconds * COLD_READS_PER_SECOND))
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -31,3 +31,13 @@ def test_quick_benchmark_prints_a_table() -> None:
     for system in ("| floor ", "| echo ", "| node/sqlite "):
         assert system in table
     assert "ProcessCommand hot" in table and "GetState cold" in table
+
+
+def test_more_or_longer_rounds_seed_more_cold_ids() -> None:
+    from benchmarks.__main__ import cold_ids_needed
+    from benchmarks.engine import Timing
+
+    default = cold_ids_needed(Timing(warmup_s=0.5, window_s=2.0, rounds=3))
+    five_rounds = cold_ids_needed(Timing(warmup_s=0.5, window_s=2.0, rounds=5))
+    # every round reads fresh ids for 2.5 s at up to 5,000 reads per second
+    assert five_rounds >= 5 * 2.5 * 5_000 > default >= 3 * 2.5 * 5_000
