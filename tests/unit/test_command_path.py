@@ -132,17 +132,6 @@ class RestingHost(Host):
         return await super().get_state(*args)
 
 
-async def test_a_read_of_an_entity_at_rest_is_answered_from_the_cache_and_counted() -> None:
-    host, metrics = RestingHost(), NodeMetrics()
-    path = CommandPath(host, 5.0, metrics=metrics)
-    assert (await path.get_state("resting", None)).reply == b"cached"
-    assert host.queued_reads == 0
-    assert (await path.get_state("other", None)).revision == 3
-    assert host.queued_reads == 1
-    labels = {"rpc": "GetState", "code": "OK", "command_type": ""}
-    assert metrics.registry.get_sample_value("cos_requests_total", labels) == 2
-
-
 async def test_with_tracing_on_every_read_goes_through_the_entity_and_has_its_span() -> None:
     tracing, exporter = recorded_tracing()
     host = RestingHost()

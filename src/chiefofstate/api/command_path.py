@@ -103,11 +103,6 @@ class CommandPath:
     ) -> EntityState:
         with self._request(_GET_STATE, SPAN_GET_STATE, entity_id, "", metadata) as span:
             validate_entity_id(entity_id)
-            if span is None:
-                # A cached entity nobody is using answers at once: no deadline or coroutine to make.
-                cached = self._host.resting_state(entity_id)
-                if cached is not None:
-                    return cached
             state = await self._host.get_state(entity_id, self._deadline(caller_left_s))
             if span is not None:
                 span.set_attribute("cos.revision", state.revision)

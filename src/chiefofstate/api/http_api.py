@@ -155,7 +155,9 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
     )
     async def get_state(entity_id: EntityId, request: Request) -> Response:
         try:
-            state = await commands.get_state(entity_id, None, _trace_metadata(request))
+            state = commands.cached_state(entity_id)
+            if state is None:
+                state = await commands.get_state(entity_id, None, _trace_metadata(request))
         except CosError as error:
             return failure_response(error)
         return JSONResponse(message_to_json(pb.GetStateResponse.FromString(state.reply)))
