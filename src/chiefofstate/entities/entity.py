@@ -76,6 +76,15 @@ Resting = tuple[int, bytes, int, str, float]
 RESTING_LAST_USED: Final = 4  # the index of `last used`
 
 
+def state_at_rest(resting: Resting) -> EntityState:
+    return EntityState(resting[1], resting[2])
+
+
+def used_again(resting: Resting, now: float) -> Resting:
+    shard, reply, revision, writer_id, _ = resting
+    return (shard, reply, revision, writer_id, now)
+
+
 class Entity:
     """An entity with callers: the ones holding or waiting for its lock.
 
@@ -106,5 +115,4 @@ class Entity:
 
     @classmethod
     def awoken(cls, entity_id: str, resting: Resting) -> Entity:
-        shard, reply, revision, writer_id, _ = resting
-        return cls(entity_id, shard, EntityState(reply, revision), writer_id)
+        return cls(entity_id, resting[0], state_at_rest(resting), resting[3])

@@ -16,7 +16,14 @@ from chiefofstate.core.headers import Metadata
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.entities.command_processor import CommandProcessor
 from chiefofstate.entities.deadline import Deadline
-from chiefofstate.entities.entity import RESTING_LAST_USED, Entity, EntityState, Resting
+from chiefofstate.entities.entity import (
+    RESTING_LAST_USED,
+    Entity,
+    EntityState,
+    Resting,
+    state_at_rest,
+    used_again,
+)
 from chiefofstate.tasks import cancel_and_wait
 from chiefofstate.telemetry.tracing import (
     SPAN_ENTITY_COMMAND,
@@ -106,17 +113,13 @@ class EntityHost:
         resting = self._resting.get(entity_id)
         if resting is None:
             return None
-        shard, reply, revision, writer_id, _ = resting
-        self._resting[entity_id] = (shard, reply, revision, writer_id, self._clock())
+        self._resting[entity_id] = used_again(resting, self._clock())
         self._resting.move_to_end(entity_id)
-        return EntityState(reply, revision)
+        return state_at_rest(resting)
 
     async def get_state(self, entity_id: str, deadline: Deadline) -> EntityState:
-        """Queued behind the entity's earlier commands (§3.2); revision 0 is NOT_FOUND (§3.13)."""
-        if not self._tracing.enabled:
-            cached = self.resting_state(entity_id)
-            if cached is not None:
-                return cached
+        """Queued behind the entity's earlier commands (§3.2); revision 0 is NOT_FOUND (§3.13). Callers
+        that can do without the read's spans ask `resting_state` first (CommandPath.cached_state)."""
         entity = self._enter(entity_id)
         try:
             with self._tracing.span(SPAN_MAILBOX):

@@ -309,7 +309,7 @@ async def test_get_state_of_an_idle_cached_entity_answers_at_once_and_a_busy_one
     recoveries = rig.host._processor.recoveries
     state = await rig.host.get_state("g", rig.deadline())
     assert state.revision == 2 and rig.host._processor.recoveries == recoveries
-    assert "g" in rig.host and not rig.host.is_busy("g")  # answered from the cache, no lock taken
+    assert "g" in rig.host and not rig.host.is_busy("g")  # answered from the cache, not recovered
 
     assert await rig.command("busy", 1) == 1  # cached at revision 1
     rig.handler.gate = asyncio.Event()
@@ -321,6 +321,17 @@ async def test_get_state_of_an_idle_cached_entity_answers_at_once_and_a_busy_one
     rig.handler.gate.set()
     assert await busy == 2
     assert (await read).revision == 2
+
+
+async def test_resting_state_answers_only_entities_at_rest_and_counts_as_a_use(tmp_path: Path) -> None:
+    async for rig in build_rig(tmp_path / "j.db", capacity=2):
+        assert rig.host.resting_state("a") is None  # never seen
+        await rig.command("a", 1)
+        await rig.command("b", 1)
+        state = rig.host.resting_state("a")
+        assert state is not None and state.revision == 1 and not rig.host.is_busy("a")
+        await rig.command("c", 1)  # over capacity: "b" is now the least recently used, not "a"
+        assert "a" in rig.host and "b" not in rig.host
 
 
 async def test_the_group_commit_budget_follows_how_long_commands_take_to_decide(rig: Rig) -> None:
