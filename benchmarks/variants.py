@@ -24,49 +24,25 @@ def short_switch_interval() -> None:
     sys.setswitchinterval(0.0005)
 
 
-def quarter_append_wait() -> None:
-    """Group commit waits for deciding commands a quarter of their decide time instead of all of it."""
-    from chiefofstate.core import batching
+def batching_share(name: str, share: float) -> Callable[[], None]:
+    """Sets one of core/batching.py's shares of the decide time (APPEND_SHARE or READ_SHARE): how long
+    group commit waits for deciding commands, or recovery reads for company."""
 
-    batching.APPEND_SHARE = 0.25
+    def apply() -> None:
+        from chiefofstate.core import batching
 
+        setattr(batching, name, share)
 
-def double_append_wait() -> None:
-    """Group commit waits for deciding commands up to twice their decide time."""
-    from chiefofstate.core import batching
-
-    batching.APPEND_SHARE = 2.0
-
-
-def quadruple_append_wait() -> None:
-    """Group commit waits for deciding commands up to four times their decide time."""
-    from chiefofstate.core import batching
-
-    batching.APPEND_SHARE = 4.0
-
-
-def longer_read_wait() -> None:
-    """Recovery reads wait for company up to the whole decide time instead of half of it."""
-    from chiefofstate.core import batching
-
-    batching.READ_SHARE = 1.0
-
-
-def no_append_wait() -> None:
-    """Group commit flushes as soon as the writer is free (batches form only behind a flush in flight)."""
-    from chiefofstate.core import batching
-
-    batching.APPEND_SHARE = 0.0
+    return apply
 
 
 VARIANTS: dict[str, Callable[[], None]] = {
     "gc": tune_gc,
     "switch": short_switch_interval,
-    "quarter-append-wait": quarter_append_wait,
-    "no-append-wait": no_append_wait,
-    "double-append-wait": double_append_wait,
-    "quadruple-append-wait": quadruple_append_wait,
-    "longer-read-wait": longer_read_wait,
+    # the group-commit wait as a multiple of the decide time (2 is the default)
+    **{f"append-wait-x{share:g}": batching_share("APPEND_SHARE", share) for share in (0, 0.25, 1, 4)},
+    # the recovery read's wait for company (0.5 is the default)
+    "read-wait-x1": batching_share("READ_SHARE", 1.0),
 }
 
 
