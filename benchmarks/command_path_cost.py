@@ -30,7 +30,6 @@ from chiefofstate.core.snapshots import SnapshotPolicy
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings
 from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
-from chiefofstate.event_loop import run_on_event_loop
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleCommandRequest,
@@ -38,7 +37,8 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventRequest,
     HandleEventResponse,
 )
-from chiefofstate.journal.port import AppendRequest, StoredState
+from chiefofstate.node.event_loop import run_on_event_loop
+from chiefofstate.ports.journal import AppendRequest, StoredState
 from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, measured_coroutine
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import TRACING_OFF

@@ -22,9 +22,9 @@ from benchmarks.loadgen import cold_id
 from benchmarks.processes import rss_bytes
 from benchmarks.results import Cell
 from benchmarks.stores import Store, cached_state_bytes, journal_latest_state_ms
+from chiefofstate.cli.processes import Process
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.launch import Process
 
 if TYPE_CHECKING:
     from benchmarks.suite import IdRanges, NodeHandle, Plan

@@ -15,8 +15,6 @@ from typing import Any
 from grpc import aio
 
 from benchmarks.messages import EVENT, SERVER_OPTIONS, STATE
-from chiefofstate.event_loop import run_on_event_loop
-from chiefofstate.gc_tuning import freeze_start_up_heap
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleCommandRequest,
     HandleCommandResponse,
@@ -27,6 +25,8 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2_grpc import (
     WriteSideHandlerServiceServicer,
     add_WriteSideHandlerServiceServicer_to_server,
 )
+from chiefofstate.node.event_loop import run_on_event_loop
+from chiefofstate.node.gc_tuning import freeze_start_up_heap
 
 COMMAND_ANSWER = HandleCommandResponse(events=[EVENT])
 EVENT_ANSWER = HandleEventResponse(resulting_state=STATE)

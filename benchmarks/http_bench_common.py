@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chiefofstate.launch import Process, node_environment, start_bank_write_handler, start_node
+from chiefofstate.cli.processes import Process, node_environment, start_bank_write_handler, start_node
 
 Call = Callable[[int], Awaitable[object]]  # one request made by worker number N
 

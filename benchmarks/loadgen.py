@@ -30,9 +30,9 @@ from grpc import aio
 
 from benchmarks.messages import COMMAND
 from chiefofstate.core.sharding import shard_of
-from chiefofstate.gc_tuning import freeze_start_up_heap
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
+from chiefofstate.node.gc_tuning import freeze_start_up_heap
 
 if TYPE_CHECKING:
     from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceAsyncStub

@@ -20,7 +20,7 @@ from benchmarks.stores import event_payload
 from chiefofstate.entities.entity import EntityState
 from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.recovery import state_from_stored
-from chiefofstate.journal.port import StoredState
+from chiefofstate.ports.journal import StoredState
 
 
 def _host(capacity: int) -> EntityHost:

@@ -24,7 +24,7 @@ import asyncpg
 
 from benchmarks.loadgen import Channels, Measurement, Workload
 from benchmarks.processes import Fleet, cpu_seconds
-from chiefofstate.event_loop import run_on_event_loop
+from chiefofstate.node.event_loop import run_on_event_loop
 
 
 def scraped(text: str, name: str) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 from grpc import aio
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from chiefofstate.event_loop import run_on_event_loop
+from chiefofstate.node.event_loop import run_on_event_loop
 
 
 class CountingSink(trace_service_pb2_grpc.TraceServiceServicer):

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import Workload
-from chiefofstate.launch import Process, free_port, http_ok, node_environment, spawn, start_node, wait_for
+from chiefofstate.cli.processes import (
+    Process,
+    free_port,
+    http_ok,
+    node_environment,
+    spawn,
+    start_node,
+    wait_for,
+)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -44,17 +44,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from benchmarks.processes import cpu_seconds
-from chiefofstate.core.sharding import shard_of
-from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as mpb
-from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
-from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
-from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerServiceStub
-from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
-from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
-from chiefofstate.gen.chief_of_state.v1.readside_pb2_grpc import ReadSideHandlerServiceStub
-from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.journal.port import AppendRequest, Journal
-from chiefofstate.launch import (
+from chiefofstate.cli.processes import (
     Process,
     free_port,
     node_environment,
@@ -64,6 +54,16 @@ from chiefofstate.launch import (
     start_node,
     wait_for,
 )
+from chiefofstate.core.sharding import shard_of
+from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as mpb
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
+from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerServiceStub
+from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
+from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
+from chiefofstate.gen.chief_of_state.v1.readside_pb2_grpc import ReadSideHandlerServiceStub
+from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
+from chiefofstate.ports.journal import AppendRequest, Journal
 
 NUM_SHARDS = 16
 READ_SIDE = "bench"
@@ -102,10 +102,10 @@ def store_env(kind: str, folder: Path) -> Iterator[dict[str, str]]:
 
 async def open_journal(env: dict[str, str]) -> Journal:
     if "COS_DB_HOST" not in env:
-        from chiefofstate.journal.sqlite import SqliteJournal
+        from chiefofstate.stores.sqlite.journal import SqliteJournal
 
         return await SqliteJournal.open(env["COS_DB_PATH"])
-    from chiefofstate.journal.postgres import PostgresJournal, PostgresSettings
+    from chiefofstate.stores.postgres.journal import PostgresJournal, PostgresSettings
 
     return await PostgresJournal.open(
         PostgresSettings(

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.messages import EVENT, STATE, meta_for
+from chiefofstate.cli.processes import free_port
 from chiefofstate.config.settings import load_settings
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
-from chiefofstate.journal.port import AppendRequest, Journal
-from chiefofstate.launch import free_port
-from chiefofstate.node import open_store
+from chiefofstate.node.node import open_store
+from chiefofstate.ports.journal import AppendRequest, Journal
 from tests.support.postgres import PgServer, postgres_binaries
 
 NUM_SHARDS = 16  # COS_NUM_SHARDS default

@@ -19,7 +19,7 @@ from benchmarks.processes import Fleet
 from benchmarks.report import Report
 from benchmarks.results import Cell
 from benchmarks.stores import Store, postgres_store, seed, sqlite_store
-from chiefofstate.launch import Process
+from chiefofstate.cli.processes import Process
 
 NODE_WORKLOADS = ("ProcessCommand new", "ProcessCommand hot", "GetState cached")
 

@@ -51,7 +51,7 @@ def main() -> None:
         raise SystemExit(f"usage: python -m benchmarks.variants NAME[,NAME...] (from {', '.join(VARIANTS)})")
     for name in filter(None, sys.argv[1].split(",")):
         VARIANTS[name]()
-    from chiefofstate.cli import main as cos_main
+    from chiefofstate.cli.main import main as cos_main
 
     sys.argv = ["cos", "serve"]
     cos_main()

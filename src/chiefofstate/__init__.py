@@ -6,7 +6,7 @@ Most users run the `cos` command. Embedding a node in Python needs only these na
 from chiefofstate.config.settings import Settings, load_settings
 from chiefofstate.core.errors import Code, ConfigError, CosError
 from chiefofstate.core.sharding import shard_of
-from chiefofstate.node import Node
+from chiefofstate.node.node import Node
 
 __version__ = "0.1.0"
 

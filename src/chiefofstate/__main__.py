@@ -1,3 +1,3 @@
-from chiefofstate.cli import main
+from chiefofstate.cli.main import main
 
 main()

@@ -16,10 +16,10 @@ import aiosqlite
 import asyncpg
 import pytest
 
-from chiefofstate.journal.migrations import load_scripts
-from chiefofstate.journal.port import Journal
-from chiefofstate.journal.postgres import PostgresJournal, PostgresSettings
-from chiefofstate.journal.sqlite import SqliteJournal
+from chiefofstate.ports.journal import Journal
+from chiefofstate.stores.migrations import load_scripts
+from chiefofstate.stores.postgres.journal import PostgresJournal, PostgresSettings
+from chiefofstate.stores.sqlite.journal import SqliteJournal
 from tests.support.postgres import PgServer
 
 NUM_SHARDS = 8

@@ -10,8 +10,7 @@ import pytest
 
 from chiefofstate.core.errors import ConfigError, Internal, SequenceConflict, StoreUnavailable
 from chiefofstate.core.sharding import shard_of
-from chiefofstate.journal.migrations import MigrationError, load_scripts, split_statements
-from chiefofstate.journal.port import (
+from chiefofstate.ports.journal import (
     EVENT_MANIFEST,
     SERIALIZER_ID,
     AppendRequest,
@@ -19,6 +18,7 @@ from chiefofstate.journal.port import (
     SnapshotRow,
     StoredState,
 )
+from chiefofstate.stores.migrations import MigrationError, load_scripts, split_statements
 from tests.contract.conftest import ADDITIVE_AFTER_7, LATEST_VERSION, NUM_SHARDS, Backend
 
 WRITER = "writer-1"
@@ -57,7 +57,7 @@ async def append_ok(journal: Journal, *requests: AppendRequest) -> None:
 
 def upstream_script(kind: str, name: str) -> str:
     return (
-        resources.files("chiefofstate.journal").joinpath("migrations", kind, name).read_text(encoding="utf-8")
+        resources.files("chiefofstate.stores").joinpath(kind, "migrations", name).read_text(encoding="utf-8")
     )
 
 

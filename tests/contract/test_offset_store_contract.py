@@ -13,12 +13,12 @@ import asyncpg
 import pytest
 
 from chiefofstate.core.errors import Internal, StoreUnavailable
-from chiefofstate.journal.port import AppendRequest, Journal
-from chiefofstate.journal.postgres import PostgresJournal, PostgresSettings
-from chiefofstate.journal.sqlite import SqliteJournal
-from chiefofstate.readside.offset_store import Halt, OffsetStore, ShardProgress, ShardRecord
-from chiefofstate.readside.offsets_postgres import PostgresOffsetStore
-from chiefofstate.readside.offsets_sqlite import SqliteOffsetStore
+from chiefofstate.ports.journal import AppendRequest, Journal
+from chiefofstate.ports.offsets import Halt, OffsetStore, ShardProgress, ShardRecord
+from chiefofstate.stores.postgres.journal import PostgresJournal, PostgresSettings
+from chiefofstate.stores.postgres.offsets import PostgresOffsetStore
+from chiefofstate.stores.sqlite.journal import SqliteJournal
+from chiefofstate.stores.sqlite.offsets import SqliteOffsetStore
 
 NUM_SHARDS = 4
 NOW = 1_700_000_000.0

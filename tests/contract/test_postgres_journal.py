@@ -14,8 +14,8 @@ import pytest
 
 from chiefofstate.core.errors import Internal, SequenceConflict, StoreUnavailable
 from chiefofstate.core.sharding import shard_of
-from chiefofstate.journal.port import EVENT_MANIFEST, SERIALIZER_ID, AppendRequest, Journal
-from chiefofstate.journal.postgres import APPEND_CHANNEL, PostgresJournal, PostgresSettings
+from chiefofstate.ports.journal import EVENT_MANIFEST, SERIALIZER_ID, AppendRequest, Journal
+from chiefofstate.stores.postgres.journal import APPEND_CHANNEL, PostgresJournal, PostgresSettings
 from tests.contract.conftest import LATEST_VERSION
 from tests.support.postgres import PgServer
 

@@ -9,8 +9,8 @@ import pytest
 
 from chiefofstate.core.errors import StoreUnavailable
 from chiefofstate.core.sharding import shard_of
-from chiefofstate.journal.port import AppendRequest
-from chiefofstate.journal.sqlite import SqliteJournal
+from chiefofstate.ports.journal import AppendRequest
+from chiefofstate.stores.sqlite.journal import SqliteJournal
 from tests.contract.conftest import LATEST_VERSION
 
 

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from grpc import aio
 
+from chiefofstate.cli.processes import Process, start_bank_write_handler, start_node_on_free_ports
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.launch import Process, start_bank_write_handler, start_node_on_free_ports
 from tests.support.postgres import PgServer
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from chiefofstate.launch import Process
+from chiefofstate.cli.processes import Process
 from tests.integration.conftest import NodeFactory
 
 pytestmark = pytest.mark.integration

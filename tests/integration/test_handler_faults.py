@@ -13,9 +13,9 @@ from cos_bank.write_handler import NO_STATE_AMOUNT, WRONG_STATE_TYPE_AMOUNT
 from google.protobuf.any_pb2 import Any as AnyProto
 from grpc import aio
 
+from chiefofstate.cli.processes import Process, free_port, start_bank_write_handler
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.launch import Process, free_port, start_bank_write_handler
 from tests.integration.conftest import NodeFactory, both_write_protocols
 
 pytestmark = [pytest.mark.integration, both_write_protocols]

@@ -15,9 +15,9 @@ from cos_bank import client as bank
 from google.protobuf.any_pb2 import Any as AnyProto
 from grpc import aio
 
+from chiefofstate.cli.processes import Process, free_port, start_bank_write_handler
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.launch import Process, free_port, start_bank_write_handler
 from tests.integration.conftest import NodeFactory
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ from cos_bank.http_write_handler import (
 )
 from grpc import aio
 
+from chiefofstate.cli.processes import Process, start_bank_write_handler
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.launch import Process, start_bank_write_handler
 from tests.integration.conftest import NodeFactory
 
 pytestmark = [

@@ -18,9 +18,15 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from chiefofstate.cli.processes import (
+    Process,
+    free_port,
+    node_environment,
+    start_bank_write_handler,
+    start_node,
+)
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.launch import Process, free_port, node_environment, start_bank_write_handler, start_node
 from tests.integration.conftest import NodeFactory, base_env, postgres_env
 from tests.support.postgres import ThrowawayServer, throwaway_server
 

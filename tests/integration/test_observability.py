@@ -16,15 +16,15 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
-from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.launch import (
+from chiefofstate.cli.processes import (
     Process,
     node_environment,
     start_bank_read_handler,
     start_bank_write_handler,
     start_node,
 )
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from tests.integration.conftest import NodeFactory, base_env, postgres_env
 from tests.support.otlp import ReceivedSpan, SpanCollector, start_receiver
 from tests.support.postgres import ThrowawayServer, throwaway_server

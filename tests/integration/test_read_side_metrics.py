@@ -10,8 +10,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from chiefofstate.cli.processes import Process, start_bank_read_handler
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as mpb
-from chiefofstate.launch import Process, start_bank_read_handler
 from tests.integration.conftest import NodeFactory
 from tests.support.readside_processes import (
     FAST,

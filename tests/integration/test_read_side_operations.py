@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from chiefofstate.cli.processes import Process, node_environment, start_bank_read_handler
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as mpb
-from chiefofstate.launch import Process, node_environment, start_bank_read_handler
 from tests.integration.conftest import NodeFactory, base_env
 from tests.support.readside_processes import (
     FAST,

@@ -20,11 +20,11 @@ from cos_bank.gen.bank.v1 import bank_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from chiefofstate.cli.processes import Process, start_bank_read_handler
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
-from chiefofstate.journal.postgres import APPEND_CHANNEL
-from chiefofstate.launch import Process, start_bank_read_handler
+from chiefofstate.stores.postgres.journal import APPEND_CHANNEL
 from tests.integration.conftest import NodeFactory
 from tests.support.postgres import PgServer
 from tests.support.readside_processes import (

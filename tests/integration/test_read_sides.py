@@ -16,10 +16,10 @@ import grpc
 import pytest
 from cos_bank import client as bank
 
+from chiefofstate.cli.processes import Process, free_port, start_bank_read_handler
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as mpb
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
-from chiefofstate.launch import Process, free_port, start_bank_read_handler
 from tests.integration.conftest import NodeFactory
 from tests.support.readside_processes import (
     FAST,

@@ -14,12 +14,12 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
+from chiefofstate.cli.processes import Process, node_environment, start_node
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.launch import Process, node_environment, start_node
 from tests.integration.conftest import base_env, postgres_env
 from tests.support.postgres import PgServer
 

@@ -12,9 +12,9 @@ import pytest
 from cos_bank import client as bank
 from grpc import aio
 
+from chiefofstate.cli.processes import Process, start_bank_write_handler
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.launch import Process, start_bank_write_handler
 from tests.integration.conftest import NodeFactory, both_write_protocols
 
 pytestmark = [pytest.mark.integration, both_write_protocols]

@@ -53,7 +53,7 @@ def postgres_binaries() -> Path:
 
 
 def _free_port() -> int:
-    from chiefofstate.launch import free_port
+    from chiefofstate.cli.processes import free_port
 
     return free_port()
 

@@ -13,9 +13,9 @@ from chiefofstate.core.errors import StoreUnavailable
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
-from chiefofstate.journal.port import JournalRow
-from chiefofstate.readside.handler import DeliveryFailed, ReadSideCall
-from chiefofstate.readside.offset_store import Halt, ShardProgress, ShardRecord
+from chiefofstate.ports.journal import JournalRow
+from chiefofstate.ports.offsets import Halt, ShardProgress, ShardRecord
+from chiefofstate.ports.read_handler import DeliveryFailed, ReadSideCall
 
 
 def packed(text: str) -> AnyProto:

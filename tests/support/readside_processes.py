@@ -16,12 +16,12 @@ from typing import Any
 import grpc
 from cos_bank import client as bank
 
+from chiefofstate.cli.processes import Process
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerServiceStub
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2 as admin
 from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import ReadSideAdminServiceStub
-from chiefofstate.launch import Process
 
 # Short intervals so tests take seconds, set through the project's own variables (README).
 FAST = {

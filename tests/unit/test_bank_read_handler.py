@@ -14,8 +14,8 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
-from chiefofstate.readside.handler import ReadSideCall
-from chiefofstate.readside.http_handler import HttpReadHandler
+from chiefofstate.ports.read_handler import ReadSideCall
+from chiefofstate.readside.http import HttpReadHandler
 
 
 def delivery(

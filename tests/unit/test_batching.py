@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from chiefofstate.aio.early_wake import EarlyWake
 from chiefofstate.core.batching import APPEND_SHARE, MAX_WAIT_S, READ_SHARE, ArrivalRate, DecideTime
-from chiefofstate.journal.early_wake import EarlyWake
 
 
 def test_the_waits_follow_the_decide_time_and_stop_at_the_cap() -> None:

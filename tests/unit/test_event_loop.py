@@ -3,7 +3,7 @@ import asyncio
 import pytest
 import uvloop
 
-from chiefofstate.event_loop import run_on_event_loop
+from chiefofstate.node.event_loop import run_on_event_loop
 
 
 async def loop_type() -> type:

@@ -12,8 +12,8 @@ from chiefofstate.core.batching import MAX_WAIT_S
 from chiefofstate.core.errors import ResourceExhausted, SequenceConflict, StoreUnavailable
 from chiefofstate.journal import group_commit
 from chiefofstate.journal.group_commit import GroupCommitWriter
-from chiefofstate.journal.port import AppendRequest, JournalRow, SnapshotRow, StoredState
-from chiefofstate.journal.sqlite import SqliteJournal
+from chiefofstate.ports.journal import AppendRequest, JournalRow, SnapshotRow, StoredState
+from chiefofstate.stores.sqlite.journal import SqliteJournal
 
 
 def request(entity_id: str, expected: int = 0) -> AppendRequest:

@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from chiefofstate import launch
+from chiefofstate.cli import processes as launch
 
 
 def free_block(size: int) -> range:

@@ -21,7 +21,7 @@ from chiefofstate.core.readside_rules import (
     projection_state,
     restarts_after_store_errors,
 )
-from chiefofstate.readside.handler import header_value
+from chiefofstate.ports.read_handler import header_value
 
 
 @pytest.mark.parametrize(
@@ -125,7 +125,7 @@ def test_state_trailer_groups_shards_into_ranges() -> None:
 
 
 def test_append_notifications_name_the_shards_to_wake() -> None:
-    from chiefofstate.readside.pg_wakeups import parse_shards
+    from chiefofstate.stores.postgres.wakeups import parse_shards
 
     assert parse_shards("3,7") == [3, 7]
     assert parse_shards("") == [] and parse_shards("x,2,") == [2]

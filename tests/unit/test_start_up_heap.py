@@ -1,6 +1,6 @@
 import gc
 
-from chiefofstate.gc_tuning import freeze_start_up_heap
+from chiefofstate.node.gc_tuning import freeze_start_up_heap
 
 
 def test_the_start_up_heap_is_frozen_out_of_full_collections() -> None:

@@ -17,7 +17,7 @@ from collections.abc import Generator
 import uvicorn
 from starlette.types import ASGIApp
 
-from chiefofstate.tasks import cancel_and_wait
+from chiefofstate.aio.tasks import cancel_and_wait
 
 log = logging.getLogger("chiefofstate.api.http")
 

@@ -28,7 +28,8 @@ from chiefofstate.entities.writer_ids import new_writer_id
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
 from chiefofstate.gen.chief_of_state.v1.service_pb2 import GetStateResponse
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandRequest, HandleEventRequest
-from chiefofstate.journal.port import AppendRequest, Journal
+from chiefofstate.ports.journal import AppendRequest, Journal
+from chiefofstate.ports.write_handler import WriteHandler
 from chiefofstate.telemetry.tracing import (
     SPAN_HANDLE_EVENT,
     SPAN_PERSIST,
@@ -37,7 +38,6 @@ from chiefofstate.telemetry.tracing import (
     TRACING_OFF,
     Tracing,
 )
-from chiefofstate.writeside.port import WriteHandler
 
 log = logging.getLogger("chiefofstate.entities")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from google.protobuf.any_pb2 import Any as AnyProto
 
+from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.core.errors import NotFound, ResourceExhausted
 from chiefofstate.core.headers import Metadata
 from chiefofstate.core.sharding import shard_of
@@ -24,7 +25,6 @@ from chiefofstate.entities.entity import (
     state_at_rest,
     used_again,
 )
-from chiefofstate.tasks import cancel_and_wait
 from chiefofstate.telemetry.tracing import (
     SPAN_ENTITY_COMMAND,
     SPAN_ENTITY_GET_STATE,

@@ -6,7 +6,7 @@ from chiefofstate.core.command_rules import initial_state
 from chiefofstate.core.errors import Internal
 from chiefofstate.entities.entity import EntityState
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
-from chiefofstate.journal.port import Journal, StoredState
+from chiefofstate.ports.journal import Journal, StoredState
 
 
 def state_from_stored(entity_id: str, stored: StoredState | None) -> EntityState:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.core.errors import CosError
 from chiefofstate.core.snapshots import SnapshotPolicy
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
-from chiefofstate.journal.port import Journal, SnapshotRow
-from chiefofstate.tasks import cancel_and_wait
+from chiefofstate.ports.journal import Journal, SnapshotRow
 
 log = logging.getLogger("chiefofstate.snapshots")
 

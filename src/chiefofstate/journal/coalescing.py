@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from chiefofstate.aio.early_wake import EarlyWake
 from chiefofstate.core.batching import ArrivalRate, no_wait
 from chiefofstate.core.errors import copy_for_another_caller
-from chiefofstate.journal.early_wake import EarlyWake
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

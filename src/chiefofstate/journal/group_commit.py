@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Link
 
+from chiefofstate.aio.early_wake import EarlyWake
 from chiefofstate.core.batching import MAX_WAIT_S, no_wait
 from chiefofstate.core.errors import ResourceExhausted, StoreUnavailable, copy_for_another_caller
-from chiefofstate.journal.early_wake import EarlyWake
-from chiefofstate.journal.port import AppendRequest, Journal
+from chiefofstate.ports.journal import AppendRequest, Journal
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import SPAN_JOURNAL_BATCH, TRACING_OFF, Tracing
 

@@ -17,8 +17,8 @@ from opentelemetry.util.types import AttributeValue
 from chiefofstate.config.read_sides import ReadSideSettings
 from chiefofstate.core.breaker import CircuitBreaker
 from chiefofstate.core.errors import CosError
-from chiefofstate.journal.port import JournalRow
-from chiefofstate.readside.handler import DeliveryFailed, ReadHandler, ReadSideCall
+from chiefofstate.ports.journal import JournalRow
+from chiefofstate.ports.read_handler import DeliveryFailed, ReadHandler, ReadSideCall
 from chiefofstate.telemetry.command_traces import CommandTraces
 from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.core.errors import CosError
-from chiefofstate.readside.offset_store import OffsetStore
-from chiefofstate.tasks import cancel_and_wait
+from chiefofstate.ports.offsets import OffsetStore
 
 log = logging.getLogger("chiefofstate.readside")
 

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.config.read_sides import DeliverySettings, ReadSideSettings
 from chiefofstate.core.errors import CosError, Unavailable
 from chiefofstate.core.readside_rules import (
@@ -32,11 +33,10 @@ from chiefofstate.core.readside_rules import (
     projection_state,
     restarts_after_store_errors,
 )
-from chiefofstate.journal.port import JournalRow
+from chiefofstate.ports.journal import JournalRow
+from chiefofstate.ports.offsets import Halt, OffsetStore, ShardRecord
 from chiefofstate.readside.delivery import Event, GuardedReadHandler, event_of
 from chiefofstate.readside.offset_committer import OffsetCommitter
-from chiefofstate.readside.offset_store import Halt, OffsetStore, ShardRecord
-from chiefofstate.tasks import cancel_and_wait
 
 log = logging.getLogger("chiefofstate.readside")
 

@@ -23,8 +23,8 @@ from chiefofstate.core.readside_rules import (
     lag,
 )
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
+from chiefofstate.ports.offsets import Halt, ShardRecord
 from chiefofstate.readside.delivery import GuardedReadHandler
-from chiefofstate.readside.offset_store import Halt, ShardRecord
 from chiefofstate.readside.projection import Projection, ProjectionContext
 
 log = logging.getLogger("chiefofstate.readside")

@@ -15,7 +15,7 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventRequest,
     HandleEventResponse,
 )
-from chiefofstate.writeside.port import WriteHandler
+from chiefofstate.ports.write_handler import WriteHandler
 
 Response = TypeVar("Response")
 

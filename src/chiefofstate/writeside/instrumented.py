@@ -18,10 +18,10 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventRequest,
     HandleEventResponse,
 )
+from chiefofstate.ports.write_handler import WriteHandler
 from chiefofstate.telemetry import tracing as spans
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import NO_SPAN, Tracing
-from chiefofstate.writeside.port import WriteHandler
 
 
 class InstrumentedWriteHandler:

@@ -27,8 +27,8 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventResponse,
 )
 from chiefofstate.journal.group_commit import GroupCommitWriter
-from chiefofstate.journal.port import AppendRequest
-from chiefofstate.journal.sqlite import SqliteJournal
+from chiefofstate.ports.journal import AppendRequest
+from chiefofstate.stores.sqlite.journal import SqliteJournal
 
 
 def packed_int(value: int) -> AnyProto:

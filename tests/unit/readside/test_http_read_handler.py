@@ -13,8 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
-from chiefofstate.readside.handler import DeliveryFailed, ReadSideCall
-from chiefofstate.readside.http_handler import HttpReadHandler
+from chiefofstate.ports.read_handler import DeliveryFailed, ReadSideCall
+from chiefofstate.readside.http import HttpReadHandler
 from tests.support.readside import packed
 
 
@@ -74,7 +74,7 @@ async def test_the_request_is_a_json_post_with_base64_anys_and_cos_headers() -> 
 
 
 def test_read_side_id_is_present_even_when_empty() -> None:
-    from chiefofstate.readside.http_handler import request_body
+    from chiefofstate.readside.http import request_body
 
     assert json.loads(request_body(HandleReadSideRequest())) == {"read_side_id": ""}
 

@@ -12,10 +12,10 @@ from chiefofstate.config.read_sides import DeliverySettings, ReadSideSettings
 from chiefofstate.core.breaker import BreakerSettings, CircuitBreaker
 from chiefofstate.core.readside_rules import Backoff, FailurePolicy, ProjectionState
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
+from chiefofstate.ports.offsets import Halt, ShardRecord
+from chiefofstate.ports.read_handler import DeliveryFailed
 from chiefofstate.readside.delivery import REFUSED, GuardedReadHandler
-from chiefofstate.readside.handler import DeliveryFailed
 from chiefofstate.readside.offset_committer import OffsetCommitter
-from chiefofstate.readside.offset_store import Halt, ShardRecord
 from chiefofstate.readside.projection import Projection, ProjectionContext
 from tests.support.readside import (
     MemoryJournal,

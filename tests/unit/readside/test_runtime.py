@@ -11,9 +11,9 @@ import pytest
 from chiefofstate.config.read_sides import DeliverySettings, ReadSideSettings, ReadSidesSettings
 from chiefofstate.core.errors import Code, CosError, InvalidArgument, NotFound
 from chiefofstate.core.readside_rules import FailurePolicy, ProjectionState
+from chiefofstate.ports.offsets import Halt
 from chiefofstate.readside.delivery import GuardedReadHandler
 from chiefofstate.readside.offset_committer import OffsetCommitter
-from chiefofstate.readside.offset_store import Halt
 from chiefofstate.readside.projection import ProjectionContext
 from chiefofstate.readside.runtime import ReadSideRuntime
 from tests.support.readside import MemoryJournal, MemoryOffsetStore, ScriptedHandler, eventually
@@ -187,8 +187,8 @@ async def test_projection_states_and_counts_are_exposed_as_metrics(closers: list
 
 
 async def test_lag_seconds_is_the_age_of_the_oldest_unprocessed_event(closers: list[ReadSideRuntime]) -> None:
+    from chiefofstate.node.read_side_gauges import ReadSideGauges
     from chiefofstate.telemetry.metrics import NodeMetrics
-    from chiefofstate.telemetry.read_side_readings import ReadSideGauges
 
     rig = await started(Rig(side("a", auto_start=False)), closers)  # paused: nothing is delivered
     rig.journal.append("x", 1, written_ms=1_000_000)
@@ -208,8 +208,8 @@ async def test_lag_seconds_is_the_age_of_the_oldest_unprocessed_event(closers: l
 
 def test_lag_seconds_is_unknown_without_a_write_time_and_never_negative() -> None:
     from chiefofstate.core.readside_rules import Lag
+    from chiefofstate.node.read_side_gauges import lag_seconds
     from chiefofstate.readside.runtime import ShardView
-    from chiefofstate.telemetry.read_side_readings import lag_seconds
 
     def behind(oldest_ms: int | None) -> ShardView:
         return ShardView(1, 1, 2, Lag(1, False), ProjectionState.RUNNING, "", None, oldest_ms)

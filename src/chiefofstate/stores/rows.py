@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from chiefofstate.core.errors import Internal, SequenceConflict
-from chiefofstate.journal.port import (
+from chiefofstate.ports.journal import (
     EVENT_MANIFEST,
     SERIALIZER_ID,
     SNAPSHOT_MANIFEST,

@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from chiefofstate.cli_readside import app as readside_app
+from chiefofstate.cli.readside import app as readside_app
 from chiefofstate.config.settings import Settings, load_logging_settings, load_settings
 from chiefofstate.core.errors import ConfigError, CosError
-from chiefofstate.event_loop import run_on_event_loop
+from chiefofstate.node.event_loop import run_on_event_loop
 from chiefofstate.telemetry.logging import configure_logging
 
 app = typer.Typer(
@@ -55,7 +55,7 @@ def serve() -> None:
     settings = _settings(require_write_side=True)
     for warning in settings.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    from chiefofstate.node import run_until_signalled
+    from chiefofstate.node.node import run_until_signalled
 
     _run(lambda: run_until_signalled(settings), settings.server.event_loop)
 
@@ -64,7 +64,7 @@ def serve() -> None:
 def migrate() -> None:
     """Create or upgrade the journal schema, then exit."""
     settings = _settings(require_write_side=False)
-    from chiefofstate.node import open_store
+    from chiefofstate.node.node import open_store
 
     async def migrate_and_close() -> str:
         journal = await open_store(settings)
@@ -81,7 +81,7 @@ def events(
     limit: Annotated[int, typer.Option(help="at most this many events")] = 1000,
 ) -> None:
     """Print an entity's stored events: revision, date, event type and headers."""
-    from chiefofstate.journal_view import read_events
+    from chiefofstate.cli.inspect import read_events
 
     settings = _settings(require_write_side=False)
     rows = _run(lambda: read_events(settings, entity_id, limit))
@@ -99,7 +99,7 @@ def events(
 @app.command()
 def state(entity_id: Annotated[str, typer.Argument(help="the entity whose state to show")]) -> None:
     """Print an entity's current stored state: type, revision and size."""
-    from chiefofstate.journal_view import read_state
+    from chiefofstate.cli.inspect import read_state
 
     settings = _settings(require_write_side=False)
     found = _run(lambda: read_state(settings, entity_id))
@@ -115,7 +115,7 @@ def state(entity_id: Annotated[str, typer.Argument(help="the entity whose state 
 @app.command()
 def demo() -> None:
     """Run the whole product on SQLite with the example bank handler and a scripted session."""
-    from chiefofstate.demo import run_demo
+    from chiefofstate.cli.demo import run_demo
 
     raise typer.Exit(run_demo(console))
 

@@ -18,13 +18,7 @@ from typing import Any
 import aiosqlite
 
 from chiefofstate.core.errors import Internal, StoreUnavailable
-from chiefofstate.journal.migrations import (
-    MigrationScripts,
-    load_scripts,
-    run_migrations,
-    split_statements,
-)
-from chiefofstate.journal.port import (
+from chiefofstate.ports.journal import (
     EVENT_MANIFEST,
     SERIALIZER_ID,
     SNAPSHOT_MANIFEST,
@@ -33,7 +27,13 @@ from chiefofstate.journal.port import (
     SnapshotRow,
     StoredState,
 )
-from chiefofstate.journal.rows import (
+from chiefofstate.stores.migrations import (
+    MigrationScripts,
+    load_scripts,
+    run_migrations,
+    split_statements,
+)
+from chiefofstate.stores.rows import (
     ADAPTER_MANIFEST,
     check_snapshot_serializer,
     event_row,

@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 
+from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
@@ -20,22 +21,21 @@ from chiefofstate.core.errors import CosError, StoreUnavailable
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings, CommitListener
 from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
-from chiefofstate.gc_tuning import freeze_start_up_heap
 from chiefofstate.journal.group_commit import GroupCommitWriter
-from chiefofstate.journal.port import Journal
-from chiefofstate.readside.assembly import ReadSides, open_read_sides
+from chiefofstate.node.gauges import register_node_readings
+from chiefofstate.node.gc_tuning import freeze_start_up_heap
+from chiefofstate.node.read_side_gauges import ReadSideGauges
+from chiefofstate.node.read_sides import ReadSides, open_read_sides
+from chiefofstate.ports.journal import Journal
+from chiefofstate.ports.write_handler import WriteHandler
 from chiefofstate.subscription.hub import SubscriptionHub
-from chiefofstate.tasks import cancel_and_wait
 from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics
 from chiefofstate.telemetry.metrics import NodeMetrics
-from chiefofstate.telemetry.read_side_readings import ReadSideGauges
-from chiefofstate.telemetry.readings import register_node_readings
 from chiefofstate.telemetry.tracing import Tracing
 from chiefofstate.writeside.breaker import BreakerGuardedWriteHandler
-from chiefofstate.writeside.grpc_handler import GrpcWriteHandler, channel_options
-from chiefofstate.writeside.http_handler import HttpWriteHandler
+from chiefofstate.writeside.grpc import GrpcWriteHandler, channel_options
+from chiefofstate.writeside.http import HttpWriteHandler
 from chiefofstate.writeside.instrumented import InstrumentedWriteHandler
-from chiefofstate.writeside.port import WriteHandler
 
 log = logging.getLogger("chiefofstate.node")
 
@@ -46,10 +46,10 @@ async def open_journal(store: StoreSettings) -> Journal:
     """PostgreSQL when COS_DB_HOST is set, the embedded SQLite file otherwise (decision D10)."""
     initial = store.migrations_initial_version
     if store.postgres is None:
-        from chiefofstate.journal.sqlite import SqliteJournal
+        from chiefofstate.stores.sqlite.journal import SqliteJournal
 
         return await SqliteJournal.open(store.sqlite_path, migrations_initial_version=initial)
-    from chiefofstate.journal.postgres import PostgresJournal, settings_from_config
+    from chiefofstate.stores.postgres.journal import PostgresJournal, settings_from_config
 
     return await PostgresJournal.open(
         settings_from_config(store.postgres),

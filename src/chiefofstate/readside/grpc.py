@@ -8,7 +8,7 @@ import grpc
 from grpc import aio
 
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideResponse
-from chiefofstate.readside.handler import (
+from chiefofstate.ports.read_handler import (
     ENTITY_ID_HEADER,
     EVENT_TAG_HEADER,
     DeliveryFailed,

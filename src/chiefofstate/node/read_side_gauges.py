@@ -14,9 +14,9 @@ import math
 import time
 from collections.abc import Callable
 
+from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.core.errors import CosError
 from chiefofstate.readside.runtime import ReadSideRuntime, ReadSideView, ShardView
-from chiefofstate.tasks import cancel_and_wait
 from chiefofstate.telemetry.metrics import NodeMetrics, Samples
 
 log = logging.getLogger("chiefofstate.metrics")

@@ -18,8 +18,7 @@ import asyncpg
 
 from chiefofstate.core.errors import Internal, StoreUnavailable
 from chiefofstate.journal.coalescing import CoalescingReader
-from chiefofstate.journal.migrations import MigrationError, MigrationScripts, load_scripts, run_migrations
-from chiefofstate.journal.port import (
+from chiefofstate.ports.journal import (
     SERIALIZER_ID,
     SNAPSHOT_MANIFEST,
     AppendRequest,
@@ -27,7 +26,8 @@ from chiefofstate.journal.port import (
     SnapshotRow,
     StoredState,
 )
-from chiefofstate.journal.rows import (
+from chiefofstate.stores.migrations import MigrationError, MigrationScripts, load_scripts, run_migrations
+from chiefofstate.stores.rows import (
     check_snapshot_serializer,
     event_row,
     has_repeated_entity,

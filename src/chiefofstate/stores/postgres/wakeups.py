@@ -17,8 +17,8 @@ from typing import Any
 
 import asyncpg
 
-from chiefofstate.journal.postgres import APPEND_CHANNEL, PostgresSettings
-from chiefofstate.tasks import cancel_and_wait
+from chiefofstate.aio.tasks import cancel_and_wait
+from chiefofstate.stores.postgres.journal import APPEND_CHANNEL, PostgresSettings
 
 log = logging.getLogger("chiefofstate.readside")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from chiefofstate.core.errors import Internal
-from chiefofstate.journal.port import OFFSET_MANIFEST
+from chiefofstate.ports.journal import OFFSET_MANIFEST
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from chiefofstate.core.json_codec import message_to_json
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
-from chiefofstate.readside.handler import (
+from chiefofstate.ports.read_handler import (
     ENTITY_ID_HEADER,
     EVENT_TAG_HEADER,
     DeliveryFailed,

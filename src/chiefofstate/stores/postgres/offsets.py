@@ -12,9 +12,8 @@ from typing import Any
 import asyncpg
 
 from chiefofstate.core.errors import Internal, StoreUnavailable
-from chiefofstate.journal.port import OFFSET_MANIFEST
-from chiefofstate.journal.postgres import PostgresSettings, quote_identifier
-from chiefofstate.readside.offset_store import (
+from chiefofstate.ports.journal import OFFSET_MANIFEST
+from chiefofstate.ports.offsets import (
     Halt,
     ShardProgress,
     ShardRecord,
@@ -22,6 +21,7 @@ from chiefofstate.readside.offset_store import (
     parse_offset,
     shard_key,
 )
+from chiefofstate.stores.postgres.journal import PostgresSettings, quote_identifier
 
 # Connection problems, lost authorisation, a missing database, serialization failures, lack of
 # resources and shutdowns mean "try again later"; anything else is a refusal.

@@ -28,22 +28,22 @@ from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2
 from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import (
     add_ReadSideAdminServiceServicer_to_server,
 )
-from chiefofstate.journal.port import Journal
-from chiefofstate.journal.postgres import PostgresSettings, settings_from_config
+from chiefofstate.ports.journal import Journal
+from chiefofstate.ports.offsets import OffsetStore
+from chiefofstate.ports.read_handler import ReadHandler
 from chiefofstate.readside.delivery import GuardedReadHandler
-from chiefofstate.readside.grpc_handler import GrpcReadHandler
-from chiefofstate.readside.handler import ReadHandler
-from chiefofstate.readside.http_handler import HttpReadHandler
+from chiefofstate.readside.grpc import GrpcReadHandler
+from chiefofstate.readside.http import HttpReadHandler
 from chiefofstate.readside.offset_committer import OffsetCommitter
-from chiefofstate.readside.offset_store import OffsetStore
-from chiefofstate.readside.pg_wakeups import AppendListener
 from chiefofstate.readside.projection import ProjectionContext
 from chiefofstate.readside.readings import register_read_side_readings
 from chiefofstate.readside.runtime import ReadSideRuntime
+from chiefofstate.stores.postgres.journal import PostgresSettings, settings_from_config
+from chiefofstate.stores.postgres.wakeups import AppendListener
 from chiefofstate.telemetry.command_traces import CommandTraces
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
-from chiefofstate.writeside.grpc_handler import channel_options
+from chiefofstate.writeside.grpc import channel_options
 
 log = logging.getLogger("chiefofstate.readside")
 
@@ -65,10 +65,10 @@ def postgres_settings(config: PostgresConfig) -> PostgresSettings:
 
 async def open_offset_store(store: StoreSettings) -> OffsetStore:
     if store.postgres is None:
-        from chiefofstate.readside.offsets_sqlite import SqliteOffsetStore
+        from chiefofstate.stores.sqlite.offsets import SqliteOffsetStore
 
         return await SqliteOffsetStore.open(store.sqlite_path)
-    from chiefofstate.readside.offsets_postgres import PostgresOffsetStore
+    from chiefofstate.stores.postgres.offsets import PostgresOffsetStore
 
     return await PostgresOffsetStore.open(postgres_settings(store.postgres))
 

@@ -19,17 +19,17 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from rich.console import Console
 from rich.panel import Panel
 
-from chiefofstate.config.settings import load_settings
-from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
-from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
-from chiefofstate.journal_view import read_events
-from chiefofstate.launch import (
+from chiefofstate.cli.inspect import read_events
+from chiefofstate.cli.processes import (
     Process,
     node_environment,
     start_bank_read_handler,
     start_bank_write_handler,
     start_node,
 )
+from chiefofstate.config.settings import load_settings
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 
 
 @dataclass

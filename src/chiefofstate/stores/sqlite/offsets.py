@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 import aiosqlite
 
 from chiefofstate.core.errors import Internal, StoreUnavailable
-from chiefofstate.journal.port import OFFSET_MANIFEST
-from chiefofstate.readside.offset_store import (
+from chiefofstate.ports.journal import OFFSET_MANIFEST
+from chiefofstate.ports.offsets import (
     Halt,
     ShardProgress,
     ShardRecord,

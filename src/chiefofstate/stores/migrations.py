@@ -1,6 +1,6 @@
 """Schema creation and upgrades on boot, as upstream does them (SPEC.md §4.6).
 
-The versioned SQL files live in `migrations/<dialect>/` and ship in the wheel:
+The versioned SQL files live in `stores/<dialect>/migrations/` and ship in the wheel:
 
 * `bootstrap.sql` creates the `cos_migrations` history table;
 * `NNNN_initial.sql` is the full schema at version NNNN, used on an empty database (upstream's "snapshot");
@@ -49,7 +49,7 @@ class MigrationScripts:
 
 def load_scripts(dialect: Dialect) -> MigrationScripts:
     """Read the SQL files of one dialect from the installed package."""
-    folder = resources.files("chiefofstate.journal").joinpath("migrations", dialect)
+    folder = resources.files("chiefofstate.stores").joinpath(dialect, "migrations")
     bootstrap = ""
     snapshots: dict[int, str] = {}
     upgrades: dict[int, str] = {}
