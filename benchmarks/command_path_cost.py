@@ -104,7 +104,7 @@ def build_calls() -> tuple[Call, Call]:
     snapshotter = Snapshotter(EmptyJournal(), SnapshotPolicy(enabled=False, frequency=0, retain=0))  # type: ignore[arg-type]
     processor = CommandProcessor(
         handler,
-        EmptyJournal(),  # type: ignore[arg-type]
+        EmptyJournal(),
         InstantAppender(),
         snapshotter,
         CommandSettings((), (), ProtoValidation(), 5.0),

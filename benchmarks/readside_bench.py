@@ -105,10 +105,11 @@ async def open_journal(env: dict[str, str]) -> Journal:
         from chiefofstate.stores.sqlite.journal import SqliteJournal
 
         return await SqliteJournal.open(env["COS_DB_PATH"])
-    from chiefofstate.stores.postgres.journal import PostgresJournal, PostgresSettings
+    from chiefofstate.stores.postgres.datastore import ConnectionSettings
+    from chiefofstate.stores.postgres.journal import PostgresJournal
 
     return await PostgresJournal.open(
-        PostgresSettings(
+        ConnectionSettings(
             host=env["COS_DB_HOST"],
             port=int(env["COS_DB_PORT"]),
             database=env["COS_DB_NAME"],

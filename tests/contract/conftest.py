@@ -18,7 +18,8 @@ import pytest
 
 from chiefofstate.ports.journal import Journal
 from chiefofstate.stores.migrations import load_scripts
-from chiefofstate.stores.postgres.journal import PostgresJournal, PostgresSettings
+from chiefofstate.stores.postgres.datastore import ConnectionSettings
+from chiefofstate.stores.postgres.journal import PostgresJournal
 from chiefofstate.stores.sqlite.journal import SqliteJournal
 from tests.support.postgres import PgServer
 
@@ -173,7 +174,7 @@ class Backend:
     kind: str
     raw: RawDatabase
     opener: Callable[..., Awaitable[Journal]]
-    pg_settings: PostgresSettings | None = None
+    pg_settings: ConnectionSettings | None = None
     opened: list[Journal] = field(default_factory=list)
 
     async def open(self, **options: Any) -> Journal:
@@ -214,7 +215,7 @@ async def backend(target: Target) -> AsyncIterator[Backend]:
     else:
         assert target.pg is not None
         server, database = target.pg
-        settings = PostgresSettings(
+        settings = ConnectionSettings(
             host=server.host,
             port=server.port,
             database=database,

@@ -15,6 +15,7 @@ from chiefofstate.ports.journal import (
     SERIALIZER_ID,
     AppendRequest,
     Journal,
+    ShardProgress,
     SnapshotRow,
     StoredState,
 )
@@ -552,3 +553,22 @@ async def test_a_closed_journal_reports_store_unavailable(backend: Backend) -> N
         await journal.append_batch([request("late", 0)])
     with pytest.raises(StoreUnavailable):
         await journal.latest_state("late")
+
+
+async def test_shard_progress_reports_the_head_and_counts_pending_events_up_to_a_limit(
+    journal: Journal,
+) -> None:
+    assert await journal.shard_progress(1, 0, 100) == ShardProgress(head=0, pending=0)
+    for revision in range(5):
+        result = await journal.append_batch(
+            [AppendRequest(f"entity-{revision % 2}", 1, revision // 2, [b"event"], 1000 + revision, "writer")]
+        )
+        assert result == [None]
+    orderings = [row.ordering for row in await journal.read_shard(1, 0, 100)]
+    assert len(orderings) == 5
+    # the write time of the first event after the offset: how long the shard has waited (lag seconds)
+    assert await journal.shard_progress(1, 0, 100) == ShardProgress(orderings[-1], 5, 1000)
+    assert await journal.shard_progress(1, orderings[1], 100) == ShardProgress(orderings[-1], 3, 1002)
+    assert await journal.shard_progress(1, 0, 2) == ShardProgress(orderings[-1], 2, 1000)
+    assert await journal.shard_progress(1, orderings[-1], 100) == ShardProgress(orderings[-1], 0)
+    assert await journal.shard_progress(0, 0, 100) == ShardProgress(0, 0)

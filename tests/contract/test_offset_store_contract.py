@@ -13,9 +13,10 @@ import asyncpg
 import pytest
 
 from chiefofstate.core.errors import Internal, StoreUnavailable
-from chiefofstate.ports.journal import AppendRequest, Journal
-from chiefofstate.ports.offsets import Halt, OffsetStore, ShardProgress, ShardRecord
-from chiefofstate.stores.postgres.journal import PostgresJournal, PostgresSettings
+from chiefofstate.ports.journal import Journal
+from chiefofstate.ports.offsets import Halt, OffsetStore, ShardRecord
+from chiefofstate.stores.postgres.datastore import ConnectionSettings
+from chiefofstate.stores.postgres.journal import PostgresJournal
 from chiefofstate.stores.postgres.offsets import PostgresOffsetStore
 from chiefofstate.stores.sqlite.journal import SqliteJournal
 from chiefofstate.stores.sqlite.offsets import SqliteOffsetStore
@@ -55,7 +56,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         raw: Any = await aiosqlite.connect(path, isolation_level=None)
     else:
         server, database = request.getfixturevalue("pg_database")
-        settings = PostgresSettings(
+        settings = ConnectionSettings(
             host=server.host,
             port=server.port,
             database=database,
@@ -155,25 +156,6 @@ async def test_read_sides_are_kept_apart(stores: Stores) -> None:
     assert await stores.offsets.load("a") == {0: ShardRecord(offset=1)}
     assert await stores.offsets.load("b") == {0: ShardRecord(paused=True)}
     assert await stores.offsets.load("c") == {0: ShardRecord(halt=Halt(3, "x", 1))}
-
-
-async def test_shard_progress_reports_the_head_and_counts_pending_events_up_to_a_limit(
-    stores: Stores,
-) -> None:
-    assert await stores.offsets.shard_progress(1, 0, 100) == ShardProgress(head=0, pending=0)
-    for revision in range(5):
-        result = await stores.journal.append_batch(
-            [AppendRequest(f"entity-{revision % 2}", 1, revision // 2, [b"event"], 1000 + revision, "writer")]
-        )
-        assert result == [None]
-    orderings = [row.ordering for row in await stores.journal.read_shard(1, 0, 100)]
-    assert len(orderings) == 5
-    # the write time of the first event after the offset: how long the shard has waited (lag seconds)
-    assert await stores.offsets.shard_progress(1, 0, 100) == ShardProgress(orderings[-1], 5, 1000)
-    assert await stores.offsets.shard_progress(1, orderings[1], 100) == ShardProgress(orderings[-1], 3, 1002)
-    assert await stores.offsets.shard_progress(1, 0, 2) == ShardProgress(orderings[-1], 2, 1000)
-    assert await stores.offsets.shard_progress(1, orderings[-1], 100) == ShardProgress(orderings[-1], 0)
-    assert await stores.offsets.shard_progress(0, 0, 100) == ShardProgress(0, 0)
 
 
 async def test_a_closed_store_is_unavailable(stores: Stores) -> None:

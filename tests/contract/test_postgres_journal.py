@@ -14,8 +14,11 @@ import pytest
 
 from chiefofstate.core.errors import Internal, SequenceConflict, StoreUnavailable
 from chiefofstate.core.sharding import shard_of
+from chiefofstate.journal.deciding import DecidingCommands
+from chiefofstate.journal.state_reads import CoalescedStateReads
 from chiefofstate.ports.journal import EVENT_MANIFEST, SERIALIZER_ID, AppendRequest, Journal
-from chiefofstate.stores.postgres.journal import APPEND_CHANNEL, PostgresJournal, PostgresSettings
+from chiefofstate.stores.postgres.datastore import ConnectionSettings
+from chiefofstate.stores.postgres.journal import APPEND_CHANNEL, PostgresJournal
 from tests.contract.conftest import LATEST_VERSION
 from tests.support.postgres import PgServer
 
@@ -35,7 +38,7 @@ def request(entity_id: str, expected: int, count: int = 1, num_shards: int = 8) 
     )
 
 
-def settings_for(pg_database: tuple[PgServer, str], **overrides: object) -> PostgresSettings:
+def settings_for(pg_database: tuple[PgServer, str], **overrides: object) -> ConnectionSettings:
     server, database = pg_database
     options: dict[str, object] = {
         "host": server.host,
@@ -46,7 +49,7 @@ def settings_for(pg_database: tuple[PgServer, str], **overrides: object) -> Post
         "pool_max_size": 4,
     }
     options.update(overrides)
-    return PostgresSettings(**options)  # type: ignore[arg-type]
+    return ConnectionSettings(**options)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -77,7 +80,7 @@ def closed_port() -> int:
 
 async def test_an_unreachable_server_is_store_unavailable() -> None:
     port = closed_port()
-    settings = PostgresSettings(host="127.0.0.1", port=port, connect_timeout_s=2)
+    settings = ConnectionSettings(host="127.0.0.1", port=port, connect_timeout_s=2)
     with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}/postgres") as caught:
         await PostgresJournal.open(settings)
     assert not isinstance(caught.value, asyncpg.PostgresError | asyncpg.InterfaceError | OSError)
@@ -249,7 +252,7 @@ async def statements_on_the_only_connection(journal: PostgresJournal) -> list[st
     def log(query: Any) -> None:
         statements.append(query.query)
 
-    async with journal._pool.acquire() as connection:
+    async with journal._datastore._pool.acquire() as connection:
         connection.add_query_logger(log)
     return statements
 
@@ -305,7 +308,9 @@ async def test_recoveries_read_together_are_one_call_of_the_stored_read(
         assert await journal.append_batch([request(f"read-{n}", 0, count=2) for n in range(5)]) == [None] * 5
         statements = await statements_on_the_only_connection(journal)
         asked = [f"read-{n}" for n in range(5)] + ["nobody"]
-        states = await asyncio.gather(*(journal.latest_state(entity_id) for entity_id in asked))
+        reads = CoalescedStateReads(journal, DecidingCommands())
+        states = await asyncio.gather(*(reads.latest_state(entity_id) for entity_id in asked))
+        await reads.close()
         assert [state.sequence_number if state else None for state in states] == [2, 2, 2, 2, 2, None]
         # Asked in the same turn of the loop, the six ids are read by one call of the stored function.
         assert len(statements) == 1 and "cos_latest_states" in statements[0]
@@ -349,9 +354,11 @@ async def test_concurrent_latest_state_reads_go_in_few_queries(pg_database: tupl
         ids = [f"recovering-{n}" for n in range(300)]
         assert await journal.append_batch([request(entity_id, 0) for entity_id in ids]) == [None] * 300
         statements = await statements_on_the_only_connection(journal)
-        assert await journal.latest_state("warm-up") is None
+        reads = CoalescedStateReads(journal, DecidingCommands())
+        assert await reads.latest_state("warm-up") is None
         statements.clear()
-        states = await asyncio.gather(*(journal.latest_state(entity_id) for entity_id in [*ids, "nobody"]))
+        states = await asyncio.gather(*(reads.latest_state(entity_id) for entity_id in [*ids, "nobody"]))
+        await reads.close()
         assert [state.payload if state else None for state in states] == [
             *(f"{entity_id}#1".encode() for entity_id in ids),
             None,
@@ -364,7 +371,7 @@ async def test_concurrent_latest_state_reads_go_in_few_queries(pg_database: tupl
 
 async def backend_pid_of_appends(journal: PostgresJournal, entity_id: str, expected: int) -> int:
     assert await journal.append_batch([request(entity_id, expected)]) == [None]
-    (kept,) = journal._kept
+    (kept,) = journal._datastore._kept
     return int(kept.get_server_pid())
 
 
@@ -377,10 +384,10 @@ async def test_the_writer_keeps_one_connection_between_batches_but_never_the_who
         first = await backend_pid_of_appends(journal, "kept", 0)
         assert await backend_pid_of_appends(journal, "kept", 1) == first  # no pool round trip between
         await journal.latest_state("kept")  # a second caller uses the pool's other connection
-        assert len(journal._kept) == 1  # at most pool_max_size - 1 are kept
+        assert len(journal._datastore._kept) == 1  # at most pool_max_size - 1 are kept
     finally:
         await journal.close()
-    assert journal._kept == []
+    assert journal._datastore._kept == []
 
     alone = await PostgresJournal.open(settings_for(pg_database, pool_max_size=1, acquire_timeout_s=2))
     try:
@@ -389,6 +396,6 @@ async def test_the_writer_keeps_one_connection_between_batches_but_never_the_who
             assert await alone.append_batch([request("single", expected)]) == [None]
             # with one connection in all, none is kept: other calls get it without waiting
             assert len(await alone.read_events("single")) == expected + 1
-        assert alone._kept == []
+        assert alone._datastore._kept == []
     finally:
         await alone.close()

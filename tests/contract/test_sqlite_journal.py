@@ -22,7 +22,7 @@ async def test_the_file_is_durable_and_shared(tmp_path: Path) -> None:
     journal = await SqliteJournal.open(tmp_path / "cos.db")
     try:
         await journal.migrate(8)
-        connection = journal._connection  # white-box: the pragmas are the point of this test
+        connection = journal._datastore._connection  # white-box: the pragmas are the point of this test
         assert list(await connection.execute_fetchall("PRAGMA journal_mode")) == [("wal",)]
         assert list(await connection.execute_fetchall("PRAGMA synchronous")) == [(2,)]  # FULL
         assert list(await connection.execute_fetchall("PRAGMA foreign_keys")) == [(1,)]
@@ -39,7 +39,7 @@ async def test_journals_on_one_file_migrate_once(tmp_path: Path) -> None:
     journals = [await SqliteJournal.open(tmp_path / "cos.db") for _ in range(3)]
     try:
         assert await asyncio.gather(*(journal.migrate(8) for journal in journals)) == [LATEST_VERSION] * 3
-        connection = journals[0]._connection
+        connection = journals[0]._datastore._connection
         rows = await connection.execute_fetchall("SELECT version_number FROM cos_migrations ORDER BY 1")
         assert [row[0] for row in rows] == list(range(6, LATEST_VERSION + 1))
     finally:

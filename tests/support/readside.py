@@ -13,8 +13,8 @@ from chiefofstate.core.errors import StoreUnavailable
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
-from chiefofstate.ports.journal import JournalRow
-from chiefofstate.ports.offsets import Halt, ShardProgress, ShardRecord
+from chiefofstate.ports.journal import JournalRow, ShardProgress
+from chiefofstate.ports.offsets import Halt, ShardRecord
 from chiefofstate.ports.read_handler import DeliveryFailed, ReadSideCall
 
 
@@ -62,6 +62,15 @@ class MemoryJournal:
             raise StoreUnavailable("the database went away")
         return [row for row in self.rows if row.shard == shard and row.ordering > after_ordering][:limit]
 
+    async def shard_progress(self, shard: int, after_ordering: int, count_limit: int) -> ShardProgress:
+        rows = [row for row in (self.rows) if row.shard == shard]
+        pending = [row for row in rows if row.ordering > after_ordering]
+        return ShardProgress(
+            rows[-1].ordering if rows else 0,
+            min(len(pending), count_limit),
+            pending[0].write_timestamp_ms if pending else None,
+        )
+
 
 @dataclass
 class MemoryOffsetStore:
@@ -69,7 +78,6 @@ class MemoryOffsetStore:
     paused: dict[tuple[str, int], bool] = field(default_factory=dict)
     halts: dict[tuple[str, int], Halt] = field(default_factory=dict)
     saves: list[tuple[str, int, int]] = field(default_factory=list)
-    journal: MemoryJournal | None = None
     failures_left: int = 0
 
     @property
@@ -125,15 +133,6 @@ class MemoryOffsetStore:
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         self._maybe_fail()
         self.halts.pop((read_side_id, shard), None)
-
-    async def shard_progress(self, shard: int, after_offset: int, count_limit: int) -> ShardProgress:
-        rows = [row for row in (self.journal.rows if self.journal else []) if row.shard == shard]
-        pending = [row for row in rows if row.ordering > after_offset]
-        return ShardProgress(
-            rows[-1].ordering if rows else 0,
-            min(len(pending), count_limit),
-            pending[0].write_timestamp_ms if pending else None,
-        )
 
     async def close(self) -> None:
         pass

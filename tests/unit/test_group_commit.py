@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ import pytest
 from chiefofstate.core.batching import MAX_WAIT_S
 from chiefofstate.core.errors import ResourceExhausted, SequenceConflict, StoreUnavailable
 from chiefofstate.journal import group_commit
+from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.journal.group_commit import GroupCommitWriter
 from chiefofstate.ports.journal import AppendRequest, JournalRow, SnapshotRow, StoredState
 from chiefofstate.stores.sqlite.journal import SqliteJournal
@@ -96,9 +97,32 @@ async def journal(tmp_path: Path) -> AsyncIterator[RecordingJournal]:
         await inner.close()
 
 
+class ScriptedDeciding(DecidingCommands):
+    """Commands deciding as a test says: whether appends are on their way, and the flush's budget."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.coming: Callable[[], bool] = lambda: False
+        self.budget_s = 0.0
+
+    def script(self, coming: Callable[[], bool], budget_s: float) -> None:
+        self.coming, self.budget_s = coming, budget_s
+
+    def appends_coming(self) -> bool:
+        return self.coming()
+
+    def append_wait_s(self) -> float:
+        return self.budget_s
+
+
 @pytest.fixture
-async def writer(journal: RecordingJournal) -> AsyncIterator[GroupCommitWriter]:
-    started = GroupCommitWriter(journal, max_batch=16, max_pending=100)
+def deciding() -> ScriptedDeciding:
+    return ScriptedDeciding()
+
+
+@pytest.fixture
+async def writer(journal: RecordingJournal, deciding: ScriptedDeciding) -> AsyncIterator[GroupCommitWriter]:
+    started = GroupCommitWriter(journal, max_batch=16, max_pending=100, deciding=deciding)
     started.start()
     try:
         yield started
@@ -140,7 +164,7 @@ def long_cap(monkeypatch: pytest.MonkeyPatch) -> float:
 
 
 async def test_a_flush_waits_for_appends_on_their_way_and_ends_with_the_last_of_them(
-    journal: RecordingJournal, writer: GroupCommitWriter, long_cap: float
+    journal: RecordingJournal, writer: GroupCommitWriter, deciding: ScriptedDeciding, long_cap: float
 ) -> None:
     coming = [3]  # three commands are still talking to their write handler
     loop = asyncio.get_running_loop()
@@ -150,7 +174,7 @@ async def test_a_flush_waits_for_appends_on_their_way_and_ends_with_the_last_of_
         coming[0] -= 1
         await append(writer, request(entity_id))
 
-    writer.linger_while(lambda: coming[0] > 0, lambda: long_cap)
+    deciding.script(lambda: coming[0] > 0, long_cap)
     delays = (0, 0.002, 0.004)
     late = [asyncio.create_task(arrives_after(delay, f"late{n}")) for n, delay in enumerate(delays)]
     started = loop.time()
@@ -162,17 +186,17 @@ async def test_a_flush_waits_for_appends_on_their_way_and_ends_with_the_last_of_
 
 
 async def test_a_flush_waits_no_longer_than_its_budget_for_an_append_that_never_comes(
-    journal: RecordingJournal, writer: GroupCommitWriter
+    journal: RecordingJournal, writer: GroupCommitWriter, deciding: ScriptedDeciding
 ) -> None:
     loop = asyncio.get_running_loop()
     budget = MAX_WAIT_S / 2
-    writer.linger_while(lambda: True, lambda: budget)  # a command whose handler hangs
+    deciding.script(lambda: True, budget)  # a command whose handler hangs
     started = loop.time()
     await append(writer, request("alone"))
     assert journal.batches == [["alone"]]
     assert budget * 0.9 <= journal.entered_at[0] - started < 5.0
 
-    writer.linger_while(lambda: True, lambda: 60.0)  # a budget beyond the cap
+    deciding.script(lambda: True, 60.0)  # a budget beyond the cap
     started = loop.time()
     await append(writer, request("capped"))
     assert journal.batches[1] == ["capped"]
@@ -180,10 +204,11 @@ async def test_a_flush_waits_no_longer_than_its_budget_for_an_append_that_never_
 
 
 async def test_a_full_batch_ends_the_wait(journal: RecordingJournal, long_cap: float) -> None:
-    writer = GroupCommitWriter(journal, max_batch=4)
+    deciding = ScriptedDeciding()
+    writer = GroupCommitWriter(journal, max_batch=4, deciding=deciding)
     writer.start()
     try:
-        writer.linger_while(lambda: True, lambda: long_cap)
+        deciding.script(lambda: True, long_cap)
         loop = asyncio.get_running_loop()
         started = loop.time()
         await asyncio.gather(*(append(writer, request(f"e{n}")) for n in range(4)))
@@ -196,9 +221,10 @@ async def test_a_full_batch_ends_the_wait(journal: RecordingJournal, long_cap: f
 async def test_close_ends_the_wait_and_writes_what_is_queued(
     journal: RecordingJournal, long_cap: float
 ) -> None:
-    writer = GroupCommitWriter(journal)
+    deciding = ScriptedDeciding()
+    writer = GroupCommitWriter(journal, deciding=deciding)
     writer.start()
-    writer.linger_while(lambda: True, lambda: long_cap)
+    deciding.script(lambda: True, long_cap)
     loop = asyncio.get_running_loop()
     outcome = writer.submit(request("queued"))
     await asyncio.sleep(0.001)  # the writer is waiting for appends that never come

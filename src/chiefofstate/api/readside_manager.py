@@ -16,12 +16,19 @@ from typing import TypeVar
 from grpc import aio
 
 from chiefofstate.api.grpc_errors import abort_with, as_cos_error
+from chiefofstate.api.grpc_server import ServiceRegistration
 from chiefofstate.core.readside_rules import ProjectionState
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import ReadSideOffset
-from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerServiceServicer
+from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import (
+    ReadSideManagerServiceServicer,
+    add_ReadSideManagerServiceServicer_to_server,
+)
 from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2 as admin
-from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import ReadSideAdminServiceServicer
+from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import (
+    ReadSideAdminServiceServicer,
+    add_ReadSideAdminServiceServicer_to_server,
+)
 from chiefofstate.readside.runtime import ReadSideRuntime, ReadSideView
 
 STATE_TRAILER = "x-cos-read-side-state"
@@ -211,3 +218,22 @@ class ReadSideAdminService(ReadSideAdminServiceServicer):
         return admin.ListReadSidesResponse(
             read_sides=[_status(view) for view in views], num_shards=self._runtime.num_shards
         )
+
+
+MANAGER_SERVICE = pb.DESCRIPTOR.services_by_name["ReadSideManagerService"].full_name
+ADMIN_SERVICE = admin.DESCRIPTOR.services_by_name["ReadSideAdminService"].full_name
+
+
+def read_side_services(runtime: ReadSideRuntime) -> tuple[ServiceRegistration, ...]:
+    """Upstream's ReadSideManagerService and this project's admin service (`cos readside list`), both
+    acting on `runtime`; served on the gRPC port with COS_READ_SIDE_ENABLED=true (docs/contract.md §1)."""
+    manager = ReadSideManagerService(runtime)
+    admin_service = ReadSideAdminService(runtime)
+
+    def add_manager(server: aio.Server) -> None:
+        add_ReadSideManagerServiceServicer_to_server(manager, server)
+
+    def add_admin(server: aio.Server) -> None:
+        add_ReadSideAdminServiceServicer_to_server(admin_service, server)
+
+    return ((MANAGER_SERVICE, add_manager), (ADMIN_SERVICE, add_admin))

@@ -28,7 +28,7 @@ def _headers(meta: MetaData) -> str:
 
 
 async def read_events(settings: Settings, entity_id: str, limit: int) -> list[tuple[str, ...]]:
-    from chiefofstate.node.node import open_journal
+    from chiefofstate.node.stores import open_journal
 
     journal = await open_journal(settings.store)
     try:
@@ -52,7 +52,7 @@ async def read_events(settings: Settings, entity_id: str, limit: int) -> list[tu
 
 
 async def read_state(settings: Settings, entity_id: str) -> dict[str, str] | None:
-    from chiefofstate.node.node import open_journal
+    from chiefofstate.node.stores import open_journal
 
     journal = await open_journal(settings.store)
     try:

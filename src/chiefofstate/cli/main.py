@@ -64,7 +64,7 @@ def serve() -> None:
 def migrate() -> None:
     """Create or upgrade the journal schema, then exit."""
     settings = _settings(require_write_side=False)
-    from chiefofstate.node.node import open_store
+    from chiefofstate.node.stores import open_store
 
     async def migrate_and_close() -> str:
         journal = await open_store(settings)

@@ -21,7 +21,7 @@ from chiefofstate.telemetry.tracing import TracingSettings, tracing_settings
 
 
 @dataclass(frozen=True, slots=True)
-class PostgresSettings:
+class DatabaseSettings:
     host: str
     port: int
     database: str
@@ -40,7 +40,7 @@ class PostgresSettings:
 class StoreSettings:
     """PostgreSQL when COS_DB_HOST is set, otherwise the embedded SQLite file (decision D10)."""
 
-    postgres: PostgresSettings | None
+    postgres: DatabaseSettings | None
     sqlite_path: Path
     migrations_initial_version: str | None
 
@@ -172,7 +172,7 @@ def _store(env: Env) -> StoreSettings:
     host = env.text("COS_DB_HOST", "").strip()
     postgres = None
     if host:
-        postgres = PostgresSettings(
+        postgres = DatabaseSettings(
             host=host,
             port=env.port("COS_DB_PORT", 5432),
             database=env.text("COS_DB_NAME", "postgres"),

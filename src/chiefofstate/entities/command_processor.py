@@ -11,7 +11,6 @@ from typing import Protocol
 
 from google.protobuf.any_pb2 import Any as AnyProto
 
-from chiefofstate.core.batching import DecideTime
 from chiefofstate.core.command_rules import (
     ProtoValidation,
     candidate_events,
@@ -28,7 +27,8 @@ from chiefofstate.entities.writer_ids import new_writer_id
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
 from chiefofstate.gen.chief_of_state.v1.service_pb2 import GetStateResponse
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandRequest, HandleEventRequest
-from chiefofstate.ports.journal import AppendRequest, Journal
+from chiefofstate.journal.deciding import DecidingCommands
+from chiefofstate.ports.journal import AppendRequest, StateReader
 from chiefofstate.ports.write_handler import WriteHandler
 from chiefofstate.telemetry.tracing import (
     SPAN_HANDLE_EVENT,
@@ -74,23 +74,22 @@ class CommandProcessor:
     def __init__(
         self,
         handler: WriteHandler,
-        journal: Journal,
+        states: StateReader,
         appender: Appender,
         snapshotter: Snapshotter,
         settings: CommandSettings,
         wall_clock_ns: Callable[[], int] = time.time_ns,
         listeners: Sequence[CommitListener] = (),
         tracing: Tracing = TRACING_OFF,
+        deciding: DecidingCommands | None = None,
     ) -> None:
         self._tracing = tracing
-        # How long commands take to decide: the journal sizes its waits for company by it (core/batching).
-        self.decide_time = DecideTime()
+        # Commands between the start of HandleCommand and their append, and how long they take: the
+        # journal's batchers size their waits by it (journal/deciding.py).
+        self.deciding = deciding if deciding is not None else DecidingCommands()
         self.recoveries = 0
-        # Commands between the start of HandleCommand and their append: the group-commit writer lingers
-        # briefly while there are any, so their appends share a round trip (group_commit.linger_while).
-        self.deciding = 0
         self._handler = handler
-        self._journal = journal
+        self._states = states
         self._appender = appender
         self._snapshotter = snapshotter
         self._settings = settings
@@ -101,7 +100,7 @@ class CommandProcessor:
         state = entity.state
         if state is None:
             with self._tracing.span(SPAN_RECOVERY, attributes={"cos.entity_id": entity.entity_id}):
-                state = await recover(self._journal, entity.entity_id)
+                state = await recover(self._states, entity.entity_id)
             entity.state = state
             entity.writer_id = ""  # a new incarnation: its first append draws a new writer id
             self.recoveries += 1
@@ -114,14 +113,14 @@ class CommandProcessor:
         if current is None:
             current = await self.ensure_recovered(entity)
         prior = current.decode()
-        self.deciding += 1
+        deciding = self.deciding
+        deciding.started()
         started = time.perf_counter()
         try:
             with self._tracing.span(SPAN_REMOTE_CALLS):
                 wrappers = await self._decide(prior, command, metadata, deadline)
         finally:
-            self.deciding -= 1
-            self.decide_time.record(time.perf_counter() - started)
+            deciding.finished(time.perf_counter() - started)
         if not wrappers:
             return current  # a no-op persists nothing and consumes no revision (§3.7)
         deadline.check("before the append")

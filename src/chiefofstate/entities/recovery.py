@@ -6,7 +6,7 @@ from chiefofstate.core.command_rules import initial_state
 from chiefofstate.core.errors import Internal
 from chiefofstate.entities.entity import EntityState
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
-from chiefofstate.ports.journal import Journal, StoredState
+from chiefofstate.ports.journal import StateReader, StoredState
 
 
 def state_from_stored(entity_id: str, stored: StoredState | None) -> EntityState:
@@ -24,5 +24,5 @@ def state_from_stored(entity_id: str, stored: StoredState | None) -> EntityState
     return EntityState.of(event.resulting_state, event.meta)
 
 
-async def recover(journal: Journal, entity_id: str) -> EntityState:
-    return state_from_stored(entity_id, await journal.latest_state(entity_id))
+async def recover(states: StateReader, entity_id: str) -> EntityState:
+    return state_from_stored(entity_id, await states.latest_state(entity_id))

@@ -2,10 +2,11 @@
 
 When the writer is idle and no other command is about to append, a request is written at once (no added
 latency for a lone client); requests that arrive while a flush is in flight wait for it and then go
-together in the next one, so batches grow as fast as the database is slow (DESIGN.md "Group commit").
+together in the next one, so batches grow as fast as the database is slow (docs/architecture.md, "Group
+commit").
 
 One refinement, for a database that is fast next to the write handler: while other commands are between
-HandleCommand and their append, a flush first waits a little for them (`linger_while`), so that their
+HandleCommand and their append, a flush first waits a little for them (journal/deciding.py), so that their
 appends share its round trip. Each round trip costs a socket write and read on the node and a commit in
 the database whatever its size, so under concurrent load fewer, larger batches take CPU off every
 command. The wait ends as soon as no other command is deciding, when the batch is full, or after a
@@ -19,21 +20,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from opentelemetry.trace import Link
 
 from chiefofstate.aio.early_wake import EarlyWake
-from chiefofstate.core.batching import MAX_WAIT_S, no_wait
+from chiefofstate.core.batching import MAX_WAIT_S
 from chiefofstate.core.errors import ResourceExhausted, StoreUnavailable, copy_for_another_caller
+from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.ports.journal import AppendRequest, Journal
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import SPAN_JOURNAL_BATCH, TRACING_OFF, Tracing
-
-
-def _nothing_coming() -> bool:
-    return False
 
 
 @dataclass(slots=True)
@@ -56,7 +53,10 @@ class GroupCommitWriter:
         *,
         tracing: Tracing = TRACING_OFF,
         metrics: NodeMetrics | None = None,
+        deciding: DecidingCommands | None = None,
     ) -> None:
+        """`deciding` tells a flush whether to wait for appends on their way, and for how long at most
+        (never more than MAX_WAIT_S); without it a flush never waits."""
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be at least 1")
         self._journal = journal
@@ -68,16 +68,8 @@ class GroupCommitWriter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._appends_coming: Callable[[], bool] = _nothing_coming
-        self._linger_budget_s: Callable[[], float] = no_wait
+        self._deciding = deciding if deciding is not None else DecidingCommands()
         self._lingering = EarlyWake()  # a flush waiting for appends on their way
-
-    def linger_while(self, appends_coming: Callable[[], bool], budget_s: Callable[[], float]) -> None:
-        """Before a flush, wait while `appends_coming()` says other appends are on their way, for at most
-        `budget_s()` seconds (and never more than MAX_WAIT_S); the command processor tells both
-        (CommandProcessor.deciding and DecideTime.append_wait_s)."""
-        self._appends_coming = appends_coming
-        self._linger_budget_s = budget_s
 
     @property
     def pending(self) -> int:
@@ -104,7 +96,9 @@ class GroupCommitWriter:
         outcome: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(request, self._tracing.current_link(), outcome))
         self._wakeup.set()
-        if self._lingering.waiting and (len(self._queue) >= self._max_batch or not self._appends_coming()):
+        if self._lingering.waiting and (
+            len(self._queue) >= self._max_batch or not self._deciding.appends_coming()
+        ):
             self._lingering.wake()  # the batch is full, or this was the last append on its way
         return outcome
 
@@ -132,8 +126,12 @@ class GroupCommitWriter:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                if len(self._queue) < self._max_batch and not self._closing and self._appends_coming():
-                    await self._lingering.at_most(min(self._linger_budget_s(), MAX_WAIT_S))
+                if (
+                    len(self._queue) < self._max_batch
+                    and not self._closing
+                    and self._deciding.appends_coming()
+                ):
+                    await self._lingering.at_most(min(self._deciding.append_wait_s(), MAX_WAIT_S))
                 size = min(len(self._queue), self._max_batch)
                 batch = [self._queue.popleft() for _ in range(size)]
                 await self._flush_batch(batch)

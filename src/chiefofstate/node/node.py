@@ -1,4 +1,8 @@
-"""The composition root: the only place that picks concrete classes and wires one node together."""
+"""The composition root: the only place that picks concrete classes and wires one node together.
+
+A node starts in named steps, in dependency order (`Node.start`), and every step registers what it
+opened on one exit stack, so a stop (or a failed start) closes everything in reverse.
+"""
 
 from __future__ import annotations
 
@@ -15,104 +19,30 @@ from chiefofstate.api.grpc_server import GrpcServer
 from chiefofstate.api.http_api import create_http_app
 from chiefofstate.api.http_server import HttpServer
 from chiefofstate.api.management import ManagementServer, SmallHttpServer, metrics_route
-from chiefofstate.config.settings import Settings, StoreSettings, WriteSideSettings
-from chiefofstate.core.breaker import CircuitBreaker
-from chiefofstate.core.errors import CosError, StoreUnavailable
+from chiefofstate.config.settings import Settings
+from chiefofstate.core.errors import CosError
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings, CommitListener
 from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
+from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.journal.group_commit import GroupCommitWriter
 from chiefofstate.node.gauges import register_node_readings
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
 from chiefofstate.node.read_sides import ReadSides, open_read_sides
+from chiefofstate.node.stores import open_store, state_reads
+from chiefofstate.node.write_side import create_write_handler
 from chiefofstate.ports.journal import Journal
 from chiefofstate.ports.write_handler import WriteHandler
 from chiefofstate.subscription.hub import SubscriptionHub
 from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import Tracing
-from chiefofstate.writeside.breaker import BreakerGuardedWriteHandler
-from chiefofstate.writeside.grpc import GrpcWriteHandler, channel_options
-from chiefofstate.writeside.http import HttpWriteHandler
 from chiefofstate.writeside.instrumented import InstrumentedWriteHandler
 
 log = logging.getLogger("chiefofstate.node")
 
 READY_PING_TIMEOUT_S = 2.0
-
-
-async def open_journal(store: StoreSettings) -> Journal:
-    """PostgreSQL when COS_DB_HOST is set, the embedded SQLite file otherwise (decision D10)."""
-    initial = store.migrations_initial_version
-    if store.postgres is None:
-        from chiefofstate.stores.sqlite.journal import SqliteJournal
-
-        return await SqliteJournal.open(store.sqlite_path, migrations_initial_version=initial)
-    from chiefofstate.stores.postgres.journal import PostgresJournal, settings_from_config
-
-    return await PostgresJournal.open(
-        settings_from_config(store.postgres),
-        migrations_initial_version=initial,
-    )
-
-
-async def open_store(settings: Settings) -> Journal:
-    """Connect and migrate, retrying a bounded number of times while the database is unreachable."""
-    store = settings.store
-    retries = store.postgres.startup_retries if store.postgres else 0
-    delay = 0.5
-    for attempt in range(retries + 1):
-        journal: Journal | None = None
-        try:
-            journal = await open_journal(store)
-            version = await journal.migrate(settings.num_shards)
-        except StoreUnavailable as error:
-            if journal is not None:
-                await journal.close()
-            if attempt == retries:
-                raise
-            log.warning("store unreachable (attempt %d of %d): %s", attempt + 1, retries + 1, error)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-            continue
-        except BaseException:
-            if journal is not None:
-                await journal.close()
-            raise
-        if store.postgres is None:
-            log.warning(
-                "JOURNAL STORE: embedded %s (schema version %d); this node runs alone."
-                " Set COS_DB_HOST to use PostgreSQL.",
-                journal.description,
-                version,
-            )
-        else:
-            log.warning("JOURNAL STORE: %s (schema version %d)", journal.description, version)
-        return journal
-    raise AssertionError("unreachable")
-
-
-def create_write_handler(write_side: WriteSideSettings, max_message_bytes: int) -> WriteHandler:
-    handler: WriteHandler
-    if write_side.protocol == "http":
-        handler = HttpWriteHandler(write_side.host, write_side.port, use_tls=write_side.use_tls)
-    else:
-        handler = GrpcWriteHandler(
-            f"{write_side.host}:{write_side.port}",
-            pool_size=write_side.channel_pool_size,
-            use_tls=write_side.use_tls,
-            options=channel_options(
-                max_message_bytes=max_message_bytes,
-                keepalive_enabled=write_side.keepalive_enabled,
-                keepalive_time_s=write_side.keepalive_time_s,
-                keepalive_timeout_s=write_side.keepalive_timeout_s,
-                keepalive_without_calls=write_side.keepalive_without_calls,
-            ),
-        )
-    if write_side.breaker is not None:
-        handler = BreakerGuardedWriteHandler(handler, CircuitBreaker(write_side.breaker))
-    return handler
 
 
 class Node:
@@ -142,19 +72,45 @@ class Node:
             raise
 
     async def _start_parts(self) -> None:
-        settings = self.settings
-        closers = self._closers
-        tracing = self.tracing = Tracing(settings.tracing)
-        closers.callback(tracing.shutdown)  # flushes buffered spans last, after everything else stopped
-        metrics = self.metrics
-        journal = self.journal = await open_store(settings)
-        closers.push_async_callback(journal.close)
+        self.tracing = Tracing(self.settings.tracing)
+        self._closers.callback(self.tracing.shutdown)  # flushes buffered spans last, after everything else
+        journal = self.journal = await open_store(self.settings)
+        self._closers.push_async_callback(journal.close)
+        processor, writer, snapshotter = await self._start_write_path(journal, self.tracing)
+        self.host = self._start_entities(processor, self.tracing)
+        register_node_readings(self.metrics, self.host, processor, snapshotter, writer, self.subscriptions)
+        commands = CommandPath(
+            self.host, self.settings.server.command_timeout_s, tracing=self.tracing, metrics=self.metrics
+        )
+        await self._start_operator_endpoints()
+        # Closed first on stop: new calls are refused while in-flight ones get the grace period.
+        self._closers.push_async_callback(self._stop_api_servers)
+        serving = await self._start_api_servers(commands)
+        self._serving = True
+        await self._follow_readiness_on_grpc_health()
+        server = self.settings.server
+        log.warning(
+            "chiefofstate node serving %s, management on %s:%d%s",
+            ", ".join(serving),
+            server.address,
+            self.management.port if self.management is not None else server.management_port,
+            ", subscriptions on" if self.subscriptions is not None else "",
+        )
+
+    async def _start_write_path(
+        self, journal: Journal, tracing: Tracing
+    ) -> tuple[CommandProcessor, GroupCommitWriter, Snapshotter]:
+        """The group-commit writer, the snapshotter, the write handler, what listens to commits (read
+        sides, subscriptions) and the command processor that ties them together."""
+        settings, closers, metrics = self.settings, self._closers, self.metrics
+        deciding = DecidingCommands()
         writer = GroupCommitWriter(
             journal,
             max_batch=settings.journal_writer.max_batch,
             max_pending=settings.journal_writer.max_pending,
             tracing=tracing,
             metrics=metrics,
+            deciding=deciding,
         )
         writer.start()
         closers.push_async_callback(writer.close)  # flushes what is queued before the store closes
@@ -168,25 +124,10 @@ class Node:
             settings.write_side.protocol,
         )
         closers.push_async_callback(handler.close)
-        listeners: list[CommitListener] = []
-        if settings.subscription_enabled:
-            self.subscriptions = SubscriptionHub(
-                settings.subscriptions.buffer_size, settings.subscriptions.max_subscriptions
-            )
-            listeners.append(self.subscriptions)
-        if settings.read_side_enabled:
-            self.read_sides = await open_read_sides(
-                settings, closers, open_journal, tracing=tracing, metrics=metrics
-            )
-            if self.read_sides.command_traces is not None:
-                listeners.append(self.read_sides.command_traces)
-            listeners.append(self.read_sides.runtime)  # wakes the shard's projections on each commit
-            gauges = ReadSideGauges(self.read_sides.runtime, metrics, settings.server.health_check_interval_s)
-            gauges.start()
-            closers.push_async_callback(gauges.close)
+        listeners = await self._start_commit_listeners(tracing)
         processor = CommandProcessor(
             handler,
-            journal,
+            state_reads(settings.store, journal, deciding, closers),
             writer,
             snapshotter,
             CommandSettings(
@@ -197,10 +138,34 @@ class Node:
             ),
             listeners=listeners,
             tracing=tracing,
+            deciding=deciding,
         )
-        writer.linger_while(lambda: processor.deciding > 0, processor.decide_time.append_wait_s)
-        journal.batch_reads_within(processor.decide_time.read_wait_s)
-        host = self.host = EntityHost(
+        return processor, writer, snapshotter
+
+    async def _start_commit_listeners(self, tracing: Tracing) -> list[CommitListener]:
+        """Subscriptions and read sides, each told of every commit of this node."""
+        settings, closers, metrics = self.settings, self._closers, self.metrics
+        listeners: list[CommitListener] = []
+        if settings.subscription_enabled:
+            self.subscriptions = SubscriptionHub(
+                settings.subscriptions.buffer_size, settings.subscriptions.max_subscriptions
+            )
+            listeners.append(self.subscriptions)
+        if settings.read_side_enabled:
+            read_sides = self.read_sides = await open_read_sides(
+                settings, closers, tracing=tracing, metrics=metrics
+            )
+            if read_sides.command_traces is not None:
+                listeners.append(read_sides.command_traces)
+            listeners.append(read_sides.runtime)  # wakes the shard's projections on each commit
+            gauges = ReadSideGauges(read_sides.runtime, metrics, settings.server.health_check_interval_s)
+            gauges.start()
+            closers.push_async_callback(gauges.close)
+        return listeners
+
+    def _start_entities(self, processor: CommandProcessor, tracing: Tracing) -> EntityHost:
+        settings = self.settings
+        host = EntityHost(
             processor,
             HostSettings(
                 num_shards=settings.num_shards,
@@ -211,22 +176,26 @@ class Node:
             tracing=tracing,
         )
         host.start()
-        closers.push_async_callback(host.close)
-        register_node_readings(metrics, host, processor, snapshotter, writer, self.subscriptions)
-        commands = CommandPath(host, settings.server.command_timeout_s, tracing=tracing, metrics=metrics)
-        server = settings.server
+        self._closers.push_async_callback(host.close)
+        return host
+
+    async def _start_operator_endpoints(self) -> None:
+        """/alive and /ready on the management port, /metrics on the Prometheus port."""
+        server, closers = self.settings.server, self._closers
         management = self.management = ManagementServer(
             server.address, server.management_port, self.readiness
         )
         await management.start()
         closers.push_async_callback(management.close)
         metrics_server = self.metrics_server = SmallHttpServer(
-            server.address, server.prometheus_port, {"/metrics": metrics_route(metrics.exposition)}
+            server.address, server.prometheus_port, {"/metrics": metrics_route(self.metrics.exposition)}
         )
         await metrics_server.start()
         closers.push_async_callback(metrics_server.close)
-        # Closed first on stop: new calls are refused while in-flight ones get the grace period.
-        closers.push_async_callback(self._stop_api_servers)
+
+    async def _start_api_servers(self, commands: CommandPath) -> list[str]:
+        """gRPC and/or HTTP (COS_SERVER_PROTOCOL) on one command path; returns what serves where."""
+        server = self.settings.server
         serving = []
         if server.protocol in ("grpc", "both"):
             grpc_server = self.grpc = GrpcServer(
@@ -236,7 +205,7 @@ class Node:
                 server.max_message_bytes,
                 # ReadSideManagerService only with COS_READ_SIDE_ENABLED=true (SPEC.md §1).
                 extra_services=self.read_sides.services if self.read_sides is not None else (),
-                metrics=GrpcServerMetrics(metrics),
+                metrics=GrpcServerMetrics(self.metrics),
             )
             await grpc_server.start()
             serving.append(f"gRPC on {server.address}:{grpc_server.port}")
@@ -253,19 +222,15 @@ class Node:
             )
             await http_server.start()
             serving.append(f"HTTP on {server.http_address}:{http_server.port}")
-        self._serving = True
-        if self.grpc is not None:
-            await self.grpc.set_serving(True)
-            # The gRPC health service follows readiness, so probes see a lost database too.
-            monitor = asyncio.create_task(self._follow_readiness(self.grpc), name="health-monitor")
-            closers.push_async_callback(cancel_and_wait, monitor)
-        log.warning(
-            "chiefofstate node serving %s, management on %s:%d%s",
-            ", ".join(serving),
-            server.address,
-            management.port,
-            ", subscriptions on" if self.subscriptions is not None else "",
-        )
+        return serving
+
+    async def _follow_readiness_on_grpc_health(self) -> None:
+        if self.grpc is None:
+            return
+        await self.grpc.set_serving(True)
+        # The gRPC health service follows readiness, so probes see a lost database too.
+        monitor = asyncio.create_task(self._follow_readiness(self.grpc), name="health-monitor")
+        self._closers.push_async_callback(cancel_and_wait, monitor)
 
     async def _stop_api_servers(self) -> None:
         if self.subscriptions is not None:

@@ -1,5 +1,5 @@
 """Read-side offsets, journal heads and lag for Prometheus, refreshed by one owned task (a scrape cannot
-wait for the database). States and delivery counts are read at scrape time (readside/readings.py).
+wait for the database); states and delivery counts are read at scrape time (register_read_side_readings).
 
 Lag in seconds is how long the oldest unprocessed event of the shard has waited: now minus the write
 time of the first event after the stored offset, 0 when there is none. It comes from the same status
@@ -100,3 +100,23 @@ def lag_seconds(shard: ShardView, now: float) -> float:
     if shard.oldest_pending_ms is None:
         return math.nan
     return max(0.0, now - shard.oldest_pending_ms / 1000)
+
+
+def register_read_side_readings(metrics: NodeMetrics, runtime: ReadSideRuntime) -> None:
+    metrics.read_at_scrape(
+        "cos_read_side_projections",
+        "Projections on this node by read side and state (running, paused, halted, stopped, restarting).",
+        runtime.state_counts,
+    )
+    metrics.read_at_scrape(
+        "cos_read_side_events_delivered",
+        "Events the read handler accepted, by read side.",
+        lambda: runtime.event_counts("delivered"),
+        monotonic=True,
+    )
+    metrics.read_at_scrape(
+        "cos_read_side_events_skipped",
+        "Events skipped under SKIP or REPLAY_SKIP after failed deliveries, by read side.",
+        lambda: runtime.event_counts("skipped"),
+        monotonic=True,
+    )

@@ -1,4 +1,4 @@
-"""Puts the read-side layer together for the node (node.py stays the only caller).
+"""Puts the read-side layer together for the node.
 
 Projections read the journal through their own journal connection (a second pool on PostgreSQL, a
 second connection on SQLite) and keep offsets through the offset store's own pool, as upstream keeps a
@@ -11,34 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from grpc import aio
-
 from chiefofstate.api.grpc_server import ServiceRegistration
-from chiefofstate.api.readside_manager import ReadSideAdminService, ReadSideManagerService
+from chiefofstate.api.readside_manager import read_side_services
 from chiefofstate.config.read_sides import ReadSideSettings
-from chiefofstate.config.settings import PostgresSettings as PostgresConfig
-from chiefofstate.config.settings import Settings, StoreSettings
+from chiefofstate.config.settings import Settings
 from chiefofstate.core.breaker import CircuitBreaker
-from chiefofstate.gen.chief_of_state.v1 import manager_pb2
-from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import add_ReadSideManagerServiceServicer_to_server
-from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2
-from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import (
-    add_ReadSideAdminServiceServicer_to_server,
-)
-from chiefofstate.ports.journal import Journal
-from chiefofstate.ports.offsets import OffsetStore
+from chiefofstate.node.read_side_gauges import register_read_side_readings
+from chiefofstate.node.stores import open_journal, open_offset_store, read_side_connection
 from chiefofstate.ports.read_handler import ReadHandler
 from chiefofstate.readside.delivery import GuardedReadHandler
 from chiefofstate.readside.grpc import GrpcReadHandler
 from chiefofstate.readside.http import HttpReadHandler
 from chiefofstate.readside.offset_committer import OffsetCommitter
 from chiefofstate.readside.projection import ProjectionContext
-from chiefofstate.readside.readings import register_read_side_readings
 from chiefofstate.readside.runtime import ReadSideRuntime
-from chiefofstate.stores.postgres.journal import PostgresSettings, settings_from_config
 from chiefofstate.stores.postgres.wakeups import AppendListener
 from chiefofstate.telemetry.command_traces import CommandTraces
 from chiefofstate.telemetry.metrics import NodeMetrics
@@ -47,9 +36,6 @@ from chiefofstate.writeside.grpc import channel_options
 
 log = logging.getLogger("chiefofstate.readside")
 
-MANAGER_SERVICE = manager_pb2.DESCRIPTOR.services_by_name["ReadSideManagerService"].full_name
-ADMIN_SERVICE = readside_admin_pb2.DESCRIPTOR.services_by_name["ReadSideAdminService"].full_name
-
 
 @dataclass(frozen=True)
 class ReadSides:
@@ -57,20 +43,6 @@ class ReadSides:
     services: tuple[ServiceRegistration, ...]
     # Tells deliveries which command wrote an event; a commit listener, present when tracing is on.
     command_traces: CommandTraces | None = None
-
-
-def postgres_settings(config: PostgresConfig) -> PostgresSettings:
-    return settings_from_config(config, pool_min_size=min(1, config.pool_max_size))
-
-
-async def open_offset_store(store: StoreSettings) -> OffsetStore:
-    if store.postgres is None:
-        from chiefofstate.stores.sqlite.offsets import SqliteOffsetStore
-
-        return await SqliteOffsetStore.open(store.sqlite_path)
-    from chiefofstate.stores.postgres.offsets import PostgresOffsetStore
-
-    return await PostgresOffsetStore.open(postgres_settings(store.postgres))
 
 
 def _handler_factory(
@@ -106,7 +78,6 @@ def _handler_factory(
 async def open_read_sides(
     settings: Settings,
     closers: contextlib.AsyncExitStack,
-    open_journal: Callable[[StoreSettings], Awaitable[Journal]],
     *,
     tracing: Tracing = TRACING_OFF,
     metrics: NodeMetrics | None = None,
@@ -133,11 +104,10 @@ async def open_read_sides(
     await runtime.start()
     if metrics is not None:
         register_read_side_readings(metrics, runtime)
-    if settings.store.postgres is not None:
+    connection = read_side_connection(settings.store)
+    if connection is not None:
         # Appends on other nodes reach our projections through NOTIFY; ours also wake them in-process.
-        listener = AppendListener(
-            postgres_settings(settings.store.postgres), runtime.wake_shards, runtime.wake_all
-        )
+        listener = AppendListener(connection, runtime.wake_shards, runtime.wake_all)
         listener.start()
         closers.push_async_callback(listener.close)
     log.warning(
@@ -151,14 +121,5 @@ async def open_read_sides(
             "read sides run, but ReadSideManagerService is not served: COS_SERVER_PROTOCOL=http starts no "
             "gRPC server (as upstream); use 'both' to manage read sides"
         )
-    manager = ReadSideManagerService(runtime)
-    admin = ReadSideAdminService(runtime)
-
-    def add_manager(server: aio.Server) -> None:
-        add_ReadSideManagerServiceServicer_to_server(manager, server)
-
-    def add_admin(server: aio.Server) -> None:
-        add_ReadSideAdminServiceServicer_to_server(admin, server)
-
-    services = ((MANAGER_SERVICE, add_manager), (ADMIN_SERVICE, add_admin))
+    services = read_side_services(runtime)
     return ReadSides(runtime, services, command_traces)

@@ -6,7 +6,7 @@ serialized `EventWrapper`, one `event_tag` row with the shard number, snapshots 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -61,6 +61,23 @@ class SnapshotRow:
     payload: bytes  # serialized StateWrapper
 
 
+@dataclass(frozen=True, slots=True)
+class ShardProgress:
+    """The journal side of a projection's progress, for operators."""
+
+    head: int  # highest `ordering` tagged with the shard; 0 when it has none
+    pending: int  # events of the shard after the offset, counted up to the limit asked for
+    # write_timestamp (epoch ms) of the first event after the offset: how long the shard has waited;
+    # None when there is none (or upstream stored none)
+    oldest_pending_ms: int | None = None
+
+
+class StateReader(Protocol):
+    """What recovering an entity needs: its newest stored state (a journal, or reads batched over one)."""
+
+    async def latest_state(self, entity_id: str) -> StoredState | None: ...
+
+
 class Journal(Protocol):
     """Storage of events and snapshots. Every method raises `StoreUnavailable` when the database is away."""
 
@@ -87,9 +104,9 @@ class Journal(Protocol):
         """The newest of (latest snapshot, latest event row); None when the entity has neither."""
         ...
 
-    def batch_reads_within(self, wait_s: Callable[[], float]) -> None:
-        """A hint: `latest_state` reads arriving steadily may wait up to `wait_s()` seconds to share one
-        round trip. A store whose reads cost no round trip ignores it."""
+    async def latest_states(self, entity_ids: Sequence[str]) -> dict[str, StoredState | None | Exception]:
+        """`latest_state` of many entities in one round trip: one entry per id asked for. An entity whose
+        stored row cannot be read maps to the error (`Internal`), so it fails only its own callers."""
         ...
 
     async def read_events(
@@ -100,6 +117,11 @@ class Journal(Protocol):
 
     async def read_shard(self, shard: int, after_ordering: int, limit: int) -> list[JournalRow]:
         """Event rows tagged with `shard` whose ordering > after_ordering, ascending by ordering."""
+        ...
+
+    async def shard_progress(self, shard: int, after_ordering: int, count_limit: int) -> ShardProgress:
+        """How far the journal has got in a shard, seen from a projection at `after_ordering`: the head,
+        the events after it (counted up to `count_limit`), and the write time of the first of them."""
         ...
 
     async def save_snapshot(self, snapshot: SnapshotRow) -> None:

@@ -7,7 +7,8 @@ manifest 'SEQ', mergeable false) and `read_sides` (the paused flags). Halts (dec
 project's own table, `cos_read_side_halts` (migration 8).
 
 Every method raises `StoreUnavailable` when the database cannot be reached and `Internal` when it
-refuses the request.
+refuses the request. How far the journal has got in a shard is the journal's to say
+(`Journal.shard_progress`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
-
-from chiefofstate.core.errors import Internal
-from chiefofstate.ports.journal import OFFSET_MANIFEST
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +34,6 @@ class ShardRecord:
     offset: int | None = None
     paused: bool = False
     halt: Halt | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ShardProgress:
-    """The journal side of a projection's progress, for operators."""
-
-    head: int  # highest `ordering` tagged with the shard; 0 when it has none
-    pending: int  # events of the shard after the offset, counted up to the limit asked for
-    # write_timestamp (epoch ms) of the first event after the offset: how long the shard has waited;
-    # None when there is none (or upstream stored none)
-    oldest_pending_ms: int | None = None
 
 
 class OffsetStore(Protocol):
@@ -79,40 +66,4 @@ class OffsetStore(Protocol):
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None: ...
 
-    async def shard_progress(self, shard: int, after_offset: int, count_limit: int) -> ShardProgress: ...
-
     async def close(self) -> None: ...
-
-
-def parse_offset(read_side_id: str, key: str, value: str, manifest: str) -> tuple[int, int]:
-    """(shard, offset) of one `read_side_offsets` row; rows this project cannot read are refused
-    loudly rather than silently replayed from the start."""
-    if manifest != OFFSET_MANIFEST:
-        raise Internal(
-            f"read side {read_side_id} shard {key}: stored offset has manifest {manifest!r}, "
-            f"expected {OFFSET_MANIFEST!r}"
-        )
-    try:
-        return int(key), int(value)
-    except ValueError:
-        raise Internal(
-            f"read side {read_side_id}: stored offset row ({key!r}, {value!r}) is not a shard and an ordering"
-        ) from None
-
-
-def merge_records(
-    offsets: dict[int, int], paused: dict[int, bool], halts: dict[int, Halt]
-) -> dict[int, ShardRecord]:
-    shards = set(offsets) | set(paused) | set(halts)
-    return {
-        shard: ShardRecord(offsets.get(shard), paused.get(shard, False), halts.get(shard))
-        for shard in sorted(shards)
-    }
-
-
-def shard_key(key: str) -> int | None:
-    """projection_key as a shard number; None for keys another tool may have written."""
-    try:
-        return int(key)
-    except ValueError:
-        return None

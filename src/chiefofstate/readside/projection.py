@@ -33,7 +33,7 @@ from chiefofstate.core.readside_rules import (
     projection_state,
     restarts_after_store_errors,
 )
-from chiefofstate.ports.journal import JournalRow
+from chiefofstate.ports.journal import JournalRow, ShardProgress
 from chiefofstate.ports.offsets import Halt, OffsetStore, ShardRecord
 from chiefofstate.readside.delivery import Event, GuardedReadHandler, event_of
 from chiefofstate.readside.offset_committer import OffsetCommitter
@@ -45,7 +45,11 @@ OPERATOR_HINT = "resume, restart or skip it (cos readside resume|restart|skip)"
 
 
 class ShardReader(Protocol):
+    """What projections and their status need of the journal."""
+
     async def read_shard(self, shard: int, after_ordering: int, limit: int) -> list[JournalRow]: ...
+
+    async def shard_progress(self, shard: int, after_ordering: int, count_limit: int) -> ShardProgress: ...
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,9 @@ class ReadSideRuntime:
             rows = []
             for number in shards:
                 record = records.get(number, ShardRecord())
-                progress = await store.shard_progress(number, record.offset or 0, LAG_COUNT_LIMIT)
+                progress = await self._context.journal.shard_progress(
+                    number, record.offset or 0, LAG_COUNT_LIMIT
+                )
                 if projections is None:
                     state, detail, halt = ProjectionState.DISABLED, "enabled: false", record.halt
                 else:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from chiefofstate.core.errors import Internal, SequenceConflict
+from chiefofstate.core.errors import CosError, Internal, SequenceConflict
 from chiefofstate.ports.journal import (
     EVENT_MANIFEST,
     SERIALIZER_ID,
@@ -90,6 +90,20 @@ def newest_state(
         ):
             best = candidate
     return best
+
+
+def newest_states(
+    candidates: Mapping[str, Sequence[tuple[str, int, int, str, bytes]]],
+) -> dict[str, StoredState | None | Exception]:
+    """`newest_state` of many entities; a row that cannot be read becomes that entity's answer, so it fails
+    only the callers of its own entity and not the others read in the same round trip."""
+    answers: dict[str, StoredState | None | Exception] = {}
+    for entity_id, rows in candidates.items():
+        try:
+            answers[entity_id] = newest_state(entity_id, rows)
+        except CosError as error:
+            answers[entity_id] = error
+    return answers
 
 
 def sequence_conflict(request: AppendRequest, current: int | None = None) -> SequenceConflict:

@@ -335,14 +335,18 @@ async def test_resting_state_answers_only_entities_at_rest_and_counts_as_a_use(t
 
 
 async def test_the_group_commit_budget_follows_how_long_commands_take_to_decide(rig: Rig) -> None:
-    assert rig.processor.decide_time.append_wait_s() == 0.0  # no command decided yet: a flush never waits
+    assert (
+        rig.processor.deciding.decide_time.append_wait_s() == 0.0
+    )  # no command decided yet: a flush never waits
     await rig.command("quick", 1)
-    quick = rig.processor.decide_time.seconds
+    quick = rig.processor.deciding.decide_time.seconds
     rig.handler.command_delay_s = 0.02
     for _ in range(20):
         await rig.command("slow", 1)
-    slow = rig.processor.decide_time.seconds
+    slow = rig.processor.deciding.decide_time.seconds
     # A moving average: it moves toward the 20 ms handler within a few commands, not at once.
     assert quick < 0.0025 < slow < 0.02
-    assert rig.processor.decide_time.append_wait_s() == pytest.approx(min(slow * APPEND_SHARE, MAX_WAIT_S))
-    assert rig.processor.deciding == 0
+    assert rig.processor.deciding.decide_time.append_wait_s() == pytest.approx(
+        min(slow * APPEND_SHARE, MAX_WAIT_S)
+    )
+    assert rig.processor.deciding.count == 0

@@ -47,9 +47,6 @@ class Rig:
     projections: list[Projection] = field(default_factory=list)
     committers: list[OffsetCommitter] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.store.journal = self.journal
-
     def context(self, delivery: DeliverySettings = DELIVERY, slots: int = 8) -> ProjectionContext:
         committer = OffsetCommitter(self.store, delivery.commit_interval_s)
         committer.start()

@@ -24,7 +24,7 @@ SHARDS = 4
 class Rig:
     def __init__(self, *read_sides: ReadSideSettings) -> None:
         self.journal = MemoryJournal()
-        self.store = MemoryOffsetStore(journal=self.journal)
+        self.store = MemoryOffsetStore()
         self.handlers: dict[str, ScriptedHandler] = {}
         self.runtime = ReadSideRuntime(
             ReadSidesSettings(enabled=True, read_sides=read_sides),
@@ -169,7 +169,7 @@ async def test_close_stops_every_projection_and_closes_the_handlers(closers: lis
 
 
 async def test_projection_states_and_counts_are_exposed_as_metrics(closers: list[ReadSideRuntime]) -> None:
-    from chiefofstate.readside.readings import register_read_side_readings
+    from chiefofstate.node.read_side_gauges import register_read_side_readings
     from chiefofstate.telemetry.metrics import NodeMetrics
 
     rig = Rig(side("a"))

@@ -18,7 +18,8 @@ from typing import Any
 import asyncpg
 
 from chiefofstate.aio.tasks import cancel_and_wait
-from chiefofstate.stores.postgres.journal import APPEND_CHANNEL, PostgresSettings
+from chiefofstate.stores.postgres.datastore import ConnectionSettings, connect_dedicated
+from chiefofstate.stores.postgres.journal import APPEND_CHANNEL
 
 log = logging.getLogger("chiefofstate.readside")
 
@@ -42,7 +43,7 @@ def _set_on_termination(lost: asyncio.Event, connection: Any) -> None:
 class AppendListener:
     def __init__(
         self,
-        settings: PostgresSettings,
+        settings: ConnectionSettings,
         wake_shards: Callable[[Iterable[int]], None],
         wake_all: Callable[[], None],
         reconnect_delay_s: float = RECONNECT_DELAY_S,
@@ -69,15 +70,7 @@ class AppendListener:
         while True:
             connection: Any = None
             try:
-                connection = await asyncpg.connect(
-                    host=settings.host,
-                    port=settings.port,
-                    database=settings.database,
-                    user=settings.user,
-                    password=settings.password,
-                    timeout=settings.connect_timeout_s,
-                    server_settings={"application_name": "chiefofstate-listen"},
-                )
+                connection = await connect_dedicated(settings, application_name="chiefofstate-listen")
                 lost = asyncio.Event()
                 connection.add_termination_listener(functools.partial(_set_on_termination, lost))
                 await connection.add_listener(APPEND_CHANNEL, self._notified)

@@ -12,18 +12,19 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import aiosqlite
 
-from chiefofstate.core.errors import Internal, StoreUnavailable
+from chiefofstate.core.errors import Internal
 from chiefofstate.ports.journal import (
     EVENT_MANIFEST,
     SERIALIZER_ID,
     SNAPSHOT_MANIFEST,
     AppendRequest,
     JournalRow,
+    ShardProgress,
     SnapshotRow,
     StoredState,
 )
@@ -39,13 +40,10 @@ from chiefofstate.stores.rows import (
     event_row,
     has_repeated_entity,
     newest_state,
+    newest_states,
     sequence_conflict,
 )
-
-# Primary SQLite result codes that mean the file cannot serve us now (busy, locked, out of memory,
-# read-only, I/O error, corrupt, disk full, cannot open, lock protocol, not a database), as opposed to a
-# statement that is wrong.
-_UNAVAILABLE_RESULT_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+from chiefofstate.stores.sqlite.datastore import DEFAULT_BUSY_TIMEOUT_MS, SqliteDatastore, write_transaction
 
 _TOUCH_SHARDS = """
 INSERT INTO cos_shard_locks (shard) SELECT value FROM json_each(?) WHERE true ON CONFLICT (shard) DO NOTHING
@@ -95,6 +93,14 @@ SELECT * FROM (
     FROM state_snapshot WHERE persistence_id = ?1 ORDER BY sequence_number DESC LIMIT 1
 )
 """
+_SHARD_PROGRESS = """
+SELECT (SELECT COALESCE(max(event_id), 0) FROM event_tag WHERE tag = ?1),
+       (SELECT count(*) FROM (
+            SELECT 1 FROM event_tag t JOIN event_journal j ON j.ordering = t.event_id
+            WHERE t.tag = ?1 AND t.event_id > ?2 AND NOT j.deleted LIMIT ?3)),
+       (SELECT j.write_timestamp FROM event_tag t JOIN event_journal j ON j.ordering = t.event_id
+            WHERE t.tag = ?1 AND t.event_id > ?2 AND NOT j.deleted ORDER BY t.event_id LIMIT 1)
+"""
 _SAVE_SNAPSHOT = f"""
 INSERT INTO state_snapshot (persistence_id, sequence_number, created, snapshot_ser_id, snapshot_ser_manifest,
                             snapshot_payload)
@@ -120,28 +126,8 @@ WHERE persistence_id = ?1
 """
 
 
-def _probe_file(name: str) -> None:
-    sqlite3.connect(name).close()
-
-
 def _event_rows(rows: Iterable[Any]) -> list[JournalRow]:
     return [event_row(*row) for row in rows]
-
-
-@contextlib.asynccontextmanager
-async def _write_transaction(connection: aiosqlite.Connection) -> AsyncIterator[None]:
-    # IMMEDIATE takes the write lock up front, so the transaction cannot fail half-way for want of it.
-    try:
-        # Inside the try: a caller cancelled while BEGIN is queued must still roll it back.
-        await connection.execute("BEGIN IMMEDIATE")
-        yield
-        await connection.execute("COMMIT")
-    except BaseException:
-        # The connection's worker runs statements in order, so this ROLLBACK follows whatever the failed
-        # or cancelled body had queued, even when we are cancelled while waiting for it.
-        with contextlib.suppress(sqlite3.Error):
-            await connection.execute("ROLLBACK")
-        raise
 
 
 class _MigrationSession:
@@ -152,7 +138,7 @@ class _MigrationSession:
 
     def exclusive_transaction(self) -> contextlib.AbstractAsyncContextManager[None]:
         # BEGIN IMMEDIATE also keeps out another process migrating the same file.
-        return _write_transaction(self._connection)
+        return write_transaction(self._connection)
 
     async def prepare(self, scripts: MigrationScripts) -> None:
         await self.run_script(scripts.bootstrap)
@@ -174,29 +160,26 @@ class _MigrationSession:
 
 
 class SqliteJournal:
-    """`Journal` in an SQLite file. Build it with `await SqliteJournal.open(path)`."""
+    """`Journal` in an SQLite file, on a datastore of its own (its connection). Build it with `await
+    SqliteJournal.open(path)`."""
 
     def __init__(
         self,
-        connection: aiosqlite.Connection,
-        path: str,
+        datastore: SqliteDatastore,
         *,
         migrations_initial_version: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._connection = connection
-        self._path = path
+        self._datastore = datastore
         self._initial_version = migrations_initial_version
         self._clock = clock
-        self._lock = asyncio.Lock()
-        self._closed = False
 
     @classmethod
     async def open(
         cls,
         path: str | os.PathLike[str],
         *,
-        busy_timeout_ms: int = 5000,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         migrations_initial_version: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> SqliteJournal:
@@ -204,68 +187,23 @@ class SqliteJournal:
 
         `migrations_initial_version` is COS_MIGRATIONS_INITIAL_VERSION (SPEC.md §4.6), used by `migrate`.
         """
-        name = os.fspath(path)
-        try:
-            # aiosqlite stops its worker thread without waiting when the file cannot be opened, and that
-            # thread may then report to an event loop already closed; a probe on a thread we await keeps
-            # the common failures (missing folder, no permission) out of aiosqlite.
-            await asyncio.to_thread(_probe_file, name)
-            # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), never the sqlite3 module's.
-            connection = await aiosqlite.connect(name, isolation_level=None)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(f"cannot open the SQLite journal {name}: {exc}") from exc
-        try:
-            # WAL lets readers in other processes (the CLI) work beside the node; FULL makes every
-            # acknowledged commit survive a power cut, as "acknowledged ⇒ durable" requires (SPEC.md §3.14).
-            await connection.execute("PRAGMA journal_mode = WAL")
-            await connection.execute("PRAGMA synchronous = FULL")
-            await connection.execute("PRAGMA foreign_keys = ON")
-            await connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        except (sqlite3.Error, OSError) as exc:
-            await connection.close()
-            raise StoreUnavailable(f"cannot use the SQLite journal {name}: {exc}") from exc
-        return cls(connection, name, migrations_initial_version=migrations_initial_version, clock=clock)
+        datastore = await SqliteDatastore.open(path, role="journal", busy_timeout_ms=busy_timeout_ms)
+        return cls(datastore, migrations_initial_version=migrations_initial_version, clock=clock)
 
     @property
     def description(self) -> str:
-        return f"SQLite {self._path}"
-
-    @contextlib.contextmanager
-    def _translated(self, action: str) -> Iterator[None]:
-        """Turn sqlite3's exceptions into ours, so none leaks above the journal."""
-        try:
-            yield
-        except sqlite3.Error as exc:
-            code = getattr(exc, "sqlite_errorcode", None)
-            unavailable = (
-                code & 0xFF in _UNAVAILABLE_RESULT_CODES
-                if isinstance(code, int)
-                else isinstance(exc, sqlite3.OperationalError)
-            )
-            if unavailable:
-                raise StoreUnavailable(f"the SQLite journal {self._path} could not {action}: {exc}") from exc
-            raise Internal(f"the SQLite journal refused to {action}: {exc}") from exc
-        except OSError as exc:
-            raise StoreUnavailable(f"the SQLite journal {self._path} could not {action}: {exc}") from exc
-
-    @contextlib.asynccontextmanager
-    async def _session(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            if self._closed:
-                raise StoreUnavailable(f"the SQLite journal {self._path} is closed")
-            with self._translated(action):
-                yield self._connection
+        return self._datastore.description
 
     async def migrate(self, num_shards: int) -> int:
         scripts = await asyncio.to_thread(load_scripts, "sqlite")
-        async with self._session("migrate the schema") as connection:
+        async with self._datastore.session("migrate the schema") as connection:
             version = await run_migrations(
                 _MigrationSession(connection),
                 scripts,
                 initial_version=self._initial_version,
                 now_ms=lambda: int(self._clock() * 1000),
             )
-            async with _write_transaction(connection):
+            async with write_transaction(connection):
                 await connection.executemany(_ENSURE_SHARD, [(shard,) for shard in range(num_shards)])
         return version
 
@@ -274,7 +212,7 @@ class SqliteJournal:
         writing = [index for index, request in enumerate(requests) if request.events]
         if not writing:
             return results
-        async with self._session("append events") as connection:
+        async with self._datastore.session("append events") as connection:
             if not has_repeated_entity([requests[index] for index in writing]):
                 try:
                     outcomes = await self._append_together(connection, [requests[index] for index in writing])
@@ -302,7 +240,7 @@ class SqliteJournal:
         self, connection: aiosqlite.Connection, requests: Sequence[AppendRequest]
     ) -> list[Exception | None]:
         shards = sorted({request.shard for request in requests})
-        async with _write_transaction(connection):
+        async with write_transaction(connection):
             # SQLite's write lock already orders appends; the shard rows are kept so both stores share a
             # layout and the cluster's fencing token has a home.
             await connection.execute(_TOUCH_SHARDS, (json.dumps(shards),))
@@ -342,35 +280,49 @@ class SqliteJournal:
             for request in requests
         ]
 
-    def batch_reads_within(self, wait_s: Callable[[], float]) -> None:
-        """Reads are in-process here: nothing is gained by waiting for others."""
-
     async def latest_state(self, entity_id: str) -> StoredState | None:
-        async with self._session("read the latest state") as connection:
+        async with self._datastore.session("read the latest state") as connection:
             rows = await connection.execute_fetchall(_LATEST_STATE, (entity_id,))
         return newest_state(entity_id, [tuple(row) for row in rows])
+
+    async def latest_states(self, entity_ids: Sequence[str]) -> dict[str, StoredState | None | Exception]:
+        # Reads are in-process here: one statement per id costs no round trip, so nothing is batched.
+        candidates = {}
+        async with self._datastore.session("read the latest states") as connection:
+            for entity_id in entity_ids:
+                rows = await connection.execute_fetchall(_LATEST_STATE, (entity_id,))
+                candidates[entity_id] = [tuple(row) for row in rows]
+        return newest_states(candidates)
+
+    async def shard_progress(self, shard: int, after_ordering: int, count_limit: int) -> ShardProgress:
+        async with self._datastore.session("read the journal's progress") as connection:
+            rows = list(
+                await connection.execute_fetchall(_SHARD_PROGRESS, (str(shard), after_ordering, count_limit))
+            )
+        head, pending, oldest = rows[0]
+        return ShardProgress(int(head), int(pending), None if oldest is None else int(oldest))
 
     async def read_events(
         self, entity_id: str, after_sequence: int = 0, limit: int = 1000
     ) -> list[JournalRow]:
-        async with self._session("read events") as connection:
+        async with self._datastore.session("read events") as connection:
             rows = await connection.execute_fetchall(_READ_EVENTS, (entity_id, after_sequence, limit))
         return _event_rows(rows)
 
     async def read_shard(self, shard: int, after_ordering: int, limit: int) -> list[JournalRow]:
-        async with self._session("read a shard") as connection:
+        async with self._datastore.session("read a shard") as connection:
             rows = await connection.execute_fetchall(_READ_SHARD, (str(shard), after_ordering, limit))
         return _event_rows(rows)
 
     async def save_snapshot(self, snapshot: SnapshotRow) -> None:
-        async with self._session("save a snapshot") as connection:
+        async with self._datastore.session("save a snapshot") as connection:
             await connection.execute(
                 _SAVE_SNAPSHOT,
                 (snapshot.entity_id, snapshot.sequence_number, snapshot.created_ms, snapshot.payload),
             )
 
     async def list_snapshots(self, entity_id: str) -> list[SnapshotRow]:
-        async with self._session("list snapshots") as connection:
+        async with self._datastore.session("list snapshots") as connection:
             rows = await connection.execute_fetchall(_LIST_SNAPSHOTS, (entity_id,))
         snapshots = []
         for sequence_number, created, serializer_id, manifest, payload in rows:
@@ -379,24 +331,19 @@ class SqliteJournal:
         return snapshots
 
     async def delete_snapshots_below(self, entity_id: str, sequence_number: int) -> int:
-        async with self._session("delete snapshots") as connection:
+        async with self._datastore.session("delete snapshots") as connection:
             cursor = await connection.execute(_DELETE_SNAPSHOTS_BELOW, (entity_id, sequence_number))
             return max(cursor.rowcount, 0)
 
     async def delete_events_up_to(self, entity_id: str, sequence_number: int) -> int:
-        async with self._session("delete events") as connection, _write_transaction(connection):
+        async with self._datastore.session("delete events") as connection, write_transaction(connection):
             await connection.execute(_MARK_DELETED, (entity_id, sequence_number))
             cursor = await connection.execute(_REMOVE_MARKED, (entity_id,))
             return max(cursor.rowcount, 0)
 
     async def ping(self) -> None:
-        async with self._session("answer a ping") as connection:
+        async with self._datastore.session("answer a ping") as connection:
             await connection.execute_fetchall("SELECT 1")
 
     async def close(self) -> None:
-        async with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            with self._translated("close"):
-                await self._connection.close()
+        await self._datastore.close()

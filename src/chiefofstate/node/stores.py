@@ -1,0 +1,97 @@
+"""Which store the node uses and how it is opened: PostgreSQL when COS_DB_HOST is set, the embedded
+SQLite file otherwise (decision D10, docs/contract.md §0). The only module that names the adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+
+from chiefofstate.config.settings import Settings, StoreSettings
+from chiefofstate.core.errors import StoreUnavailable
+from chiefofstate.journal.deciding import DecidingCommands
+from chiefofstate.journal.state_reads import CoalescedStateReads
+from chiefofstate.ports.journal import Journal, StateReader
+from chiefofstate.ports.offsets import OffsetStore
+from chiefofstate.stores.postgres.datastore import ConnectionSettings, connection_settings
+
+log = logging.getLogger("chiefofstate.node")
+
+_FIRST_RETRY_DELAY_S = 0.5
+_LONGEST_RETRY_DELAY_S = 10.0
+
+
+async def open_journal(store: StoreSettings) -> Journal:
+    initial = store.migrations_initial_version
+    if store.postgres is None:
+        from chiefofstate.stores.sqlite.journal import SqliteJournal
+
+        return await SqliteJournal.open(store.sqlite_path, migrations_initial_version=initial)
+    from chiefofstate.stores.postgres.journal import PostgresJournal
+
+    return await PostgresJournal.open(connection_settings(store.postgres), migrations_initial_version=initial)
+
+
+async def open_store(settings: Settings) -> Journal:
+    """Connect and migrate, retrying a bounded number of times while the database is unreachable."""
+    store = settings.store
+    retries = store.postgres.startup_retries if store.postgres else 0
+    delay = _FIRST_RETRY_DELAY_S
+    for attempt in range(retries + 1):
+        journal: Journal | None = None
+        try:
+            journal = await open_journal(store)
+            version = await journal.migrate(settings.num_shards)
+        except StoreUnavailable as error:
+            if journal is not None:
+                await journal.close()
+            if attempt == retries:
+                raise
+            log.warning("store unreachable (attempt %d of %d): %s", attempt + 1, retries + 1, error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _LONGEST_RETRY_DELAY_S)
+            continue
+        except BaseException:
+            if journal is not None:
+                await journal.close()
+            raise
+        if store.postgres is None:
+            log.warning(
+                "JOURNAL STORE: embedded %s (schema version %d); this node runs alone."
+                " Set COS_DB_HOST to use PostgreSQL.",
+                journal.description,
+                version,
+            )
+        else:
+            log.warning("JOURNAL STORE: %s (schema version %d)", journal.description, version)
+        return journal
+    raise AssertionError("unreachable")
+
+
+def state_reads(
+    store: StoreSettings, journal: Journal, deciding: DecidingCommands, closers: AsyncExitStack
+) -> StateReader:
+    """Recoveries share round trips on PostgreSQL; SQLite reads in process, where there is none to share."""
+    if store.postgres is None:
+        return journal
+    reads = CoalescedStateReads(journal, deciding)
+    closers.push_async_callback(reads.close)
+    return reads
+
+
+def read_side_connection(store: StoreSettings) -> ConnectionSettings | None:
+    """The read sides' pool keeps at most one idle connection, fewer than the journal's; None on SQLite."""
+    if store.postgres is None:
+        return None
+    return connection_settings(store.postgres, pool_min_size=min(1, store.postgres.pool_max_size))
+
+
+async def open_offset_store(store: StoreSettings) -> OffsetStore:
+    connection = read_side_connection(store)
+    if connection is None:
+        from chiefofstate.stores.sqlite.offsets import SqliteOffsetStore
+
+        return await SqliteOffsetStore.open(store.sqlite_path)
+    from chiefofstate.stores.postgres.offsets import PostgresOffsetStore
+
+    return await PostgresOffsetStore.open(connection)
