@@ -13,10 +13,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from chiefofstate.api.command_path import CommandPath
+from chiefofstate.config.tracing import TracingSettings
 from chiefofstate.core.errors import Code, CosError, HandlerFailed
 from chiefofstate.entities.entity import EntityState
 from chiefofstate.telemetry.metrics import NodeMetrics
-from chiefofstate.telemetry.tracing import Tracing, TracingSettings
+from chiefofstate.telemetry.tracing import Tracing
 
 COMMAND = AnyProto(type_url="type.googleapis.com/test.Command")
 

@@ -53,6 +53,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from opentelemetry.trace import SpanKind
 
+from chiefofstate.config.tracing import tracing_settings
 from chiefofstate.gen.chief_of_state.v1 import writeside_pb2, writeside_pb2_grpc
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
@@ -61,7 +62,7 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventRequest,
     HandleEventResponse,
 )
-from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing, tracing_settings
+from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
 from cos_bank.domain import BankError, InsufficientFunds, decide, evolve
 from cos_bank.gen.bank.v1 import bank_pb2
 

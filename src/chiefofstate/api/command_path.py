@@ -17,9 +17,8 @@ from types import TracebackType
 from google.protobuf.any_pb2 import Any as AnyProto
 from opentelemetry.trace import Span, SpanKind
 
-from chiefofstate.api.grpc_errors import as_cos_error
 from chiefofstate.core.command_rules import validate_entity_id
-from chiefofstate.core.errors import Code, CosError
+from chiefofstate.core.errors import Code, CosError, as_cos_error
 from chiefofstate.core.headers import Metadata
 from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import EntityState

@@ -11,8 +11,7 @@ from collections.abc import Mapping
 
 from starlette.responses import JSONResponse
 
-from chiefofstate.api.grpc_errors import as_cos_error, status_message
-from chiefofstate.core.errors import Code
+from chiefofstate.core.errors import Code, as_cos_error, status_message
 
 # Decision D5; every code not listed is 500.
 _HTTP_STATUS_OF_CODE = {

@@ -15,8 +15,9 @@ from typing import TypeVar
 
 from grpc import aio
 
-from chiefofstate.api.grpc_errors import abort_with, as_cos_error
+from chiefofstate.api.grpc_errors import abort_with
 from chiefofstate.api.grpc_server import ServiceRegistration
+from chiefofstate.core.errors import as_cos_error
 from chiefofstate.core.readside_rules import ProjectionState
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import ReadSideOffset

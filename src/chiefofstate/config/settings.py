@@ -12,12 +12,12 @@ from pathlib import Path
 
 from chiefofstate.config.parsing import Env
 from chiefofstate.config.read_sides import ReadSidesSettings, load_read_sides
+from chiefofstate.config.tracing import TracingSettings, tracing_settings
 from chiefofstate.core.breaker import BreakerSettings
 from chiefofstate.core.command_rules import ProtoValidation
 from chiefofstate.core.errors import ConfigError
 from chiefofstate.core.headers import parse_header_list
 from chiefofstate.core.snapshots import SnapshotPolicy
-from chiefofstate.telemetry.tracing import TracingSettings, tracing_settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,3 +109,19 @@ def copy_for_another_caller(exc: Exception) -> Exception:
         return exc
     duplicate.__cause__ = exc
     return duplicate
+
+
+# Upstream strips the prefix Scala's require() adds before a message reaches the caller.
+_REQUIREMENT_PREFIX = "requirement failed: "
+
+
+def as_cos_error(error: BaseException) -> CosError:
+    """Anything unexpected becomes INTERNAL with its message, as upstream does."""
+    if isinstance(error, CosError):
+        return error
+    return Internal(str(error) or type(error).__name__)
+
+
+def status_message(error: CosError) -> str:
+    """The description callers see, over gRPC and HTTP alike (upstream strips Scala's require prefix)."""
+    return error.message.removeprefix(_REQUIREMENT_PREFIX)

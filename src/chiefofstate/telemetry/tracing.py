@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
+
+from chiefofstate.config.tracing import TracingSettings
 
 # The one context manager `span` hands out when tracing is off (callers that skip building a span's
 # attributes when off return it too).
@@ -41,26 +42,6 @@ SPAN_HTTP_HANDLE_EVENT = "HttpEventHandler.HandleEvent"
 SPAN_MAILBOX = "Entity.mailbox"
 SPAN_RECOVERY = "Entity.recover"
 SPAN_JOURNAL_BATCH = "Journal.appendBatch"
-
-
-@dataclass(frozen=True, slots=True)
-class TracingSettings:
-    enabled: bool
-    service_name: str
-
-
-def tracing_settings(environ: Mapping[str, str], default_service_name: str) -> TracingSettings:
-    def off(name: str, value: str) -> bool:
-        return environ.get(name, "").strip().lower() == value
-
-    has_endpoint = bool(
-        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-    )
-    enabled = (
-        has_endpoint and not off("OTEL_SDK_DISABLED", "true") and not off("OTEL_JAVAAGENT_ENABLED", "false")
-    )
-    return TracingSettings(enabled, environ.get("OTEL_SERVICE_NAME", "").strip() or default_service_name)
 
 
 class Tracing:
