@@ -21,7 +21,7 @@ STATE_BYTES: Final = 128
 PAYLOAD_SEED: Final = 20_240_601
 
 # Options of the node's gRPC server (api/grpc_server.py) and write-side channels
-# (writeside/grpc_handler.py): the floor processes use the same ones.
+# (writeside/grpc.py): the floor processes use the same ones.
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 SERVER_OPTIONS: Final = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -25,7 +25,7 @@ both_write_protocols = pytest.mark.parametrize("write_protocol", WRITE_PROTOCOLS
 
 
 def grpc_write_side_only(reason: str) -> pytest.MarkDecorator:
-    """For a test of behaviour the HTTP write-side protocol cannot have (SPEC.md §9): its `http`
+    """For a test of behaviour the HTTP write-side protocol cannot have (docs/contract.md §9): its `http`
     variant is not collected; `reason` must say why the protocol rules it out."""
     return pytest.mark.grpc_write_side_only(reason=reason)
 
@@ -48,7 +48,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def handler_refusal(write_protocol: str, code: grpc.StatusCode) -> grpc.StatusCode:
     """What the caller gets when the bank refuses a command with `code`: the same status from a gRPC
-    handler, INTERNAL from an HTTP one (which cannot choose a status, SPEC.md §9)."""
+    handler, INTERNAL from an HTTP one (which cannot choose a status, docs/contract.md §9)."""
     return code if write_protocol == "grpc" else grpc.StatusCode.INTERNAL
 
 

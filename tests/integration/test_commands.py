@@ -72,7 +72,7 @@ async def test_a_no_op_consumes_no_revision_and_a_never_written_entity_is_not_fo
 
 @grpc_write_side_only(
     "protocol limitation, not a missing feature: an HTTP write handler cannot return a chosen gRPC "
-    "status or rich details (SPEC.md §9); test_http_write_handler.py checks the INTERNAL it becomes"
+    "status or rich details (docs/contract.md §9); test_http_write_handler.py checks the INTERNAL it becomes"
 )
 async def test_handler_statuses_pass_through_with_rich_details_and_write_nothing(
     cos: ChiefOfStateServiceStub,

@@ -1,4 +1,4 @@
-"""Thousands of subscriptions opened and dropped leave nothing behind (SPEC.md §7, decision D8).
+"""Thousands of subscriptions opened and dropped leave nothing behind (docs/contract.md §7, decision D8).
 
 The node runs in this test's event loop (chiefofstate.Node), so the test can read the hub's counts
 and the loop's task count directly; the clients are real gRPC streams over TCP.

@@ -1,4 +1,4 @@
-"""Live subscriptions end to end: a real `cos serve`, real streaming gRPC clients (SPEC.md §7, D8)."""
+"""Live subscriptions end to end: a real `cos serve`, real streaming gRPC clients (docs/contract.md §7, D8)."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ async def test_bad_subscription_requests_and_reused_ids(cos: ChiefOfStateService
             error.code() == grpc.StatusCode.INVALID_ARGUMENT
             and error.details() == "subscription_id is required"
         )
-    # an unknown id is not an error (SPEC.md §7): the reply echoes it
+    # an unknown id is not an error (docs/contract.md §7): the reply echoes it
     unknown = await cos.Unsubscribe(pb.UnsubscribeRequest(subscription_id="never-was"), timeout=10)
     assert unknown.subscription_id == "never-was"
 

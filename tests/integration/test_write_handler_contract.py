@@ -1,4 +1,4 @@
-"""What the write handler receives: prior state, metas, propagated headers (SPEC.md §3.3–3.9).
+"""What the write handler receives: prior state, metas, propagated headers (docs/contract.md §3.3–3.9).
 
 Run against both variants of the bank handler (gRPC and HTTP write-side protocols)."""
 

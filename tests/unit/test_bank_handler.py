@@ -57,7 +57,7 @@ def pack(message: object) -> any_pb2.Any:
 
 
 def new_entity() -> tuple[any_pb2.Any, MetaData]:
-    # exactly what CoS sends before an entity's first event (SPEC.md §3.4)
+    # exactly what CoS sends before an entity's first event (docs/contract.md §3.4)
     return pack(empty_pb2.Empty()), MetaData(entity_id=ACCOUNT)
 
 
@@ -185,7 +185,7 @@ def test_an_unknown_command_type_is_invalid_argument() -> None:
 
 
 def test_a_missing_command_is_invalid_argument() -> None:
-    # CoS forwards an absent command as the empty Any (SPEC.md §3.1)
+    # CoS forwards an absent command as the empty Any (docs/contract.md §3.1)
     error = refusal(any_pb2.Any(), *account_state(100))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert error.message.startswith("missing command: send an Any packing one of bank.v1.OpenAccount")
@@ -329,7 +329,7 @@ async def test_the_server_decides_and_folds_over_grpc(handler: RunningHandler, s
         ),
         timeout=5,
     )
-    assert not opened.HasField("event")  # only the repeated field is used (SPEC.md §2.3)
+    assert not opened.HasField("event")  # only the repeated field is used (docs/contract.md §2.3)
     [event] = opened.events
     folded = await stub.HandleEvent(
         HandleEventRequest(

@@ -1,5 +1,5 @@
 """The command path's request scope: failures leave as CosErrors, are logged once, counted by status,
-and mark the request's server span (SPEC.md §3, §12)."""
+and mark the request's server span (docs/contract.md §3, §12)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The JSON rules of SPEC.md §8.4, shared by the HTTP API and the HTTP write and read sides."""
+"""The JSON rules of docs/contract.md §8.4, shared by the HTTP API and the HTTP write and read sides."""
 
 from __future__ import annotations
 

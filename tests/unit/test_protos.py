@@ -1,4 +1,4 @@
-"""The wire contract: names, field numbers and types exactly as SPEC.md §2, and fresh generated code."""
+"""The wire contract: names, field numbers and types exactly as docs/contract.md §2, and fresh generated code."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from chiefofstate.gen.chief_of_state.v1 import (
 ROOT = Path(__file__).resolve().parents[2]
 T = FieldDescriptor
 
-# (message, {field name: (number, type, repeated)}) straight from SPEC.md §2
+# (message, {field name: (number, type, repeated)}) straight from docs/contract.md §2
 EXPECTED = {
     common_pb2.MetaData: {
         "entity_id": (1, T.TYPE_STRING, False),

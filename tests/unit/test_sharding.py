@@ -1,4 +1,4 @@
-"""Shard numbers must equal upstream's `Math.abs(entityId.hashCode()) % N` (SPEC.md §4.4)."""
+"""Shard numbers must equal upstream's `Math.abs(entityId.hashCode()) % N` (docs/contract.md §4.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""When snapshots are taken and what goes afterwards (SPEC.md §4.5, decision D1)."""
+"""When snapshots are taken and what goes afterwards (docs/contract.md §4.5, decision D1)."""
 
 from __future__ import annotations
 

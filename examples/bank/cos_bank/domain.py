@@ -1,6 +1,6 @@
 """The bank's rules, free of I/O: which events a command produces and how an event changes an account.
 
-`decide` and `evolve` are the two halves of a Chief of State write handler (SPEC.md §2.3): CoS calls
+`decide` and `evolve` are the two halves of a Chief of State write handler (docs/contract.md §2.3): CoS calls
 `HandleCommand` to get events (`decide`), then `HandleEvent` once per event to fold it into the state
 (`evolve`). Both work on packed `google.protobuf.Any` values because that is what CoS sends; the
 account id is the CoS entity id (`meta.entity_id`). Money is in integer cents.
@@ -48,7 +48,7 @@ COMMAND_TYPES: Final[tuple[str, ...]] = tuple(_COMMAND_CLASSES)
 ACCOUNT_STATE_TYPE: Final = bank_pb2.BankAccount.DESCRIPTOR.full_name
 EVENT_TYPES: Final[tuple[str, ...]] = tuple(_EVENT_CLASSES)
 
-# CoS sends a packed google.protobuf.Empty as the state of an entity with no event yet (SPEC.md §3.4)
+# CoS sends a packed google.protobuf.Empty as the state of an entity with no event yet (docs/contract.md §3.4)
 _NEW_ENTITY_STATE_SUFFIX: Final = "google.protobuf.Empty"
 
 

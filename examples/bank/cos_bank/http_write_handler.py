@@ -1,4 +1,4 @@
-"""The bank's write handler over HTTP: upstream's HTTP write-side protocol (SPEC.md §9).
+"""The bank's write handler over HTTP: upstream's HTTP write-side protocol (docs/contract.md §9).
 
 Run it with `python -m cos_bank.http_write_handler [--host 127.0.0.1] [--port 50052]` and point CoS at it
 with `COS_WRITE_SIDE_PROTOCOL=http`. Once it accepts calls it prints one line, `bank write handler

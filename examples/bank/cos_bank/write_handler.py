@@ -5,7 +5,7 @@ prints one line, `bank write handler listening on HOST:PORT`, to stdout; SIGTERM
 (exit 0). `--port 0` picks a free port, which the line reports. It also serves the standard gRPC health
 service (`grpc.health.v1.Health`) for the whole server ("") and for the write-side service.
 
-Refused commands become gRPC statuses (SPEC.md §3.10 passes them to the CoS caller unchanged). Insufficient
+Refused commands become gRPC statuses (docs/contract.md §3.10 passes them to the CoS caller unchanged). Insufficient
 funds is `FAILED_PRECONDITION` with a rich `google.rpc.ErrorInfo` detail (reason `INSUFFICIENT_FUNDS`,
 domain `bank.example`, metadata `balance` and `requested` in cents) in the `grpc-status-details-bin`
 trailer, so tests can check that CoS carries rich details through.
@@ -14,7 +14,7 @@ TEST HOOKS — fault injection for CoS's own tests. All are off unless the envir
 set these in a real deployment:
 
 * `BANK_HANDLER_DELAY_MS=N` — every `HandleCommand` sleeps N milliseconds before answering (deadline and
-  timeout tests, SPEC.md §3.11 and D4).
+  timeout tests, docs/contract.md §3.11 and D4).
 * `BANK_HANDLER_FAULTS=1` — enables the magic deposit amounts, applied when `HandleEvent` folds the
   `MoneyDeposited` event of a `Deposit`:
   * `666_666` cents → the reply's `resulting_state` is a `google.protobuf.StringValue` instead of a
@@ -25,7 +25,7 @@ set these in a real deployment:
 
 * `BANK_HANDLER_LOG_CALLS=1` — prints one JSON line per call to stdout (`{"call": "HandleCommand",
   "metadata": {...}, "prior_type": ..., "revision": ...}`), so CoS tests can see which headers and which
-  prior state each call received (SPEC.md §3.3–3.5).
+  prior state each call received (docs/contract.md §3.3–3.5).
 
 `serve()` reads the same variables unless it is given a `FaultInjection` explicitly.
 """
@@ -131,7 +131,7 @@ def _log_call(
 
 
 class BankWriteHandler(writeside_pb2_grpc.WriteSideHandlerServiceServicer):
-    """Adapts the pure rules in domain.py to the WriteSideHandlerService rpcs (SPEC.md §2.3)."""
+    """Adapts the pure rules in domain.py to the WriteSideHandlerService rpcs (docs/contract.md §2.3)."""
 
     def __init__(self, faults: FaultInjection | None = None, tracing: Tracing = TRACING_OFF) -> None:
         self._faults = FaultInjection() if faults is None else faults

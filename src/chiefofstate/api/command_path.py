@@ -1,5 +1,5 @@
 """The command path shared by the gRPC and HTTP APIs: validation, time budget, logging, the
-request's span and metrics (SPEC.md §3, §12).
+request's span and metrics (docs/contract.md §3, §12).
 
 Both protocols hand their requests to the same EntityHost through this class, so a command behaves
 the same whichever door it came in by; only the encoding of the answer differs.

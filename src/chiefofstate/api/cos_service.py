@@ -1,4 +1,4 @@
-"""`chief_of_state.v1.ChiefOfStateService` over gRPC (SPEC.md §2.2, §3)."""
+"""`chief_of_state.v1.ChiefOfStateService` over gRPC (docs/contract.md §2.2, §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one place where failures become gRPC statuses (SPEC.md §3.10)."""
+"""The one place where failures become gRPC statuses (docs/contract.md §3.10)."""
 
 from __future__ import annotations
 

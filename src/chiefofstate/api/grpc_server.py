@@ -13,7 +13,7 @@ from chiefofstate.api.cos_service import COS_SERVICE_NAME, ChiefOfStateService, 
 from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, MeasuredServer
 
 # (full service name, function adding its servicer to the server): services only some nodes serve,
-# such as ReadSideManagerService with COS_READ_SIDE_ENABLED=true (SPEC.md §1).
+# such as ReadSideManagerService with COS_READ_SIDE_ENABLED=true (docs/contract.md §1).
 ServiceRegistration = tuple[str, Callable[[aio.Server], None]]
 
 

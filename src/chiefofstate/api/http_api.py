@@ -1,4 +1,4 @@
-"""The HTTP/JSON API: ProcessCommand and GetState over HTTP (SPEC.md §8, decision D5).
+"""The HTTP/JSON API: ProcessCommand and GetState over HTTP (docs/contract.md §8, decision D5).
 
 The same CommandPath as the gRPC service runs every command; this module only turns HTTP requests
 into its arguments and its answers into §8.4 JSON. Every answer, including a refused route, method,
@@ -137,7 +137,7 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
             return rejection_response(error.status_code, error.message)
         if command_request.entity_id and command_request.entity_id != entity_id:
             log.info(
-                "entity_id %r in the body differs from %r in the path; the path wins (SPEC.md §8.2)",
+                "entity_id %r in the body differs from %r in the path; the path wins (docs/contract.md §8.2)",
                 command_request.entity_id,
                 entity_id,
             )

@@ -1,6 +1,6 @@
 """The one place where failures become HTTP statuses and JSON error bodies (decision D5).
 
-Upstream answers every failed call with `500` and a hand-escaped `{"error": …}` (SPEC.md §8.3,
+Upstream answers every failed call with `500` and a hand-escaped `{"error": …}` (docs/contract.md §8.3,
 §14 #6). Here a failure keeps its meaning: the status follows the gRPC code it would have had, and
 the body is always valid JSON, `{"error": "<message>", "code": "<GRPC_CODE_NAME>"}`.
 """

@@ -1,4 +1,4 @@
-"""`chief_of_state.v1.ReadSideManagerService` and the project's `ReadSideAdminService` (SPEC.md §6).
+"""`chief_of_state.v1.ReadSideManagerService` and the project's `ReadSideAdminService` (docs/contract.md §6).
 
 Served only when COS_READ_SIDE_ENABLED=true. Upstream semantics, with decision D6: an unknown read side
 is NOT_FOUND at once, a shard out of range is INVALID_ARGUMENT in every by-shard rpc, skip moves past the

@@ -1,4 +1,4 @@
-"""Subscribe, SubscribeAll, Unsubscribe and UnsubscribeAll over gRPC (SPEC.md §7, decision D8)."""
+"""Subscribe, SubscribeAll, Unsubscribe and UnsubscribeAll over gRPC (docs/contract.md §7, decision D8)."""
 
 from __future__ import annotations
 

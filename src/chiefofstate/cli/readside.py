@@ -163,7 +163,7 @@ def _act(
     """Call `rpc` (all shards) or `rpc + "ByShard"` (one shard) of the manager, then show the result.
 
     The four actions' messages follow one naming pattern (`<Rpc>Request`, `<Rpc>ByShardRequest`,
-    SPEC.md §2.5), so the call is looked up by name rather than written out four times.
+    docs/contract.md §2.5), so the call is looked up by name rather than written out four times.
     """
 
     def send(channel: grpc.Channel) -> Any:

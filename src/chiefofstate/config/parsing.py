@@ -1,4 +1,4 @@
-"""Parsing of the value syntaxes upstream accepts: HOCON booleans and durations (SPEC.md §10)."""
+"""Parsing of the value syntaxes upstream accepts: HOCON booleans and durations (docs/contract.md §10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Read-side definitions and delivery settings (SPEC.md §5.1, §10.5), validated once at start.
+"""Read-side definitions and delivery settings (docs/contract.md §5.1, §10.5), validated once at start.
 
 Definitions come from YAML (`COS_READ_SIDE_CONFIG`: a file, or a folder read recursively, each file
 possibly holding several `---`-separated documents) or, when that variable is empty, from
@@ -32,7 +32,7 @@ _POLICY_NAMES = ", ".join(policy.value for policy in FailurePolicy)
 
 @dataclass(frozen=True, slots=True)
 class ReadSideSettings:
-    """One read side (SPEC.md §5.1), with upstream's defaults."""
+    """One read side (docs/contract.md §5.1), with upstream's defaults."""
 
     read_side_id: str
     host: str
@@ -176,7 +176,7 @@ def parse_yaml_documents(text: str, origin: str) -> list[tuple[str, ReadSideSett
 
 
 def parse_yaml_definition(document: object, place: str) -> ReadSideSettings:
-    """One YAML document: camelCase keys, unknown keys ignored (SPEC.md §5.1)."""
+    """One YAML document: camelCase keys, unknown keys ignored (docs/contract.md §5.1)."""
 
     def fail(read_side: str | None, problem: str) -> ConfigError:
         who = f"read side '{read_side}' ({place})" if read_side else place
@@ -285,7 +285,7 @@ def _java_int(value: str) -> int | None:
 
 
 def parse_env_definitions(environ: Mapping[str, str]) -> list[ReadSideSettings]:
-    """`COS_READ_SIDE_CONFIG__<SETTING>__<ID>` variables with upstream's rules (SPEC.md §5.1, §14 #12):
+    """`COS_READ_SIDE_CONFIG__<SETTING>__<ID>` variables with upstream's rules (docs/contract.md §5.1, §14 #12):
     the id is kept verbatim and not checked, and a bad AUTO_START means paused."""
     names = sorted(name for name in environ if name.startswith(ENV_PREFIX))
     for name in names:

@@ -1,4 +1,4 @@
-"""Every variable the node reads, validated once at start into frozen settings (SPEC.md §10).
+"""Every variable the node reads, validated once at start into frozen settings (docs/contract.md §10).
 
 Nothing below the composition root reads the environment: the node passes these objects down.
 Any invalid value raises `ConfigError` naming the variable (decision D9).
@@ -202,7 +202,7 @@ def _store(env: Env) -> StoreSettings:
 def _write_side(env: Env, *, require_target: bool) -> WriteSideSettings:
     protocol = env.choice("COS_WRITE_SIDE_PROTOCOL", "grpc", ("grpc", "http", "both"))
     if protocol == "both":
-        # Upstream accepts this and then never finishes starting (SPEC.md §14 #21); refuse it up front.
+        # Upstream accepts this and then never finishes starting (docs/contract.md §14 #21); refuse it up front.
         raise ConfigError(
             "COS_WRITE_SIDE_PROTOCOL",
             "Write-side protocol 'both' is not currently supported. Use 'grpc' or 'http'",
@@ -341,7 +341,7 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
     )
     _refuse_unsupported(settings)
     if settings.subscription_enabled and settings.server.protocol == "http":
-        # As upstream (SPEC.md §14 #20): subscriptions are gRPC streams, and no gRPC server runs.
+        # As upstream (docs/contract.md §14 #20): subscriptions are gRPC streams, and no gRPC server runs.
         settings = replace(
             settings,
             warnings=(

@@ -1,4 +1,4 @@
-"""Circuit breaker state machine (SPEC.md §3.11, §5.5); time is passed in, never read."""
+"""Circuit breaker state machine (docs/contract.md §3.11, §5.5); time is passed in, never read."""
 
 from __future__ import annotations
 

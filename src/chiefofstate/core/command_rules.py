@@ -1,4 +1,4 @@
-"""How a write handler's answers become events, metas and states (SPEC.md §3.4–3.9, decision D1)."""
+"""How a write handler's answers become events, metas and states (docs/contract.md §3.4–3.9, decision D1)."""
 
 from __future__ import annotations
 

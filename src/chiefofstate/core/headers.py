@@ -1,4 +1,4 @@
-"""Selecting request headers to propagate to the write handler or persist with events (SPEC.md §3.3)."""
+"""Selecting request headers to propagate to the write handler or persist with events (docs/contract.md §3.3)."""
 
 from __future__ import annotations
 

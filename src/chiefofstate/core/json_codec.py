@@ -1,6 +1,6 @@
 """The JSON encoding of CoS messages shared by the HTTP API, HTTP write handlers and HTTP read sides.
 
-SPEC.md §8.4. Upstream does not use the proto3 JSON mapping: field names are the snake_case proto
+docs/contract.md §8.4. Upstream does not use the proto3 JSON mapping: field names are the snake_case proto
 names, every `google.protobuf.Any` is the base64 of the *serialized Any* (type URL and value
 together, so no type registry is needed), timestamps are ISO-8601 UTC instants whose fraction has
 3, 6 or 9 digits only when it is not zero, and fields holding their default value are left out.

@@ -1,4 +1,4 @@
-"""Pure rules of read-side delivery (SPEC.md §5.5, §5.6, decisions D6 and D7): no I/O, no clock.
+"""Pure rules of read-side delivery (docs/contract.md §5.5, §5.6, decisions D6 and D7): no I/O, no clock.
 
 Failure policies, the replay schedule, the restart backoff after database errors, the autoStart rule
 at boot, and how a projection's progress is summarised for operators.
@@ -11,7 +11,7 @@ from enum import Enum
 
 
 class FailurePolicy(Enum):
-    """What a projection does with an event its read handler keeps failing (SPEC.md §5.5)."""
+    """What a projection does with an event its read handler keeps failing (docs/contract.md §5.5)."""
 
     STOP = "STOP"
     SKIP = "SKIP"

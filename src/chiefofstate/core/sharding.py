@@ -1,4 +1,4 @@
-"""Which shard an entity belongs to, computed exactly as upstream does (SPEC.md §4.4).
+"""Which shard an entity belongs to, computed exactly as upstream does (docs/contract.md §4.4).
 
 Upstream tags every journal row with `Math.abs(entityId.hashCode()) % numShards`, so the same
 arithmetic is needed here to keep read-side offsets of an existing journal meaningful.

@@ -1,4 +1,4 @@
-"""When to snapshot and what to delete afterwards (SPEC.md §4.5)."""
+"""When to snapshot and what to delete afterwards (docs/contract.md §4.5)."""
 
 from __future__ import annotations
 

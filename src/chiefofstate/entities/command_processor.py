@@ -1,4 +1,4 @@
-"""The path of one command through the write handler to the journal (SPEC.md §3.5–3.9, D1, D4)."""
+"""The path of one command through the write handler to the journal (docs/contract.md §3.5–3.9, D1, D4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rebuilding an entity's state from storage without calling any handler (SPEC.md §3.15)."""
+"""Rebuilding an entity's state from storage without calling any handler (docs/contract.md §3.15)."""
 
 from __future__ import annotations
 

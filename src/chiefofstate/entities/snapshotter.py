@@ -73,7 +73,7 @@ class Snapshotter:
         bound = self.policy.deletion_bound(sequence)
         if bound <= 0:
             return
-        # Events go before old snapshots, as upstream orders it (SPEC.md §4.5).
+        # Events go before old snapshots, as upstream orders it (docs/contract.md §4.5).
         if self.policy.delete_events:
             await self._journal.delete_events_up_to(entity_id, bound)
         await self._journal.delete_snapshots_below(entity_id, bound)

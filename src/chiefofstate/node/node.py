@@ -203,7 +203,7 @@ class Node:
                 server.address,
                 server.port,
                 server.max_message_bytes,
-                # ReadSideManagerService only with COS_READ_SIDE_ENABLED=true (SPEC.md §1).
+                # ReadSideManagerService only with COS_READ_SIDE_ENABLED=true (docs/contract.md §1).
                 extra_services=self.read_sides.services if self.read_sides is not None else (),
                 metrics=GrpcServerMetrics(self.metrics),
             )

@@ -2,7 +2,7 @@
 
 Projections read the journal through their own journal connection (a second pool on PostgreSQL, a
 second connection on SQLite) and keep offsets through the offset store's own pool, as upstream keeps a
-read-side pool apart from the journal's (SPEC.md §4.1): a slow read handler or a replay never takes a
+read-side pool apart from the journal's (docs/contract.md §4.1): a slow read handler or a replay never takes a
 connection an append needs.
 """
 
@@ -49,7 +49,7 @@ def _handler_factory(
     settings: Settings, tracing: Tracing, command_traces: CommandTraces | None
 ) -> Callable[[ReadSideSettings], GuardedReadHandler]:
     write_side = settings.write_side
-    # COS_GRPC_KEEPALIVE_* apply to every outbound channel, read sides' included (SPEC.md §10.4).
+    # COS_GRPC_KEEPALIVE_* apply to every outbound channel, read sides' included (docs/contract.md §10.4).
     options = channel_options(
         max_message_bytes=settings.server.max_message_bytes,
         keepalive_enabled=write_side.keepalive_enabled,
@@ -68,7 +68,7 @@ def _handler_factory(
             )
         else:
             handler = GrpcReadHandler(read_side.target, use_tls=read_side.use_tls, options=options)
-        # One breaker per read side, shared by all its shards (SPEC.md §5.5).
+        # One breaker per read side, shared by all its shards (docs/contract.md §5.5).
         breaker = CircuitBreaker(breaker_settings) if breaker_settings is not None else None
         return GuardedReadHandler(read_side, handler, breaker, tracing=tracing, command_traces=command_traces)
 

@@ -1,6 +1,6 @@
 """The journal port: everything the node needs from storage, independent of the database.
 
-Rows keep upstream's layout (SPEC.md §4.2, decision D2): one `event_journal` row per event holding a
+Rows keep upstream's layout (docs/contract.md §4.2, decision D2): one `event_journal` row per event holding a
 serialized `EventWrapper`, one `event_tag` row with the shard number, snapshots of `StateWrapper`s.
 """
 
@@ -87,7 +87,7 @@ class Journal(Protocol):
         ...
 
     async def migrate(self, num_shards: int) -> int:
-        """Create or upgrade the schema (SPEC.md §4.6); returns the schema version now in place."""
+        """Create or upgrade the schema (docs/contract.md §4.6); returns the schema version now in place."""
         ...
 
     async def append_batch(self, requests: Sequence[AppendRequest]) -> list[Exception | None]:

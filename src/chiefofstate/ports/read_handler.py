@@ -1,4 +1,4 @@
-"""The read-handler port: one call per event, to the application's read handler (SPEC.md §5.3)."""
+"""The read-handler port: one call per event, to the application's read handler (docs/contract.md §5.3)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class DeliveryFailed(Exception):
 
 # The request's first three fields are the stored EventWrapper's, with the same numbers and types
 # (1 event, 2 resulting state as `state`, 3 meta), so the stored bytes followed by field 4 are exactly
-# the serialized HandleReadSideRequest: no parsing and re-encoding per event (SPEC.md §2.4, §2.6).
+# the serialized HandleReadSideRequest: no parsing and re-encoding per event (docs/contract.md §2.4, §2.6).
 # tests/unit/readside/test_http_read_handler.py pins that correspondence.
 @functools.lru_cache(maxsize=1024)
 def _read_side_id_field(read_side_id: str) -> bytes:

@@ -1,4 +1,4 @@
-"""The write-handler port: the two calls the node makes to the application's code (SPEC.md §2.3)."""
+"""The write-handler port: the two calls the node makes to the application's code (docs/contract.md §2.3)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """One delivery attempt of one event to a read side's handler, behind the read side's breaker.
 
-What counts as a failed delivery (SPEC.md §5.5): `successful=false`, an error status, a timeout, an
+What counts as a failed delivery (docs/contract.md §5.5): `successful=false`, an error status, a timeout, an
 HTTP status other than 200, an unreadable body, or the breaker being open. Only the call failures count
 against the breaker: `successful=false` is a business "no", not an outage.
 """
@@ -23,7 +23,7 @@ from chiefofstate.telemetry.command_traces import CommandTraces
 from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
 
 REFUSED = "read handler answered successful=false"
-# The client spans upstream names after its read-side handler classes (SPEC.md §12).
+# The client spans upstream names after its read-side handler classes (docs/contract.md §12).
 SPAN_GRPC_READ_SIDE = "ReadSideHandler.HandleEvent"
 SPAN_HTTP_READ_SIDE = "HttpReadSideHandler.HandleEvent"
 

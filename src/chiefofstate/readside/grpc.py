@@ -1,4 +1,4 @@
-"""gRPC adapter of the read-handler port: `ReadSideHandlerService/HandleReadSide` (SPEC.md §5.3)."""
+"""gRPC adapter of the read-handler port: `ReadSideHandlerService/HandleReadSide` (docs/contract.md §5.3)."""
 
 from __future__ import annotations
 

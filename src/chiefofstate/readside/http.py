@@ -1,4 +1,4 @@
-"""HTTP adapter of the read-handler port: `POST /v1/readside/handle` with §8.4 JSON (SPEC.md §5.3).
+"""HTTP adapter of the read-handler port: `POST /v1/readside/handle` with §8.4 JSON (docs/contract.md §5.3).
 
 A reply is a success only when the status is 200 and the JSON body says `"successful": true`; a
 missing or null `successful` is false. Any other status, a timeout, a refused connection or a body that

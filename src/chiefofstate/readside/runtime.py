@@ -1,4 +1,4 @@
-"""Every projection of the node and the operations on them (SPEC.md §5.2, §5.6, §6, decision D6).
+"""Every projection of the node and the operations on them (docs/contract.md §5.2, §5.6, §6, decision D6).
 
 One projection per (enabled read side, shard). The runtime is also the command processor's commit
 listener: a commit wakes the projections of its shard at once, so an event reaches the read handler

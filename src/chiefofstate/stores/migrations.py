@@ -1,4 +1,4 @@
-"""Schema creation and upgrades on boot, as upstream does them (SPEC.md §4.6).
+"""Schema creation and upgrades on boot, as upstream does them (docs/contract.md §4.6).
 
 The versioned SQL files live in `stores/<dialect>/migrations/` and ship in the wheel:
 
@@ -88,7 +88,7 @@ def split_statements(script: str) -> list[str]:
 
 
 def parse_initial_version(value: str) -> int:
-    """COS_MIGRATIONS_INITIAL_VERSION, validated with upstream's messages (SPEC.md §4.6 step 3)."""
+    """COS_MIGRATIONS_INITIAL_VERSION, validated with upstream's messages (docs/contract.md §4.6 step 3)."""
     if value == "":
         raise ConfigError(INITIAL_VERSION_VARIABLE, "setting provided empty")
     if _JAVA_INT.fullmatch(value) is None or not _INT_MIN <= int(value) <= _INT_MAX:
@@ -123,7 +123,7 @@ async def run_migrations(
     initial_version: str | None,
     now_ms: Callable[[], int],
 ) -> int:
-    """Bring the schema to the latest version (SPEC.md §4.6); returns the version now in place.
+    """Bring the schema to the latest version (docs/contract.md §4.6); returns the version now in place.
 
     Every step re-reads the recorded version inside its own exclusive transaction, so nodes booting at
     the same time each see the others' finished steps and skip them instead of failing.

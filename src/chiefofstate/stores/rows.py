@@ -14,7 +14,7 @@ from chiefofstate.ports.journal import (
     StoredState,
 )
 
-# Upstream leaves the adapter manifest empty (SPEC.md §4.2).
+# Upstream leaves the adapter manifest empty (docs/contract.md §4.2).
 ADAPTER_MANIFEST = ""
 
 # An event row with no readable shard tag; upstream always writes exactly one, so this only shows up in
@@ -23,7 +23,7 @@ UNKNOWN_SHARD = -1
 
 
 def check_event_serializer(entity_id: str, sequence_number: int, serializer_id: int, manifest: str) -> None:
-    """Refuse rows not written as upstream writes them (SPEC.md §4.3) rather than misread them."""
+    """Refuse rows not written as upstream writes them (docs/contract.md §4.3) rather than misread them."""
     if serializer_id != SERIALIZER_ID or manifest != EVENT_MANIFEST:
         raise Internal(
             f"event_journal row ({entity_id!r}, {sequence_number}) has serializer {serializer_id} "

@@ -1,1 +1,1 @@
-"""Live subscriptions: committed events fanned out to gRPC streams (SPEC.md §7, decision D8)."""
+"""Live subscriptions: committed events fanned out to gRPC streams (docs/contract.md §7, decision D8)."""

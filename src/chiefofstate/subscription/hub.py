@@ -1,4 +1,4 @@
-"""The node's subscription registry and fan-out (SPEC.md §7, decision D8).
+"""The node's subscription registry and fan-out (docs/contract.md §7, decision D8).
 
 The hub is the command processor's CommitListener: after each commit it appends the command's
 events to the buffer of every matching subscription and returns at once. Nothing a subscriber does

@@ -1,4 +1,4 @@
-"""Log output in upstream's three styles (SPEC.md §12): JSON (default), STANDARD and SIMPLE."""
+"""Log output in upstream's three styles (docs/contract.md §12): JSON (default), STANDARD and SIMPLE."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing, configured by the standard OTEL_* variables (SPEC.md §10.7, §12).
+"""OpenTelemetry tracing, configured by the standard OTEL_* variables (docs/contract.md §10.7, §12).
 
 Off unless an OTLP endpoint is set, and always off with OTEL_SDK_DISABLED=true or upstream's
 OTEL_JAVAAGENT_ENABLED=false. Off means a no-op tracer: no exporter thread, no context extraction,
@@ -26,7 +26,7 @@ NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
-# Span names upstream emits, so existing dashboards and queries keep working (SPEC.md §12).
+# Span names upstream emits, so existing dashboards and queries keep working (docs/contract.md §12).
 SPAN_PROCESS_COMMAND = "CosService.processCommand"
 SPAN_GET_STATE = "CosService.getState"
 SPAN_ENTITY_COMMAND = "Entity.handleCommand"

@@ -1,4 +1,4 @@
-"""Wraps any write handler in the shared write-side circuit breaker (SPEC.md §3.11)."""
+"""Wraps any write handler in the shared write-side circuit breaker (docs/contract.md §3.11)."""
 
 from __future__ import annotations
 

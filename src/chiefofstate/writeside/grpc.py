@@ -46,7 +46,7 @@ def channel_options(
 
 
 def translate_rpc_error(error: aio.AioRpcError) -> CosError:
-    """The handler's status passes through unchanged, rich details included (SPEC.md §3.10)."""
+    """The handler's status passes through unchanged, rich details included (docs/contract.md §3.10)."""
     code = error.code()
     message = error.details() or ""
     details = None

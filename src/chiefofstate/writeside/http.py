@@ -1,4 +1,4 @@
-"""HTTP adapter of the write-handler port: upstream's HTTP write-side protocol (SPEC.md §9).
+"""HTTP adapter of the write-handler port: upstream's HTTP write-side protocol (docs/contract.md §9).
 
 `POST /v1/writeside/handleCommand` and `POST /v1/writeside/handleEvent` with §8.4 JSON bodies.
 An HTTP handler cannot choose the gRPC status its refusals become: every non-200 answer is INTERNAL
@@ -61,7 +61,7 @@ class HttpWriteHandler:
     ) -> None:
         scheme = "https" if use_tls else "http"
         authority = f"[{host}]" if ":" in host else host
-        # https uses the system trust store, as upstream does (SPEC.md §9).
+        # https uses the system trust store, as upstream does (docs/contract.md §9).
         verify: ssl.SSLContext | bool = ssl.create_default_context() if use_tls else False
         limits = httpx.Limits(
             max_connections=connections_per_client, max_keepalive_connections=connections_per_client

@@ -1,4 +1,4 @@
-"""The HTTP read-side protocol (SPEC.md §5.3, §8.4): request shape and what counts as success."""
+"""The HTTP read-side protocol (docs/contract.md §5.3, §8.4): request shape and what counts as success."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The offset store on PostgreSQL, with its own pool as upstream keeps a separate read-side pool
-(SPEC.md §4.1): slow read handlers or a status query never take a connection the journal needs."""
+(docs/contract.md §4.1): slow read handlers or a status query never take a connection the journal needs."""
 
 from __future__ import annotations
 

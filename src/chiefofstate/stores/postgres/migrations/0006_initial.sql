@@ -1,4 +1,4 @@
--- Upstream's schema version 6 (SPEC.md §4.2), created in one transaction on an empty database.
+-- Upstream's schema version 6 (docs/contract.md §4.2), created in one transaction on an empty database.
 -- Names, columns and types match upstream exactly so a database written by upstream is taken over in
 -- place (decision D2); every statement is IF NOT EXISTS because upstream's is.
 

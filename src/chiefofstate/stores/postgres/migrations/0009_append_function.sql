@@ -73,7 +73,7 @@ BEGIN
     GET DIAGNOSTICS inserted_events = ROW_COUNT;
 
     IF inserted_events > 0 THEN
-        -- Wakes read-side projections on every node (readside/pg_wakeups); delivered at commit only.
+        -- Wakes read-side projections on every node (stores/postgres/wakeups.py); delivered at commit only.
         PERFORM pg_notify('cos_journal_appended', array_to_string(shard_numbers, ','));
     END IF;
 

@@ -1,4 +1,4 @@
--- Upstream's schema version 6 (SPEC.md §4.2) in SQLite: same tables, columns and encodings, so rows can
+-- Upstream's schema version 6 (docs/contract.md §4.2) in SQLite: same tables, columns and encodings, so rows can
 -- be copied between the embedded store and PostgreSQL unchanged (decision D2). `ordering` is the rowid
 -- (AUTOINCREMENT so values are never reused after a delete, like a sequence), which makes upstream's
 -- separate unique index on it unnecessary; the primary key of PostgreSQL becomes a UNIQUE constraint.
