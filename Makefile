@@ -19,6 +19,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/import_graph.py
 
 typecheck: setup
 	$(BIN)/mypy src examples/bank/cos_bank

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     )
 
 ACCOUNT = "acc-1"
-README = Path(__file__).resolve().parents[2] / "examples" / "bank" / "README.md"
+README = Path(__file__).resolve().parents[3] / "examples" / "bank" / "README.md"
 
 
 def pack(message: object) -> any_pb2.Any:

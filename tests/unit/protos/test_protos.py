@@ -18,7 +18,7 @@ from chiefofstate.gen.chief_of_state.v1 import (
     writeside_pb2,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 T = FieldDescriptor
 
 # (message, {field name: (number, type, repeated)}) straight from docs/contract.md §2
