@@ -1,4 +1,5 @@
-"""The HTTP/JSON API end to end: a real `cos serve`, the real bank handler, httpx (docs/contract.md §8, D5)."""
+"""The HTTP/JSON API end to end: a real `cos serve`, the real bank handler, httpx (docs/contract.md §8,
+D5)."""
 
 from __future__ import annotations
 

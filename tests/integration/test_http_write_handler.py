@@ -1,4 +1,5 @@
-"""What only an HTTP write handler can do wrong: error statuses, bodies that are not JSON (docs/contract.md §9).
+"""What only an HTTP write handler can do wrong: error statuses, bodies that are not JSON
+(docs/contract.md §9).
 
 Hangs, unreachable handlers and the breaker are covered for both protocols in test_handler_faults.py.
 """

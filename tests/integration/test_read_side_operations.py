@@ -1,4 +1,5 @@
-"""Operating read sides on real processes: ReadSideManagerService (docs/contract.md §6, decision D6), `cos readside`,
+"""Operating read sides on real processes: ReadSideManagerService (docs/contract.md §6, decision D6), `cos
+readside`,
 autoStart, pause/restart/skip while events flow, a bad configuration, and kill -9 in the middle of a stream.
 """
 

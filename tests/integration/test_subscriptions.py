@@ -1,4 +1,5 @@
-"""Live subscriptions end to end: a real `cos serve`, real streaming gRPC clients (docs/contract.md §7, D8)."""
+"""Live subscriptions end to end: a real `cos serve`, real streaming gRPC clients (docs/contract.md §7,
+D8)."""
 
 from __future__ import annotations
 

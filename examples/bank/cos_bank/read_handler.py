@@ -2,7 +2,8 @@
 
 Run it with `python -m cos_bank.read_handler [--host 127.0.0.1] [--port 50052] [--http] [--log PATH]`.
 By default it serves `chief_of_state.v1.ReadSideHandlerService` over gRPC (plus the gRPC health service);
-with `--http` it serves upstream's HTTP read-side protocol, `POST /v1/readside/handle` (docs/contract.md §5.3).
+with `--http` it serves upstream's HTTP read-side protocol, `POST /v1/readside/handle`
+(docs/contract.md §5.3).
 Once it accepts calls it prints `bank read handler listening on HOST:PORT`; SIGTERM or SIGINT stops it.
 
 Point a read side at it, e.g. with environment variables:

@@ -5,7 +5,8 @@ prints one line, `bank write handler listening on HOST:PORT`, to stdout; SIGTERM
 (exit 0). `--port 0` picks a free port, which the line reports. It also serves the standard gRPC health
 service (`grpc.health.v1.Health`) for the whole server ("") and for the write-side service.
 
-Refused commands become gRPC statuses (docs/contract.md §3.10 passes them to the CoS caller unchanged). Insufficient
+Refused commands become gRPC statuses (docs/contract.md §3.10 passes them to the CoS caller unchanged).
+Insufficient
 funds is `FAILED_PRECONDITION` with a rich `google.rpc.ErrorInfo` detail (reason `INSUFFICIENT_FUNDS`,
 domain `bank.example`, metadata `balance` and `requested` in cents) in the `grpc-status-details-bin`
 trailer, so tests can check that CoS carries rich details through.

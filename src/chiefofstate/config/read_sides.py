@@ -285,7 +285,8 @@ def _java_int(value: str) -> int | None:
 
 
 def parse_env_definitions(environ: Mapping[str, str]) -> list[ReadSideSettings]:
-    """`COS_READ_SIDE_CONFIG__<SETTING>__<ID>` variables with upstream's rules (docs/contract.md §5.1, §14 #12):
+    """`COS_READ_SIDE_CONFIG__<SETTING>__<ID>` variables with upstream's rules (docs/contract.md §5.1, §14
+    #12):
     the id is kept verbatim and not checked, and a bad AUTO_START means paused."""
     names = sorted(name for name in environ if name.startswith(ENV_PREFIX))
     for name in names:

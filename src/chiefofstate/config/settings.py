@@ -202,7 +202,8 @@ def _store(env: Env) -> StoreSettings:
 def _write_side(env: Env, *, require_target: bool) -> WriteSideSettings:
     protocol = env.choice("COS_WRITE_SIDE_PROTOCOL", "grpc", ("grpc", "http", "both"))
     if protocol == "both":
-        # Upstream accepts this and then never finishes starting (docs/contract.md §14 #21); refuse it up front.
+        # Upstream accepts this and then never finishes starting (docs/contract.md §14 #21); refuse it up
+        # front.
         raise ConfigError(
             "COS_WRITE_SIDE_PROTOCOL",
             "Write-side protocol 'both' is not currently supported. Use 'grpc' or 'http'",

@@ -1,4 +1,5 @@
-"""Selecting request headers to propagate to the write handler or persist with events (docs/contract.md §3.3)."""
+"""Selecting request headers to propagate to the write handler or persist with events
+(docs/contract.md §3.3)."""
 
 from __future__ import annotations
 

@@ -86,7 +86,8 @@ class GroupCommitWriter:
         the request's failure as its result (never as an exception set on the future).
 
         Once queued, a request is written whatever becomes of the caller: a caller that stops waiting
-        must treat the outcome as unknown (docs/contract.md §3.14). Callers that may be cancelled while waiting
+        must treat the outcome as unknown (docs/contract.md §3.14). Callers that may be cancelled while
+        waiting
         should await it through `asyncio.shield`, since cancelling an awaited future cancels it.
         """
         if self._closing or self._task is None or self._task.done():

@@ -1,6 +1,7 @@
 """The offset store port: where projections keep their progress, pause flags and halts.
 
-Offsets and pause flags live in upstream's tables (docs/contract.md §4.2) with upstream's meaning, so a database
+Offsets and pause flags live in upstream's tables (docs/contract.md §4.2) with upstream's meaning, so a
+database
 taken over from upstream keeps its read-side progress: `read_side_offsets` (projection_name = read side
 id, projection_key = shard as text, current_offset = the `ordering` of the last event handled, as text,
 manifest 'SEQ', mergeable false) and `read_sides` (the paused flags). Halts (decision D7) are this

@@ -1,4 +1,5 @@
-"""One projection: the events of one shard delivered to one read side, in `ordering` order (docs/contract.md §5).
+"""One projection: the events of one shard delivered to one read side, in `ordering` order
+(docs/contract.md §5).
 
 The projection reads its shard's journal rows after its position, hands them to the read handler one at
 a time and records its position after each; the offset committer stores it a moment later (at-least-once:

@@ -29,7 +29,8 @@ class InstrumentedWriteHandler:
         self._inner = inner
         self._tracing = tracing
         self._metrics = metrics
-        # upstream names the client spans after its handler classes, one pair per protocol (docs/contract.md §12)
+        # upstream names the client spans after its handler classes, one pair per protocol
+        # (docs/contract.md §12)
         if protocol == "http":
             self._command_span, self._event_span = (
                 spans.SPAN_HTTP_HANDLE_COMMAND,

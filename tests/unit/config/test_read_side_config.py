@@ -1,4 +1,5 @@
-"""Read-side definitions from YAML and from variables, with upstream's defaults and quirks (docs/contract.md §5.1)."""
+"""Read-side definitions from YAML and from variables, with upstream's defaults and quirks
+(docs/contract.md §5.1)."""
 
 from __future__ import annotations
 

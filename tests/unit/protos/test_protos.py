@@ -1,4 +1,5 @@
-"""The wire contract: names, field numbers and types exactly as docs/contract.md §2, and fresh generated code."""
+"""The wire contract: names, field numbers and types exactly as docs/contract.md §2, and fresh generated
+code."""
 
 from __future__ import annotations
 

@@ -327,7 +327,8 @@ async def test_restart_keeps_a_paused_projection_paused(rig: Rig) -> None:
 
 async def test_skip_moves_past_exactly_the_stuck_event_and_answers_once_it_is_stored(rig: Rig) -> None:
     rig.journal.append("a", SHARD, 1)
-    rig.journal.append("x", SHARD + 1, 3)  # orderings of other shards sit in between (docs/contract.md §14 #3)
+    rig.journal.append("x", SHARD + 1, 3)  # orderings of other shards sit in between (docs/contract.md §14
+    # 3)
     stuck = rig.journal.append("b", SHARD, 1)[0]
     rig.journal.append("b", SHARD, 1)
     rig.handler.answer = failing_for(("b", 1))

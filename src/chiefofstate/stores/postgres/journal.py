@@ -75,7 +75,8 @@ WHERE j.persistence_id = $1 AND j.sequence_number > $2
 ORDER BY j.sequence_number
 LIMIT $3
 """
-# Deleted rows are left out as upstream's read journal does: after deletion on snapshot (docs/contract.md §4.5)
+# Deleted rows are left out as upstream's read journal does: after deletion on snapshot
+# (docs/contract.md §4.5)
 # only the marker row is left, and read sides must not receive an event that was deleted.
 _READ_SHARD = f"""
 SELECT {_EVENT_COLUMNS.format(tag="t.tag")}
@@ -226,7 +227,8 @@ class PostgresJournal:
     ) -> PostgresJournal:
         """Connect the pool; raises StoreUnavailable when the server cannot be reached or refuses us.
 
-        `migrations_initial_version` is COS_MIGRATIONS_INITIAL_VERSION (docs/contract.md §4.6), used by `migrate`.
+        `migrations_initial_version` is COS_MIGRATIONS_INITIAL_VERSION (docs/contract.md §4.6), used by
+        `migrate`.
         """
         datastore = await PostgresDatastore.open(
             settings, application_name="chiefofstate", max_kept=_MAX_KEPT_CONNECTIONS

@@ -185,7 +185,8 @@ class SqliteJournal:
     ) -> SqliteJournal:
         """Open (or create) the file; raises StoreUnavailable when it cannot be opened.
 
-        `migrations_initial_version` is COS_MIGRATIONS_INITIAL_VERSION (docs/contract.md §4.6), used by `migrate`.
+        `migrations_initial_version` is COS_MIGRATIONS_INITIAL_VERSION (docs/contract.md §4.6), used by
+        `migrate`.
         """
         datastore = await SqliteDatastore.open(path, role="journal", busy_timeout_ms=busy_timeout_ms)
         return cls(datastore, migrations_initial_version=migrations_initial_version, clock=clock)
