@@ -10,6 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from chiefofstate.config.cluster import (
+    CLUSTER_OFF,
+    ClusterSettings,
+    load_cluster_settings,
+    unused_cluster_variables,
+)
 from chiefofstate.config.parsing import Env
 from chiefofstate.config.read_sides import ReadSidesSettings, load_read_sides
 from chiefofstate.config.tracing import TracingSettings, tracing_settings
@@ -124,6 +130,7 @@ class Settings:
     subscriptions: SubscriptionSettings = field(default=SubscriptionSettings())
     read_sides: ReadSidesSettings = field(default=ReadSidesSettings())
     tracing: TracingSettings = field(default=TracingSettings(enabled=False, service_name="chiefofstate"))
+    cluster: ClusterSettings = field(default=CLUSTER_OFF)
 
 
 _RETIRED_VARIABLES = (
@@ -313,9 +320,11 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
         enabled=read_side_enabled,
         breaker=_breaker(env, "COS_READ_SIDE_BREAKER", "10s") if read_side_enabled else None,
     )
+    store = _store(env)
+    deployment_mode = _deployment_mode(env)
     settings = Settings(
         server=_server(env),
-        store=_store(env),
+        store=store,
         write_side=_write_side(env, require_target=require_write_side),
         entities=EntitySettings(
             cache_capacity=env.integer("COS_ENTITY_CACHE_CAPACITY", 100_000, minimum=1),
@@ -329,16 +338,19 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
         snapshots=_snapshots(env),
         logging=_logging(env),
         num_shards=_num_shards(env),
-        deployment_mode=_deployment_mode(env),
+        deployment_mode=deployment_mode,
         read_side_enabled=read_side_enabled,
         subscription_enabled=env.boolean("COS_SUBSCRIPTION_ENABLED", False),
-        warnings=(*warnings, *read_sides.warnings),
+        warnings=(*warnings, *read_sides.warnings, *unused_cluster_variables(env)),
         subscriptions=SubscriptionSettings(
             buffer_size=env.integer("COS_SUBSCRIPTION_BUFFER_SIZE", 1000, minimum=1, maximum=1_000_000),
             max_subscriptions=env.integer("COS_SUBSCRIPTION_MAX", 10_000, minimum=1, maximum=1_000_000),
         ),
         read_sides=read_sides,
         tracing=tracing_settings(environ, env.text("COS_SERVICE_NAME", "chiefofstate")),
+        cluster=load_cluster_settings(
+            env, deployment_mode=deployment_mode, uses_postgres=store.postgres is not None
+        ),
     )
     _refuse_unsupported(settings)
     if settings.subscription_enabled and settings.server.protocol == "http":
