@@ -91,6 +91,15 @@ class StoreUnavailable(Unavailable):
     """The journal could not be reached; nothing was written."""
 
 
+class ShardNotHere(Unavailable):
+    """This node may not serve the shard now (it does not hold its lease, or is handing it over).
+    Nothing was written: the caller re-routes the request to the shard's owner (docs/cluster.md)."""
+
+    def __init__(self, shard: int, message: str = "") -> None:
+        super().__init__(message or f"shard {shard} is not served by this node")
+        self.shard = shard
+
+
 class ConfigError(Exception):
     """Invalid configuration: one line naming the variable, and the node exits with code 2."""
 

@@ -96,22 +96,29 @@ class CommandProcessor:
         self._wall_clock_ns = wall_clock_ns
         self._listeners = tuple(listeners)
 
-    async def ensure_recovered(self, entity: Entity) -> EntityState:
+    async def ensure_recovered(self, entity: Entity, tenure: int | None = None) -> EntityState:
+        """The entity's state, read from the journal unless cached under the shard's current tenure."""
         state = entity.state
-        if state is None:
+        if state is None or entity.tenure != tenure:
             with self._tracing.span(SPAN_RECOVERY, attributes={"cos.entity_id": entity.entity_id}):
                 state = await recover(self._states, entity.entity_id)
             entity.state = state
+            entity.tenure = tenure
             entity.writer_id = ""  # a new incarnation: its first append draws a new writer id
             self.recoveries += 1
         return state
 
     async def process(
-        self, entity: Entity, command: AnyProto, metadata: Metadata, deadline: Deadline
+        self,
+        entity: Entity,
+        command: AnyProto,
+        metadata: Metadata,
+        deadline: Deadline,
+        tenure: int | None = None,
     ) -> EntityState:
         current = entity.state
-        if current is None:
-            current = await self.ensure_recovered(entity)
+        if current is None or entity.tenure != tenure:
+            current = await self.ensure_recovered(entity, tenure)
         prior = current.decode()
         deciding = self.deciding
         deciding.started()

@@ -69,11 +69,13 @@ class EntityState(NamedTuple):
         return GetStateResponse.FromString(self.reply)
 
 
-# A cached entity nobody is using: (shard, reply, revision, writer id, last used). A plain tuple of
-# atomic values, which the garbage collector stops tracking; an object per cached entity would
-# have every full collection walk the whole cache (11 ms at 100,000 entities, against 1 ms).
-Resting = tuple[int, bytes, int, str, float]
-RESTING_LAST_USED: Final = 4  # the index of `last used`
+# A cached entity nobody is using: (shard, reply, revision, writer id, last used, tenure). A plain
+# tuple of atomic values, which the garbage collector stops tracking; an object per cached entity
+# would have every full collection walk the whole cache (11 ms at 100,000 entities, against 1 ms).
+Resting = tuple[int, bytes, int, str, float, int | None]
+RESTING_SHARD: Final = 0
+RESTING_LAST_USED: Final = 4
+RESTING_TENURE: Final = 5
 
 
 def state_at_rest(resting: Resting) -> EntityState:
@@ -81,8 +83,8 @@ def state_at_rest(resting: Resting) -> EntityState:
 
 
 def used_again(resting: Resting, now: float) -> Resting:
-    shard, reply, revision, writer_id, _ = resting
-    return (shard, reply, revision, writer_id, now)
+    shard, reply, revision, writer_id, _, tenure = resting
+    return (shard, reply, revision, writer_id, now, tenure)
 
 
 class Entity:
@@ -94,15 +96,22 @@ class Entity:
     a `Resting` record of it (host.py). A plain slotted class: one is made each time an entity wakes.
     """
 
-    __slots__ = ("entity_id", "lock", "shard", "state", "users", "writer_id")
+    __slots__ = ("entity_id", "lock", "shard", "state", "tenure", "users", "writer_id")
 
     def __init__(
-        self, entity_id: str, shard: int, state: EntityState | None = None, writer_id: str = ""
+        self,
+        entity_id: str,
+        shard: int,
+        state: EntityState | None = None,
+        writer_id: str = "",
+        tenure: int | None = None,
     ) -> None:
         self.entity_id = entity_id
         self.shard = shard
         self.state = state  # None until recovered, and again after a failed append
         self.writer_id = writer_id  # one per incarnation, drawn at its first append
+        # The shard lease's token the state was read or written under (entities/gate.py); None alone.
+        self.tenure = tenure
         self.users = 0
         self.lock = asyncio.Lock()
 
@@ -111,8 +120,8 @@ class Entity:
         state = self.state
         if state is None or state.revision == 0:
             return None
-        return (self.shard, state.reply, state.revision, self.writer_id, now)
+        return (self.shard, state.reply, state.revision, self.writer_id, now, self.tenure)
 
     @classmethod
     def awoken(cls, entity_id: str, resting: Resting) -> Entity:
-        return cls(entity_id, resting[0], state_at_rest(resting), resting[3])
+        return cls(entity_id, resting[0], state_at_rest(resting), resting[3], resting[5])

@@ -19,12 +19,15 @@ from chiefofstate.entities.command_processor import CommandProcessor
 from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import (
     RESTING_LAST_USED,
+    RESTING_SHARD,
+    RESTING_TENURE,
     Entity,
     EntityState,
     Resting,
     state_at_rest,
     used_again,
 )
+from chiefofstate.entities.gate import OPEN_GATE, ShardGate
 from chiefofstate.telemetry.tracing import (
     SPAN_ENTITY_COMMAND,
     SPAN_ENTITY_GET_STATE,
@@ -62,8 +65,10 @@ class EntityHost:
         settings: HostSettings,
         clock: Callable[[], float] = time.monotonic,
         tracing: Tracing = TRACING_OFF,
+        gate: ShardGate = OPEN_GATE,
     ) -> None:
         self._tracing = tracing
+        self._gate = gate
         self._processor = processor
         self._settings = settings
         self._clock = clock
@@ -98,8 +103,10 @@ class EntityHost:
             with self._tracing.span(SPAN_MAILBOX):
                 await entity.lock.acquire()
             try:
+                # Asked once the command's turn has come: a lease lost while it queued stops it here.
+                tenure = self._gate.admit(entity.shard)
                 with self._tracing.span(SPAN_ENTITY_COMMAND):
-                    return await self._processor.process(entity, command, metadata, deadline)
+                    return await self._processor.process(entity, command, metadata, deadline, tenure)
             finally:
                 entity.lock.release()
         finally:
@@ -111,7 +118,7 @@ class EntityHost:
         Nothing is queued ahead of such a read and nothing needs recovering, so it needs no lock:
         `get_state` would give the same answer (and, when tracing, its spans)."""
         resting = self._resting.get(entity_id)
-        if resting is None:
+        if resting is None or not self._gate.serves(resting[RESTING_SHARD], resting[RESTING_TENURE]):
             return None
         self._resting[entity_id] = used_again(resting, self._clock())
         self._resting.move_to_end(entity_id)
@@ -127,7 +134,8 @@ class EntityHost:
             try:
                 with self._tracing.span(SPAN_ENTITY_GET_STATE):
                     deadline.check("while waiting for the entity")
-                    state = await self._processor.ensure_recovered(entity)
+                    tenure = self._gate.admit(entity.shard)
+                    state = await self._processor.ensure_recovered(entity, tenure)
             finally:
                 entity.lock.release()
         finally:
@@ -173,6 +181,20 @@ class EntityHost:
             self._resting.popitem(last=False)
         if excess > 0:
             self.passivations += excess
+
+    def forget_shard(self, shard: int) -> int:
+        """Forget the cached entities of a shard this node no longer serves; returns how many. Entities
+        with callers stay until they leave: their state carries its tenure, so it is never used under
+        another lease (entities/gate.py)."""
+        gone = [entity_id for entity_id, resting in self._resting.items() if resting[RESTING_SHARD] == shard]
+        for entity_id in gone:
+            del self._resting[entity_id]
+        self.passivations += len(gone)
+        return len(gone)
+
+    def busy_in_shard(self, shard: int) -> int:
+        """Entities of the shard with requests in flight: a handover waits for them to finish."""
+        return sum(1 for entity in self._busy.values() if entity.shard == shard)
 
     def passivate_idle(self, limit: int = SWEEP_CHUNK) -> int:
         """Forget up to `limit` entities idle for longer than the timeout; returns how many.

@@ -18,6 +18,7 @@ from chiefofstate.core.headers import HeaderValue
 from chiefofstate.core.snapshots import SnapshotPolicy
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings
 from chiefofstate.entities.deadline import Deadline
+from chiefofstate.entities.gate import OPEN_GATE, ShardGate
 from chiefofstate.entities.host import SWEEP_CHUNK, EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
@@ -97,6 +98,7 @@ async def build_rig(
     idle_s: float = 0.0,
     mailbox: int = 100,
     policy: SnapshotPolicy | None = None,
+    gate: ShardGate = OPEN_GATE,
 ) -> AsyncIterator[Rig]:
     journal = await SqliteJournal.open(path)
     await journal.migrate(16)
@@ -109,7 +111,9 @@ async def build_rig(
         handler, journal, writer, snapshotter, CommandSettings((), (), ProtoValidation(), 5.0)
     )
     clock = [1000.0]
-    host = EntityHost(processor, HostSettings(16, capacity, idle_s, mailbox), clock=lambda: clock[0])
+    host = EntityHost(
+        processor, HostSettings(16, capacity, idle_s, mailbox), clock=lambda: clock[0], gate=gate
+    )
     try:
         yield Rig(host, processor, handler, journal, snapshotter, clock)
     finally:
