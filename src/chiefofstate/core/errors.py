@@ -91,6 +91,11 @@ class StoreUnavailable(Unavailable):
     """The journal could not be reached; nothing was written."""
 
 
+class MembershipLost(Unavailable):
+    """This node's membership row is gone or marked as left: the other nodes no longer count it, so it
+    must stop acting on what it owned and join again as a new member."""
+
+
 class ConfigError(Exception):
     """Invalid configuration: one line naming the variable, and the node exits with code 2."""
 
