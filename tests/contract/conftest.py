@@ -135,6 +135,8 @@ class PostgresRaw:
             "integer": "INTEGER",
             "boolean": "BOOLEAN",
             "bytea": "BYTEA",
+            "text": "TEXT",
+            "timestamp with time zone": "TIMESTAMPTZ",
         }
         return {
             name: (names[kind] + (f"({length})" if length else ""), nullable == "YES")

@@ -100,6 +100,11 @@ class ShardNotHere(Unavailable):
         self.shard = shard
 
 
+class MembershipLost(Unavailable):
+    """This node's membership row is gone or marked as left: the other nodes no longer count it, so it
+    must stop acting on what it owned and join again as a new member."""
+
+
 class ConfigError(Exception):
     """Invalid configuration: one line naming the variable, and the node exits with code 2."""
 

@@ -1,0 +1,3 @@
+-- Version 11 adds the cluster's membership and lease tables on PostgreSQL. A node on SQLite runs alone
+-- (decision D10) and owns every shard, so here the version changes nothing; it is kept so that both
+-- stores record the same version history in cos_migrations.
