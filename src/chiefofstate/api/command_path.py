@@ -17,8 +17,9 @@ from types import TracebackType
 from google.protobuf.any_pb2 import Any as AnyProto
 from opentelemetry.trace import Span, SpanKind
 
+from chiefofstate.cluster.forwarding import Forwarder
 from chiefofstate.core.command_rules import validate_entity_id
-from chiefofstate.core.errors import Code, CosError, as_cos_error
+from chiefofstate.core.errors import Code, CosError, ShardNotHere, as_cos_error
 from chiefofstate.core.headers import Metadata
 from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import EntityState
@@ -44,8 +45,12 @@ class CommandPath:
         *,
         tracing: Tracing = TRACING_OFF,
         metrics: NodeMetrics | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
+        """`forwarder` sends on what this member does not serve; without one (a node alone, or the
+        internal port that forwarded requests arrive on) such a request fails with `ShardNotHere`."""
         self._host = host
+        self._forwarder = forwarder
         self._command_timeout_s = command_timeout_s
         self._clock = clock
         self._tracing = tracing
@@ -77,9 +82,13 @@ class CommandPath:
             _PROCESS_COMMAND, SPAN_PROCESS_COMMAND, entity_id, command.type_url, metadata
         ) as span:
             validate_entity_id(entity_id)
-            state = await self._host.process_command(
-                entity_id, command, metadata, self._deadline(caller_left_s)
-            )
+            deadline = self._deadline(caller_left_s)
+            try:
+                state = await self._host.process_command(entity_id, command, metadata, deadline)
+            except ShardNotHere:
+                if self._forwarder is None:
+                    raise
+                state = await self._forwarder.process_command(entity_id, command, metadata, deadline)
             if span is not None:
                 span.set_attribute("cos.revision", state.revision)
             return state
@@ -102,7 +111,13 @@ class CommandPath:
     ) -> EntityState:
         with self._request(_GET_STATE, SPAN_GET_STATE, entity_id, "", metadata) as span:
             validate_entity_id(entity_id)
-            state = await self._host.get_state(entity_id, self._deadline(caller_left_s))
+            deadline = self._deadline(caller_left_s)
+            try:
+                state = await self._host.get_state(entity_id, deadline)
+            except ShardNotHere:
+                if self._forwarder is None:
+                    raise
+                state = await self._forwarder.get_state(entity_id, metadata, deadline)
             if span is not None:
                 span.set_attribute("cos.revision", state.revision)
             return state

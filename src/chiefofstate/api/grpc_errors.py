@@ -5,12 +5,18 @@ from __future__ import annotations
 import grpc
 from grpc import aio
 
-from chiefofstate.core.errors import CosError, status_message
+from chiefofstate.cluster.peers import not_here_trailer
+from chiefofstate.core.errors import CosError, ShardNotHere, status_message
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 async def abort_with(context: aio.ServicerContext[object, object], error: CosError) -> None:
     message = status_message(error)
-    trailing = ((STATUS_DETAILS_KEY, error.details),) if error.details else ()
+    trailing: tuple[tuple[str, str | bytes], ...] = (
+        ((STATUS_DETAILS_KEY, error.details),) if error.details else ()
+    )
+    if isinstance(error, ShardNotHere):
+        # Only a member's internal port answers this: the forwarding member re-routes on it.
+        trailing = (*trailing, *not_here_trailer())
     await context.abort(grpc.StatusCode[error.code.name], message, trailing_metadata=trailing)

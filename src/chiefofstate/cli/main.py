@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from chiefofstate.cli.cluster import AsJson, print_status, read_status
+from chiefofstate.cli.cluster import app as cluster_app
 from chiefofstate.cli.readside import app as readside_app
 from chiefofstate.config.settings import Settings, load_logging_settings, load_settings
 from chiefofstate.core.errors import ConfigError, CosError
@@ -21,6 +23,7 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Chief of State: event sourcing as a service."
 )
 app.add_typer(readside_app, name="readside")
+app.add_typer(cluster_app, name="cluster")
 console = Console()
 T = TypeVar("T")
 
@@ -44,6 +47,11 @@ def _run(coroutine_factory: Callable[[], Awaitable[T]], event_loop: str = "async
 
     try:
         return run_on_event_loop(runner(), event_loop)
+    except ConfigError as error:
+        # Settings that parse but cannot work together (a cluster member's shard count, its
+        # advertised address) are found at start: one line and exit 2, like any bad setting (D9).
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise typer.Exit(CONFIG_ERROR_EXIT) from None
     except CosError as error:
         print(f"error: {error}", file=sys.stderr)
         raise typer.Exit(1) from None
@@ -118,6 +126,21 @@ def demo() -> None:
     from chiefofstate.cli.demo import run_demo
 
     raise typer.Exit(run_demo(console))
+
+
+@cluster_app.command("status")
+def cluster_status(as_json: AsJson = False) -> None:
+    """Members (address, start, last heartbeat, what each owns), shard owners and tokens, and shards
+    without an owner, read from the database the nodes share."""
+    settings = _settings(require_write_side=False)
+    if not settings.cluster.enabled:
+        print(
+            "error: cluster mode runs on PostgreSQL (set COS_DB_HOST); with the embedded SQLite file a "
+            "node runs alone",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
+    print_status(_run(lambda: read_status(settings)), as_json)
 
 
 def main() -> None:

@@ -150,7 +150,13 @@ def start_bank_read_handler(
     return process
 
 
-_NODE_PORT_VARIABLES = ("COS_PORT", "COS_MANAGEMENT_PORT", "COS_HTTP_PORT", "COS_PROMETHEUS_PORT")
+_NODE_PORT_VARIABLES = (
+    "COS_PORT",
+    "COS_MANAGEMENT_PORT",
+    "COS_HTTP_PORT",
+    "COS_PROMETHEUS_PORT",
+    "COS_CLUSTER_PORT",
+)
 
 
 def node_environment(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
@@ -158,6 +164,7 @@ def node_environment(base: Mapping[str, str], **overrides: str) -> dict[str, str
     env = {**base, **overrides}
     env.setdefault("COS_ADDRESS", "127.0.0.1")
     env.setdefault("COS_HTTP_ADDRESS", "127.0.0.1")
+    env.setdefault("COS_NODE_ADDRESS", "127.0.0.1")  # what cluster peers on this machine dial
     taken = {int(env[name]) for name in _NODE_PORT_VARIABLES if env.get(name, "").isdigit()}
     for name in _NODE_PORT_VARIABLES:
         if name not in env:
@@ -174,6 +181,8 @@ def start_node(env: Mapping[str, str], log_dir: Path, name: str = "cos-node", wa
     process.ports["metrics"] = int(env.get("COS_PROMETHEUS_PORT", "9102"))
     if "COS_HTTP_PORT" in env:
         process.ports["http"] = int(env["COS_HTTP_PORT"])
+    if "COS_CLUSTER_PORT" in env:
+        process.ports["cluster"] = int(env["COS_CLUSTER_PORT"])
     if wait:
         ready_url = f"http://127.0.0.1:{process.ports['management']}/ready"
         wait_for("ready", process, lambda: http_ok(ready_url), 60)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from google.protobuf.any_pb2 import Any as AnyProto
@@ -75,6 +75,8 @@ class EntityHost:
         self._busy: dict[str, Entity] = {}
         self._resting: OrderedDict[str, Resting] = OrderedDict()
         self._sweeper: asyncio.Task[None] | None = None
+        # Handovers waiting for a shard's last caller to leave (wait_until_idle): shards → their wake-up.
+        self._idle_watchers: list[tuple[frozenset[int], asyncio.Event]] = []
         self.passivations = 0
 
     def __len__(self) -> int:
@@ -165,6 +167,10 @@ class EntityHost:
         if entity.users:
             return
         del self._busy[entity.entity_id]
+        if self._idle_watchers:
+            for shards, left in self._idle_watchers:
+                if entity.shard in shards:
+                    left.set()
         # Nothing worth caching when the entity was never recovered (the store was down) or has no
         # events (GetState of an unknown id, a no-op): keeping those would let lookups of random ids
         # fill the cache and evict real entities.
@@ -195,6 +201,24 @@ class EntityHost:
     def busy_in_shard(self, shard: int) -> int:
         """Entities of the shard with requests in flight: a handover waits for them to finish."""
         return sum(1 for entity in self._busy.values() if entity.shard == shard)
+
+    async def wait_until_idle(self, shards: Collection[int], timeout_s: float) -> bool:
+        """Wait until no entity of these shards has callers; False when `timeout_s` ran out first."""
+        watched = frozenset(shards)
+        give_up_at = self._clock() + timeout_s
+        while any(entity.shard in watched for entity in self._busy.values()):
+            left = give_up_at - self._clock()
+            if left <= 0:
+                return False
+            watcher = (watched, asyncio.Event())
+            self._idle_watchers.append(watcher)
+            try:
+                await asyncio.wait_for(watcher[1].wait(), left)
+            except TimeoutError:
+                return False
+            finally:
+                self._idle_watchers.remove(watcher)
+        return True
 
     def passivate_idle(self, limit: int = SWEEP_CHUNK) -> int:
         """Forget up to `limit` entities idle for longer than the timeout; returns how many.

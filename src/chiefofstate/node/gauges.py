@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.entities.command_processor import CommandProcessor
 from chiefofstate.entities.host import EntityHost
 from chiefofstate.entities.snapshotter import Snapshotter
@@ -52,3 +53,28 @@ def register_node_readings(
             lambda: hub.overflows,
             monotonic=True,
         )
+
+
+def register_cluster_readings(metrics: NodeMetrics, coordinator: Coordinator) -> None:
+    metrics.read_scalar(
+        "cos_cluster_members",
+        "Live cluster members, as this member last read them.",
+        lambda: len(coordinator.members),
+    )
+    metrics.read_scalar(
+        "cos_cluster_shards_owned",
+        "Entity shards whose lease this member holds.",
+        lambda: len(coordinator.owned_shards()),
+    )
+    metrics.read_scalar(
+        "cos_cluster_lease_acquisitions",
+        "Shard leases this member acquired.",
+        lambda: coordinator.acquisitions,
+        monotonic=True,
+    )
+    metrics.read_scalar(
+        "cos_cluster_lease_losses",
+        "Shard leases this member lost: taken by another member, or not renewed in time.",
+        lambda: coordinator.losses,
+        monotonic=True,
+    )

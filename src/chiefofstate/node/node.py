@@ -19,14 +19,17 @@ from chiefofstate.api.grpc_server import GrpcServer
 from chiefofstate.api.http_api import create_http_app
 from chiefofstate.api.http_server import HttpServer
 from chiefofstate.api.management import ManagementServer, SmallHttpServer, metrics_route
+from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.errors import CosError
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings, CommitListener
+from chiefofstate.entities.gate import OPEN_GATE, ShardGate
 from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.journal.group_commit import GroupCommitWriter
-from chiefofstate.node.gauges import register_node_readings
+from chiefofstate.node.cluster import cluster_parts, start_cluster
+from chiefofstate.node.gauges import register_cluster_readings, register_node_readings
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
 from chiefofstate.node.read_sides import ReadSides, open_read_sides
@@ -56,6 +59,7 @@ class Node:
         self.http: HttpServer | None = None
         self.subscriptions: SubscriptionHub | None = None
         self.read_sides: ReadSides | None = None
+        self.coordinator: Coordinator | None = None
         self._serving = False
         self.management: ManagementServer | None = None
         self.metrics_server: SmallHttpServer | None = None
@@ -77,10 +81,22 @@ class Node:
         journal = self.journal = await open_store(self.settings)
         self._closers.push_async_callback(journal.close)
         processor, writer, snapshotter = await self._start_write_path(journal, self.tracing)
-        self.host = self._start_entities(processor, self.tracing)
+        cluster = cluster_parts(self.settings) if self.settings.cluster.enabled else None
+        self.host = self._start_entities(processor, self.tracing, cluster.gate if cluster else OPEN_GATE)
         register_node_readings(self.metrics, self.host, processor, snapshotter, writer, self.subscriptions)
+        forwarder = None
+        if cluster is not None:
+            self.coordinator = await start_cluster(
+                cluster, self.settings, self.host, self._closers, tracing=self.tracing, metrics=self.metrics
+            )
+            register_cluster_readings(self.metrics, self.coordinator)
+            forwarder = cluster.forwarder(self.settings, self.tracing, self.metrics)
         commands = CommandPath(
-            self.host, self.settings.server.command_timeout_s, tracing=self.tracing, metrics=self.metrics
+            self.host,
+            self.settings.server.command_timeout_s,
+            tracing=self.tracing,
+            metrics=self.metrics,
+            forwarder=forwarder,
         )
         await self._start_operator_endpoints()
         # Closed first on stop: new calls are refused while in-flight ones get the grace period.
@@ -163,7 +179,7 @@ class Node:
             closers.push_async_callback(gauges.close)
         return listeners
 
-    def _start_entities(self, processor: CommandProcessor, tracing: Tracing) -> EntityHost:
+    def _start_entities(self, processor: CommandProcessor, tracing: Tracing, gate: ShardGate) -> EntityHost:
         settings = self.settings
         host = EntityHost(
             processor,
@@ -174,6 +190,7 @@ class Node:
                 mailbox_capacity=settings.entities.mailbox_capacity,
             ),
             tracing=tracing,
+            gate=gate,
         )
         host.start()
         self._closers.push_async_callback(host.close)
@@ -260,6 +277,8 @@ class Node:
             return "starting"
         if self._stopping:
             return "shutting down"
+        if self.coordinator is not None and not self.coordinator.settled.is_set():
+            return "taking this member's share of the shards"
         try:
             await asyncio.wait_for(self.journal.ping(), READY_PING_TIMEOUT_S)
         except (CosError, TimeoutError) as error:

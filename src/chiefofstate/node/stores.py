@@ -4,6 +4,7 @@ SQLite file otherwise (decision D10, docs/contract.md §0). The only module that
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from contextlib import AsyncExitStack
 
@@ -11,6 +12,7 @@ from chiefofstate.config.settings import Settings, StoreSettings
 from chiefofstate.core.errors import StoreUnavailable
 from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.journal.state_reads import CoalescedStateReads
+from chiefofstate.ports.cluster import ClusterStore
 from chiefofstate.ports.journal import Journal, StateReader
 from chiefofstate.ports.offsets import OffsetStore
 from chiefofstate.stores.postgres.datastore import ConnectionSettings, connection_settings
@@ -84,6 +86,17 @@ def read_side_connection(store: StoreSettings) -> ConnectionSettings | None:
     if store.postgres is None:
         return None
     return connection_settings(store.postgres, pool_min_size=min(1, store.postgres.pool_max_size))
+
+
+async def open_cluster_store(store: StoreSettings) -> ClusterStore:
+    """Membership and leases on their own small pool: a busy journal never delays a lease renewal."""
+    if store.postgres is None:
+        raise AssertionError("cluster mode runs on PostgreSQL only")
+    from chiefofstate.stores.postgres.cluster import PostgresClusterStore
+
+    return await PostgresClusterStore.open(
+        dataclasses.replace(connection_settings(store.postgres), pool_min_size=1, pool_max_size=2)
+    )
 
 
 async def open_offset_store(store: StoreSettings) -> OffsetStore:

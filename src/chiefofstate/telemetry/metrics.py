@@ -126,6 +126,14 @@ class NodeMetrics:
             _BATCH_BUCKETS,
         )
         self._append_batch_sizes = self.append_batch_size.labels()
+        self.forwarded_seconds = LoopHistogram(
+            "cos_cluster_forwarded_duration_seconds",
+            "Requests sent on to the member owning the entity's shard, by rpc: the extra hop's time.",
+            ["rpc"],
+            registry,
+            LATENCY_BUCKETS,
+        )
+        self._forwarded_series: dict[str, HistogramSeries] = {}
         self._scraped = _ReadAtScrape()
         self.registry.register(self._scraped)
         # Bound series, keyed by their label values; bounded because `command_type` is (BoundedLabel)
@@ -156,6 +164,12 @@ class NodeMetrics:
     def observe_append_batch(self, size: int, seconds: float, *, succeeded: bool) -> None:
         (self._append_ok if succeeded else self._append_error).observe(seconds)
         self._append_batch_sizes.observe(size)
+
+    def observe_forwarded(self, rpc: str, seconds: float) -> None:
+        series = self._forwarded_series.get(rpc)
+        if series is None:
+            series = self._forwarded_series[rpc] = self.forwarded_seconds.labels(rpc)
+        series.observe(seconds)
 
     def read_at_scrape(
         self, name: str, documentation: str, read: Callable[[], Samples], *, monotonic: bool = False

@@ -1,0 +1,233 @@
+"""One member's part in the cluster: its heartbeat, which shards it should own, and its leases.
+
+Every round (COS_CLUSTER_HEARTBEAT_INTERVAL / 4, at most 0.5 s) the coordinator reads the live members
+from the database, places every shard on one of them by rendezvous hashing (core/placement.py), renews
+the leases it holds, hands over the ones placement gives to another member, acquires the ones placement
+gives to it once they are free or expired, and rereads who holds what for the routing table. The
+database is the only authority: expiry is judged by its clock, and the fencing token of every append
+is checked inside the append's transaction (docs/cluster.md). A member alone where COS_REPLICA_COUNT
+expects more takes no shard (core/leases.py, `expected_members_present`).
+
+Handing a shard over: stop admitting its commands (they are forwarded to the next owner once it holds
+the lease), wait for the ones in flight, forget its cached entities, release the lease at once so the
+next owner need not wait for it to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from chiefofstate.aio.tasks import cancel_and_wait
+from chiefofstate.cluster.ownership import LeaseBook
+from chiefofstate.cluster.routes import RoutingTable
+from chiefofstate.config.cluster import ClusterSettings
+from chiefofstate.core.errors import CosError
+from chiefofstate.core.leases import expected_members_present
+from chiefofstate.core.placement import assign, shard_key
+from chiefofstate.entities.host import EntityHost
+from chiefofstate.ports.cluster import ClusterStore, LeaseKey, Member
+
+log = logging.getLogger("chiefofstate.cluster")
+
+LONGEST_ROUND_S = 0.5
+
+
+class Coordinator:
+    """Owns one task; `await start()` joins and takes this member's share, `await leave()` hands
+    everything over and leaves, `await close()` stops without handing over (the leases then expire)."""
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        num_shards: int,
+        member_id: str,
+        store: ClusterStore,
+        book: LeaseBook,
+        routes: RoutingTable,
+        host: EntityHost,
+        *,
+        drain_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self.member_id = member_id
+        self._store = store
+        self._book = book
+        self._routes = routes
+        self._host = host
+        self._drain_timeout_s = drain_timeout_s
+        self._clock = clock
+        self._shard_keys = [LeaseKey.entity_shard(shard) for shard in range(num_shards)]
+        self._placement_names = {key: shard_key(key.shard) for key in self._shard_keys}
+        self._round_s = min(settings.members.heartbeat_interval_s / 4, LONGEST_ROUND_S)
+        self._next_heartbeat = 0.0
+        self._next_renewal = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._handovers: dict[LeaseKey, asyncio.Task[None]] = {}
+        self.members: list[Member] = []
+        self.settled = asyncio.Event()  # set once a round has taken this member's share
+        self.acquisitions = 0
+        self.losses = 0
+        self._failing_since: float | None = None
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Join (refused when the live members run with another COS_NUM_SHARDS) and take this member's
+        share of the shards before the node reports ready."""
+        await self._store.join(
+            self.member_id,
+            self._settings.advertised_address,
+            len(self._shard_keys),
+            member_ttl_s=self._settings.members.ttl_s,
+        )
+        self._next_heartbeat = self._clock() + self._settings.members.heartbeat_interval_s
+        await self.round()
+        self._task = asyncio.create_task(self._run(), name="cluster-coordinator")
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._task, *self._handovers.values())
+        self._task = None
+        self._handovers.clear()
+
+    async def leave(self) -> None:
+        """Graceful leave: hand every shard over at once, then leave the membership."""
+        await cancel_and_wait(self._task)
+        self._task = None
+        held = self._book.held()
+        for key, _ in held:
+            self._book.handing_over(key)
+        await self._drain([key.shard for key, _ in held])
+        for key, _ in held:
+            self._host.forget_shard(key.shard)
+            self._book.dropped(key)
+        with contextlib.suppress(CosError):
+            await self._store.release_all(self.member_id, held)
+            await self._store.leave(self.member_id)
+        await cancel_and_wait(*self._handovers.values())
+        self._handovers.clear()
+        log.warning("left the cluster, %d shard leases released", len(held))
+
+    # ------------------------------------------------------------------------------------ rounds
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._round_s)
+            try:
+                await self.round()
+            except CosError as error:
+                # The database is away or refused us: leases lapse by the local clock meanwhile, and the
+                # gate stops admitting their shards before anyone else can hold them.
+                if self._failing_since is None:
+                    self._failing_since = self._clock()
+                    log.warning("cluster round failed: %s", error)
+                self._drop_lapsed()
+            else:
+                if self._failing_since is not None:
+                    log.warning(
+                        "cluster rounds succeed again after %.1fs", self._clock() - self._failing_since
+                    )
+                    self._failing_since = None
+
+    async def round(self) -> None:
+        """One round: heartbeat, members, renewals, handovers, acquisitions, routes (the task runs one
+        every round interval; tests run them one by one)."""
+        now = self._clock()
+        if now >= self._next_heartbeat:
+            await self._store.heartbeat(self.member_id)
+            self._next_heartbeat = now + self._settings.members.heartbeat_interval_s
+        members = await self._store.live_members(self._settings.members.ttl_s)
+        self.members = members
+        await self._renew_if_due()
+        self._drop_lapsed()
+        desired = self._desired(members)
+        for key in self._book.keys():  # noqa: SIM118 - a copy: handovers change the book
+            if key not in desired and key not in self._handovers:
+                self._start_handover(key)
+        wanted = [key for key in desired if key not in self._book]
+        if wanted:
+            sent_at = self._clock()
+            taken = await self._store.acquire_many(wanted, self.member_id, self._settings.leases.ttl_s)
+            for key, token in taken.items():
+                self._book.granted(key, token, sent_at)
+            if taken:
+                self.acquisitions += len(taken)
+                log.info("acquired %d shard leases: %s", len(taken), sorted(key.shard for key in taken))
+        await self._refresh_routes(members)
+        self.settled.set()
+
+    def _desired(self, members: Sequence[Member]) -> set[LeaseKey]:
+        ids = {member.member_id for member in members}
+        ids.add(self.member_id)  # our own heartbeat may not be visible in a read that raced it
+        if not expected_members_present(len(ids), self._settings.replica_count):
+            return set()
+        placed = assign(self._placement_names.values(), ids)
+        return {key for key, name in self._placement_names.items() if placed.get(name) == self.member_id}
+
+    async def _renew_if_due(self) -> None:
+        held = self._book.held()
+        if not held or self._clock() < self._next_renewal:
+            return
+        sent_at = self._clock()
+        kept = await self._store.renew_all(self.member_id, held, self._settings.leases.ttl_s)
+        self._book.renewed(kept, sent_at)
+        self._next_renewal = sent_at + self._settings.leases.renew_interval_s
+        for key, _ in held:
+            if key not in kept:
+                self._lose(key, "another member holds it now")
+
+    def _drop_lapsed(self) -> None:
+        for key in self._book.lapsed():
+            self._lose(key, "not renewed in time")
+
+    def _lose(self, key: LeaseKey, why: str) -> None:
+        self._book.dropped(key)
+        self._host.forget_shard(key.shard)
+        handover = self._handovers.pop(key, None)
+        if handover is not None:
+            handover.cancel()
+        self.losses += 1
+        log.warning("lost the lease of %s (%s)", key, why)
+
+    async def _refresh_routes(self, members: Sequence[Member]) -> None:
+        addresses = {member.member_id: member.address for member in members}
+        owners = {
+            view.key.shard: addresses[view.owner]
+            for view in await self._store.holders()
+            if view.key.read_side_id is None and view.expires_in_s > 0 and view.owner in addresses
+        }
+        self._routes.replace(owners)
+
+    # ------------------------------------------------------------------------------------ handover
+
+    def _start_handover(self, key: LeaseKey) -> None:
+        self._book.handing_over(key)
+        self._handovers[key] = asyncio.create_task(self._hand_over(key), name=f"handover {key}")
+
+    async def _hand_over(self, key: LeaseKey) -> None:
+        try:
+            await self._drain([key.shard])
+            token = self._book.token(key)
+            self._host.forget_shard(key.shard)
+            self._book.dropped(key)
+            if token is not None:
+                with contextlib.suppress(CosError):  # it then expires by itself
+                    await self._store.release(key, self.member_id, token)
+            log.info("handed over %s", key)
+        finally:
+            self._handovers.pop(key, None)
+
+    async def _drain(self, shards: Sequence[int]) -> None:
+        """Wait for the commands in flight on these shards, at most the drain timeout: past it they
+        fail at their append (the lease is gone), which writes nothing."""
+        if not await self._host.wait_until_idle(shards, self._drain_timeout_s):
+            log.warning("shards %s still had commands in flight when handed over", sorted(shards))
+
+    # ------------------------------------------------------------------------------------ status
+
+    def owned_shards(self) -> list[int]:
+        return sorted(key.shard for key, _ in self._book.held() if key.read_side_id is None)

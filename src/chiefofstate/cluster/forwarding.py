@@ -1,0 +1,123 @@
+"""Requests for a shard this member does not serve go to the member that does.
+
+The entry member sends the request on with the caller's headers and what is left of its deadline. A
+member that turns out not to serve the shard (the route was stale: the shard moved between the last
+read of the routing table and the call) answers "not here", and the request goes once more to the owner
+the next refresh names. While a shard has no owner (its previous owner died and the lease has not yet
+expired) a request waits up to COS_CLUSTER_UNOWNED_WAIT, then fails with UNAVAILABLE having written
+nothing (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+from google.protobuf.any_pb2 import Any as AnyProto
+
+from chiefofstate.cluster.peers import NotHere, PeerClients, forwarded_metadata
+from chiefofstate.cluster.routes import RoutingTable
+from chiefofstate.core.errors import Unavailable
+from chiefofstate.core.headers import Metadata
+from chiefofstate.core.sharding import shard_of
+from chiefofstate.entities.deadline import Deadline
+from chiefofstate.entities.entity import EntityState
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.telemetry.metrics import NodeMetrics
+from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
+
+# One re-route after a "not here": a route can be stale once; twice in a row means the shard is moving
+# right now, and the caller is better told so than kept waiting.
+_ATTEMPTS = 2
+
+
+def _state_of(reply: bytes) -> EntityState:
+    # GetStateResponse and ProcessCommandResponse share field numbers (entities/entity.py).
+    return EntityState(reply, pb.GetStateResponse.FromString(reply).meta.revision_number)
+
+
+class Forwarder:
+    def __init__(
+        self,
+        routes: RoutingTable,
+        peers: PeerClients,
+        num_shards: int,
+        unowned_wait_s: float,
+        *,
+        tracing: Tracing = TRACING_OFF,
+        metrics: NodeMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._routes = routes
+        self._peers = peers
+        self._num_shards = num_shards
+        self._unowned_wait_s = unowned_wait_s
+        self._tracing = tracing
+        self._metrics = metrics
+        self._clock = clock
+
+    async def process_command(
+        self, entity_id: str, command: AnyProto, metadata: Metadata, deadline: Deadline
+    ) -> EntityState:
+        request = pb.ProcessCommandRequest(entity_id=entity_id, command=command)
+        outgoing = forwarded_metadata(metadata, self._tracing.inject())
+
+        def send(address: str, timeout_s: float) -> Awaitable[bytes]:
+            return self._peers.process_command(address, request, outgoing, timeout_s)
+
+        return _state_of(
+            await self._forward("ProcessCommand", shard_of(entity_id, self._num_shards), send, deadline)
+        )
+
+    async def get_state(self, entity_id: str, metadata: Metadata, deadline: Deadline) -> EntityState:
+        request = pb.GetStateRequest(entity_id=entity_id)
+        outgoing = forwarded_metadata(metadata, self._tracing.inject())
+
+        def send(address: str, timeout_s: float) -> Awaitable[bytes]:
+            return self._peers.get_state(address, request, outgoing, timeout_s)
+
+        return _state_of(
+            await self._forward("GetState", shard_of(entity_id, self._num_shards), send, deadline)
+        )
+
+    async def _forward(
+        self, rpc: str, shard: int, send: Callable[[str, float], Awaitable[bytes]], deadline: Deadline
+    ) -> bytes:
+        give_up_at = min(self._clock() + self._unowned_wait_s, deadline.expires_at)
+        attempts = 0
+        while True:
+            address = await self._owner(shard, give_up_at)
+            started = time.perf_counter()
+            try:
+                reply = await send(address, deadline.check("before it could be forwarded"))
+            except NotHere:
+                self._routes.forget(shard, address)
+                attempts += 1
+                if attempts >= _ATTEMPTS:
+                    raise Unavailable(
+                        f"shard {shard} is moving between members; nothing was written, try again"
+                    ) from None
+                give_up_at = max(give_up_at, min(self._clock() + self._unowned_wait_s, deadline.expires_at))
+                continue
+            finally:
+                if self._metrics is not None:
+                    self._metrics.observe_forwarded(rpc, time.perf_counter() - started)
+            return reply
+
+    async def _owner(self, shard: int, give_up_at: float) -> str:
+        """The address of the member serving the shard, waiting for the routing table to name one that
+        is not this member (which just refused it) until `give_up_at`."""
+        while True:
+            address = self._routes.owner_address(shard)
+            if address is not None and address != self._routes.own_address:
+                return address
+            left = give_up_at - self._clock()
+            if left <= 0:
+                raise Unavailable(
+                    f"shard {shard} has no member serving it yet (a member left or died and its lease "
+                    "has not expired); nothing was written, try again"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._routes.refreshed(), left)

@@ -1,0 +1,131 @@
+"""Calls to other members' internal gRPC service (COS_CLUSTER_PORT): the same `ChiefOfStateService`
+methods a client calls, sent on to the member that owns the entity's shard.
+
+A request goes on as it came: the same message, the caller's headers and what is left of its deadline.
+Replies come back as the owner's bytes, and failures as the owner's status, message and rich details,
+so a caller cannot tell a forwarded answer from a direct one (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+
+from grpc import aio
+
+from chiefofstate.core.errors import Code, CosError
+from chiefofstate.core.headers import Metadata
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# Set on a forwarded call, so the owner never forwards it again; answered by the owner with
+# NOT_HERE_KEY when it does not serve the shard (any more), so the sender re-routes once.
+FORWARDED_KEY = "x-cos-forwarded"
+NOT_HERE_KEY = "x-cos-not-here"
+_PROCESS_COMMAND = "/chief_of_state.v1.ChiefOfStateService/ProcessCommand"
+_GET_STATE = "/chief_of_state.v1.ChiefOfStateService/GetState"
+# Headers that belong to one HTTP/2 hop, not to the request: gRPC sets its own on the next hop.
+_HOP_HEADERS = frozenset({"user-agent", "content-type", "te", "grpc-accept-encoding", "grpc-timeout"})
+MAX_PEER_CHANNELS = 64
+
+
+class NotHere(Exception):
+    """The member called does not serve the shard: the route was stale."""
+
+
+def _bytes(message: bytes) -> bytes:
+    return message
+
+
+def forwarded_metadata(
+    metadata: Metadata, trace_headers: Sequence[tuple[str, str]]
+) -> list[tuple[str, str | bytes]]:
+    kept: list[tuple[str, str | bytes]] = [
+        (key, value)
+        for key, value in metadata
+        if key not in _HOP_HEADERS and not key.startswith(":") and key not in ("traceparent", "tracestate")
+    ]
+    kept.extend(trace_headers)
+    kept.append((FORWARDED_KEY, "1"))
+    return kept
+
+
+def _translated(error: aio.AioRpcError) -> CosError | NotHere:
+    trailing = error.trailing_metadata() or ()
+    details = None
+    for key, value in trailing:
+        if key == NOT_HERE_KEY:
+            return NotHere(error.details() or "")
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            details = value
+    code = Code(error.code().value[0])
+    message = error.details() or ""
+    if code is Code.UNAVAILABLE and not message:
+        message = "the member owning the shard is unavailable"
+    return CosError(message, code=code, details=details)
+
+
+class PeerClients:
+    """One channel per member address, the most recently used kept (at most MAX_PEER_CHANNELS)."""
+
+    def __init__(self, options: Sequence[tuple[str, int]] = ()) -> None:
+        self._options = list(options)
+        self._channels: collections.OrderedDict[str, aio.Channel] = collections.OrderedDict()
+        self._retired: list[aio.Channel] = []
+
+    def _channel(self, address: str) -> aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+            if len(self._channels) > MAX_PEER_CHANNELS:
+                _, oldest = self._channels.popitem(last=False)
+                self._retired.append(oldest)  # closed at close(): calls may still be on it
+        else:
+            self._channels.move_to_end(address)
+        return channel
+
+    async def _call(
+        self,
+        address: str,
+        method: str,
+        request: bytes,
+        metadata: Sequence[tuple[str, str | bytes]],
+        timeout_s: float,
+    ) -> bytes:
+        call = self._channel(address).unary_unary(
+            method, request_serializer=_bytes, response_deserializer=_bytes
+        )
+        try:
+            reply: bytes = await call(request, timeout=max(timeout_s, 0.001), metadata=tuple(metadata))
+        except aio.AioRpcError as error:
+            raise _translated(error) from None
+        return reply
+
+    async def process_command(
+        self,
+        address: str,
+        request: pb.ProcessCommandRequest,
+        metadata: Sequence[tuple[str, str | bytes]],
+        timeout_s: float,
+    ) -> bytes:
+        return await self._call(address, _PROCESS_COMMAND, request.SerializeToString(), metadata, timeout_s)
+
+    async def get_state(
+        self,
+        address: str,
+        request: pb.GetStateRequest,
+        metadata: Sequence[tuple[str, str | bytes]],
+        timeout_s: float,
+    ) -> bytes:
+        return await self._call(address, _GET_STATE, request.SerializeToString(), metadata, timeout_s)
+
+    async def close(self) -> None:
+        for channel in [*self._channels.values(), *self._retired]:
+            await channel.close(grace=None)
+        self._channels.clear()
+        self._retired.clear()
+
+
+def not_here_trailer() -> tuple[tuple[str, str], ...]:
+    return ((NOT_HERE_KEY, "1"),)

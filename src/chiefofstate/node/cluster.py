@@ -1,0 +1,138 @@
+"""Cluster mode, put together for the node: the lease book and the entities' gate over it, the routing
+table and forwarder, the internal port forwarded requests arrive on, and the coordinator that keeps it
+all in step with the database (docs/cluster.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+
+from chiefofstate.api.command_path import CommandPath
+from chiefofstate.api.cos_service import ChiefOfStateService
+from chiefofstate.api.grpc_server import GrpcServer
+from chiefofstate.cluster.coordinator import Coordinator
+from chiefofstate.cluster.forwarding import Forwarder
+from chiefofstate.cluster.ownership import LeaseBook, ShardGateOfLeases
+from chiefofstate.cluster.peers import PeerClients
+from chiefofstate.cluster.routes import RoutingTable
+from chiefofstate.config.settings import Settings
+from chiefofstate.core.errors import ConfigError
+from chiefofstate.entities.host import EntityHost
+from chiefofstate.node.stores import open_cluster_store
+from chiefofstate.telemetry.metrics import NodeMetrics
+from chiefofstate.telemetry.tracing import Tracing
+from chiefofstate.writeside.grpc import channel_options
+
+log = logging.getLogger("chiefofstate.cluster")
+
+_REACHABILITY_TIMEOUT_S = 5.0
+
+
+@dataclass
+class ClusterParts:
+    member_id: str
+    book: LeaseBook
+    gate: ShardGateOfLeases
+    routes: RoutingTable
+    peers: PeerClients
+    coordinator: Coordinator | None = None
+    peer_server: GrpcServer | None = None
+
+    def forwarder(self, settings: Settings, tracing: Tracing, metrics: NodeMetrics) -> Forwarder:
+        return Forwarder(
+            self.routes,
+            self.peers,
+            settings.num_shards,
+            settings.cluster.unowned_wait_s,
+            tracing=tracing,
+            metrics=metrics,
+        )
+
+
+def cluster_parts(settings: Settings) -> ClusterParts:
+    """What the entities need before the host exists: the gate over a lease book still empty."""
+    book = LeaseBook(settings.cluster.leases)
+    write_side = settings.write_side
+    peers = PeerClients(
+        channel_options(
+            max_message_bytes=settings.server.max_message_bytes,
+            keepalive_enabled=write_side.keepalive_enabled,
+            keepalive_time_s=write_side.keepalive_time_s,
+            keepalive_timeout_s=write_side.keepalive_timeout_s,
+            keepalive_without_calls=write_side.keepalive_without_calls,
+        )
+    )
+    return ClusterParts(
+        member_id=str(uuid.uuid4()),
+        book=book,
+        gate=ShardGateOfLeases(book, settings.num_shards),
+        routes=RoutingTable(settings.cluster.advertised_address),
+        peers=peers,
+    )
+
+
+async def _check_reachable(host: str, port: int) -> None:
+    """Peers dial the advertised address: a node that cannot be reached there would take shards whose
+    requests nobody could forward to it, so it refuses to start (exit 2) instead."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _REACHABILITY_TIMEOUT_S)
+    except (OSError, TimeoutError) as error:
+        raise ConfigError(
+            "COS_NODE_ADDRESS",
+            f"peers could not reach this node at its advertised address {host}:{port} ({error}); "
+            "set COS_NODE_ADDRESS (or POD_IP in kubernetes mode) to an address the other nodes can dial",
+        ) from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+async def start_cluster(
+    parts: ClusterParts,
+    settings: Settings,
+    host: EntityHost,
+    closers: contextlib.AsyncExitStack,
+    *,
+    tracing: Tracing,
+    metrics: NodeMetrics,
+) -> Coordinator:
+    """The internal port, then membership and this member's share of the shards. Stopping leaves the
+    cluster gracefully: shards are handed over at once instead of waiting for their leases to expire."""
+    closers.push_async_callback(parts.peers.close)
+    store = await open_cluster_store(settings.store)
+    closers.push_async_callback(store.close)
+    server = settings.server
+    # Forwarded requests are served locally or refused with "not here"; never forwarded again.
+    local_only = CommandPath(host, server.command_timeout_s, tracing=tracing, metrics=None)
+    peer_server = parts.peer_server = GrpcServer(
+        ChiefOfStateService(local_only), server.address, settings.cluster.port, server.max_message_bytes
+    )
+    await peer_server.start()
+    await peer_server.set_serving(True)
+    closers.push_async_callback(peer_server.stop, server.shutdown_timeout_s)
+    cluster = settings.cluster
+    await _check_reachable(cluster.host, cluster.advertised_port)
+    coordinator = parts.coordinator = Coordinator(
+        cluster,
+        settings.num_shards,
+        parts.member_id,
+        store,
+        parts.book,
+        parts.routes,
+        host,
+        drain_timeout_s=server.command_timeout_s,
+    )
+    closers.push_async_callback(coordinator.close)
+    await coordinator.start()
+    closers.push_async_callback(coordinator.leave)
+    log.warning(
+        "cluster member %s at %s: %d live members, owns shards %s",
+        parts.member_id,
+        cluster.advertised_address,
+        len(coordinator.members),
+        coordinator.owned_shards(),
+    )
+    return coordinator
