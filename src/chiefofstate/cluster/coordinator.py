@@ -79,12 +79,18 @@ class Coordinator:
     async def start(self) -> None:
         """Join (refused when the live members run with another COS_NUM_SHARDS) and take this member's
         share of the shards before the node reports ready."""
-        await self._store.join(
+        predecessors = await self._store.join(
             self.member_id,
             self._settings.advertised_address,
             len(self._shard_keys),
             member_ttl_s=self._settings.members.ttl_s,
         )
+        if predecessors:
+            log.warning(
+                "%d earlier member(s) at %s evicted: this node holds their address, so they are gone",
+                predecessors,
+                self._settings.advertised_address,
+            )
         self._next_heartbeat = self._clock() + self._settings.members.heartbeat_interval_s
         await self.round()
         self._task = asyncio.create_task(self._run(), name="cluster-coordinator")

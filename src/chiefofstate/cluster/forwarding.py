@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from google.protobuf.any_pb2 import Any as AnyProto
 
-from chiefofstate.cluster.peers import NotHere, PeerClients, forwarded_metadata
+from chiefofstate.cluster.peers import NotHere, PeerClients, Unreachable, forwarded_metadata
 from chiefofstate.cluster.routes import RoutingTable
 from chiefofstate.core.errors import Unavailable
 from chiefofstate.core.headers import Metadata
@@ -67,9 +67,8 @@ class Forwarder:
         def send(address: str, timeout_s: float) -> Awaitable[bytes]:
             return self._peers.process_command(address, request, outgoing, timeout_s)
 
-        return _state_of(
-            await self._forward("ProcessCommand", shard_of(entity_id, self._num_shards), send, deadline)
-        )
+        shard = shard_of(entity_id, self._num_shards)
+        return _state_of(await self._forward("ProcessCommand", shard, send, deadline, idempotent=False))
 
     async def get_state(self, entity_id: str, metadata: Metadata, deadline: Deadline) -> EntityState:
         request = pb.GetStateRequest(entity_id=entity_id)
@@ -78,12 +77,17 @@ class Forwarder:
         def send(address: str, timeout_s: float) -> Awaitable[bytes]:
             return self._peers.get_state(address, request, outgoing, timeout_s)
 
-        return _state_of(
-            await self._forward("GetState", shard_of(entity_id, self._num_shards), send, deadline)
-        )
+        shard = shard_of(entity_id, self._num_shards)
+        return _state_of(await self._forward("GetState", shard, send, deadline, idempotent=True))
 
     async def _forward(
-        self, rpc: str, shard: int, send: Callable[[str, float], Awaitable[bytes]], deadline: Deadline
+        self,
+        rpc: str,
+        shard: int,
+        send: Callable[[str, float], Awaitable[bytes]],
+        deadline: Deadline,
+        *,
+        idempotent: bool,
     ) -> bytes:
         give_up_at = min(self._clock() + self._unowned_wait_s, deadline.expires_at)
         attempts = 0
@@ -101,17 +105,27 @@ class Forwarder:
                     ) from None
                 give_up_at = max(give_up_at, min(self._clock() + self._unowned_wait_s, deadline.expires_at))
                 continue
+            except Unreachable as unreachable:
+                # The owner died or is cut off: another member takes the shard once its lease expires.
+                # Wait for the table to name another owner, within the same bounded wait. A command
+                # that may have reached the owner is not sent again: it could run twice.
+                attempts += 1
+                retry = idempotent or unreachable.never_sent
+                if not retry or attempts >= _ATTEMPTS or self._clock() >= give_up_at:
+                    raise unreachable.error from None
+                await self._owner(shard, give_up_at, avoid=address)
+                continue
             finally:
                 if self._metrics is not None:
                     self._metrics.observe_forwarded(rpc, time.perf_counter() - started)
             return reply
 
-    async def _owner(self, shard: int, give_up_at: float) -> str:
+    async def _owner(self, shard: int, give_up_at: float, avoid: str | None = None) -> str:
         """The address of the member serving the shard, waiting for the routing table to name one that
-        is not this member (which just refused it) until `give_up_at`."""
+        is neither this member (which just refused it) nor `avoid` until `give_up_at`."""
         while True:
             address = self._routes.owner_address(shard)
-            if address is not None and address != self._routes.own_address:
+            if address is not None and address != self._routes.own_address and address != avoid:
                 return address
             left = give_up_at - self._clock()
             if left <= 0:

@@ -22,6 +22,9 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # NOT_HERE_KEY when it does not serve the shard (any more), so the sender re-routes once.
 FORWARDED_KEY = "x-cos-forwarded"
 NOT_HERE_KEY = "x-cos-not-here"
+# On every refusal a member sends: a failure without it never reached a member (connection refused,
+# reset, a partition), and the request may go to another owner instead.
+ANSWERED_KEY = "x-cos-answered"
 _PROCESS_COMMAND = "/chief_of_state.v1.ChiefOfStateService/ProcessCommand"
 _GET_STATE = "/chief_of_state.v1.ChiefOfStateService/GetState"
 # Headers that belong to one HTTP/2 hop, not to the request: gRPC sets its own on the next hop.
@@ -31,6 +34,16 @@ MAX_PEER_CHANNELS = 64
 
 class NotHere(Exception):
     """The member called does not serve the shard: the route was stale."""
+
+
+class Unreachable(Exception):
+    """The call failed before any member answered it. `never_sent`: the connection could not even be
+    made, so the request cannot have run; otherwise it may have (a connection lost mid-call)."""
+
+    def __init__(self, error: CosError, *, never_sent: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.never_sent = never_sent
 
 
 def _bytes(message: bytes) -> bytes:
@@ -50,18 +63,22 @@ def forwarded_metadata(
     return kept
 
 
-def _translated(error: aio.AioRpcError) -> CosError | NotHere:
+def _translated(error: aio.AioRpcError) -> CosError | NotHere | Unreachable:
     trailing = error.trailing_metadata() or ()
     details = None
+    answered = False
     for key, value in trailing:
         if key == NOT_HERE_KEY:
             return NotHere(error.details() or "")
         if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
             details = value
+        answered = answered or key == ANSWERED_KEY
     code = Code(error.code().value[0])
     message = error.details() or ""
-    if code is Code.UNAVAILABLE and not message:
-        message = "the member owning the shard is unavailable"
+    if not answered and code is Code.UNAVAILABLE:
+        failure = CosError(f"the member owning the shard could not be reached: {message}", code=code)
+        # gRPC's wording when no connection could be made at all (refused, no route, DNS).
+        return Unreachable(failure, never_sent="failed to connect" in message.lower())
     return CosError(message, code=code, details=details)
 
 
@@ -129,3 +146,6 @@ class PeerClients:
 
 def not_here_trailer() -> tuple[tuple[str, str], ...]:
     return ((NOT_HERE_KEY, "1"),)
+
+
+ANSWERED_TRAILER = ((ANSWERED_KEY, "1"),)

@@ -72,11 +72,15 @@ class LeaseView:
 
 
 class Membership(Protocol):
-    async def join(self, member_id: str, address: str, num_shards: int, *, member_ttl_s: float) -> None:
-        """Record the member as started now (again, if it had left). Raises `ConfigError` naming
-        COS_NUM_SHARDS when a live member (heartbeat within `member_ttl_s`) runs with another shard
-        count: two nodes would file the same entity under different shards. Joins are serialised, so
-        two nodes starting together with different counts cannot both be let in."""
+    async def join(self, member_id: str, address: str, num_shards: int, *, member_ttl_s: float) -> int:
+        """Record the member as started now (again, if it had left), and return how many predecessors
+        it evicted: members recorded at the same address, which the joining node has just bound, so
+        they cannot be running; they are marked as left and their leases freed (tokens kept).
+
+        Raises `ConfigError` naming COS_NUM_SHARDS when a live member (heartbeat within
+        `member_ttl_s`) runs with another shard count: two nodes would file the same entity under
+        different shards. Joins are serialised, so two nodes starting together with different counts
+        cannot both be let in."""
         ...
 
     async def heartbeat(self, member_id: str) -> None:

@@ -159,3 +159,28 @@ async def test_the_callers_deadline_bounds_the_wait(peers: PeerClients) -> None:
     forwarder = Forwarder(RoutingTable("127.0.0.1:1"), peers, SHARDS, 30.0)
     with pytest.raises(Unavailable):
         await asyncio.wait_for(forwarder.process_command("e", command("x"), [], deadline(0.2)), 10)
+
+
+async def test_a_dead_owner_is_passed_over_once_the_table_names_another(peers: PeerClients) -> None:
+    alive = await serve(Owner())
+    routes = RoutingTable("127.0.0.1:1")
+    routes.replace({shard: "127.0.0.1:9" for shard in range(SHARDS)})  # nothing listens there
+    forwarder = Forwarder(routes, peers, SHARDS, 10.0)
+    # Refused before anything was sent, so even a command may go to the next owner.
+    answer = asyncio.create_task(forwarder.process_command("e", command("x"), [], deadline()))
+    await asyncio.sleep(0.2)
+    routes.replace({shard: alive.address for shard in range(SHARDS)})  # the lease moved
+    assert (await asyncio.wait_for(answer, 10)).revision == 7
+    await alive.server.stop(None)
+
+
+async def test_an_owners_own_unavailable_answer_is_not_sent_elsewhere(peers: PeerClients) -> None:
+    refusal = Unavailable("the write handler is unavailable")
+    owner = await serve(Owner(refuse_with=refusal))
+    routes = RoutingTable("127.0.0.1:1")
+    routes.replace({shard: owner.address for shard in range(SHARDS)})
+    with pytest.raises(CosError, match="write handler is unavailable") as refused:
+        await Forwarder(routes, peers, SHARDS, 10.0).process_command("e", command("x"), [], deadline())
+    assert refused.value.code is Code.UNAVAILABLE
+    assert len(owner.owner.seen_metadata) == 1
+    await owner.server.stop(None)

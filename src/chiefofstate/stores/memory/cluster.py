@@ -67,8 +67,18 @@ class MemoryClusterStore:
     def _is_live(self, row: _MemberRow, now: float, ttl_s: float) -> bool:
         return row.left_at is None and row.heartbeat_at >= now - ttl_s
 
-    async def join(self, member_id: str, address: str, num_shards: int, *, member_ttl_s: float) -> None:
+    async def join(self, member_id: str, address: str, num_shards: int, *, member_ttl_s: float) -> int:
         now = self._now("join the cluster")
+        predecessors = [
+            other_id
+            for other_id, row in self.database.members.items()
+            if other_id != member_id and row.address == address and row.left_at is None
+        ]
+        for other_id in predecessors:
+            self.database.members[other_id].left_at = now
+        for lease in self.database.leases.values():
+            if lease.owner in predecessors:
+                lease.owner, lease.expires_at = None, None
         others = [
             (other_id, row)
             for other_id, row in sorted(self.database.members.items())
@@ -81,6 +91,7 @@ class MemoryClusterStore:
                 num_shards, [(other_id, row.address, row.num_shards) for other_id, row in others]
             )
         self.database.members[member_id] = _MemberRow(address, num_shards, now, now)
+        return len(predecessors)
 
     async def heartbeat(self, member_id: str) -> None:
         now = self._now("record a heartbeat")

@@ -57,6 +57,40 @@ FROM cos_cluster_members
 WHERE {_LIVE.format(ttl="$1")}
 ORDER BY member_id
 """
+# A member recorded at the address a joining node has just bound cannot be running (it would hold the
+# address): it is its predecessor, killed or crashed. Its leases are freed at once, their tokens kept,
+# so a node restarted in place serves again without waiting for them to expire.
+_EVICT_PREDECESSORS = """
+WITH gone AS (
+    UPDATE cos_cluster_members SET left_at = now()
+    WHERE address = $2 AND member_id <> $1 AND left_at IS NULL
+    RETURNING member_id
+),
+freed_shards AS (
+    UPDATE cos_shard_locks AS l SET owner = NULL, expires_at = NULL
+    FROM (
+        SELECT k.shard FROM cos_shard_locks AS k
+        WHERE k.owner IN (SELECT member_id FROM gone)
+        ORDER BY k.shard
+        FOR UPDATE OF k
+    ) AS theirs
+    WHERE l.shard = theirs.shard
+    RETURNING l.shard
+),
+freed_projections AS (
+    UPDATE cos_projection_leases AS p SET owner = NULL, expires_at = NULL
+    FROM (
+        SELECT k.read_side_id, k.shard FROM cos_projection_leases AS k
+        WHERE k.owner IN (SELECT member_id FROM gone)
+        ORDER BY k.read_side_id, k.shard
+        FOR UPDATE OF k
+    ) AS theirs
+    WHERE p.read_side_id = theirs.read_side_id AND p.shard = theirs.shard
+    RETURNING p.shard
+)
+SELECT (SELECT count(*) FROM gone) AS members,
+       (SELECT count(*) FROM freed_shards) + (SELECT count(*) FROM freed_projections) AS leases
+"""
 _LEAVE = "UPDATE cos_cluster_members SET left_at = now() WHERE member_id = $1 AND left_at IS NULL"
 
 # $1 owner, $2 TTL in seconds, $3 entity shards, $4 and $5 the projections' read side ids and shards.
@@ -200,9 +234,10 @@ class PostgresClusterStore:
     def description(self) -> str:
         return self._datastore.description
 
-    async def join(self, member_id: str, address: str, num_shards: int, *, member_ttl_s: float) -> None:
+    async def join(self, member_id: str, address: str, num_shards: int, *, member_ttl_s: float) -> int:
         async with self._datastore.connection("join the cluster") as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _JOIN_LOCK_KEY)
+            evicted = await connection.fetchrow(_EVICT_PREDECESSORS, member_id, address)
             others = await connection.fetch(_LIVE_WITH_OTHER_SHARD_COUNT, member_id, num_shards, member_ttl_s)
             if others:
                 raise shard_count_mismatch(
@@ -213,6 +248,7 @@ class PostgresClusterStore:
                     ],
                 )
             await connection.execute(_JOIN, member_id, address, num_shards)
+        return int(evicted["members"])
 
     async def heartbeat(self, member_id: str) -> None:
         async with self._datastore.connection("record a heartbeat") as connection:
