@@ -136,8 +136,12 @@ async def test_acknowledged_commands_survive_kill_9(node_factory: NodeFactory) -
         )
         acknowledged = [await deposit(cos, "k-1", 1) for _ in range(20)]
     node.kill()
+    # Restarted in place, on the same ports: in cluster mode (PostgreSQL) the new process takes over
+    # its predecessor's address and with it, at once, the shards the killed process held.
     restarted = node_factory(
-        COS_PORT=node.env["COS_PORT"], COS_MANAGEMENT_PORT=node.env["COS_MANAGEMENT_PORT"]
+        COS_PORT=node.env["COS_PORT"],
+        COS_MANAGEMENT_PORT=node.env["COS_MANAGEMENT_PORT"],
+        COS_CLUSTER_PORT=node.env["COS_CLUSTER_PORT"],
     )
     channel, cos = stub(restarted.ports["grpc"])
     async with channel:

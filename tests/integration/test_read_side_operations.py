@@ -282,7 +282,7 @@ def test_kill_9_in_the_middle_of_a_stream_loses_and_reorders_nothing(
     with Burst(node, entities):
         deliveries.wait_until(lambda log: len(log.all()) > 40, what="a stream in progress")
         node.kill()
-    restarted = node_factory(**env)
+    restarted = node_factory(**env, COS_CLUSTER_PORT=node.env["COS_CLUSTER_PORT"])  # restarted in place
     opened, stub = cos(restarted)
     with opened:
         final = {entity: revision_of(stub, entity) for entity in entities}
