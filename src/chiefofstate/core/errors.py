@@ -100,6 +100,12 @@ class ShardNotHere(Unavailable):
         self.shard = shard
 
 
+class LeaseLost(Unavailable):
+    """The append carried a lease token that is no longer its shard's current one: another node has
+    taken the shard over, and nothing of the request was written. A caller the node cannot re-route to
+    the shard's new owner sees UNAVAILABLE, and may retry."""
+
+
 class MembershipLost(Unavailable):
     """This node's membership row is gone or marked as left: the other nodes no longer count it, so it
     must stop acting on what it owned and join again as a new member."""

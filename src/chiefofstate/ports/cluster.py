@@ -9,7 +9,8 @@ A lease has a token that grows at every acquisition. Whoever acts on a shard pre
 given, and the database refuses a token that is not the current one: a node that lost a lease without
 noticing (a long pause, a partition) is fenced by the database, not by its own judgement.
 
-Every method raises `StoreUnavailable` when the database cannot be reached.
+Every method raises `StoreUnavailable` when the database cannot be reached, and `Internal` when it
+refuses the request (a schema older than version 11, for one).
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class Membership(Protocol):
 
     async def heartbeat(self, member_id: str) -> None:
         """Mark the member alive now. Raises `MembershipLost` when its row is gone or marked as left:
-        the node was evicted and must stop acting on what it owned."""
+        the node was evicted and must stop acting on what it owned. A member that was merely silent
+        past the TTL is live again; whatever leases were taken from it meanwhile stay fenced."""
         ...
 
     async def live_members(self, ttl_s: float) -> list[Member]:

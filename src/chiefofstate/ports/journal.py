@@ -23,6 +23,9 @@ class AppendRequest:
     """All events one command persists, appended atomically (decision D1).
 
     `events[k]` is the serialized `EventWrapper` with sequence number `expected_sequence + 1 + k`.
+    `lease_token` is the token under which this node holds the shard's lease (ports/cluster.py): the
+    append is refused unless it is still the shard's current token. None appends unfenced, as a node
+    that runs alone does.
     """
 
     entity_id: str
@@ -31,6 +34,7 @@ class AppendRequest:
     events: Sequence[bytes]
     write_timestamp_ms: int
     writer: str
+    lease_token: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +98,11 @@ class Journal(Protocol):
         """Append many commands' events, in one transaction when none conflicts.
 
         Returns one entry per request, in order: None when committed, otherwise the exception
-        (`SequenceConflict` when (entity, sequence) already exists). A conflicting request fails
-        alone; the others are committed. Before drawing `ordering` values the transaction locks the
-        shard rows of the shards it writes, in shard order (decision D3).
+        (`LeaseLost` when the request's lease token is not its shard's current one, `SequenceConflict`
+        when (entity, sequence) already exists). A refused request fails alone, writing none of its
+        events; the others are committed. Before drawing `ordering` values the transaction locks the
+        shard rows of the shards it writes, in shard order (decision D3), and compares lease tokens
+        under those locks, so no lease can change hands between the check and the commit.
         """
         ...
 

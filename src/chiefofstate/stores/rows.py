@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from chiefofstate.core.errors import CosError, Internal, SequenceConflict
+from chiefofstate.core.errors import CosError, Internal, LeaseLost, SequenceConflict
 from chiefofstate.ports.journal import (
     EVENT_MANIFEST,
     SERIALIZER_ID,
@@ -116,6 +116,24 @@ def sequence_conflict(request: AppendRequest, current: int | None = None) -> Seq
         f"cannot append revisions {first}..{request.expected_sequence + len(request.events)} "
         f"of entity {request.entity_id!r}: {held}"
     )
+
+
+def lease_lost(request: AppendRequest) -> LeaseLost:
+    return LeaseLost(
+        f"cannot append to entity {request.entity_id!r}: this node no longer holds shard {request.shard} "
+        f"(its lease token {request.lease_token} has been superseded); nothing was written"
+    )
+
+
+def append_outcome(request: AppendRequest, current: int, lease_held: bool) -> Exception | None:
+    """What became of one request of a batch, from its entity's revision and its lease as the append
+    found them under the shard locks. A lost lease comes first: the node must re-route the command
+    whatever the revision, since the shard's new owner may already have moved the entity on."""
+    if not lease_held:
+        return lease_lost(request)
+    if current != request.expected_sequence:
+        return sequence_conflict(request, current)
+    return None
 
 
 def has_repeated_entity(requests: Sequence[AppendRequest]) -> bool:

@@ -168,12 +168,13 @@ SELECT read_side_id, shard FROM changed_projections
 _RENEW = _held_leases_update("expires_at = greatest(l.expires_at, now() + make_interval(secs => $7::float8))")
 # The token stays: the next acquisition raises it further, so the released token is never valid again.
 _RELEASE = _held_leases_update("owner = NULL, expires_at = NULL")
+# An owner without an expiry is never written here; a row edited by hand that has one reads as expiring now.
 _HOLDERS = """
 SELECT NULL::text AS read_side_id, shard, owner, lease_token,
-       extract(epoch FROM expires_at - now())::float8 AS expires_in_s
+       COALESCE(extract(epoch FROM expires_at - now())::float8, 0) AS expires_in_s
 FROM cos_shard_locks WHERE owner IS NOT NULL
 UNION ALL
-SELECT read_side_id, shard, owner, lease_token, extract(epoch FROM expires_at - now())::float8
+SELECT read_side_id, shard, owner, lease_token, COALESCE(extract(epoch FROM expires_at - now())::float8, 0)
 FROM cos_projection_leases WHERE owner IS NOT NULL
 """
 

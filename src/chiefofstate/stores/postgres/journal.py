@@ -1,8 +1,9 @@
 """The PostgreSQL journal (asyncpg), in upstream's tables (docs/contract.md §4, decision D2).
 
 Appends lock their shards' rows of `cos_shard_locks` before they draw `ordering` values (decision D3),
-so a projection reading "tag = s and ordering > offset" never misses an event that commits late. A
-whole batch is one call of the stored function `cos_append_events` (migration 9): one round trip.
+so a projection reading "tag = s and ordering > offset" never misses an event that commits late, and
+compare a fenced request's lease token with the row's under that lock. A whole batch is one call of the
+stored function `cos_append_events` (migrations 9 and 12): one round trip.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from chiefofstate.ports.journal import (
 from chiefofstate.stores.migrations import MigrationError, MigrationScripts, load_scripts, run_migrations
 from chiefofstate.stores.postgres.datastore import ConnectionSettings, PostgresDatastore, quote_identifier
 from chiefofstate.stores.rows import (
+    append_outcome,
     check_snapshot_serializer,
     event_row,
     has_repeated_entity,
@@ -56,12 +58,14 @@ INSERT INTO cos_shard_locks (shard) SELECT generate_series(0, $1::int - 1) ON CO
 """
 
 # One autocommitted statement writes a whole batch: the function locks the batch's shards, reads each
-# request's current revision under those locks, inserts the requests whose expected revision matches,
-# notifies APPEND_CHANNEL, and answers each request's current revision (migrations/postgres/0009).
+# request's current revision and its shard's lease token under those locks, inserts the requests whose
+# expected revision matches and whose lease is current, notifies APPEND_CHANNEL, and answers each
+# request's revision and whether its lease is held (migrations 9 and 12). The last two arguments are NULL
+# when no request of the batch is fenced.
 _APPEND = """
-SELECT entity_id, current_sequence
+SELECT entity_id, current_sequence, lease_held
 FROM cos_append_events($1::int[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
-                       $7::bigint[], $8::bytea[], $9::text[])
+                       $7::bigint[], $8::bytea[], $9::text[], $10::int[], $11::bigint[])
 """
 
 _EVENT_COLUMNS = (
@@ -292,6 +296,8 @@ class PostgresJournal:
         shards = sorted({request.shard for request in requests})
         entity_ids: list[str] = []
         expected: list[int] = []
+        request_shards: list[int] = []
+        lease_tokens: list[int | None] = []
         event_ids: list[str] = []
         sequences: list[int] = []
         writers: list[str] = []
@@ -301,6 +307,8 @@ class PostgresJournal:
         for request in requests:
             entity_ids.append(request.entity_id)
             expected.append(request.expected_sequence)
+            request_shards.append(request.shard)
+            lease_tokens.append(request.lease_token)
             tag = str(request.shard)
             for offset, payload in enumerate(request.events, start=1):
                 event_ids.append(request.entity_id)
@@ -310,14 +318,25 @@ class PostgresJournal:
                 payloads.append(payload)
                 tags.append(tag)
         # Autocommitted: the statement is its own transaction, so the batch costs one round trip.
+        fenced = any(token is not None for token in lease_tokens)
         records = await connection.fetch(
-            _APPEND, shards, entity_ids, expected, event_ids, sequences, writers, timestamps, payloads, tags
+            _APPEND,
+            shards,
+            entity_ids,
+            expected,
+            event_ids,
+            sequences,
+            writers,
+            timestamps,
+            payloads,
+            tags,
+            request_shards if fenced else None,
+            lease_tokens if fenced else None,
         )
         current = {record["entity_id"]: int(record["current_sequence"]) for record in records}
+        held = {record["entity_id"]: bool(record["lease_held"]) for record in records}
         return [
-            None
-            if current[request.entity_id] == request.expected_sequence
-            else sequence_conflict(request, current[request.entity_id])
+            append_outcome(request, current[request.entity_id], held[request.entity_id])
             for request in requests
         ]
 

@@ -36,6 +36,7 @@ from chiefofstate.stores.migrations import (
 )
 from chiefofstate.stores.rows import (
     ADAPTER_MANIFEST,
+    append_outcome,
     check_snapshot_serializer,
     event_row,
     has_repeated_entity,
@@ -49,6 +50,9 @@ _TOUCH_SHARDS = """
 INSERT INTO cos_shard_locks (shard) SELECT value FROM json_each(?) WHERE true ON CONFLICT (shard) DO NOTHING
 """
 _ENSURE_SHARD = "INSERT INTO cos_shard_locks (shard) VALUES (?) ON CONFLICT (shard) DO NOTHING"
+_LEASE_TOKENS = (
+    "SELECT shard, lease_token FROM cos_shard_locks WHERE shard IN (SELECT value FROM json_each(?))"
+)
 _CURRENT_REVISIONS = """
 SELECT r.value,
        COALESCE((SELECT max(j.sequence_number) FROM event_journal j WHERE j.persistence_id = r.value), 0)
@@ -243,14 +247,17 @@ class SqliteJournal:
         shards = sorted({request.shard for request in requests})
         async with write_transaction(connection):
             # SQLite's write lock already orders appends; the shard rows are kept so both stores share a
-            # layout and the cluster's fencing token has a home.
+            # layout, and they hold the lease tokens that fenced requests are compared with.
             await connection.execute(_TOUCH_SHARDS, (json.dumps(shards),))
             rows = await connection.execute_fetchall(
                 _CURRENT_REVISIONS, (json.dumps([request.entity_id for request in requests]),)
             )
             current = {str(entity_id): int(revision) for entity_id, revision in rows}
+            held = await self._leases_held(connection, requests)
             accepted = [
-                request for request in requests if current[request.entity_id] == request.expected_sequence
+                request
+                for index, request in enumerate(requests)
+                if held[index] and current[request.entity_id] == request.expected_sequence
             ]
             if accepted:
                 await connection.executemany(
@@ -275,9 +282,22 @@ class SqliteJournal:
                     ],
                 )
         return [
-            None
-            if current[request.entity_id] == request.expected_sequence
-            else sequence_conflict(request, current[request.entity_id])
+            append_outcome(request, current[request.entity_id], held[index])
+            for index, request in enumerate(requests)
+        ]
+
+    @staticmethod
+    async def _leases_held(connection: aiosqlite.Connection, requests: Sequence[AppendRequest]) -> list[bool]:
+        """Whether each request's lease token is its shard's current one (an unfenced request always
+        holds). Read inside the append's transaction, which holds SQLite's write lock: no lease can
+        change hands before the commit."""
+        fenced_shards = sorted({request.shard for request in requests if request.lease_token is not None})
+        if not fenced_shards:
+            return [True] * len(requests)
+        rows = await connection.execute_fetchall(_LEASE_TOKENS, (json.dumps(fenced_shards),))
+        tokens = {int(shard): int(token) for shard, token in rows}
+        return [
+            request.lease_token is None or tokens.get(request.shard) == request.lease_token
             for request in requests
         ]
 

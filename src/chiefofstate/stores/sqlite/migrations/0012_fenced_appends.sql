@@ -1,0 +1,4 @@
+-- Version 12 teaches PostgreSQL's stored append function to fence appends by lease token. SQLite has no
+-- stored functions (its journal compares the token itself, in the append's transaction), so here the
+-- version changes nothing; it is kept so that both stores record the same version history in
+-- cos_migrations.
