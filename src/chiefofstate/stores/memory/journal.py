@@ -66,8 +66,8 @@ class MemoryJournal:
 
     async def migrate(self, num_shards: int) -> int:
         """Nothing to create or upgrade: there is no schema and no shard row to add. Answers the schema
-        version the SQL stores are at in this release (both dialects ship the same versions), so the
-        start-up log reads the same whichever store is used."""
+        version the SQL stores answer in this release (both dialects ship the same versions), so code
+        written against the port cannot tell the stores apart by it."""
         scripts = await asyncio.to_thread(load_scripts, "postgres")
         await self._datastore.run(lambda: None)
         return scripts.latest_version
