@@ -1,11 +1,14 @@
-"""One journal per adapter, so every contract test runs unchanged on SQLite and PostgreSQL.
+"""One journal and one offset store per adapter, so every contract test runs unchanged on every store.
 
-`backend` is an empty database plus a way to open journals on it and a raw connection for inspecting
-the catalog or planting rows the journal would never write. `journal` is a migrated journal on it.
+`journal` is a migrated journal on SQLite, PostgreSQL and in memory: what the port promises. `backend` is
+an empty SQL database (SQLite, PostgreSQL) plus a way to open journals on it and a raw connection for
+inspecting the catalog or planting rows the journal would never write: the schema's tests use it, and the
+in-memory store has no schema. `opened_stores` is the same for offset stores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,16 +20,24 @@ import asyncpg
 import pytest
 
 from chiefofstate.ports.journal import Journal
+from chiefofstate.ports.offsets import OffsetStore
+from chiefofstate.stores.memory.journal import MemoryJournal
+from chiefofstate.stores.memory.offsets import MemoryOffsetStore
 from chiefofstate.stores.migrations import load_scripts
 from chiefofstate.stores.postgres.datastore import ConnectionSettings
 from chiefofstate.stores.postgres.journal import PostgresJournal
+from chiefofstate.stores.postgres.offsets import PostgresOffsetStore
 from chiefofstate.stores.sqlite.journal import SqliteJournal
+from chiefofstate.stores.sqlite.offsets import SqliteOffsetStore
 from tests.support.postgres import PgServer
 
 NUM_SHARDS = 8
 # Later work adds versions after 7; tests name the versions they are about and expect the rest to follow.
 LATEST_VERSION = load_scripts("postgres").latest_version
 ADDITIVE_AFTER_7 = [(version, False) for version in range(8, LATEST_VERSION + 1)]
+
+SQL_STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+STORES = [*SQL_STORES, "memory"]
 
 
 class RawDatabase(Protocol):
@@ -198,15 +209,14 @@ class Target:
     pg: tuple[PgServer, str] | None = None
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
-    if request.param == "sqlite":
+def sql_target(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    if kind == "sqlite":
         return Target("sqlite", sqlite_path=tmp_path / "journal.db")
     return Target("postgres", pg=request.getfixturevalue("pg_database"))
 
 
-@pytest.fixture
-async def backend(target: Target) -> AsyncIterator[Backend]:
+@contextlib.asynccontextmanager
+async def opened_backend(target: Target) -> AsyncIterator[Backend]:
     if target.sqlite_path is not None:
         path = target.sqlite_path
 
@@ -238,6 +248,98 @@ async def backend(target: Target) -> AsyncIterator[Backend]:
         await result.raw.close()
 
 
+@pytest.fixture(params=SQL_STORES)
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    return sql_target(request.param, request, tmp_path)
+
+
 @pytest.fixture
-async def journal(backend: Backend) -> Journal:
-    return await backend.migrated()
+async def backend(target: Target) -> AsyncIterator[Backend]:
+    async with opened_backend(target) as result:
+        yield result
+
+
+@pytest.fixture(params=STORES)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+async def journal(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Journal]:
+    if store_kind == "memory":
+        memory = MemoryJournal()
+        await memory.migrate(NUM_SHARDS)
+        try:
+            yield memory
+        finally:
+            await memory.close()
+        return
+    async with opened_backend(sql_target(store_kind, request, tmp_path)) as sql:
+        yield await sql.migrated()
+
+
+# ----------------------------------------------------------------------------------------- offset stores
+
+OFFSET_SHARDS = 4
+OFFSETS_NOW = 1_700_000_000.0
+
+
+@dataclass
+class Stores:
+    """An offset store; on SQL, with the journal that migrated its schema and a raw connection."""
+
+    kind: str
+    offsets: OffsetStore
+    journal: Journal | None = None
+    raw: Any = None  # aiosqlite.Connection or asyncpg.Connection
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        if self.kind == "sqlite":
+            rows = await self.raw.execute_fetchall(re.sub(r"\$(\d+)", r"?\1", sql), args)
+            return [tuple(row) for row in rows]
+        return [tuple(row) for row in await self.raw.fetch(sql, *args)]
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        if self.kind == "sqlite":
+            await self.raw.execute(re.sub(r"\$(\d+)", r"?\1", sql), args)
+        else:
+            await self.raw.execute(sql, *args)
+
+
+@contextlib.asynccontextmanager
+async def opened_stores(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    if kind == "memory":
+        memory = MemoryOffsetStore()
+        try:
+            yield Stores(kind, memory)
+        finally:
+            await memory.close()
+        return
+    clock = lambda: OFFSETS_NOW  # noqa: E731
+    if kind == "sqlite":
+        path = tmp_path / "cos.db"
+        journal: Journal = await SqliteJournal.open(path)
+        await journal.migrate(OFFSET_SHARDS)
+        offsets: OffsetStore = await SqliteOffsetStore.open(path, clock=clock)
+        raw: Any = await aiosqlite.connect(path, isolation_level=None)
+    else:
+        server, database = request.getfixturevalue("pg_database")
+        settings = ConnectionSettings(
+            host=server.host,
+            port=server.port,
+            database=database,
+            user=server.user,
+            password=server.password,
+            pool_max_size=2,
+        )
+        journal = await PostgresJournal.open(settings)
+        await journal.migrate(OFFSET_SHARDS)
+        offsets = await PostgresOffsetStore.open(settings, clock=clock)
+        raw = await asyncpg.connect(server.dsn(database))
+    try:
+        yield Stores(kind, offsets, journal, raw)
+    finally:
+        await offsets.close()
+        await journal.close()
+        await raw.close()

@@ -1,10 +1,12 @@
-"""In-memory stand-ins for the read-side ports, for fast unit tests of projections and the runtime."""
+"""The read-side ports in memory for fast unit tests of projections and the runtime: the real in-memory
+stores, thin wrappers that make them fail on demand, and a scripted read handler."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.wrappers_pb2 import StringValue
@@ -13,9 +15,11 @@ from chiefofstate.core.errors import StoreUnavailable
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
-from chiefofstate.ports.journal import JournalRow, ShardProgress
-from chiefofstate.ports.offsets import Halt, ShardRecord
+from chiefofstate.ports.journal import AppendRequest, Journal, JournalRow, ShardProgress
+from chiefofstate.ports.offsets import Halt, OffsetStore, ShardRecord
 from chiefofstate.ports.read_handler import DeliveryFailed, ReadSideCall
+from chiefofstate.stores.memory.journal import MemoryJournal
+from chiefofstate.stores.memory.offsets import MemoryOffsetStore
 
 
 def packed(text: str) -> AnyProto:
@@ -24,65 +28,64 @@ def packed(text: str) -> AnyProto:
     return value
 
 
-class MemoryJournal:
-    """Rows per shard; `ordering` is global and grows with every append, as in the real journal."""
+async def append_events(
+    journal: Journal, entity_id: str, shard: int, count: int = 1, written_ms: int = 0
+) -> list[JournalRow]:
+    """Append `count` events to the entity through the port, each an `EventWrapper` as the command
+    processor writes it, after the entity's newest row; returns the rows stored."""
+    state = await journal.latest_state(entity_id)
+    revision = 0 if state is None else state.sequence_number
+    events = [
+        EventWrapper(
+            event=packed(f"{entity_id}#{number}"),
+            resulting_state=packed(f"state of {entity_id} at {number}"),
+            meta=MetaData(entity_id=entity_id, revision_number=number),
+        ).SerializeToString()
+        for number in range(revision + 1, revision + count + 1)
+    ]
+    (outcome,) = await journal.append_batch(
+        [AppendRequest(entity_id, shard, revision, events, written_ms, "test-writer")]
+    )
+    if outcome is not None:
+        raise outcome
+    return await journal.read_events(entity_id, after_sequence=revision)
+
+
+class FailingJournal:
+    """The shard reads of a real in-memory journal (`inner`), the next `failures_left` of which fail with
+    StoreUnavailable: the database going away under a projection."""
 
     def __init__(self) -> None:
-        self.rows: list[JournalRow] = []
-        self._revisions: dict[str, int] = {}
-        self.failures_left = 0  # read_shard raises StoreUnavailable this many times
+        self.inner = MemoryJournal()
+        self.failures_left = 0
 
-    def append(self, entity_id: str, shard: int, count: int = 1, written_ms: int = 0) -> list[JournalRow]:
-        added = []
-        for _ in range(count):
-            revision = self._revisions.get(entity_id, 0) + 1
-            self._revisions[entity_id] = revision
-            wrapper = EventWrapper(
-                event=packed(f"{entity_id}#{revision}"),
-                resulting_state=packed(f"state of {entity_id} at {revision}"),
-                meta=MetaData(entity_id=entity_id, revision_number=revision),
-            )
-            row = JournalRow(
-                ordering=len(self.rows) + 1,
-                entity_id=entity_id,
-                sequence_number=revision,
-                shard=shard,
-                deleted=False,
-                write_timestamp_ms=written_ms,
-                payload=wrapper.SerializeToString(),
-            )
-            self.rows.append(row)
-            added.append(row)
-        return added
-
-    async def read_shard(self, shard: int, after_ordering: int, limit: int) -> list[JournalRow]:
-        await asyncio.sleep(0)
+    def _maybe_fail(self) -> None:
         if self.failures_left:
             self.failures_left -= 1
             raise StoreUnavailable("the database went away")
-        return [row for row in self.rows if row.shard == shard and row.ordering > after_ordering][:limit]
+
+    async def read_shard(self, shard: int, after_ordering: int, limit: int) -> list[JournalRow]:
+        self._maybe_fail()
+        return await self.inner.read_shard(shard, after_ordering, limit)
 
     async def shard_progress(self, shard: int, after_ordering: int, count_limit: int) -> ShardProgress:
-        rows = [row for row in (self.rows) if row.shard == shard]
-        pending = [row for row in rows if row.ordering > after_ordering]
-        return ShardProgress(
-            rows[-1].ordering if rows else 0,
-            min(len(pending), count_limit),
-            pending[0].write_timestamp_ms if pending else None,
-        )
+        self._maybe_fail()
+        return await self.inner.shard_progress(shard, after_ordering, count_limit)
 
 
-@dataclass
-class MemoryOffsetStore:
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    paused: dict[tuple[str, int], bool] = field(default_factory=dict)
-    halts: dict[tuple[str, int], Halt] = field(default_factory=dict)
-    saves: list[tuple[str, int, int]] = field(default_factory=list)
-    failures_left: int = 0
+class FailingOffsetStore:
+    """A real in-memory offset store (`inner`), the next `failures_left` calls to which fail with
+    StoreUnavailable; it also keeps every offset it was asked to store (`saves`), for tests about when
+    offsets are written."""
+
+    def __init__(self, failures_left: int = 0) -> None:
+        self.inner = MemoryOffsetStore()
+        self.failures_left = failures_left
+        self.saves: list[tuple[str, int, int]] = []
 
     @property
     def description(self) -> str:
-        return "memory"
+        return "failing " + self.inner.description
 
     def _maybe_fail(self) -> None:
         if self.failures_left:
@@ -91,51 +94,45 @@ class MemoryOffsetStore:
 
     async def load(self, read_side_id: str) -> dict[int, ShardRecord]:
         self._maybe_fail()
-        shards = {
-            shard for (name, shard) in [*self.offsets, *self.paused, *self.halts] if name == read_side_id
-        }
-        return {
-            shard: ShardRecord(
-                self.offsets.get((read_side_id, shard)),
-                self.paused.get((read_side_id, shard), False),
-                self.halts.get((read_side_id, shard)),
-            )
-            for shard in sorted(shards)
-        }
+        return await self.inner.load(read_side_id)
 
     async def save_offsets(self, offsets: Sequence[tuple[str, int, int]]) -> None:
         self._maybe_fail()
-        for read_side_id, shard, offset in offsets:
-            self.offsets[(read_side_id, shard)] = offset
-            self.saves.append((read_side_id, shard, offset))
+        await self.inner.save_offsets(offsets)
+        self.saves.extend(offsets)
 
     async def skip_to(self, read_side_id: str, shard: int, offset: int) -> None:
         self._maybe_fail()
-        self.offsets[(read_side_id, shard)] = offset
-        self.halts.pop((read_side_id, shard), None)
+        await self.inner.skip_to(read_side_id, shard, offset)
 
     async def reset(self, read_side_id: str, shard: int) -> None:
         self._maybe_fail()
-        self.offsets.pop((read_side_id, shard), None)
-        self.halts.pop((read_side_id, shard), None)
+        await self.inner.reset(read_side_id, shard)
 
     async def set_paused(self, read_side_id: str, shards: Sequence[int], paused: bool) -> None:
         self._maybe_fail()
-        for shard in shards:
-            self.paused[(read_side_id, shard)] = paused
+        await self.inner.set_paused(read_side_id, shards, paused)
 
     async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
         self._maybe_fail()
-        if offset is not None:
-            self.offsets[(read_side_id, shard)] = offset
-        self.halts[(read_side_id, shard)] = halt
+        await self.inner.save_halt(read_side_id, shard, offset, halt)
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         self._maybe_fail()
-        self.halts.pop((read_side_id, shard), None)
+        await self.inner.clear_halt(read_side_id, shard)
 
     async def close(self) -> None:
-        pass
+        await self.inner.close()
+
+
+async def stored_offsets(store: OffsetStore, *read_side_ids: str) -> dict[tuple[str, int], int]:
+    """Every offset stored for the read sides, as {(read side, shard): offset}, read through the port."""
+    return {
+        (read_side_id, shard): record.offset
+        for read_side_id in read_side_ids
+        for shard, record in (await store.load(read_side_id)).items()
+        if record.offset is not None
+    }
 
 
 Answer = Callable[[HandleReadSideRequest], Awaitable[bool]]
@@ -195,9 +192,25 @@ class RecordingSleep:
         await asyncio.sleep(0)
 
 
+Answered = TypeVar("Answered")
+
+
 async def eventually(check: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition") -> None:
     """Poll until `check()` holds, failing with `what` after the deadline."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not check():
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def eventually_equal(
+    read: Callable[[], Awaitable[Answered]], expected: Answered, timeout_s: float = 5.0
+) -> None:
+    """Poll `await read()` until it answers `expected` (a read through a port), failing with the last
+    answer after the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (answer := await read()) != expected:
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"timed out: read {answer!r}, expected {expected!r}"
+        )
         await asyncio.sleep(0.005)

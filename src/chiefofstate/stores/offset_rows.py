@@ -1,4 +1,5 @@
-"""Reading upstream's read-side rows, shared by the SQL offset stores (docs/contract.md §4.2)."""
+"""Reading upstream's read-side rows, shared by the SQL offset stores (docs/contract.md §4.2); `merge_records`
+is how every offset store, the in-memory one included, answers `load`."""
 
 from __future__ import annotations
 

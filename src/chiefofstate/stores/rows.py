@@ -1,8 +1,9 @@
-"""Row rules shared by both stores: what upstream writes in the serializer columns and how rows are read."""
+"""Row rules shared by the stores: what upstream writes in the serializer columns, how rows are read, and
+which of an entity's newest event and snapshot is its state."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from chiefofstate.core.errors import CosError, Internal, LeaseLost, SequenceConflict
 from chiefofstate.ports.journal import (
@@ -70,19 +71,11 @@ def event_row(
     )
 
 
-def newest_state(
-    entity_id: str, candidates: Sequence[tuple[str, int, int, str, bytes]]
-) -> StoredState | None:
-    """Pick the newer of (latest event row, latest snapshot), each as (kind, sequence, ser id, manifest,
-    payload). On a tie the event row wins: it holds the same state and is the journal's own record."""
+def newer_state(candidates: Iterable[StoredState]) -> StoredState | None:
+    """The newest of (latest event row, latest snapshot). On a tie the event row wins: it holds the same
+    state and is the journal's own record."""
     best: StoredState | None = None
-    for kind, sequence_number, serializer_id, manifest, payload in candidates:
-        if kind == "event":
-            check_event_serializer(entity_id, sequence_number, serializer_id, manifest)
-            candidate = StoredState("event", sequence_number, bytes(payload))
-        else:
-            check_snapshot_serializer(entity_id, sequence_number, serializer_id, manifest)
-            candidate = StoredState("snapshot", sequence_number, bytes(payload))
+    for candidate in candidates:
         if (
             best is None
             or candidate.sequence_number > best.sequence_number
@@ -90,6 +83,21 @@ def newest_state(
         ):
             best = candidate
     return best
+
+
+def newest_state(
+    entity_id: str, candidates: Sequence[tuple[str, int, int, str, bytes]]
+) -> StoredState | None:
+    """`newer_state` of stored rows, each as (kind, sequence, ser id, manifest, payload)."""
+    states: list[StoredState] = []
+    for kind, sequence_number, serializer_id, manifest, payload in candidates:
+        if kind == "event":
+            check_event_serializer(entity_id, sequence_number, serializer_id, manifest)
+            states.append(StoredState("event", sequence_number, bytes(payload)))
+        else:
+            check_snapshot_serializer(entity_id, sequence_number, serializer_id, manifest)
+            states.append(StoredState("snapshot", sequence_number, bytes(payload)))
+    return newer_state(states)
 
 
 def newest_states(

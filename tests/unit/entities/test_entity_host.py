@@ -1,11 +1,10 @@
-"""The entity host on the real SQLite journal, with an in-process write handler that counts its calls."""
+"""The entity host on the in-memory journal, with an in-process write handler that counts its calls."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from google.protobuf.any_pb2 import Any as AnyProto
@@ -29,7 +28,7 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
 )
 from chiefofstate.journal.group_commit import GroupCommitWriter
 from chiefofstate.ports.journal import AppendRequest
-from chiefofstate.stores.sqlite.journal import SqliteJournal
+from chiefofstate.stores.memory.journal import MemoryJournal
 
 
 def packed_int(value: int) -> AnyProto:
@@ -79,7 +78,7 @@ class Rig:
     host: EntityHost
     processor: CommandProcessor
     handler: CounterHandler
-    journal: SqliteJournal
+    journal: MemoryJournal
     snapshotter: Snapshotter
     clock: list[float]
 
@@ -92,7 +91,6 @@ class Rig:
 
 
 async def build_rig(
-    path: Path,
     *,
     capacity: int = 100,
     idle_s: float = 0.0,
@@ -100,8 +98,7 @@ async def build_rig(
     policy: SnapshotPolicy | None = None,
     gate: ShardGate = OPEN_GATE,
 ) -> AsyncIterator[Rig]:
-    journal = await SqliteJournal.open(path)
-    await journal.migrate(16)
+    journal = MemoryJournal()
     writer = GroupCommitWriter(journal)
     writer.start()
     snapshotter = Snapshotter(journal, policy or SnapshotPolicy(enabled=False, frequency=0, retain=0))
@@ -124,8 +121,8 @@ async def build_rig(
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    async for built in build_rig(tmp_path / "j.db"):
+async def rig() -> AsyncIterator[Rig]:
+    async for built in build_rig():
         yield built
 
 
@@ -142,10 +139,8 @@ async def test_no_op_commands_keep_the_entity_not_found(rig: Rig) -> None:
         await rig.host.get_state("quiet", rig.deadline())
 
 
-async def test_the_cache_is_bounded_and_evicted_entities_recover_without_handler_calls(
-    tmp_path: Path,
-) -> None:
-    async for rig in build_rig(tmp_path / "j.db", capacity=3):
+async def test_the_cache_is_bounded_and_evicted_entities_recover_without_handler_calls() -> None:
+    async for rig in build_rig(capacity=3):
         for index in range(10):
             await rig.command(f"e-{index}", 2)
         assert len(rig.host) == 3
@@ -157,8 +152,8 @@ async def test_the_cache_is_bounded_and_evicted_entities_recover_without_handler
         assert await rig.command("e-0", 1) == 3
 
 
-async def test_idle_entities_are_passivated_after_the_timeout(tmp_path: Path) -> None:
-    async for rig in build_rig(tmp_path / "j.db", idle_s=60):
+async def test_idle_entities_are_passivated_after_the_timeout() -> None:
+    async for rig in build_rig(idle_s=60):
         await rig.command("a", 1)
         rig.clock[0] += 30
         await rig.command("b", 1)
@@ -168,8 +163,8 @@ async def test_idle_entities_are_passivated_after_the_timeout(tmp_path: Path) ->
         assert await rig.command("a", 1) == 2
 
 
-async def test_the_idle_sweep_follows_the_order_of_last_use(tmp_path: Path) -> None:
-    async for rig in build_rig(tmp_path / "j.db", idle_s=60, capacity=10_000):
+async def test_the_idle_sweep_follows_the_order_of_last_use() -> None:
+    async for rig in build_rig(idle_s=60, capacity=10_000):
         for index in range(1_000):
             await rig.command(f"e-{index}", 1)
         rig.clock[0] += 30
@@ -183,8 +178,8 @@ async def test_the_idle_sweep_follows_the_order_of_last_use(tmp_path: Path) -> N
         assert rig.host.passivate_idle() == 0
 
 
-async def test_the_sweeper_passivates_a_burst_larger_than_its_chunk(tmp_path: Path) -> None:
-    async for rig in build_rig(tmp_path / "j.db", idle_s=0.1, capacity=10_000):
+async def test_the_sweeper_passivates_a_burst_larger_than_its_chunk() -> None:
+    async for rig in build_rig(idle_s=0.1, capacity=10_000):
         rig.host.start()
         count = SWEEP_CHUNK * 2 + 10
         for first in range(0, count, 500):  # 500 at a time share the journal's commits
@@ -198,8 +193,8 @@ async def test_the_sweeper_passivates_a_burst_larger_than_its_chunk(tmp_path: Pa
         assert rig.host.passivations == count
 
 
-async def test_commands_for_one_entity_are_serial_and_a_full_mailbox_is_refused(tmp_path: Path) -> None:
-    async for rig in build_rig(tmp_path / "j.db", mailbox=5):
+async def test_commands_for_one_entity_are_serial_and_a_full_mailbox_is_refused() -> None:
+    async for rig in build_rig(mailbox=5):
         rig.handler.gate = asyncio.Event()
         waiting = [asyncio.ensure_future(rig.command("busy", 1)) for _ in range(5)]
         await asyncio.sleep(0.01)
@@ -220,9 +215,9 @@ async def test_a_deadline_that_passes_before_the_append_writes_nothing(rig: Rig)
     assert await rig.command("late", 1) == 1
 
 
-async def test_snapshots_follow_the_frequency_and_retention(tmp_path: Path) -> None:
+async def test_snapshots_follow_the_frequency_and_retention() -> None:
     policy = SnapshotPolicy(enabled=True, frequency=2, retain=1, delete_events=True)
-    async for rig in build_rig(tmp_path / "j.db", policy=policy):
+    async for rig in build_rig(policy=policy):
         for _ in range(7):
             await rig.command("snap", 1)
         await rig.snapshotter.drain()
@@ -238,8 +233,8 @@ async def test_snapshots_follow_the_frequency_and_retention(tmp_path: Path) -> N
         assert unpacked_int(state.decode().state) == 10
 
 
-async def test_a_full_cache_evicts_the_least_recently_used_entity(tmp_path: Path) -> None:
-    async for rig in build_rig(tmp_path / "j.db", capacity=1_000):
+async def test_a_full_cache_evicts_the_least_recently_used_entity() -> None:
+    async for rig in build_rig(capacity=1_000):
         for index in range(1_000):
             await rig.command(f"old-{index}", 1)
         await rig.host.get_state("old-0", rig.deadline())  # a read is a use: "old-1" is now the oldest
@@ -249,10 +244,8 @@ async def test_a_full_cache_evicts_the_least_recently_used_entity(tmp_path: Path
         assert rig.host.passivations == 1
 
 
-async def test_entities_with_callers_are_never_evicted_and_the_cache_shrinks_back_after_them(
-    tmp_path: Path,
-) -> None:
-    async for rig in build_rig(tmp_path / "j.db", capacity=2):
+async def test_entities_with_callers_are_never_evicted_and_the_cache_shrinks_back_after_them() -> None:
+    async for rig in build_rig(capacity=2):
         await rig.command("a", 1)
         await rig.command("b", 1)
         rig.handler.gate = asyncio.Event()
@@ -327,8 +320,8 @@ async def test_get_state_of_an_idle_cached_entity_answers_at_once_and_a_busy_one
     assert (await read).revision == 2
 
 
-async def test_resting_state_answers_only_entities_at_rest_and_counts_as_a_use(tmp_path: Path) -> None:
-    async for rig in build_rig(tmp_path / "j.db", capacity=2):
+async def test_resting_state_answers_only_entities_at_rest_and_counts_as_a_use() -> None:
+    async for rig in build_rig(capacity=2):
         assert rig.host.resting_state("a") is None  # never seen
         await rig.command("a", 1)
         await rig.command("b", 1)

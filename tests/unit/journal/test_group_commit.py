@@ -1,10 +1,9 @@
-"""The group-commit writer on the SQLite journal: batching, failures, limits, shutdown."""
+"""The group-commit writer on the in-memory journal: batching, failures, limits, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,7 @@ from chiefofstate.journal import group_commit
 from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.journal.group_commit import GroupCommitWriter
 from chiefofstate.ports.journal import AppendRequest, JournalRow, SnapshotRow, StoredState
-from chiefofstate.stores.sqlite.journal import SqliteJournal
+from chiefofstate.stores.memory.journal import MemoryJournal
 
 
 def request(entity_id: str, expected: int = 0) -> AppendRequest:
@@ -31,7 +30,7 @@ async def append(writer: GroupCommitWriter, request: AppendRequest) -> None:
 class RecordingJournal:
     """Delegates to a real journal; records each batch and can hold or fail flushes on demand."""
 
-    def __init__(self, inner: SqliteJournal) -> None:
+    def __init__(self, inner: MemoryJournal) -> None:
         self.inner = inner
         self.batches: list[list[str]] = []
         self.gate: asyncio.Event | None = None
@@ -87,9 +86,8 @@ class RecordingJournal:
 
 
 @pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[RecordingJournal]:
-    inner = await SqliteJournal.open(tmp_path / "cos.db")
-    await inner.migrate(1)
+async def journal() -> AsyncIterator[RecordingJournal]:
+    inner = MemoryJournal()
     recording = RecordingJournal(inner)
     try:
         yield recording

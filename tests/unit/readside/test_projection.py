@@ -12,17 +12,20 @@ from chiefofstate.config.read_sides import DeliverySettings, ReadSideSettings
 from chiefofstate.core.breaker import BreakerSettings, CircuitBreaker
 from chiefofstate.core.readside_rules import Backoff, FailurePolicy, ProjectionState
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
+from chiefofstate.ports.journal import JournalRow
 from chiefofstate.ports.offsets import Halt, ShardRecord
 from chiefofstate.ports.read_handler import DeliveryFailed
 from chiefofstate.readside.delivery import REFUSED, GuardedReadHandler
 from chiefofstate.readside.offset_committer import OffsetCommitter
 from chiefofstate.readside.projection import Projection, ProjectionContext
 from tests.support.readside import (
-    MemoryJournal,
-    MemoryOffsetStore,
+    FailingJournal,
+    FailingOffsetStore,
     RecordingSleep,
     ScriptedHandler,
+    append_events,
     eventually,
+    eventually_equal,
     failing_for,
 )
 
@@ -40,8 +43,8 @@ DELIVERY = DeliverySettings(
 
 @dataclass
 class Rig:
-    journal: MemoryJournal = field(default_factory=MemoryJournal)
-    store: MemoryOffsetStore = field(default_factory=MemoryOffsetStore)
+    journal: FailingJournal = field(default_factory=FailingJournal)
+    store: FailingOffsetStore = field(default_factory=FailingOffsetStore)
     handler: ScriptedHandler = field(default_factory=ScriptedHandler)
     sleep: RecordingSleep = field(default_factory=RecordingSleep)
     projections: list[Projection] = field(default_factory=list)
@@ -81,6 +84,16 @@ class Rig:
     def delivered(self) -> list[tuple[str, int]]:
         return [(entity, revision) for entity, revision, _ in self.handler.calls]
 
+    async def append(self, entity_id: str, shard: int, count: int = 1) -> list[JournalRow]:
+        return await append_events(self.journal.inner, entity_id, shard, count)
+
+    async def record(self, shard: int = SHARD) -> ShardRecord:
+        """What the offset store holds for the projection under test, read past the fault injection."""
+        return (await self.store.inner.load("accounts")).get(shard, ShardRecord())
+
+    async def offset(self) -> int | None:
+        return (await self.record()).offset
+
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
@@ -93,24 +106,24 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 async def test_events_are_delivered_in_ordering_order_with_state_meta_and_read_side_id(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 2)
-    rig.journal.append("other-shard", SHARD + 1, 1)
-    rig.journal.append("b", SHARD, 1)
-    rig.journal.append("a", SHARD, 2)
+    first_rows = await rig.append("a", SHARD, 2)
+    await rig.append("other-shard", SHARD + 1, 1)
+    await rig.append("b", SHARD, 1)
+    await rig.append("a", SHARD, 2)
     projection = await rig.start()
     await eventually(lambda: len(rig.handler.calls) == 5)
     assert rig.delivered() == [("a", 1), ("a", 2), ("b", 1), ("a", 3), ("a", 4)]
     first = rig.handler.requests[0]
-    stored = EventWrapper.FromString(rig.journal.rows[0].payload)
+    stored = EventWrapper.FromString(first_rows[0].payload)
     assert first.event == stored.event and first.state == stored.resulting_state and first.meta == stored.meta
     assert first.read_side_id == "accounts"
     assert {shard for _, _, shard in rig.handler.calls} == {SHARD}
-    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 6)
+    await eventually_equal(rig.offset, 6)
     assert projection.status().state is ProjectionState.RUNNING
 
 
 async def test_a_projection_resumes_after_its_stored_offset(rig: Rig) -> None:
-    rows = rig.journal.append("a", SHARD, 4)
+    rows = await rig.append("a", SHARD, 4)
     await rig.start(record=ShardRecord(offset=rows[1].ordering))
     await eventually(lambda: len(rig.handler.calls) == 2)
     assert rig.delivered() == [("a", 3), ("a", 4)]
@@ -119,21 +132,21 @@ async def test_a_projection_resumes_after_its_stored_offset(rig: Rig) -> None:
 async def test_a_wake_up_delivers_new_events_without_waiting_for_the_poll(rig: Rig) -> None:
     projection = await rig.start()
     await asyncio.sleep(0.01)
-    rig.journal.append("a", SHARD, 1)
+    await rig.append("a", SHARD, 1)
     projection.wake()
     await eventually(lambda: rig.delivered() == [("a", 1)], timeout_s=1.0)
 
 
 async def test_offsets_are_stored_in_the_background_every_few_events_or_moments(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 7)
+    await rig.append("a", SHARD, 7)
     await rig.start(delivery=replace(DELIVERY, commit_batch=3, commit_interval_s=0.05, batch_size=100))
-    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 7)
+    await eventually_equal(rig.offset, 7)
     saved = [offset for _, _, offset in rig.store.saves]
     assert saved == sorted(saved) and len(saved) < 7  # several events per write, never backwards
 
 
 async def test_close_stores_what_was_handled(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 2)
+    await rig.append("a", SHARD, 2)
     release = asyncio.Event()
 
     async def answer(request: object) -> bool:
@@ -146,26 +159,26 @@ async def test_close_stores_what_was_handled(rig: Rig) -> None:
     await eventually(lambda: len(rig.handler.calls) == 2)
     assert rig.store.saves == []
     await projection.close()
-    assert rig.store.offsets[("accounts", SHARD)] == 1  # the event in flight is delivered again later
+    assert await rig.offset() == 1  # the event in flight is delivered again later
 
 
 async def test_stop_halts_on_the_failing_event_and_persists_the_halt(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 1)
-    failing = rig.journal.append("b", SHARD, 1)[0]
-    rig.journal.append("a", SHARD, 1)
+    await rig.append("a", SHARD, 1)
+    failing = (await rig.append("b", SHARD, 1))[0]
+    await rig.append("a", SHARD, 1)
     rig.handler.answer = failing_for(("b", 1))
     projection = await rig.start(FailurePolicy.STOP)
     await eventually(lambda: projection.status().state is ProjectionState.HALTED)
     assert rig.delivered() == [("a", 1), ("b", 1)]  # one attempt, nothing after it
-    assert rig.store.offsets[("accounts", SHARD)] == 1  # the offset stays before the failing event
-    halt = rig.store.halts[("accounts", SHARD)]
+    assert await rig.offset() == 1  # the offset stays before the failing event
+    halt = (await rig.record()).halt
     assert halt.event_offset == failing.ordering and halt.halted_at_ms == 1_700_000_000_000
     assert "INTERNAL: test failure" in halt.reason and "STOP" in halt.reason
     assert rig.sleep.delays == []
 
 
 async def test_a_halted_projection_stays_halted_when_started_again(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 2)
+    await rig.append("a", SHARD, 2)
     projection = await rig.start(record=ShardRecord(offset=None, halt=Halt(1, "failed", 5)))
     await asyncio.sleep(0.02)
     assert rig.handler.calls == []
@@ -174,10 +187,10 @@ async def test_a_halted_projection_stays_halted_when_started_again(rig: Rig) -> 
 
 
 async def test_skip_skips_the_failing_event_at_once_and_goes_on(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 3)
+    await rig.append("a", SHARD, 3)
     rig.handler.answer = failing_for(("a", 2))
     projection = await rig.start(FailurePolicy.SKIP)
-    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 3)
+    await eventually_equal(rig.offset, 3)
     assert rig.delivered() == [("a", 1), ("a", 2), ("a", 3)]
     assert projection.skipped == 1 and projection.delivered == 2
     assert rig.sleep.delays == []
@@ -193,22 +206,22 @@ async def test_skip_skips_the_failing_event_at_once_and_goes_on(rig: Rig) -> Non
 async def test_replay_policies_make_six_attempts_five_seconds_apart(
     rig: Rig, policy: FailurePolicy, final_state: ProjectionState
 ) -> None:
-    rig.journal.append("a", SHARD, 3)
+    await rig.append("a", SHARD, 3)
     rig.handler.answer = failing_for(("a", 2))
     projection = await rig.start(policy)
     if policy is FailurePolicy.REPLAY_SKIP:
-        await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 3)
+        await eventually_equal(rig.offset, 3)
         assert rig.delivered() == [("a", 1), *[("a", 2)] * 6, ("a", 3)]
     else:
         await eventually(lambda: projection.status().state is ProjectionState.HALTED)
         assert rig.delivered() == [("a", 1), *[("a", 2)] * 6]
-        assert rig.store.offsets[("accounts", SHARD)] == 1
+        assert await rig.offset() == 1
     assert rig.sleep.delays == [5.0] * 5
     assert projection.status().state is final_state
 
 
 async def test_a_replayed_event_that_succeeds_is_delivered_not_skipped(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 1)
+    await rig.append("a", SHARD, 1)
     attempts = 0
 
     async def answer(request: object) -> bool:
@@ -220,13 +233,13 @@ async def test_a_replayed_event_that_succeeds_is_delivered_not_skipped(rig: Rig)
 
     rig.handler.answer = answer
     projection = await rig.start(FailurePolicy.REPLAY_STOP)
-    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 1)
+    await eventually_equal(rig.offset, 1)
     assert projection.delivered == 1 and projection.skipped == 0
     assert rig.sleep.delays == [5.0, 5.0]
 
 
 async def test_successful_false_is_a_failure_for_the_policy(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 2)
+    await rig.append("a", SHARD, 2)
     rig.handler.answer = failing_for(("a", 1), refuse=True)
     projection = await rig.start(FailurePolicy.STOP)
     await eventually(lambda: projection.status().state is ProjectionState.HALTED)
@@ -234,7 +247,7 @@ async def test_successful_false_is_a_failure_for_the_policy(rig: Rig) -> None:
 
 
 async def test_the_breaker_opens_on_call_failures_and_then_fails_fast(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 5)
+    await rig.append("a", SHARD, 5)
 
     async def down(request: object) -> bool:
         raise DeliveryFailed("UNAVAILABLE: connection refused")
@@ -242,13 +255,13 @@ async def test_the_breaker_opens_on_call_failures_and_then_fails_fast(rig: Rig) 
     rig.handler.answer = down
     breaker = CircuitBreaker(BreakerSettings(max_failures=2, call_timeout_s=10, reset_timeout_s=60))
     projection = await rig.start(FailurePolicy.SKIP, breaker=breaker, clock=lambda: 0.0)
-    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 5)
+    await eventually_equal(rig.offset, 5)
     assert len(rig.handler.calls) == 2  # the other three were skipped without calling the handler
     assert projection.skipped == 5
 
 
 async def test_successful_false_keeps_the_breaker_closed(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 5)
+    await rig.append("a", SHARD, 5)
 
     async def refuse(request: object) -> bool:
         return False
@@ -256,96 +269,95 @@ async def test_successful_false_keeps_the_breaker_closed(rig: Rig) -> None:
     rig.handler.answer = refuse
     breaker = CircuitBreaker(BreakerSettings(max_failures=2, call_timeout_s=10, reset_timeout_s=60))
     await rig.start(FailurePolicy.SKIP, breaker=breaker, clock=lambda: 0.0)
-    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 5)
+    await eventually_equal(rig.offset, 5)
     assert len(rig.handler.calls) == 5
 
 
 async def test_store_errors_restart_the_stream_with_exponential_backoff_under_skip(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 2)
+    await rig.append("a", SHARD, 2)
     rig.journal.failures_left = 3
     await rig.start(FailurePolicy.SKIP)
-    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 2)
+    await eventually_equal(rig.offset, 2)
     assert rig.sleep.delays == [3.0, 6.0, 12.0]
     assert rig.delivered() == [("a", 1), ("a", 2)]
 
 
 async def test_store_errors_stop_the_projection_under_stop(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 2)
+    await rig.append("a", SHARD, 2)
     rig.journal.failures_left = 1
     projection = await rig.start(FailurePolicy.STOP)
     await eventually(lambda: projection.status().state is ProjectionState.STOPPED)
     assert "the database went away" in projection.status().detail
     assert rig.handler.calls == [] and rig.sleep.delays == []
-    assert ("accounts", SHARD) not in rig.store.halts  # not persisted: the next boot starts it again
+    assert (await rig.record()).halt is None  # not persisted: the next boot starts it again
     await projection.resume()
     await eventually(lambda: len(rig.handler.calls) == 2)
 
 
 async def test_pause_stops_delivery_and_resume_continues_from_the_offset(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 1)
+    await rig.append("a", SHARD, 1)
     projection = await rig.start()
     await eventually(lambda: len(rig.handler.calls) == 1)
     await projection.pause()
-    assert rig.store.paused[("accounts", SHARD)] is True
+    assert (await rig.record()).paused is True
     assert projection.status().state is ProjectionState.PAUSED
-    rig.journal.append("a", SHARD, 2)
+    await rig.append("a", SHARD, 2)
     projection.wake()
     await asyncio.sleep(0.02)
     assert len(rig.handler.calls) == 1
     await projection.resume()
-    assert rig.store.paused[("accounts", SHARD)] is False
+    assert (await rig.record()).paused is False
     await eventually(lambda: rig.delivered() == [("a", 1), ("a", 2), ("a", 3)])
 
 
 async def test_resume_retries_the_event_a_halted_projection_stopped_on(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 2)
+    await rig.append("a", SHARD, 2)
     rig.handler.answer = failing_for(("a", 1))
     projection = await rig.start(FailurePolicy.STOP)
     await eventually(lambda: projection.status().state is ProjectionState.HALTED)
     rig.handler.answer = None  # the read handler was fixed
     await projection.resume()
-    assert ("accounts", SHARD) not in rig.store.halts
+    assert (await rig.record()).halt is None
     await eventually(lambda: rig.delivered() == [("a", 1), ("a", 1), ("a", 2)])
 
 
 async def test_restart_forgets_the_offset_and_replays_the_shard(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 2)
+    await rig.append("a", SHARD, 2)
     projection = await rig.start()
-    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 2)
+    await eventually_equal(rig.offset, 2)
     await projection.restart()
     await eventually(lambda: rig.delivered() == [("a", 1), ("a", 2), ("a", 1), ("a", 2)])
 
 
 async def test_restart_keeps_a_paused_projection_paused(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 1)
+    await rig.append("a", SHARD, 1)
     projection = await rig.start(record=ShardRecord(offset=1, paused=True))
     await projection.restart()
-    assert ("accounts", SHARD) not in rig.store.offsets
+    assert await rig.offset() is None
     await asyncio.sleep(0.02)
     assert rig.handler.calls == [] and projection.status().state is ProjectionState.PAUSED
 
 
 async def test_skip_moves_past_exactly_the_stuck_event_and_answers_once_it_is_stored(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 1)
-    rig.journal.append("x", SHARD + 1, 3)  # orderings of other shards sit in between (docs/contract.md §14
-    # 3)
-    stuck = rig.journal.append("b", SHARD, 1)[0]
-    rig.journal.append("b", SHARD, 1)
+    await rig.append("a", SHARD, 1)
+    await rig.append("x", SHARD + 1, 3)  # orderings of other shards sit in between (docs/contract.md §14 #3)
+    stuck = (await rig.append("b", SHARD, 1))[0]
+    await rig.append("b", SHARD, 1)
     rig.handler.answer = failing_for(("b", 1))
     projection = await rig.start(FailurePolicy.STOP)
     await eventually(lambda: projection.status().state is ProjectionState.HALTED)
     assert await projection.skip() == stuck.ordering
-    assert rig.store.offsets[("accounts", SHARD)] == stuck.ordering
-    assert ("accounts", SHARD) not in rig.store.halts
+    assert await rig.offset() == stuck.ordering
+    assert (await rig.record()).halt is None
     await eventually(lambda: rig.delivered() == [("a", 1), ("b", 1), ("b", 2)])
 
 
 async def test_skip_with_nothing_to_skip_changes_nothing(rig: Rig) -> None:
-    rig.journal.append("a", SHARD, 1)
+    await rig.append("a", SHARD, 1)
     projection = await rig.start()
-    await eventually(lambda: rig.store.offsets.get(("accounts", SHARD)) == 1)
+    await eventually_equal(rig.offset, 1)
     assert await projection.skip() is None
-    assert rig.store.offsets[("accounts", SHARD)] == 1
+    assert await rig.offset() == 1
 
 
 async def test_a_failed_operator_action_leaves_the_projection_running(rig: Rig) -> None:
@@ -353,14 +365,14 @@ async def test_a_failed_operator_action_leaves_the_projection_running(rig: Rig) 
     rig.store.failures_left = 1
     with pytest.raises(Exception, match="went away"):
         await projection.pause()
-    rig.journal.append("a", SHARD, 1)
+    await rig.append("a", SHARD, 1)
     projection.wake()
     await eventually(lambda: rig.delivered() == [("a", 1)])
 
 
 async def test_handler_calls_in_flight_are_bounded_across_projections(rig: Rig) -> None:
     for shard in range(4):
-        rig.journal.append(f"e{shard}", shard, 3)
+        await rig.append(f"e{shard}", shard, 3)
 
     async def slow(request: object) -> bool:
         await asyncio.sleep(0.005)
@@ -398,7 +410,7 @@ async def test_each_call_is_a_client_span_named_as_upstreams(rig: Rig) -> None:
     tracing = RecordingTracing()
     read_side = ReadSideSettings("accounts", "127.0.0.1", 1, protocol="http")
     guarded = GuardedReadHandler(read_side, rig.handler, None, tracing=tracing)  # type: ignore[arg-type]
-    rig.journal.append("a", SHARD, 1)
+    await rig.append("a", SHARD, 1)
     projection = Projection(read_side, SHARD, guarded, rig.context())
     rig.projections.append(projection)
     await projection.start(ShardRecord())

@@ -16,7 +16,9 @@ from chiefofstate.readside.delivery import GuardedReadHandler
 from chiefofstate.readside.offset_committer import OffsetCommitter
 from chiefofstate.readside.projection import ProjectionContext
 from chiefofstate.readside.runtime import ReadSideRuntime
-from tests.support.readside import MemoryJournal, MemoryOffsetStore, ScriptedHandler, eventually
+from chiefofstate.stores.memory.journal import MemoryJournal
+from chiefofstate.stores.memory.offsets import MemoryOffsetStore
+from tests.support.readside import ScriptedHandler, append_events, eventually, eventually_equal
 
 SHARDS = 4
 
@@ -44,6 +46,15 @@ class Rig:
         return GuardedReadHandler(read_side, handler, None)
 
 
+async def paused_flags(store: MemoryOffsetStore, read_side_id: str) -> dict[int, bool]:
+    return {shard: record.paused for shard, record in (await store.load(read_side_id)).items()}
+
+
+async def stored_offset(store: MemoryOffsetStore, read_side_id: str, shard: int) -> int | None:
+    record = (await store.load(read_side_id)).get(shard)
+    return None if record is None else record.offset
+
+
 def side(read_side_id: str, **options: object) -> ReadSideSettings:
     return ReadSideSettings(read_side_id, "127.0.0.1", 1, **options)  # type: ignore[arg-type]
 
@@ -64,8 +75,8 @@ async def started(rig: Rig, closers: list[ReadSideRuntime]) -> Rig:
 
 async def test_auto_start_false_pauses_every_shard_at_boot(closers: list[ReadSideRuntime]) -> None:
     rig = await started(Rig(side("quiet", auto_start=False)), closers)
-    assert rig.store.paused == {("quiet", shard): True for shard in range(SHARDS)}
-    rig.journal.append("a", 1)
+    assert await paused_flags(rig.store, "quiet") == {shard: True for shard in range(SHARDS)}
+    await append_events(rig.journal, "a", 1)
     rig.runtime.wake_all()
     await asyncio.sleep(0.02)
     assert rig.handlers["quiet"].calls == []
@@ -76,11 +87,11 @@ async def test_auto_start_true_resumes_only_a_read_side_paused_on_every_shard(
     closers: list[ReadSideRuntime],
 ) -> None:
     rig = Rig(side("all"), side("some"))
-    for shard in range(SHARDS):
-        rig.store.paused[("all", shard)] = True
-    rig.store.paused[("some", 0)] = True
+    await rig.store.set_paused("all", range(SHARDS), True)
+    await rig.store.set_paused("some", [0], True)
     await started(rig, closers)
-    assert not any(rig.store.paused[("all", shard)] for shard in range(SHARDS))
+    paused = await paused_flags(rig.store, "all")
+    assert not any(paused[shard] for shard in range(SHARDS))
     assert rig.runtime.states("some")[0] is ProjectionState.PAUSED
     assert rig.runtime.states("some")[1] is ProjectionState.RUNNING
 
@@ -88,8 +99,8 @@ async def test_auto_start_true_resumes_only_a_read_side_paused_on_every_shard(
 async def test_a_commit_wakes_only_the_projections_of_its_shard(closers: list[ReadSideRuntime]) -> None:
     rig = await started(Rig(side("a"), side("b")), closers)
     await asyncio.sleep(0.01)
-    rig.journal.append("x", 2)
-    rig.journal.append("y", 3)
+    await append_events(rig.journal, "x", 2)
+    await append_events(rig.journal, "y", 3)
     rig.runtime.on_committed("x", 2, [])
     await eventually(lambda: len(rig.handlers["a"].calls) == 1 and len(rig.handlers["b"].calls) == 1)
     await asyncio.sleep(0.02)
@@ -115,7 +126,7 @@ async def test_a_disabled_read_side_is_not_run_but_its_offsets_can_be_read(
     closers: list[ReadSideRuntime],
 ) -> None:
     rig = Rig(side("off", enabled=False))
-    rig.store.offsets[("off", 1)] = 7
+    await rig.store.save_offsets([("off", 1, 7)])
     await started(rig, closers)
     assert "off" not in rig.handlers
     assert await rig.runtime.offsets("off") == [(0, 0), (1, 7), (2, 0), (3, 0)]
@@ -133,9 +144,9 @@ async def test_operations_across_all_shards_and_by_shard(closers: list[ReadSideR
     await rig.runtime.resume("a", 2)
     assert rig.runtime.states("a")[2] is ProjectionState.RUNNING
     assert rig.runtime.states("a", 1) == {1: ProjectionState.PAUSED}
-    rig.journal.append("x", 2, 2)
+    await append_events(rig.journal, "x", 2, 2)
     rig.runtime.wake_shards([2])
-    await eventually(lambda: rig.store.offsets.get(("a", 2)) == 2)
+    await eventually_equal(lambda: stored_offset(rig.store, "a", 2), 2)
     assert await rig.runtime.offset("a", 2) == 2
     await rig.runtime.restart("a", 2)  # the shard is replayed from its first event
     await eventually(lambda: [revision for _, revision, _ in rig.handlers["a"].calls] == [1, 2, 1, 2])
@@ -143,9 +154,8 @@ async def test_operations_across_all_shards_and_by_shard(closers: list[ReadSideR
 
 async def test_views_report_offsets_heads_lag_and_halts(closers: list[ReadSideRuntime]) -> None:
     rig = Rig(side("a"))
-    rig.journal.append("x", 1, 3)
-    rig.store.offsets[("a", 1)] = 1
-    rig.store.halts[("a", 1)] = Halt(2, "read handler answered successful=false", 123)
+    await append_events(rig.journal, "x", 1, 3)
+    await rig.store.save_halt("a", 1, 1, Halt(2, "read handler answered successful=false", 123))
     await started(rig, closers)
     (view,) = await rig.runtime.views("a", 1)
     (shard,) = view.shards
@@ -156,7 +166,7 @@ async def test_views_report_offsets_heads_lag_and_halts(closers: list[ReadSideRu
     assert "successful=false" in shard.detail
     skipped = await rig.runtime.skip("a", 1)
     assert skipped == [(1, 2)]
-    await eventually(lambda: rig.store.offsets.get(("a", 1)) == 3)
+    await eventually_equal(lambda: stored_offset(rig.store, "a", 1), 3)
 
 
 async def test_close_stops_every_projection_and_closes_the_handlers(closers: list[ReadSideRuntime]) -> None:
@@ -173,10 +183,10 @@ async def test_projection_states_and_counts_are_exposed_as_metrics(closers: list
     from chiefofstate.telemetry.metrics import NodeMetrics
 
     rig = Rig(side("a"))
-    rig.journal.append("x", 1, 2)
-    rig.store.halts[("a", 2)] = Halt(9, "failed", 1)
+    await append_events(rig.journal, "x", 1, 2)
+    await rig.store.save_halt("a", 2, None, Halt(9, "failed", 1))
     await started(rig, closers)
-    await eventually(lambda: rig.store.offsets.get(("a", 1)) == 2)
+    await eventually_equal(lambda: stored_offset(rig.store, "a", 1), 2)
     metrics = NodeMetrics()
     register_read_side_readings(metrics, rig.runtime)
     text = metrics.exposition().decode()
@@ -191,8 +201,8 @@ async def test_lag_seconds_is_the_age_of_the_oldest_unprocessed_event(closers: l
     from chiefofstate.telemetry.metrics import NodeMetrics
 
     rig = await started(Rig(side("a", auto_start=False)), closers)  # paused: nothing is delivered
-    rig.journal.append("x", 1, written_ms=1_000_000)
-    rig.journal.append("x", 1, written_ms=1_020_000)
+    await append_events(rig.journal, "x", 1, written_ms=1_000_000)
+    await append_events(rig.journal, "x", 1, written_ms=1_020_000)
     metrics = NodeMetrics()
     gauges = ReadSideGauges(rig.runtime, metrics, wall_clock=lambda: 1_030.0)
     await gauges.refresh()
@@ -201,7 +211,7 @@ async def test_lag_seconds_is_the_age_of_the_oldest_unprocessed_event(closers: l
     assert 'cos_read_side_lag_seconds{read_side="a",shard="1"} 30.0' in text  # the oldest waits 30 s
     assert 'cos_read_side_lag_seconds{read_side="a",shard="0"} 0.0' in text
     await rig.runtime.resume("a")
-    await eventually(lambda: rig.store.offsets.get(("a", 1)) == 2, what="both events delivered and stored")
+    await eventually_equal(lambda: stored_offset(rig.store, "a", 1), 2)  # both delivered and stored
     await gauges.refresh()
     assert 'cos_read_side_lag_seconds{read_side="a",shard="1"} 0.0' in metrics.exposition().decode()
 

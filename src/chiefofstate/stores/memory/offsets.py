@@ -1,0 +1,89 @@
+"""The offset store in memory, beside the in-memory journal and for the same uses (see journal.py).
+
+It needs no journal: offsets are plain numbers here, kept per read side and shard. The SQL stores also
+write when each row was last updated; that is not visible through the port, so nothing here keeps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from chiefofstate.ports.offsets import Halt, ShardRecord
+from chiefofstate.stores.memory.datastore import MemoryDatastore
+from chiefofstate.stores.offset_rows import merge_records
+
+
+class MemoryOffsetStore:
+    """`OffsetStore` in this process's memory."""
+
+    def __init__(self) -> None:
+        self._datastore = MemoryDatastore("offset store")
+        # read side id → shard → value, one map per upstream table
+        self._offsets: dict[str, dict[int, int]] = {}
+        self._paused: dict[str, dict[int, bool]] = {}
+        self._halts: dict[str, dict[int, Halt]] = {}
+
+    @property
+    def description(self) -> str:
+        return self._datastore.description
+
+    async def load(self, read_side_id: str) -> dict[int, ShardRecord]:
+        return await self._datastore.run(
+            lambda: merge_records(
+                self._offsets.get(read_side_id, {}),
+                self._paused.get(read_side_id, {}),
+                self._halts.get(read_side_id, {}),
+            )
+        )
+
+    async def save_offsets(self, offsets: Sequence[tuple[str, int, int]]) -> None:
+        def save() -> None:
+            # In order, so an entry repeated in one call ends at its last value, as on SQLite.
+            for read_side_id, shard, offset in offsets:
+                self._offsets.setdefault(read_side_id, {})[shard] = offset
+
+        await self._datastore.run(save)
+
+    async def skip_to(self, read_side_id: str, shard: int, offset: int) -> None:
+        def skip() -> None:
+            self._offsets.setdefault(read_side_id, {})[shard] = offset
+            self._halts.get(read_side_id, {}).pop(shard, None)
+
+        await self._datastore.run(skip)
+
+    async def reset(self, read_side_id: str, shard: int) -> None:
+        def reset() -> None:
+            self._offsets.get(read_side_id, {}).pop(shard, None)
+            self._halts.get(read_side_id, {}).pop(shard, None)
+
+        await self._datastore.run(reset)
+
+    async def set_paused(self, read_side_id: str, shards: Sequence[int], paused: bool) -> None:
+        def store() -> None:
+            flags = self._paused.setdefault(read_side_id, {})
+            for shard in shards:
+                flags[shard] = paused
+
+        await self._datastore.run(store)
+
+    async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
+        def save() -> None:
+            if offset is not None:
+                self._offsets.setdefault(read_side_id, {})[shard] = offset
+            self._halts.setdefault(read_side_id, {})[shard] = halt
+
+        await self._datastore.run(save)
+
+    async def clear_halt(self, read_side_id: str, shard: int) -> None:
+        def clear() -> None:
+            self._halts.get(read_side_id, {}).pop(shard, None)
+
+        await self._datastore.run(clear)
+
+    async def close(self) -> None:
+        def forget() -> None:
+            self._offsets.clear()
+            self._paused.clear()
+            self._halts.clear()
+
+        self._datastore.close(forget)
