@@ -19,7 +19,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from chiefofstate.cluster.forwarding import Forwarder
 from chiefofstate.core.command_rules import validate_entity_id
-from chiefofstate.core.errors import Code, CosError, ShardNotHere, as_cos_error
+from chiefofstate.core.errors import Code, CosError, LeaseLost, ShardNotHere, as_cos_error
 from chiefofstate.core.headers import Metadata
 from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import EntityState
@@ -85,7 +85,8 @@ class CommandPath:
             deadline = self._deadline(caller_left_s)
             try:
                 state = await self._host.process_command(entity_id, command, metadata, deadline)
-            except ShardNotHere:
+            except (ShardNotHere, LeaseLost):
+                # Not ours (any more), and nothing was written: the owner gets the command.
                 if self._forwarder is None:
                     raise
                 state = await self._forwarder.process_command(entity_id, command, metadata, deadline)

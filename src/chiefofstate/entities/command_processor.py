@@ -17,7 +17,7 @@ from chiefofstate.core.command_rules import (
     next_event_meta,
     resulting_state_or_fail,
 )
-from chiefofstate.core.errors import Internal, StoreUnavailable
+from chiefofstate.core.errors import Internal, LeaseLost, StoreUnavailable
 from chiefofstate.core.headers import Metadata, select_headers, to_persisted_headers
 from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import Entity, EntityState
@@ -88,6 +88,8 @@ class CommandProcessor:
         # journal's batchers size their waits by it (journal/deciding.py).
         self.deciding = deciding if deciding is not None else DecidingCommands()
         self.recoveries = 0
+        # Appends the journal refused because the shard's lease had moved to another member.
+        self.fence_rejections = 0
         self._handler = handler
         self._states = states
         self._appender = appender
@@ -140,6 +142,8 @@ class CommandProcessor:
             events=[wrapper.SerializeToString() for wrapper in wrappers],
             write_timestamp_ms=self._wall_clock_ns() // 1_000_000,
             writer=entity.writer_id,
+            # The shard lease's token in cluster mode: the journal refuses the append if it moved on.
+            lease_token=tenure,
         )
         with self._tracing.span(SPAN_PERSIST, attributes={"cos.event_count": len(wrappers)}):
             outcome = self._appender.submit(request)
@@ -210,6 +214,8 @@ class CommandProcessor:
             # The outcome may be unknown (a connection lost during commit): forget the cached state
             # so the next command reads the truth from the journal.
             entity.state = None
+            if isinstance(failure, LeaseLost):
+                self.fence_rejections += 1
             raise failure
         last = wrappers[-1]
         state = EntityState.of(last.resulting_state, last.meta)

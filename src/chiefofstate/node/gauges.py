@@ -55,7 +55,15 @@ def register_node_readings(
         )
 
 
-def register_cluster_readings(metrics: NodeMetrics, coordinator: Coordinator) -> None:
+def register_cluster_readings(
+    metrics: NodeMetrics, coordinator: Coordinator, processor: CommandProcessor
+) -> None:
+    metrics.read_scalar(
+        "cos_cluster_fence_rejections",
+        "Appends the journal refused because the shard's lease had moved to another member.",
+        lambda: processor.fence_rejections,
+        monotonic=True,
+    )
     metrics.read_scalar(
         "cos_cluster_members",
         "Live cluster members, as this member last read them.",

@@ -89,7 +89,7 @@ class Node:
             self.coordinator = await start_cluster(
                 cluster, self.settings, self.host, self._closers, tracing=self.tracing, metrics=self.metrics
             )
-            register_cluster_readings(self.metrics, self.coordinator)
+            register_cluster_readings(self.metrics, self.coordinator, processor)
             forwarder = cluster.forwarder(self.settings, self.tracing, self.metrics)
         commands = CommandPath(
             self.host,

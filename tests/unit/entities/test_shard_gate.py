@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -40,8 +39,8 @@ def gate() -> LeasedShards:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, gate: LeasedShards) -> AsyncIterator[Rig]:
-    async for built in build_rig(tmp_path / "j.db", gate=gate):
+async def rig(gate: LeasedShards) -> AsyncIterator[Rig]:
+    async for built in build_rig(gate=gate):
         yield built
 
 
