@@ -21,6 +21,12 @@ SHARD = 3
 OTHER_SHARD = 5
 
 
+@pytest.fixture
+async def journal(backend: Backend) -> Journal:
+    """The journal on the backend whose shard rows the tests set tokens in (the SQL stores)."""
+    return await backend.migrated()
+
+
 def fenced(
     entity_id: str, expected: int, token: int | None, shard: int = SHARD, count: int = 1
 ) -> AppendRequest:
@@ -122,11 +128,15 @@ async def test_fencing_holds_when_a_batch_is_written_one_request_at_a_time(
 
 # ------------------------------------------------------------------------------------ PostgreSQL only
 
+# Leases are kept, and the append function stored, on PostgreSQL only: SQLite runs alone.
+ON_POSTGRES = pytest.mark.parametrize(
+    "target", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
 
 @pytest.fixture
 async def leases(backend: Backend) -> AsyncIterator[PostgresClusterStore]:
-    if backend.pg_settings is None:
-        pytest.skip("leases are kept on PostgreSQL only; SQLite runs alone")
+    assert backend.pg_settings is not None  # the tests below run on PostgreSQL only (ON_POSTGRES)
     store = await PostgresClusterStore.open(backend.pg_settings)
     try:
         yield store
@@ -134,6 +144,7 @@ async def leases(backend: Backend) -> AsyncIterator[PostgresClusterStore]:
         await store.close()
 
 
+@ON_POSTGRES
 async def test_once_a_takeover_returns_no_append_of_the_old_owner_lands(
     backend: Backend, journal: Journal, leases: PostgresClusterStore
 ) -> None:
@@ -166,6 +177,7 @@ async def test_once_a_takeover_returns_no_append_of_the_old_owner_lands(
     await append_ok(successor, fenced("contended", len(seen), new))
 
 
+@ON_POSTGRES
 async def test_renewals_and_acquisitions_beside_appends_on_the_same_shards_never_deadlock(
     backend: Backend, journal: Journal, leases: PostgresClusterStore
 ) -> None:
@@ -198,11 +210,10 @@ async def test_renewals_and_acquisitions_beside_appends_on_the_same_shards_never
     assert revisions > 0
 
 
+@ON_POSTGRES
 async def test_a_node_of_the_previous_release_still_appends_unfenced(
     backend: Backend, journal: Journal
 ) -> None:
-    if backend.kind != "postgres":
-        pytest.skip("the stored append function is PostgreSQL's")
     await set_token(backend, SHARD, 9)
     # the call of migration 9's signature, with nine arguments
     rows = await backend.raw.fetch(
