@@ -11,6 +11,8 @@ It passes the journal contract suite the SQL stores pass (tests/contract) and ke
 * Deletion on snapshot keeps the highest deleted event as a marker (docs/contract.md §4.5); marked rows
   are left out of `read_shard` and of the pending count of `shard_progress`, but still count as the
   shard's head, as their `event_tag` rows do in the SQL stores.
+* It keeps no shard leases: like the SQLite file, it serves a node that runs alone, so a request's
+  `lease_token` is not compared with anything (cluster mode runs on PostgreSQL, docs/cluster.md).
 """
 
 from __future__ import annotations
