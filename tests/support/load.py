@@ -60,7 +60,15 @@ _PAUSE_AFTER_FAILURE_S = 0.05
 
 # Words of UNAVAILABLE details that come from the client's transport, not from a node's answer: the
 # connection went while the call may have been on it.
-_TRANSPORT_LOSS = ("socket closed", "connection reset", "broken pipe", "goaway", "recvmsg", "eof")
+_TRANSPORT_LOSS = (
+    "socket closed",
+    "connection reset",
+    "broken pipe",
+    "goaway",
+    "stream removed",
+    "end of stream",
+    "keepalive",
+)
 
 
 def classify(error: BaseException) -> str | None:
@@ -164,9 +172,10 @@ class _Run:
             self.opened.discard(entity)
         return call.operation.outcome == "ok"
 
-    async def run(self) -> History:
+    async def run(self, handle_signals: bool) -> History:
         loop = asyncio.get_running_loop()
-        for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for signal_number in signals:
             loop.add_signal_handler(signal_number, self.stopping.set)
         for target in self.config.targets:
             channel = aio.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -178,6 +187,8 @@ class _Run:
         finally:
             for channel in self.channels.values():
                 await channel.close()
+            for signal_number in signals:
+                loop.remove_signal_handler(signal_number)
         return self.history
 
 
@@ -187,11 +198,15 @@ def summary(history: History) -> dict[str, int]:
     return {"operations": len(history), **counts}
 
 
-def run_load(config: LoadConfig) -> History:
-    async def run() -> History:
-        return await _Run(config).run()
+async def generate(config: LoadConfig, *, handle_signals: bool = False) -> History:
+    """The load of `config` in the running loop; its history (not written anywhere). With
+    `handle_signals`, SIGTERM and SIGINT end the run early instead of the process."""
+    return await _Run(config).run(handle_signals)
 
-    history = asyncio.run(run())
+
+def run_load(config: LoadConfig) -> History:
+    """The whole run of the command line: the load, then its history written to `config.out`."""
+    history = asyncio.run(generate(config, handle_signals=True))
     history.write_jsonl(config.out)
     return history
 
