@@ -102,8 +102,11 @@ class _Run:
         self.stack.enter_context(handler)
         return handler
 
-    def node(self, handler: BankHandler, store_env: dict[str, str], **overrides: str) -> Node:
-        cluster = Cluster(node_base_env(handler.port, os.environ, **overrides), store_env, self.logs)
+    def node(
+        self, handler: BankHandler, store_env: dict[str, str], *, proxied: bool = False, **overrides: str
+    ) -> Node:
+        base = node_base_env(handler.port, os.environ, **overrides)
+        cluster = Cluster(base, store_env, self.logs, proxied=proxied)
         self.stack.callback(cluster.close)
         return cluster.add_node()
 
@@ -129,16 +132,21 @@ class _Run:
         return now
 
     def inject(
-        self, load: LoadProcess, started: float, fault: Callable[[], None], repair: Callable[[], None]
+        self,
+        load: LoadProcess,
+        started: float,
+        fault: Callable[[], None],
+        repair: Callable[[], None],
+        hold_s: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         """Fault and repair at seeded moments until the main phase nears its end: a first fault 1.5-3 s
-        in, then a pause of 1-3 s after each repair."""
+        in, repaired after a time drawn from `hold_s`, then a pause of 1-3 s after each repair."""
         stop_by = started + self.settings.duration_s - self.settings.quiet_end_s
         at = started + self.rng.uniform(1.5, 3.0)
         while at < stop_by and load.popen.poll() is None:
             _sleep_until(at)
             fault()
-            _sleep_until(time.monotonic() + self.rng.uniform(0.0, 1.0))
+            _sleep_until(time.monotonic() + self.rng.uniform(*hold_s))
             repair()
             at = time.monotonic() + self.rng.uniform(1.0, 3.0)
         if not any(what.startswith("repaired") for _, what in self.faults):
@@ -265,6 +273,42 @@ def kill_handler(
         return outcome
 
 
+def break_database_link(
+    seed: int, workdir: Path, *, pg: PgServer | None = None, settings: Settings = Settings()
+) -> Outcome:
+    """The node's connections to PostgreSQL broken by a proxy while the database itself stays up: all
+    reset at once, held both ways or only on the way back (a commit that reaches the database while its
+    answer does not reach the node: the outcome the node cannot know, docs/contract.md §3.14), or
+    slowed down. Then the link passes again and the node must serve again by itself."""
+    with _Run("db-link/postgres", seed, workdir, settings) as run:
+        handler = run.handler()
+        store_env = run.stack.enter_context(store("postgres", workdir, pg))
+        node = run.node(handler, store_env, proxied=True, COS_DB_CONNECT_TIMEOUT="1s")
+        proxy = node.proxy
+        assert proxy is not None
+        main = run.load(node, "main", settings.duration_s)
+        started = time.monotonic()
+
+        def fault() -> None:
+            kind = run.rng.choice(["reset", "blackhole", "blackhole down", "delay"])
+            if kind == "reset":
+                proxy.reset()
+            elif kind == "blackhole":
+                proxy.blackhole("both")
+            elif kind == "blackhole down":
+                proxy.blackhole("down")
+            else:
+                proxy.delay(0.3, "both")
+            run.note(f"database link: {kind}")
+
+        def repair() -> None:
+            proxy.passthrough()
+            run.note("repaired: database link passes")
+
+        run.inject(main, started, fault, repair, hold_s=(0.5, 3.0))
+        return run.judge(node, store_env, main)
+
+
 def _hung_commands(load: LoadProcess, down: list[tuple[float, float]]) -> list[str]:
     """Commands sent while the handler was down that the client gave up waiting for (its deadline
     passed, or the run ended with them in flight): the node should have answered each with a status.
@@ -300,4 +344,5 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario("stop-postgres", lambda seed, wd, pg, s: stop_postgres(seed, wd, settings=s)),
     Scenario("kill-handler/postgres", lambda seed, wd, pg, s: kill_handler(seed, wd, pg=pg, settings=s)),
+    Scenario("db-link/postgres", lambda seed, wd, pg, s: break_database_link(seed, wd, pg=pg, settings=s)),
 )

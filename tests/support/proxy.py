@@ -257,8 +257,9 @@ class Proxy:
                 self._pump(target_reader, client_writer, "down", link),
             )
         except asyncio.CancelledError:
+            # Only a reset or close cancels a link, and it waits for this task. The task ends normally:
+            # asyncio's server logs an error for a connection task that ends cancelled.
             link.abort()
-            raise
         finally:
             link.close()
             self._links.discard(link)
