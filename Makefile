@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck unit protos bench
+.PHONY: setup demo test lint typecheck unit protos bench faults
 
 setup: $(VENV)/.installed
 
@@ -36,3 +36,7 @@ protos: setup
 # The benchmark of docs/performance.md (about 10 minutes); `make bench BENCH_ARGS=--quick` for a smoke run.
 bench: setup
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# Long runs of the fault suite (docs/testing.md), e.g. `make faults FAULTS_ARGS="--runs 20 --seed 100"`.
+faults: setup
+	$(BIN)/python -m tests.faults $(FAULTS_ARGS)

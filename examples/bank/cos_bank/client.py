@@ -17,9 +17,9 @@ def open_account(owner: str, initial: int = 0) -> any_pb2.Any:
     return _pack(bank_pb2.OpenAccount(owner=owner, initial_balance=initial))
 
 
-def deposit(amount: int) -> any_pb2.Any:
-    """Add `amount` cents."""
-    return _pack(bank_pb2.Deposit(amount=amount))
+def deposit(amount: int, reference: str = "") -> any_pb2.Any:
+    """Add `amount` cents; `reference` is kept in the MoneyDeposited event (empty: none)."""
+    return _pack(bank_pb2.Deposit(amount=amount, reference=reference))
 
 
 def withdraw(amount: int) -> any_pb2.Any:

@@ -105,7 +105,7 @@ def decide(command: any_pb2.Any, prior_state: any_pb2.Any, prior_meta: MetaData)
                     grpc.StatusCode.OUT_OF_RANGE,
                     f"deposit of {request.amount} would take the balance past {MAX_BALANCE}",
                 )
-            return [_pack(bank_pb2.MoneyDeposited(amount=request.amount))]
+            return [_pack(bank_pb2.MoneyDeposited(amount=request.amount, reference=request.reference))]
         case bank_pb2.Withdraw():
             if request.amount > account.balance:
                 raise InsufficientFunds(account.balance, request.amount)

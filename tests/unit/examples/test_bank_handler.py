@@ -152,6 +152,13 @@ def test_deposit_and_withdraw_make_one_event_each() -> None:
     assert unpack_events(decide(client.withdraw(100), state, meta)) == [bank_pb2.MoneyWithdrawn(amount=100)]
 
 
+def test_a_deposit_reference_is_kept_in_its_event() -> None:
+    # the fault suite finds each acknowledged deposit in the journal by this reference
+    state, meta = account_state(100)
+    events = unpack_events(decide(client.deposit(5, reference="tok-1"), state, meta))
+    assert events == [bank_pb2.MoneyDeposited(amount=5, reference="tok-1")]
+
+
 def test_withdrawing_more_than_the_balance_is_failed_precondition() -> None:
     error = refusal(client.withdraw(150), *account_state(100))
     assert isinstance(error, InsufficientFunds)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62\x61nk/v1/bank.proto\x12\x07\x62\x61nk.v1\"A\n\x0b\x42\x61nkAccount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\x03\"5\n\x0bOpenAccount\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x17\n\x0finitial_balance\x18\x02 \x01(\x03\"\x19\n\x07\x44\x65posit\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\"\x1a\n\x08Withdraw\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\">\n\x0bTransferOut\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12\x0b\n\x03\x66\x65\x65\x18\x02 \x01(\x03\x12\x12\n\nto_account\x18\x03 \x01(\t\"\x0c\n\nGetBalance\"C\n\rAccountOpened\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\x03\" \n\x0eMoneyDeposited\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\" \n\x0eMoneyWithdrawn\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\",\n\nFeeCharged\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62\x61nk/v1/bank.proto\x12\x07\x62\x61nk.v1\"A\n\x0b\x42\x61nkAccount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\x03\"5\n\x0bOpenAccount\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x17\n\x0finitial_balance\x18\x02 \x01(\x03\",\n\x07\x44\x65posit\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12\x11\n\treference\x18\x02 \x01(\t\"\x1a\n\x08Withdraw\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\">\n\x0bTransferOut\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12\x0b\n\x03\x66\x65\x65\x18\x02 \x01(\x03\x12\x12\n\nto_account\x18\x03 \x01(\t\"\x0c\n\nGetBalance\"C\n\rAccountOpened\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\x03\"3\n\x0eMoneyDeposited\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12\x11\n\treference\x18\x02 \x01(\t\" \n\x0eMoneyWithdrawn\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\",\n\nFeeCharged\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,19 +36,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENACCOUNT']._serialized_start=98
   _globals['_OPENACCOUNT']._serialized_end=151
   _globals['_DEPOSIT']._serialized_start=153
-  _globals['_DEPOSIT']._serialized_end=178
-  _globals['_WITHDRAW']._serialized_start=180
-  _globals['_WITHDRAW']._serialized_end=206
-  _globals['_TRANSFEROUT']._serialized_start=208
-  _globals['_TRANSFEROUT']._serialized_end=270
-  _globals['_GETBALANCE']._serialized_start=272
-  _globals['_GETBALANCE']._serialized_end=284
-  _globals['_ACCOUNTOPENED']._serialized_start=286
-  _globals['_ACCOUNTOPENED']._serialized_end=353
-  _globals['_MONEYDEPOSITED']._serialized_start=355
-  _globals['_MONEYDEPOSITED']._serialized_end=387
-  _globals['_MONEYWITHDRAWN']._serialized_start=389
-  _globals['_MONEYWITHDRAWN']._serialized_end=421
-  _globals['_FEECHARGED']._serialized_start=423
-  _globals['_FEECHARGED']._serialized_end=467
+  _globals['_DEPOSIT']._serialized_end=197
+  _globals['_WITHDRAW']._serialized_start=199
+  _globals['_WITHDRAW']._serialized_end=225
+  _globals['_TRANSFEROUT']._serialized_start=227
+  _globals['_TRANSFEROUT']._serialized_end=289
+  _globals['_GETBALANCE']._serialized_start=291
+  _globals['_GETBALANCE']._serialized_end=303
+  _globals['_ACCOUNTOPENED']._serialized_start=305
+  _globals['_ACCOUNTOPENED']._serialized_end=372
+  _globals['_MONEYDEPOSITED']._serialized_start=374
+  _globals['_MONEYDEPOSITED']._serialized_end=425
+  _globals['_MONEYWITHDRAWN']._serialized_start=427
+  _globals['_MONEYWITHDRAWN']._serialized_end=459
+  _globals['_FEECHARGED']._serialized_start=461
+  _globals['_FEECHARGED']._serialized_end=505
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,45 @@
+"""One node under load, faults injected at seeded random moments, the history checked against the
+journal (tests/faults/scenarios.py). A few seeds here; `python -m tests.faults --runs N` for long runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.faults import scenarios
+from tests.faults.conftest import Judge
+from tests.support.postgres import PgServer
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill_9_of_the_node_under_load_on_postgres(
+    seed: int, tmp_path: Path, pg_server: PgServer, judge: Judge
+) -> None:
+    judge(scenarios.kill_node(seed, tmp_path, pg=pg_server))
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_kill_9_of_the_node_under_load_on_sqlite(seed: int, tmp_path: Path, judge: Judge) -> None:
+    judge(scenarios.kill_node(seed, tmp_path, store_kind="sqlite"))
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_postgres_stopped_hard_and_started_again_under_load(seed: int, tmp_path: Path, judge: Judge) -> None:
+    judge(scenarios.stop_postgres(seed, tmp_path))
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_kill_9_of_the_write_handler_under_load(
+    seed: int, tmp_path: Path, pg_server: PgServer, judge: Judge
+) -> None:
+    judge(scenarios.kill_handler(seed, tmp_path, pg=pg_server))
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_database_link_reset_held_and_slowed_under_load(
+    seed: int, tmp_path: Path, pg_server: PgServer, judge: Judge
+) -> None:
+    judge(scenarios.break_database_link(seed, tmp_path, pg=pg_server))
