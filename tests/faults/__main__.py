@@ -42,6 +42,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
     parser.add_argument("--entities", type=int, default=defaults.entities)
+    parser.add_argument(
+        "--deadline", type=float, default=defaults.deadline_s, help="client deadline, seconds"
+    )
     parser.add_argument("--keep", action="store_true", help="keep every run's folder, not only failed ones")
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -51,7 +54,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = Settings(duration_s=args.duration, concurrency=args.concurrency, entities=args.entities)
+    settings = Settings(
+        duration_s=args.duration,
+        concurrency=args.concurrency,
+        entities=args.entities,
+        deadline_s=args.deadline,
+    )
     chosen = [s for s in SCENARIOS if args.scenario is None or s.name in args.scenario]
     results: list[CheckResult] = []
     failures: list[str] = []
