@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck unit protos bench faults
+.PHONY: setup demo test lint typecheck unit protos bench faults cluster
 
 setup: $(VENV)/.installed
 
@@ -40,3 +40,7 @@ bench: setup
 # Long runs of the fault suite (docs/testing.md), e.g. `make faults FAULTS_ARGS="--runs 20 --seed 100"`.
 faults: setup
 	$(BIN)/python -m tests.faults $(FAULTS_ARGS)
+
+# Long runs of the cluster scenario (docs/testing.md), e.g. `make cluster CLUSTER_ARGS="--runs 10 --default-timing"`.
+cluster: setup
+	$(BIN)/python -m tests.cluster $(CLUSTER_ARGS)

@@ -130,6 +130,10 @@ _GET_STATE = "GetState"
 
 def _report(rpc: str, entity_id: str, command_type: str, error: CosError, unexpected: bool) -> None:
     """One log line per failed request; a GetState of an unknown entity is an answer, not a failure."""
+    if isinstance(error, ShardNotHere):
+        # A member's internal port saying "not here" to a forwarding member, which re-routes: routing.
+        log.debug("not served here: entity_id=%s rpc=%s shard=%d", entity_id, rpc, error.shard)
+        return
     if rpc == _GET_STATE:
         if error.code is Code.NOT_FOUND:
             return

@@ -1,0 +1,257 @@
+"""Cluster scenarios: three `cos serve` members on one PostgreSQL, the bank write handler, load spread
+over every member, and the four things that happen to members in production, in an order the seed
+draws: one is killed (kill -9), one is paused past its leases and resumed (SIGSTOP/SIGCONT: the
+zombie), one leaves gracefully (SIGTERM), one joins. The history is judged against the journal
+(tests/support/history.py); what the checker cannot see is measured beside it: takeover times, and the
+fence rejections that prove a zombie's appends were refused (docs/cluster.md).
+
+The leases are shortened (TTL 3 s) so a run fits in well under a minute; `python -m tests.cluster
+--default-timing` runs with the shipped defaults (TTL 10 s) to measure takeover as users see it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from tests.faults.scenarios import Outcome, store
+from tests.support.cluster import BankHandler, Cluster, Node, node_base_env
+from tests.support.history import History, check
+from tests.support.journal_reader import read_journal
+from tests.support.load import LoadConfig, LoadProcess
+from tests.support.postgres import PgServer
+
+SHARDS = 16
+FAST_TIMING = {
+    "COS_CLUSTER_HEARTBEAT_INTERVAL": "500ms",
+    "COS_CLUSTER_MEMBER_TTL": "3s",
+    "COS_CLUSTER_LEASE_TTL": "3s",
+    "COS_CLUSTER_LEASE_RENEW_INTERVAL": "500ms",
+    "COS_CLUSTER_LEASE_MARGIN": "1s",
+}
+DEFAULT_LEASE_TTL_S = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    entities: int = 24
+    concurrency: int = 32
+    # Longer than the zombie's pause (lease TTL and a takeover): its commands in flight when it stopped
+    # are then still wanted when it resumes, reach their append under the old token, and are fenced.
+    deadline_s: float = 8.0
+    fast_timing: bool = True
+    # Seconds of load between two events, drawn in this range: long enough for the cluster to settle.
+    gap_s: tuple[float, float] = (1.5, 3.0)
+
+    @property
+    def lease_ttl_s(self) -> float:
+        return 3.0 if self.fast_timing else DEFAULT_LEASE_TTL_S
+
+
+@dataclass
+class Measured:
+    takeover_s: list[float] = field(default_factory=list)
+    fence_rejections: int = 0
+
+
+def _dsn(store_env: dict[str, str]) -> str:
+    return (
+        f"postgresql://{store_env['COS_DB_USER']}:{store_env['COS_DB_PASSWORD']}@"
+        f"{store_env['COS_DB_HOST']}:{store_env['COS_DB_PORT']}/{store_env['COS_DB_NAME']}"
+    )
+
+
+def shards_served_without(store_env: dict[str, str], gone: set[str]) -> int:
+    """Entity shards whose lease is held, unexpired by the database clock, by a live member other than
+    those advertising the addresses in `gone`."""
+    with psycopg.connect(_dsn(store_env), connect_timeout=5) as connection:
+        row = connection.execute(
+            """
+            SELECT count(*) FROM cos_shard_locks l JOIN cos_cluster_members m ON m.member_id = l.owner
+            WHERE l.expires_at > now() AND m.left_at IS NULL AND l.shard < %s
+              AND NOT (m.address = ANY(%s))
+            """,
+            (SHARDS, list(gone)),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def shards_by_address(store_env: dict[str, str]) -> dict[str, int]:
+    """How many entity shards each live member holds an unexpired lease on, by its address."""
+    with psycopg.connect(_dsn(store_env), connect_timeout=5) as connection:
+        rows = connection.execute(
+            """
+            SELECT m.address, count(*)
+            FROM cos_shard_locks l JOIN cos_cluster_members m ON m.member_id = l.owner
+            WHERE l.expires_at > now() AND m.left_at IS NULL AND l.shard < %s GROUP BY m.address
+            """,
+            (SHARDS,),
+        ).fetchall()
+    return {str(address): int(count) for address, count in rows}
+
+
+def wait_for_takeover(store_env: dict[str, str], gone: set[str], since: float, limit_s: float) -> float:
+    """Seconds from `since` until every shard is served by members other than `gone`."""
+    give_up_at = time.monotonic() + limit_s
+    while shards_served_without(store_env, gone) < SHARDS:
+        if time.monotonic() > give_up_at:
+            raise TimeoutError(f"shards not taken over within {limit_s}s")
+        time.sleep(0.05)
+    return time.monotonic() - since
+
+
+def fence_rejections_of(node: Node) -> int:
+    url = f"http://127.0.0.1:{node.env['COS_PROMETHEUS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r"^cos_cluster_fence_rejections_total ([0-9.e+]+)$", text, re.MULTILINE)
+    return int(float(found.group(1))) if found else 0
+
+
+def _address(node: Node) -> str:
+    return f"127.0.0.1:{node.cluster_port}"
+
+
+def _sleep_until(moment: float) -> None:
+    while (left := moment - time.monotonic()) > 0:
+        time.sleep(min(left, 0.1))
+
+
+def cluster_life(
+    seed: int, workdir: Path, pg: PgServer | None = None, settings: Settings = Settings()
+) -> Outcome:
+    """Three members under load; kill -9, SIGSTOP past the lease then SIGCONT, SIGTERM and a join, in the
+    seed's order, each after a seeded gap; then a short load on the members left, and the verdict."""
+    rng = random.Random(f"cluster-life/{seed}")
+    logs = workdir / "logs"
+    faults: list[tuple[float, str]] = []
+    problems: list[str] = []
+    measured = Measured()
+    prefix = f"c{seed}"
+
+    def note(what: str) -> float:
+        now = time.monotonic()
+        faults.append((now, what))
+        return now
+
+    with contextlib.ExitStack() as stack:
+        handler = stack.enter_context(BankHandler(logs))
+        store_env = stack.enter_context(store("postgres", workdir, pg))
+        timing = FAST_TIMING if settings.fast_timing else {}
+        base = node_base_env(handler.port, os.environ, COS_NUM_SHARDS=str(SHARDS), **timing)
+        # Each member reaches PostgreSQL through a proxy of its own, so one member's link can be held.
+        cluster = stack.enter_context(Cluster(base, store_env, logs, proxied=True))
+        members = [cluster.add_node() for _ in range(3)]
+        events = ["kill", "zombie", "sigterm", "join"]
+        rng.shuffle(events)
+        duration_s = sum(settings.gap_s) / 2 * (len(events) + 1) + 3 * settings.lease_ttl_s + 12
+        main = LoadProcess(
+            LoadConfig(
+                targets=tuple(node.target for node in members),
+                entities=settings.entities,
+                concurrency=settings.concurrency,
+                duration_s=duration_s,
+                seed=seed,
+                out=workdir / "history-main.jsonl",
+                deadline_s=settings.deadline_s,
+                prefix=prefix,
+                client=f"main-{uuid.uuid4().hex[:6]}",
+            ),
+            workdir / "load-main.log",
+        )
+        stack.callback(main.stop)
+        alive = list(members)
+        takeover_limit_s = settings.lease_ttl_s * 4 + 20
+        for event in events:
+            _sleep_until(time.monotonic() + rng.uniform(*settings.gap_s))
+            if event == "join":
+                joined = cluster.add_node()
+                alive.append(joined)
+                note(f"{joined.name} joined")
+                continue
+            # Someone must be left to take the shards over: a zombie needs another member, a
+            # departure must not leave the cluster empty.
+            while len(alive) < 2:
+                joined = cluster.add_node()
+                alive.append(joined)
+                note(f"{joined.name} joined (so that another member is there)")
+            victim = rng.choice([node for node in alive if node.alive()])
+            if event == "zombie":
+                # The member holding the most shards: a zombie that owns nothing proves nothing.
+                held = shards_by_address(store_env)
+                victim = max(alive, key=lambda node: held.get(_address(node), 0))
+            if event == "kill":
+                at = note(f"kill -9 {victim.name}")
+                victim.kill()
+                alive.remove(victim)
+                measured.takeover_s.append(
+                    wait_for_takeover(store_env, {_address(victim)}, at, takeover_limit_s)
+                )
+                note("shards taken over")
+            elif event == "sigterm":
+                at = note(f"SIGTERM {victim.name}")
+                code = victim.terminate()
+                alive.remove(victim)
+                if code != 0:
+                    problems.append(f"{victim.name} exited with {code} after SIGTERM, not 0")
+                measured.takeover_s.append(
+                    wait_for_takeover(store_env, {_address(victim)}, at, takeover_limit_s)
+                )
+                note("shards taken over")
+            else:
+                # A zombie: its database link stalls with appends on the way, then the process stops
+                # (a long pause, or a VM frozen). Its leases expire and others take its shards; then
+                # the link delivers what it held — appends under tokens that have moved on — and the
+                # process resumes believing nothing happened.
+                assert victim.proxy is not None
+                at = note(f"database link of {victim.name} held")
+                victim.proxy.blackhole("up")
+                time.sleep(0.5)  # appends of the commands in flight reach the held link
+                victim.pause()
+                note(f"SIGSTOP {victim.name}")
+                wait_for_takeover(store_env, {_address(victim)}, at, takeover_limit_s)
+                victim.proxy.passthrough()
+                victim.resume()
+                note(f"link passed and SIGCONT {victim.name}")
+                _sleep_until(time.monotonic() + 2.0)
+                measured.fence_rejections += fence_rejections_of(victim)
+        history = main.wait()
+        survivors = [node for node in alive if node.alive()]
+        after = LoadProcess(
+            LoadConfig(
+                targets=tuple(node.target for node in survivors),
+                entities=settings.entities,
+                concurrency=settings.concurrency,
+                duration_s=3.0,
+                seed=seed + 1_000_000,
+                out=workdir / "history-after.jsonl",
+                deadline_s=settings.deadline_s,
+                prefix=prefix,
+                client=f"after-{uuid.uuid4().hex[:6]}",
+            ),
+            workdir / "load-after.log",
+        )
+        stack.callback(after.stop)
+        after_history = after.wait()
+        journal = read_journal(store_env, prefix=prefix)
+        result = check(
+            History.merge(history, after_history),
+            journal,
+            run=f"cluster seed {seed}",
+            fence_rejections=measured.fence_rejections,
+            takeover_seconds=measured.takeover_s,
+        )
+        if "zombie" in events and measured.fence_rejections == 0:
+            problems.append("the zombie's appends were never refused: the fence was not exercised")
+        if not any(op.kind == "command" and op.outcome == "ok" for op in after_history.operations):
+            problems.append("the members left did not serve commands after the faults")
+        return Outcome(result, problems, faults, workdir)
