@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.cluster.ownership import LeaseBook
-from chiefofstate.cluster.routes import RoutingTable
+from chiefofstate.cluster.routes import Route, RoutingTable
 from chiefofstate.config.cluster import ClusterSettings
 from chiefofstate.core.errors import CosError
 from chiefofstate.core.leases import expected_members_present
@@ -202,7 +202,7 @@ class Coordinator:
     async def _refresh_routes(self, members: Sequence[Member]) -> None:
         addresses = {member.member_id: member.address for member in members}
         owners = {
-            view.key.shard: addresses[view.owner]
+            view.key.shard: Route(addresses[view.owner], view.token)
             for view in await self._store.holders()
             if view.key.read_side_id is None and view.expires_in_s > 0 and view.owner in addresses
         }

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from google.protobuf.any_pb2 import Any as AnyProto
 
 from chiefofstate.cluster.peers import NotHere, PeerClients, Unreachable, forwarded_metadata
-from chiefofstate.cluster.routes import RoutingTable
+from chiefofstate.cluster.routes import Route, RoutingTable
 from chiefofstate.core.errors import Unavailable
 from chiefofstate.core.headers import Metadata
 from chiefofstate.core.sharding import shard_of
@@ -92,12 +92,12 @@ class Forwarder:
         give_up_at = min(self._clock() + self._unowned_wait_s, deadline.expires_at)
         attempts = 0
         while True:
-            address = await self._owner(shard, give_up_at)
+            route = await self._owner(shard, give_up_at)
             started = time.perf_counter()
             try:
-                reply = await send(address, deadline.check("before it could be forwarded"))
+                reply = await send(route.address, deadline.check("before it could be forwarded"))
             except NotHere:
-                self._routes.forget(shard, address)
+                self._routes.forget(shard, route)
                 attempts += 1
                 if attempts >= _ATTEMPTS:
                     raise Unavailable(
@@ -113,20 +113,21 @@ class Forwarder:
                 retry = idempotent or unreachable.never_sent
                 if not retry or attempts >= _ATTEMPTS or self._clock() >= give_up_at:
                     raise unreachable.error from None
-                await self._owner(shard, give_up_at, avoid=address)
+                await self._owner(shard, give_up_at, avoid=route)
                 continue
             finally:
                 if self._metrics is not None:
                     self._metrics.observe_forwarded(rpc, time.perf_counter() - started)
             return reply
 
-    async def _owner(self, shard: int, give_up_at: float, avoid: str | None = None) -> str:
-        """The address of the member serving the shard, waiting for the routing table to name one that
-        is neither this member (which just refused it) nor `avoid` until `give_up_at`."""
+    async def _owner(self, shard: int, give_up_at: float, avoid: Route | None = None) -> Route:
+        """The route to the member serving the shard, waiting for the routing table to name one that
+        is neither this member (which just refused it) nor `avoid` (a tenure found unreachable; the
+        same address under a new token is a member restarted in place) until `give_up_at`."""
         while True:
-            address = self._routes.owner_address(shard)
-            if address is not None and address != self._routes.own_address and address != avoid:
-                return address
+            route = self._routes.owner(shard)
+            if route is not None and route.address != self._routes.own_address and route != avoid:
+                return route
             left = give_up_at - self._clock()
             if left <= 0:
                 raise Unavailable(

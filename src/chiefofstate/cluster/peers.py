@@ -86,7 +86,10 @@ class PeerClients:
     """One channel per member address, the most recently used kept (at most MAX_PEER_CHANNELS)."""
 
     def __init__(self, options: Sequence[tuple[str, int]] = ()) -> None:
-        self._options = list(options)
+        # A channel of its own per member, never a shared subchannel: a new channel to an address whose
+        # last one failed must connect afresh, not inherit the failed one's reconnect backoff.
+        local = ("grpc.use_local_subchannel_pool", 1)
+        self._options = [*(option for option in options if option[0] != local[0]), local]
         self._channels: collections.OrderedDict[str, aio.Channel] = collections.OrderedDict()
         self._retired: list[aio.Channel] = []
 
@@ -110,13 +113,20 @@ class PeerClients:
         metadata: Sequence[tuple[str, str | bytes]],
         timeout_s: float,
     ) -> bytes:
-        call = self._channel(address).unary_unary(
-            method, request_serializer=_bytes, response_deserializer=_bytes
-        )
+        channel = self._channel(address)
+        call = channel.unary_unary(method, request_serializer=_bytes, response_deserializer=_bytes)
         try:
             reply: bytes = await call(request, timeout=max(timeout_s, 0.001), metadata=tuple(metadata))
         except aio.AioRpcError as error:
-            raise _translated(error) from None
+            failure = _translated(error)
+            if isinstance(failure, Unreachable) and self._channels.get(address) is channel:
+                # A channel that failed to connect backs off before trying again; the next member at
+                # this address (the owner restarted in place) must be reached at once, on a new one.
+                del self._channels[address]
+                self._retired.append(channel)
+            while len(self._retired) > MAX_PEER_CHANNELS:  # bounded however long members are away
+                await self._retired.pop(0).close(grace=None)
+            raise failure from None
         return reply
 
     async def process_command(

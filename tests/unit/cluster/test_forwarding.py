@@ -14,7 +14,7 @@ from grpc import aio
 from chiefofstate.api.grpc_errors import abort_with
 from chiefofstate.cluster.forwarding import Forwarder
 from chiefofstate.cluster.peers import FORWARDED_KEY, PeerClients
-from chiefofstate.cluster.routes import RoutingTable
+from chiefofstate.cluster.routes import Route, RoutingTable
 from chiefofstate.core.errors import Code, CosError, ShardNotHere, Unavailable
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.entities.deadline import Deadline
@@ -90,7 +90,7 @@ def deadline(seconds: float = 10.0) -> Deadline:
 async def test_a_request_goes_to_the_owner_with_the_callers_headers(peers: PeerClients) -> None:
     owner = await serve(Owner())
     routes = RoutingTable("127.0.0.1:1")
-    routes.replace({shard: owner.address for shard in range(SHARDS)})
+    routes.replace({shard: Route(owner.address, 1) for shard in range(SHARDS)})
     forwarder = Forwarder(routes, peers, SHARDS, 1.0)
     state = await forwarder.process_command("e", command("hello"), [("x-tenant", "t1")], deadline())
     assert state.revision == 7
@@ -105,14 +105,14 @@ async def test_a_stale_route_is_corrected_once_without_the_caller_seeing_it(peer
     former = await serve(Owner(serves=False))
     current = await serve(Owner())
     routes = RoutingTable("127.0.0.1:1")
-    routes.replace({shard: former.address for shard in range(SHARDS)})
+    routes.replace({shard: Route(former.address, 1) for shard in range(SHARDS)})
     forwarder = Forwarder(routes, peers, SHARDS, 5.0)
     answer = asyncio.create_task(forwarder.process_command("e", command("x"), [], deadline()))
     for _ in range(1000):  # the former owner's refusal arrives, then the route is refreshed
         if former.owner.seen_metadata:
             break
         await asyncio.sleep(0.01)
-    routes.replace({shard: current.address for shard in range(SHARDS)})  # the next refresh
+    routes.replace({shard: Route(current.address, 2) for shard in range(SHARDS)})  # the next refresh
     assert (await answer).revision == 7
     assert len(current.owner.seen_metadata) == 1
     for running in (former, current):
@@ -124,7 +124,7 @@ async def test_the_owners_refusal_reaches_the_caller_unchanged(peers: PeerClient
         Owner(refuse_with=CosError("account closed", code=Code.FAILED_PRECONDITION, details=b"\x08\x09"))
     )
     routes = RoutingTable("127.0.0.1:1")
-    routes.replace({shard: owner.address for shard in range(SHARDS)})
+    routes.replace({shard: Route(owner.address, 1) for shard in range(SHARDS)})
     with pytest.raises(CosError) as refused:
         await Forwarder(routes, peers, SHARDS, 1.0).process_command("e", command("x"), [], deadline())
     assert refused.value.code is Code.FAILED_PRECONDITION
@@ -150,7 +150,7 @@ async def test_a_request_waiting_for_an_owner_goes_as_soon_as_one_is_named(peers
     answer = asyncio.create_task(forwarder.process_command("e", command("x"), [], deadline()))
     await asyncio.sleep(0.05)
     assert not answer.done()
-    routes.replace({shard: owner.address for shard in range(SHARDS)})
+    routes.replace({shard: Route(owner.address, 1) for shard in range(SHARDS)})
     assert (await asyncio.wait_for(answer, 10)).revision == 7
     await owner.server.stop(None)
 
@@ -164,12 +164,12 @@ async def test_the_callers_deadline_bounds_the_wait(peers: PeerClients) -> None:
 async def test_a_dead_owner_is_passed_over_once_the_table_names_another(peers: PeerClients) -> None:
     alive = await serve(Owner())
     routes = RoutingTable("127.0.0.1:1")
-    routes.replace({shard: "127.0.0.1:9" for shard in range(SHARDS)})  # nothing listens there
+    routes.replace({shard: Route("127.0.0.1:9", 1) for shard in range(SHARDS)})  # nothing listens there
     forwarder = Forwarder(routes, peers, SHARDS, 10.0)
     # Refused before anything was sent, so even a command may go to the next owner.
     answer = asyncio.create_task(forwarder.process_command("e", command("x"), [], deadline()))
     await asyncio.sleep(0.2)
-    routes.replace({shard: alive.address for shard in range(SHARDS)})  # the lease moved
+    routes.replace({shard: Route(alive.address, 2) for shard in range(SHARDS)})  # the lease moved
     assert (await asyncio.wait_for(answer, 10)).revision == 7
     await alive.server.stop(None)
 
@@ -178,9 +178,29 @@ async def test_an_owners_own_unavailable_answer_is_not_sent_elsewhere(peers: Pee
     refusal = Unavailable("the write handler is unavailable")
     owner = await serve(Owner(refuse_with=refusal))
     routes = RoutingTable("127.0.0.1:1")
-    routes.replace({shard: owner.address for shard in range(SHARDS)})
+    routes.replace({shard: Route(owner.address, 1) for shard in range(SHARDS)})
     with pytest.raises(CosError, match="write handler is unavailable") as refused:
         await Forwarder(routes, peers, SHARDS, 10.0).process_command("e", command("x"), [], deadline())
     assert refused.value.code is Code.UNAVAILABLE
     assert len(owner.owner.seen_metadata) == 1
     await owner.server.stop(None)
+
+
+async def test_a_member_restarted_at_the_same_address_is_tried_under_its_new_lease(
+    peers: PeerClients,
+) -> None:
+    routes = RoutingTable("127.0.0.1:1")
+    restarted = await serve(Owner())
+    await restarted.server.stop(None)  # the member died: its address refuses connections
+    routes.replace({shard: Route(restarted.address, 1) for shard in range(SHARDS)})
+    forwarder = Forwarder(routes, peers, SHARDS, 10.0)
+    answer = asyncio.create_task(forwarder.process_command("e", command("x"), [], deadline()))
+    await asyncio.sleep(0.2)
+    port = int(restarted.address.rsplit(":", 1)[1])
+    again = aio.server()
+    add_ChiefOfStateServiceServicer_to_server(Owner(), again)
+    again.add_insecure_port(f"127.0.0.1:{port}")
+    await again.start()
+    routes.replace({shard: Route(restarted.address, 2) for shard in range(SHARDS)})  # its new lease
+    assert (await asyncio.wait_for(answer, 10)).revision == 7
+    await again.stop(None)
