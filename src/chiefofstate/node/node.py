@@ -200,7 +200,7 @@ class Node:
         """/alive and /ready on the management port, /metrics on the Prometheus port."""
         server, closers = self.settings.server, self._closers
         management = self.management = ManagementServer(
-            server.address, server.management_port, self.readiness
+            server.address, server.management_port, self.readiness, reuse_port=server.reuse_port
         )
         await management.start()
         closers.push_async_callback(management.close)
@@ -223,6 +223,7 @@ class Node:
                 # ReadSideManagerService only with COS_READ_SIDE_ENABLED=true (docs/contract.md §1).
                 extra_services=self.read_sides.services if self.read_sides is not None else (),
                 metrics=GrpcServerMetrics(self.metrics),
+                reuse_port=server.reuse_port,
             )
             await grpc_server.start()
             serving.append(f"gRPC on {server.address}:{grpc_server.port}")
@@ -235,7 +236,11 @@ class Node:
                 body_timeout_s=server.command_timeout_s,
             )
             http_server = self.http = HttpServer(
-                app, server.http_address, server.http_port, server.shutdown_timeout_s
+                app,
+                server.http_address,
+                server.http_port,
+                server.shutdown_timeout_s,
+                reuse_port=server.reuse_port,
             )
             await http_server.start()
             serving.append(f"HTTP on {server.http_address}:{http_server.port}")
