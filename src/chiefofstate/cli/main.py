@@ -72,11 +72,14 @@ def serve() -> None:
 def migrate() -> None:
     """Create or upgrade the journal schema, then exit."""
     settings = _settings(require_write_side=False)
-    from chiefofstate.node.stores import open_store
+    from chiefofstate.node.stores import exclusive_use, open_store
 
     async def migrate_and_close() -> str:
-        journal = await open_store(settings)
-        await journal.close()
+        # A running node's schema is not changed under it: on SQLite, refused while a node serves the
+        # file (exit 2); on PostgreSQL every migration runs under an advisory lock, beside members or not.
+        with exclusive_use(settings.store, "migrating it"):
+            journal = await open_store(settings)
+            await journal.close()
         return journal.description
 
     description = _run(migrate_and_close)

@@ -33,7 +33,7 @@ from chiefofstate.node.gauges import register_cluster_readings, register_node_re
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
 from chiefofstate.node.read_sides import ReadSides, open_read_sides
-from chiefofstate.node.stores import open_store, state_reads
+from chiefofstate.node.stores import exclusive_use, open_store, state_reads
 from chiefofstate.node.write_side import create_write_handler
 from chiefofstate.ports.journal import Journal
 from chiefofstate.ports.write_handler import WriteHandler
@@ -78,6 +78,8 @@ class Node:
     async def _start_parts(self) -> None:
         self.tracing = Tracing(self.settings.tracing)
         self._closers.callback(self.tracing.shutdown)  # flushes buffered spans last, after everything else
+        # Before anything is migrated or bound: a second node on one SQLite file is refused untouched.
+        self._closers.enter_context(exclusive_use(self.settings.store, "starting another node"))
         journal = self.journal = await open_store(self.settings)
         self._closers.push_async_callback(journal.close)
         processor, writer, snapshotter = await self._start_write_path(journal, self.tracing)
