@@ -78,8 +78,6 @@ class Node:
     async def _start_parts(self) -> None:
         self.tracing = Tracing(self.settings.tracing)
         self._closers.callback(self.tracing.shutdown)  # flushes buffered spans last, after everything else
-        # Before anything is migrated or bound: a second node on one SQLite file is refused untouched.
-        self._closers.enter_context(exclusive_use(self.settings.store, "starting another node"))
         journal = self.journal = await open_store(self.settings)
         self._closers.push_async_callback(journal.close)
         processor, writer, snapshotter = await self._start_write_path(journal, self.tracing)
@@ -303,16 +301,20 @@ class Node:
 
 
 async def run_until_signalled(settings: Settings) -> None:
-    """Run a node until SIGTERM or SIGINT, then shut it down gracefully."""
+    """Run a node until SIGTERM or SIGINT, then shut it down gracefully.
+
+    Before anything is built, migrated or bound, and for the process's life, the store is claimed: a
+    second node on one SQLite file is refused (exit 2) without touching it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    node = Node(settings)
-    try:
-        await node.start()
-        freeze_start_up_heap()
-        await stop.wait()
-        log.warning("shutdown requested")
-    finally:
-        await node.stop()
+    with exclusive_use(settings.store, "starting another node"):
+        node = Node(settings)
+        try:
+            await node.start()
+            freeze_start_up_heap()
+            await stop.wait()
+            log.warning("shutdown requested")
+        finally:
+            await node.stop()
