@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from chiefofstate.config import workers
 from chiefofstate.config.settings import Settings, load_settings
 from chiefofstate.core.errors import ConfigError
 
@@ -32,10 +33,10 @@ def test_one_node_by_default_not_a_worker_and_no_port_shared() -> None:
 
 def test_a_whole_number_or_auto_for_one_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load(COS_WORKERS="3").workers.count == 3
-    monkeypatch.setattr(workers.os, "cpu_count", lambda: 6)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
     assert load(COS_WORKERS="auto").workers.count == 6
     assert load(COS_WORKERS=" AUTO ").workers.count == 6
-    monkeypatch.setattr(workers.os, "cpu_count", lambda: None)  # unknown: one
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one
     assert load(COS_WORKERS="auto").workers.count == 1
 
 
@@ -48,9 +49,9 @@ def test_on_sqlite_only_one_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load(BASE, COS_WORKERS="1").workers.count == 1
     message = rejects("COS_WORKERS", BASE, COS_WORKERS="2")
     assert "PostgreSQL" in message and "\n" not in message
-    monkeypatch.setattr(workers.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
     rejects("COS_WORKERS", BASE, COS_WORKERS="auto")
-    monkeypatch.setattr(workers.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert load(BASE, COS_WORKERS="auto").workers.count == 1
     rejects("COS_WORKER_INDEX", BASE, COS_WORKER_INDEX="0")
 
@@ -85,3 +86,14 @@ def test_the_supervisor_refuses_ports_its_workers_could_not_use() -> None:
     assert load(COS_WORKERS="2", COS_HTTP_PORT="0").workers.count == 2  # no HTTP API: not shared
     rejects("COS_CLUSTER_PORT", COS_WORKER_INDEX="10", COS_CLUSTER_PORT="65530")
     rejects("COS_WORKER_INDEX", COS_WORKER_INDEX="-1")
+
+
+def test_what_each_worker_would_do_alone_is_said_once() -> None:
+    assert load(COS_WORKERS="2").workers.warnings == ()
+    said = load(COS_WORKERS="2", COS_READ_SIDE_ENABLED="true", COS_SUBSCRIPTION_ENABLED="true")
+    assert [warning.split(" ", 1)[0] for warning in said.workers.warnings] == [
+        "COS_READ_SIDE_ENABLED",
+        "COS_SUBSCRIPTION_ENABLED",
+    ]
+    worker = load(COS_WORKER_INDEX="1", COS_READ_SIDE_ENABLED="true", COS_SUBSCRIPTION_ENABLED="true")
+    assert worker.workers.warnings == ()
