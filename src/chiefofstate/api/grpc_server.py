@@ -26,13 +26,17 @@ class GrpcServer:
         max_message_bytes: int,
         extra_services: Sequence[ServiceRegistration] = (),
         metrics: GrpcServerMetrics | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         self._server = aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
-                # A restarted node must be able to rebind at once; two live nodes must not share a port.
-                ("grpc.so_reuseport", 0),
+                # A restarted node must be able to rebind at once; two live nodes must not share a port,
+                # unless they are workers of one supervisor (`reuse_port`), among which the kernel
+                # spreads the connections (docs/cluster.md, "Workers").
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
         registry = MeasuredServer(self._server, metrics) if metrics is not None else self._server

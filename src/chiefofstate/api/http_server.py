@@ -36,8 +36,11 @@ class _NodeOwnedServer(uvicorn.Server):
         yield  # the node handles SIGTERM and SIGINT itself
 
 
-def bind_listening_socket(address: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A TCP listener whose accepted connections get TCP_NODELAY.
+def bind_listening_socket(
+    address: str, port: int, backlog: int = 2048, *, reuse_port: bool = False
+) -> socket.socket:
+    """A TCP listener whose accepted connections get TCP_NODELAY; with `reuse_port`, one that sibling
+    workers bind too (SO_REUSEPORT: the kernel spreads the connections among them).
 
     asyncio sets TCP_NODELAY only on sockets whose `proto` is IPPROTO_TCP, and `socket.create_server`
     leaves it 0; without it Nagle's algorithm holds a response's body behind its head until the
@@ -49,6 +52,8 @@ def bind_listening_socket(address: str, port: int, backlog: int = 2048) -> socke
     listener = socket.socket(family, kind, proto)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.bind(bind_to)
         listener.listen(backlog)
     except BaseException:
@@ -58,8 +63,11 @@ def bind_listening_socket(address: str, port: int, backlog: int = 2048) -> socke
 
 
 class HttpServer:
-    def __init__(self, app: ASGIApp, address: str, port: int, shutdown_timeout_s: float) -> None:
+    def __init__(
+        self, app: ASGIApp, address: str, port: int, shutdown_timeout_s: float, *, reuse_port: bool = False
+    ) -> None:
         self._app = app
+        self._reuse_port = reuse_port
         self._address = address
         self._requested_port = port
         self._shutdown_timeout_s = shutdown_timeout_s
@@ -69,7 +77,7 @@ class HttpServer:
 
     async def start(self) -> None:
         logging.getLogger("uvicorn.error").addFilter(_drop_terminal_colours)  # idempotent
-        listener = bind_listening_socket(self._address, self._requested_port)
+        listener = bind_listening_socket(self._address, self._requested_port, reuse_port=self._reuse_port)
         self.port = int(listener.getsockname()[1])
         config = uvicorn.Config(
             self._app,

@@ -40,9 +40,12 @@ def _encode(reply: Reply) -> bytes:
 class SmallHttpServer:
     """Answers GET on a fixed set of paths; anything else is 404 or 405."""
 
-    def __init__(self, host: str, port: int, routes: Mapping[str, Route]) -> None:
+    def __init__(
+        self, host: str, port: int, routes: Mapping[str, Route], *, reuse_port: bool = False
+    ) -> None:
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port
         self._routes = dict(routes)
         self._server: asyncio.Server | None = None
 
@@ -52,7 +55,9 @@ class SmallHttpServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        self._server = await asyncio.start_server(
+            self._serve, self._host, self._port, reuse_port=self._reuse_port or None
+        )
 
     async def close(self) -> None:
         if self._server is not None:
@@ -107,5 +112,6 @@ def metrics_route(exposition: Callable[[], bytes]) -> Route:
 class ManagementServer(SmallHttpServer):
     """GET /alive (the process runs) and GET /ready (migrated, store reachable, not shutting down)."""
 
-    def __init__(self, host: str, port: int, readiness: ReadinessCheck) -> None:
-        super().__init__(host, port, management_routes(readiness))
+    def __init__(self, host: str, port: int, readiness: ReadinessCheck, *, reuse_port: bool = False) -> None:
+        # Workers share the management port: any of them answers a probe (docs/cluster.md, "Workers").
+        super().__init__(host, port, management_routes(readiness), reuse_port=reuse_port)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, TypeVar
 
 import typer
@@ -14,6 +14,7 @@ from rich.table import Table
 from chiefofstate.cli.cluster import AsJson, print_status, read_status
 from chiefofstate.cli.cluster import app as cluster_app
 from chiefofstate.cli.readside import app as readside_app
+from chiefofstate.cli.workers import CONFIG_ERROR_EXIT
 from chiefofstate.config.settings import Settings, load_logging_settings, load_settings
 from chiefofstate.core.errors import ConfigError, CosError
 from chiefofstate.node.event_loop import run_on_event_loop
@@ -27,15 +28,15 @@ app.add_typer(cluster_app, name="cluster")
 console = Console()
 T = TypeVar("T")
 
-CONFIG_ERROR_EXIT = 2  # decision D9
 
-
-def _settings(*, require_write_side: bool) -> Settings:
-    """Parse the environment, or print one line naming the bad variable and exit 2."""
+def _settings(*, require_write_side: bool, overrides: Mapping[str, str] | None = None) -> Settings:
+    """Parse the environment (with what command-line options override), or print one line naming the
+    bad variable and exit 2."""
+    environ = {**os.environ, **(overrides or {})}
     try:
-        logging_settings = load_logging_settings(os.environ)
+        logging_settings = load_logging_settings(environ)
         configure_logging(logging_settings.level, logging_settings.style, logging_settings.service_name)
-        return load_settings(os.environ, require_write_side=require_write_side)
+        return load_settings(environ, require_write_side=require_write_side)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         raise typer.Exit(CONFIG_ERROR_EXIT) from None
@@ -57,12 +58,38 @@ def _run(coroutine_factory: Callable[[], Awaitable[T]], event_loop: str = "async
         raise typer.Exit(1) from None
 
 
+Workers = Annotated[
+    str | None,
+    typer.Option(
+        "--workers",
+        metavar="N|auto",
+        help="node processes to run on this machine, as cluster members (PostgreSQL only): a whole "
+        "number, or auto for one per core; overrides COS_WORKERS",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
-def serve() -> None:
-    """Run one node configured by the COS_* environment variables until SIGTERM or SIGINT."""
-    settings = _settings(require_write_side=True)
+def serve(workers: Workers = None) -> None:
+    """Run one node configured by the COS_* environment variables until SIGTERM or SIGINT; with
+    --workers N, N of them sharing the client-facing ports."""
+    overrides = {"COS_WORKERS": workers} if workers is not None else {}
+    settings = _settings(require_write_side=True, overrides=overrides)
+    if settings.workers.count > 1:
+        from chiefofstate.cli.workers import supervise
+
+        # Each worker parses the same settings again and says their warnings; only those about running
+        # several workers are said here.
+        for warning in settings.workers.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        raise typer.Exit(supervise(settings.workers.count, {**os.environ, **overrides}))
     for warning in settings.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if settings.workers.is_worker:
+        from chiefofstate.cli.workers import stop_with_supervisor
+
+        stop_with_supervisor()
     from chiefofstate.node.node import run_until_signalled
 
     _run(lambda: run_until_signalled(settings), settings.server.event_loop)
@@ -72,11 +99,14 @@ def serve() -> None:
 def migrate() -> None:
     """Create or upgrade the journal schema, then exit."""
     settings = _settings(require_write_side=False)
-    from chiefofstate.node.stores import open_store
+    from chiefofstate.node.stores import exclusive_use, open_store
 
     async def migrate_and_close() -> str:
-        journal = await open_store(settings)
-        await journal.close()
+        # A running node's schema is not changed under it: on SQLite, refused while a node serves the
+        # file (exit 2); on PostgreSQL every migration runs under an advisory lock, beside members or not.
+        with exclusive_use(settings.store, "migrating it"):
+            journal = await open_store(settings)
+            await journal.close()
         return journal.description
 
     description = _run(migrate_and_close)

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,8 +159,41 @@ _NODE_PORT_VARIABLES = (
 )
 
 
+# Each worker of `cos serve --workers N` has its own of these, the configured port plus its index.
+_PER_WORKER_PORT_VARIABLES = ("COS_PROMETHEUS_PORT", "COS_CLUSTER_PORT")
+
+
+def free_ports_in_a_row(count: int, avoid: Collection[int] = ()) -> int:
+    """The first of `count` consecutive ports that are free now and not in `avoid` (see free_port)."""
+    if count == 1:
+        return free_port(avoid)
+    for _ in range(200):
+        first = free_port(avoid)
+        row = range(first, first + count)
+        if row.stop - 1 <= _CHOSEN_PORTS.stop and all(
+            port not in avoid and _bindable(port) for port in row[1:]
+        ):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def node_environment(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
     """`base` and `overrides`, with a distinct free port for each of the node's servers not given."""
+    return workers_environment(base, 1, **overrides)
+
+
+def workers_environment(base: Mapping[str, str], workers: int, **overrides: str) -> dict[str, str]:
+    """As node_environment, for `cos serve --workers N`: the per-worker ports not given are the first of
+    `workers` free ones in a row, one for each worker."""
     env = {**base, **overrides}
     env.setdefault("COS_ADDRESS", "127.0.0.1")
     env.setdefault("COS_HTTP_ADDRESS", "127.0.0.1")
@@ -168,14 +201,22 @@ def node_environment(base: Mapping[str, str], **overrides: str) -> dict[str, str
     taken = {int(env[name]) for name in _NODE_PORT_VARIABLES if env.get(name, "").isdigit()}
     for name in _NODE_PORT_VARIABLES:
         if name not in env:
-            port = free_port(avoid=taken)
-            taken.add(port)
+            count = workers if name in _PER_WORKER_PORT_VARIABLES else 1
+            port = free_ports_in_a_row(count, avoid=taken)
+            taken.update(range(port, port + count))
             env[name] = str(port)
     return env
 
 
-def start_node(env: Mapping[str, str], log_dir: Path, name: str = "cos-node", wait: bool = True) -> Process:
-    process = spawn(name, [sys.executable, "-m", "chiefofstate", "serve"], env, log_dir)
+def start_node(
+    env: Mapping[str, str],
+    log_dir: Path,
+    name: str = "cos-node",
+    wait: bool = True,
+    serve_options: Sequence[str] = (),
+) -> Process:
+    """`cos serve` with `serve_options` (`--workers 2`: then `ready` means some worker is)."""
+    process = spawn(name, [sys.executable, "-m", "chiefofstate", "serve", *serve_options], env, log_dir)
     process.ports["grpc"] = int(env["COS_PORT"])
     process.ports["management"] = int(env["COS_MANAGEMENT_PORT"])
     process.ports["metrics"] = int(env.get("COS_PROMETHEUS_PORT", "9102"))

@@ -19,6 +19,13 @@ from chiefofstate.config.cluster import (
 from chiefofstate.config.parsing import Env
 from chiefofstate.config.read_sides import ReadSidesSettings, load_read_sides
 from chiefofstate.config.tracing import TracingSettings, tracing_settings
+from chiefofstate.config.workers import (
+    WorkerSettings,
+    check_room_for_workers,
+    check_shared_ports,
+    load_worker_settings,
+    offset_port,
+)
 from chiefofstate.core.breaker import BreakerSettings
 from chiefofstate.core.command_rules import ProtoValidation
 from chiefofstate.core.errors import ConfigError
@@ -96,6 +103,9 @@ class ServerSettings:
     prometheus_port: int
     health_check_interval_s: float
     event_loop: str = "uvloop"
+    # SO_REUSEPORT on the client-facing ports: only a worker shares them, with its siblings; a lone
+    # node must fail to bind a port another process holds rather than silently share it.
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +141,7 @@ class Settings:
     read_sides: ReadSidesSettings = field(default=ReadSidesSettings())
     tracing: TracingSettings = field(default=TracingSettings(enabled=False, service_name="chiefofstate"))
     cluster: ClusterSettings = field(default=CLUSTER_OFF)
+    workers: WorkerSettings = field(default=WorkerSettings())
 
 
 _RETIRED_VARIABLES = (
@@ -298,6 +309,39 @@ def _refuse_unsupported(settings: Settings) -> None:
             raise ConfigError(variable, f"{feature}: not available in this release (got {value!r})")
 
 
+def _with_workers(settings: Settings) -> Settings:
+    """Checks the ports a supervisor's workers will use, and gives a worker its own: it shares the
+    client-facing ports with its siblings, and offsets by its index the ports each must have alone (the
+    cluster port peers dial, the Prometheus port scraped per process)."""
+    workers, server, cluster = settings.workers, settings.server, settings.cluster
+    own_ports = {"COS_CLUSTER_PORT": cluster.port, "COS_PROMETHEUS_PORT": server.prometheus_port}
+    own_ports["COS_CLUSTER_ADVERTISED_PORT"] = cluster.advertised_port
+    if workers.count > 1:
+        shared = {"COS_MANAGEMENT_PORT": server.management_port}
+        if server.protocol in ("grpc", "both"):
+            shared["COS_PORT"] = server.port
+        if server.protocol in ("http", "both"):
+            shared["COS_HTTP_PORT"] = server.http_port
+        check_shared_ports(shared)
+        check_room_for_workers(own_ports, workers.count)
+    if workers.index is None:
+        return settings
+    index = workers.index
+    return replace(
+        settings,
+        server=replace(
+            server,
+            reuse_port=True,
+            prometheus_port=offset_port("COS_PROMETHEUS_PORT", server.prometheus_port, index),
+        ),
+        cluster=replace(
+            cluster,
+            port=offset_port("COS_CLUSTER_PORT", cluster.port, index),
+            advertised_port=offset_port("COS_CLUSTER_ADVERTISED_PORT", cluster.advertised_port, index),
+        ),
+    )
+
+
 def load_logging_settings(environ: Mapping[str, str]) -> LoggingSettings:
     """Logging settings alone, so that even a configuration error can be logged in the chosen style."""
     return _logging(Env(environ))
@@ -351,8 +395,10 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
         cluster=load_cluster_settings(
             env, deployment_mode=deployment_mode, uses_postgres=store.postgres is not None
         ),
+        workers=load_worker_settings(env, uses_postgres=store.postgres is not None),
     )
     _refuse_unsupported(settings)
+    settings = _with_workers(settings)
     if settings.subscription_enabled and settings.server.protocol == "http":
         # As upstream (docs/contract.md §14 #20): subscriptions are gRPC streams, and no gRPC server runs.
         settings = replace(

@@ -33,7 +33,7 @@ from chiefofstate.node.gauges import register_cluster_readings, register_node_re
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
 from chiefofstate.node.read_sides import ReadSides, open_read_sides
-from chiefofstate.node.stores import open_store, state_reads
+from chiefofstate.node.stores import exclusive_use, open_store, state_reads
 from chiefofstate.node.write_side import create_write_handler
 from chiefofstate.ports.journal import Journal
 from chiefofstate.ports.write_handler import WriteHandler
@@ -200,7 +200,7 @@ class Node:
         """/alive and /ready on the management port, /metrics on the Prometheus port."""
         server, closers = self.settings.server, self._closers
         management = self.management = ManagementServer(
-            server.address, server.management_port, self.readiness
+            server.address, server.management_port, self.readiness, reuse_port=server.reuse_port
         )
         await management.start()
         closers.push_async_callback(management.close)
@@ -223,6 +223,7 @@ class Node:
                 # ReadSideManagerService only with COS_READ_SIDE_ENABLED=true (docs/contract.md §1).
                 extra_services=self.read_sides.services if self.read_sides is not None else (),
                 metrics=GrpcServerMetrics(self.metrics),
+                reuse_port=server.reuse_port,
             )
             await grpc_server.start()
             serving.append(f"gRPC on {server.address}:{grpc_server.port}")
@@ -235,7 +236,11 @@ class Node:
                 body_timeout_s=server.command_timeout_s,
             )
             http_server = self.http = HttpServer(
-                app, server.http_address, server.http_port, server.shutdown_timeout_s
+                app,
+                server.http_address,
+                server.http_port,
+                server.shutdown_timeout_s,
+                reuse_port=server.reuse_port,
             )
             await http_server.start()
             serving.append(f"HTTP on {server.http_address}:{http_server.port}")
@@ -296,16 +301,20 @@ class Node:
 
 
 async def run_until_signalled(settings: Settings) -> None:
-    """Run a node until SIGTERM or SIGINT, then shut it down gracefully."""
+    """Run a node until SIGTERM or SIGINT, then shut it down gracefully.
+
+    Before anything is built, migrated or bound, and for the process's life, the store is claimed: a
+    second node on one SQLite file is refused (exit 2) without touching it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    node = Node(settings)
-    try:
-        await node.start()
-        freeze_start_up_heap()
-        await stop.wait()
-        log.warning("shutdown requested")
-    finally:
-        await node.stop()
+    with exclusive_use(settings.store, "starting another node"):
+        node = Node(settings)
+        try:
+            await node.start()
+            freeze_start_up_heap()
+            await stop.wait()
+            log.warning("shutdown requested")
+        finally:
+            await node.stop()

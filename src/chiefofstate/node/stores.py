@@ -4,6 +4,7 @@ SQLite file otherwise (decision D10, docs/contract.md §0). The only module that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from contextlib import AsyncExitStack
@@ -68,6 +69,17 @@ async def open_store(settings: Settings) -> Journal:
             log.warning("JOURNAL STORE: %s (schema version %d)", journal.description, version)
         return journal
     raise AssertionError("unreachable")
+
+
+def exclusive_use(store: StoreSettings, purpose: str) -> contextlib.AbstractContextManager[None]:
+    """What `cos serve` and `cos migrate` hold while they use the store: on SQLite, the file's lock (one
+    node per file, refused with ConfigError while another holds it); nothing on PostgreSQL, where
+    several members share the database by design."""
+    if store.postgres is not None:
+        return contextlib.nullcontext()
+    from chiefofstate.stores.sqlite.file_lock import exclusive_use as lock_file
+
+    return lock_file(store.sqlite_path, purpose)
 
 
 def state_reads(
