@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.cluster.scenarios import Settings, cluster_life
-from tests.support.history import CheckResult, format_table
+from tests.faults.__main__ import print_summary
+from tests.support.history import CheckResult
 from tests.support.postgres import test_server
 
 
@@ -63,13 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failures.append(f"{outcome.result.run} ({workdir}):\n  " + "\n  ".join(details))
             elif not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    if results:
-        print(format_table(results))
-    print(f"\n{len(results)} run(s) checked in {time.monotonic() - started:.0f}s")
-    for failure in failures:
-        print(f"\n{failure}")
-    return 1 if failures else 0
+    return print_summary(results, failures, started)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         failures.append(f"{outcome.result.run} ({workdir}):\n  " + "\n  ".join(details))
                 if outcome is not None and outcome.ok and not args.keep:
                     shutil.rmtree(workdir, ignore_errors=True)
+    return print_summary(results, failures, started)
+
+
+def print_summary(results: list[CheckResult], failures: list[str], started: float) -> int:
+    """One table for every run checked, then each failure; the exit code of a long run."""
     print()
     if results:
         print(format_table(results))

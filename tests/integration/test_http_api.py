@@ -241,6 +241,7 @@ async def test_an_unreachable_or_slow_handler_gives_503_and_504(
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gone.ports['http']}", timeout=10) as http:
         reply = await http.post("/v1/commands/u-1/process", json=command(bank.open_account("U", 1)))
         assert error_of(reply)[:2] == (503, "UNAVAILABLE")
+    gone.stop()  # one node per SQLite file: the next node of this test uses the same store
     slow = start_bank_write_handler(
         tmp_path_factory.mktemp("slow-http"), extra_env={"BANK_HANDLER_DELAY_MS": "1500"}
     )
