@@ -11,10 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from chiefofstate.ports.cluster import LeaseKey
-
 from chiefofstate.core.errors import ShardNotHere
 from chiefofstate.core.leases import HeldLease, LeaseTiming, granted, is_usable, renewed
+from chiefofstate.ports.cluster import LeaseKey
 
 
 class LeaseBook:
