@@ -1,6 +1,6 @@
 """One member's part in the cluster: its heartbeat, which shards it should own, and its leases.
 
-Every round (COS_CLUSTER_HEARTBEAT_INTERVAL / 4, at most 0.5 s) the coordinator reads the live members
+Every round (COS_CLUSTER_HEARTBEAT_INTERVAL / 8, at most 0.25 s) the coordinator reads the live members
 from the database, places every shard on one of them by rendezvous hashing (core/placement.py), renews
 the leases it holds, hands over the ones placement gives to another member, acquires the ones placement
 gives to it once they are free or expired, and rereads who holds what for the routing table. The
@@ -33,7 +33,9 @@ from chiefofstate.ports.cluster import ClusterStore, LeaseKey, Member
 
 log = logging.getLogger("chiefofstate.cluster")
 
-LONGEST_ROUND_S = 0.5
+# A handover completes at the successor's next round: short rounds keep it well under a second, for two
+# small statements per round and member.
+LONGEST_ROUND_S = 0.25
 
 
 class Coordinator:
@@ -63,7 +65,7 @@ class Coordinator:
         self._clock = clock
         self._shard_keys = [LeaseKey.entity_shard(shard) for shard in range(num_shards)]
         self._placement_names = {key: shard_key(key.shard) for key in self._shard_keys}
-        self._round_s = min(settings.members.heartbeat_interval_s / 4, LONGEST_ROUND_S)
+        self._round_s = min(settings.members.heartbeat_interval_s / 8, LONGEST_ROUND_S)
         self._next_heartbeat = 0.0
         self._next_renewal = 0.0
         self._task: asyncio.Task[None] | None = None
