@@ -45,20 +45,21 @@ class ClusterStatus:
         }
         return [shard for shard in range(self.num_shards) if shard not in held]
 
+    def _member_json(self, member: Member) -> dict[str, Any]:
+        shards, projections = self.owned(member.member_id)
+        return {
+            "member_id": member.member_id,
+            "address": member.address,
+            "started_at": _iso(member.started_at_ms),
+            "last_heartbeat_seconds_ago": round(member.heartbeat_age_s, 3),
+            "shards": shards,
+            "projections": projections,
+        }
+
     def as_json(self) -> dict[str, Any]:
         return {
             "num_shards": self.num_shards,
-            "members": [
-                {
-                    "member_id": member.member_id,
-                    "address": member.address,
-                    "started_at": _iso(member.started_at_ms),
-                    "last_heartbeat_seconds_ago": round(member.heartbeat_age_s, 3),
-                    "shards": self.owned(member.member_id)[0],
-                    "projections": self.owned(member.member_id)[1],
-                }
-                for member in self.members
-            ],
+            "members": [self._member_json(member) for member in self.members],
             "leases": [
                 {
                     "shard": lease.key.shard,

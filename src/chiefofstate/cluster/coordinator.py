@@ -65,6 +65,8 @@ class Coordinator:
         self._clock = clock
         self._shard_keys = [LeaseKey.entity_shard(shard) for shard in range(num_shards)]
         self._placement_names = {key: shard_key(key.shard) for key in self._shard_keys}
+        self._placed_for: frozenset[str] = frozenset()
+        self._placed: set[LeaseKey] = set()
         self._round_s = min(settings.members.heartbeat_interval_s / 8, LONGEST_ROUND_S)
         self._next_heartbeat = 0.0
         self._next_renewal = 0.0
@@ -173,8 +175,16 @@ class Coordinator:
         ids.add(self.member_id)  # our own heartbeat may not be visible in a read that raced it
         if not expected_members_present(len(ids), self._settings.replica_count):
             return set()
-        placed = assign(self._placement_names.values(), ids)
-        return {key for key, name in self._placement_names.items() if placed.get(name) == self.member_id}
+        members_now = frozenset(ids)
+        if members_now != self._placed_for:
+            # Hashing every shard against every member is the round's only CPU of note: done again
+            # only when the live members change, not every quarter second.
+            placed = assign(self._placement_names.values(), members_now)
+            self._placed_for = members_now
+            self._placed = {
+                key for key, name in self._placement_names.items() if placed.get(name) == self.member_id
+            }
+        return self._placed
 
     async def _renew_if_due(self) -> None:
         held = self._book.held()

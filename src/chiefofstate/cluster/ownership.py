@@ -71,9 +71,6 @@ class LeaseBook:
         now = self._clock()
         return [key for key, lease in self._held.items() if not is_usable(lease, now)]
 
-    def now(self) -> float:
-        return self._clock()
-
 
 class ShardGateOfLeases:
     """The entities' gate (entities/gate.py) over the entity-shard leases of a `LeaseBook`."""

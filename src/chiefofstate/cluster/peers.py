@@ -16,8 +16,8 @@ from grpc import aio
 from chiefofstate.core.errors import Code, CosError
 from chiefofstate.core.headers import Metadata
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.writeside.grpc import status_details
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # Set on a forwarded call, so the owner never forwards it again; answered by the owner with
 # NOT_HERE_KEY when it does not serve the shard (any more), so the sender re-routes once.
 FORWARDED_KEY = "x-cos-forwarded"
@@ -64,15 +64,11 @@ def forwarded_metadata(
 
 
 def _translated(error: aio.AioRpcError) -> CosError | NotHere | Unreachable:
-    trailing = error.trailing_metadata() or ()
-    details = None
-    answered = False
-    for key, value in trailing:
-        if key == NOT_HERE_KEY:
-            return NotHere(error.details() or "")
-        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
-            details = value
-        answered = answered or key == ANSWERED_KEY
+    keys = {key for key, _ in error.trailing_metadata() or ()}
+    if NOT_HERE_KEY in keys:
+        return NotHere(error.details() or "")
+    answered = ANSWERED_KEY in keys
+    details = status_details(error)
     code = Code(error.code().value[0])
     message = error.details() or ""
     if not answered and code is Code.UNAVAILABLE:

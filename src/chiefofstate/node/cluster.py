@@ -38,8 +38,6 @@ class ClusterParts:
     gate: ShardGateOfLeases
     routes: RoutingTable
     peers: PeerClients
-    coordinator: Coordinator | None = None
-    peer_server: GrpcServer | None = None
 
     def forwarder(self, settings: Settings, tracing: Tracing, metrics: NodeMetrics) -> Forwarder:
         return Forwarder(
@@ -107,7 +105,7 @@ async def start_cluster(
     server = settings.server
     # Forwarded requests are served locally or refused with "not here"; never forwarded again.
     local_only = CommandPath(host, server.command_timeout_s, tracing=tracing, metrics=None)
-    peer_server = parts.peer_server = GrpcServer(
+    peer_server = GrpcServer(
         ChiefOfStateService(local_only), server.address, settings.cluster.port, server.max_message_bytes
     )
     await peer_server.start()
@@ -115,7 +113,7 @@ async def start_cluster(
     closers.push_async_callback(peer_server.stop, server.shutdown_timeout_s)
     cluster = settings.cluster
     await _check_reachable(cluster.host, cluster.advertised_port)
-    coordinator = parts.coordinator = Coordinator(
+    coordinator = Coordinator(
         cluster,
         settings.num_shards,
         parts.member_id,

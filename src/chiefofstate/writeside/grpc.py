@@ -45,14 +45,19 @@ def channel_options(
     return options
 
 
+def status_details(error: aio.AioRpcError) -> bytes | None:
+    """The serialized google.rpc.Status a server sent with its status, if any."""
+    for key, value in error.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            return value
+    return None
+
+
 def translate_rpc_error(error: aio.AioRpcError) -> CosError:
     """The handler's status passes through unchanged, rich details included (docs/contract.md §3.10)."""
     code = error.code()
     message = error.details() or ""
-    details = None
-    for key, value in error.trailing_metadata() or ():
-        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
-            details = value
+    details = status_details(error)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(message or "Deadline Exceeded", details=details)
     if code is grpc.StatusCode.UNAVAILABLE:
