@@ -2,6 +2,7 @@
 
     python -m tests.cluster --runs 20 --seed 100          # seeds 100..119, leases shortened to 3 s
     python -m tests.cluster --runs 10 --default-timing    # the shipped timings (lease TTL 10 s)
+    python -m tests.cluster --scenario partitions --runs 10   # peer links cut, held, reset, slowed
 
 Run from the repository root with the project installed; PostgreSQL is the local server when it
 answers, else a throwaway one (tests/support/postgres.py). A failed run's folder (member and handler
@@ -20,6 +21,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.cluster.partitions import peer_partitions
 from tests.cluster.scenarios import Settings, cluster_life
 from tests.faults.__main__ import print_summary
 from tests.support.history import CheckResult
@@ -31,11 +33,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1, help="runs (seeds SEED, SEED+1, ...)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--default-timing", action="store_true", help="the shipped lease and member TTLs")
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default="life",
+        help="life: kill -9, pause, leave and join; partitions: peer links and isolation",
+    )
     parser.add_argument("--keep", action="store_true", help="keep every run's folder, not only failed ones")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     return args
+
+
+SCENARIOS = {"life": cluster_life, "partitions": peer_partitions}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir = Path(tempfile.mkdtemp(prefix=f"cos-cluster-{seed}-"))
             began = time.monotonic()
             try:
-                outcome = cluster_life(seed, workdir, pg, settings)
+                outcome = SCENARIOS[args.scenario](seed, workdir, pg, settings)
             except Exception:
                 failures.append(f"seed {seed} crashed ({workdir}):\n{traceback.format_exc()}")
                 continue

@@ -4,7 +4,9 @@
 HTTP and metrics ports, and its peer port `COS_CLUSTER_PORT` with `COS_NODE_ADDRESS=127.0.0.1`, which
 nodes without cluster mode ignore). On PostgreSQL a node can get its own `Proxy` in front of the
 database (its `COS_DB_HOST`/`COS_DB_PORT` are then the proxy's), so that one node's link can be cut
-while the others keep theirs. A node is restarted with exactly the environment it first had: the same
+while the others keep theirs, and its own `Proxy` in front of its peer port (advertised to the other
+members as `COS_CLUSTER_ADVERTISED_PORT`), so that every call other members make to it can be cut,
+held or slowed. A node is restarted with exactly the environment it first had: the same
 ports, the same store.
 
 `BankHandler` is the example bank write handler, restartable on the port the nodes were given.
@@ -76,6 +78,7 @@ class Node:
     log_dir: Path
     process: Process | None = None
     proxy: Proxy | None = None
+    peer_proxy: Proxy | None = None
     starts: int = 0
     paused: bool = False
 
@@ -179,10 +182,12 @@ class Cluster:
     proxied: bool = False
     nodes: list[Node] = field(default_factory=list)
 
-    def add_node(self, *, proxied: bool | None = None, wait: bool = True, **overrides: str) -> Node:
+    def add_node(
+        self, *, proxied: bool | None = None, peer_proxied: bool = False, wait: bool = True, **overrides: str
+    ) -> Node:
         name = f"node{len(self.nodes)}"
         store = dict(self.store_env)
-        proxy = None
+        proxy = peer_proxy = None
         if self.proxied if proxied is None else proxied:
             if "COS_DB_HOST" not in store:
                 raise ValueError("only a PostgreSQL store can be proxied")
@@ -191,7 +196,11 @@ class Cluster:
         taken = {n.cluster_port for n in self.nodes} | {p.port for p in self.proxies()}
         if proxy is not None:
             taken.add(proxy.port)
-        cluster_overrides = {"COS_CLUSTER_PORT": str(free_port(avoid=taken)), "COS_NODE_ADDRESS": "127.0.0.1"}
+        cluster_port = free_port(avoid=taken)
+        cluster_overrides = {"COS_CLUSTER_PORT": str(cluster_port), "COS_NODE_ADDRESS": "127.0.0.1"}
+        if peer_proxied:
+            peer_proxy = Proxy("127.0.0.1", cluster_port, name=f"{name}-peers").start()
+            cluster_overrides["COS_CLUSTER_ADVERTISED_PORT"] = str(peer_proxy.port)
         try:
             process = start_node_on_free_ports(
                 {**self.base_env, **store},
@@ -201,10 +210,12 @@ class Cluster:
                 **{**cluster_overrides, **overrides},
             )
         except BaseException:
-            if proxy is not None:
-                proxy.close()
+            for opened in (proxy, peer_proxy):
+                if opened is not None:
+                    opened.close()
             raise
-        node = Node(name, dict(process.env), self.log_dir, process=process, proxy=proxy, starts=1)
+        node = Node(name, dict(process.env), self.log_dir, process=process, starts=1)
+        node.proxy, node.peer_proxy = proxy, peer_proxy
         self.nodes.append(node)
         return node
 
@@ -213,7 +224,7 @@ class Cluster:
         return [node.target for node in self.nodes]
 
     def proxies(self) -> list[Proxy]:
-        return [node.proxy for node in self.nodes if node.proxy is not None]
+        return [proxy for node in self.nodes for proxy in (node.proxy, node.peer_proxy) if proxy is not None]
 
     def close(self) -> None:
         for node in self.nodes:
