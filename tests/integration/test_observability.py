@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -26,8 +27,9 @@ from chiefofstate.cli.processes import (
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from tests.integration.conftest import NodeFactory, base_env, postgres_env
+from tests.support.cluster import Cluster, node_base_env, postgres_store_env
 from tests.support.otlp import ReceivedSpan, SpanCollector, start_receiver
-from tests.support.postgres import ThrowawayServer, throwaway_server
+from tests.support.postgres import PgServer, ThrowawayServer, throwaway_server
 from tests.support.readside_processes import FAST, read_side
 
 pytestmark = pytest.mark.integration
@@ -341,3 +343,55 @@ async def test_read_handler_calls_join_the_commands_trace_under_the_delivery_spa
     received = json.loads(log_path.read_text().splitlines()[0])
     _, trace_id, parent_id, _ = received["traceparent"].split("-")
     assert (trace_id, parent_id) == (delivery_span.trace_id, delivery_span.span_id)
+
+
+async def test_a_forwarded_command_is_one_trace_across_both_members(
+    tmp_path: Path,
+    receiver: tuple[int, SpanCollector],
+    traced_handler: Process,
+    pg_database: tuple[PgServer, str],
+) -> None:
+    port, collector = receiver
+    server, database = pg_database
+    base = node_base_env(traced_handler.ports["grpc"], os.environ, **otel_env(port))
+    store_env = postgres_store_env(server.host, server.port, server.user, server.password, database)
+    with Cluster(base, store_env, tmp_path / "logs") as cluster:
+        entry = cluster.add_node(COS_SERVICE_NAME="cos-entry")
+        cluster.add_node(COS_SERVICE_NAME="cos-owner")
+        async with aio.insecure_channel(entry.target) as channel:
+            cos = ChiefOfStateServiceStub(channel)  # type: ignore[no-untyped-call]
+            metadata = (("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"),)
+            # Entities spread over both members: some of these are owned by the second one.
+            for number in range(16):
+                await cos.ProcessCommand(
+                    pb.ProcessCommandRequest(entity_id=f"fw-{number}", command=bank.open_account("F", 1)),
+                    metadata=metadata,
+                    timeout=20,
+                )
+
+        def forwarded_and_handled(spans: list[ReceivedSpan]) -> bool:
+            owners = [s for s in by_name(spans, "CosService.processCommand") if s.service == "cos-owner"]
+            return bool(owners) and len(by_name(spans, "bank.HandleCommand")) >= 16
+
+        spans = await collector.wait_for(forwarded_and_handled)
+    by_id = {span.span_id: span for span in spans if span.trace_id == TRACE_ID}
+    owner_span = next(s for s in by_name(spans, "CosService.processCommand") if s.service == "cos-owner")
+    # owner's server span ← entry's forward (client) span ← entry's server span ← the caller
+    forward = by_id[owner_span.parent_span_id]
+    assert (forward.name, forward.service, forward.kind) == ("Cluster.forward", "cos-entry", 3)
+    assert forward.attributes["cos.rpc"] == "ProcessCommand"
+    entry_span = by_id[forward.parent_span_id]
+    assert (entry_span.name, entry_span.service) == ("CosService.processCommand", "cos-entry")
+    assert entry_span.parent_span_id == CALLER_SPAN_ID
+    assert entry_span.attributes["cos.entity_id"] == owner_span.attributes["cos.entity_id"]
+    # the owner's work on it, down to the write handler, is in the same trace under the owner's span
+
+    def ancestors(span: ReceivedSpan) -> list[str]:
+        chain = []
+        while span.parent_span_id in by_id:
+            span = by_id[span.parent_span_id]
+            chain.append(span.span_id)
+        return chain
+
+    handled = [s for s in by_name(spans, "bank.HandleCommand") if owner_span.span_id in ancestors(s)]
+    assert len(handled) == 1

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from google.protobuf.any_pb2 import Any as AnyProto
+from opentelemetry.trace import SpanKind
 
 from chiefofstate.cluster.peers import NotHere, PeerClients, Unreachable, forwarded_metadata
 from chiefofstate.cluster.routes import Route, RoutingTable
@@ -26,7 +27,7 @@ from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import EntityState
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.telemetry.metrics import NodeMetrics
-from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
+from chiefofstate.telemetry.tracing import SPAN_FORWARD, TRACING_OFF, Tracing
 
 # One re-route after a "not here": a route can be stale once; twice in a row means the shard is moving
 # right now, and the caller is better told so than kept waiting.
@@ -62,9 +63,9 @@ class Forwarder:
         self, entity_id: str, command: AnyProto, metadata: Metadata, deadline: Deadline
     ) -> EntityState:
         request = pb.ProcessCommandRequest(entity_id=entity_id, command=command)
-        outgoing = forwarded_metadata(metadata, self._tracing.inject())
 
         def send(address: str, timeout_s: float) -> Awaitable[bytes]:
+            outgoing = forwarded_metadata(metadata, self._tracing.inject())
             return self._peers.process_command(address, request, outgoing, timeout_s)
 
         shard = shard_of(entity_id, self._num_shards)
@@ -72,9 +73,9 @@ class Forwarder:
 
     async def get_state(self, entity_id: str, metadata: Metadata, deadline: Deadline) -> EntityState:
         request = pb.GetStateRequest(entity_id=entity_id)
-        outgoing = forwarded_metadata(metadata, self._tracing.inject())
 
         def send(address: str, timeout_s: float) -> Awaitable[bytes]:
+            outgoing = forwarded_metadata(metadata, self._tracing.inject())
             return self._peers.get_state(address, request, outgoing, timeout_s)
 
         shard = shard_of(entity_id, self._num_shards)
@@ -94,8 +95,16 @@ class Forwarder:
         while True:
             route = await self._owner(shard, give_up_at)
             started = time.perf_counter()
+            # One client span per attempt, current while the request is sent: the owner's server span
+            # is its child, so a forwarded command is one trace across both members.
+            attempt = self._tracing.span(
+                SPAN_FORWARD,
+                kind=SpanKind.CLIENT,
+                attributes={"cos.rpc": rpc, "cos.shard": shard, "cos.member": route.address},
+            )
             try:
-                reply = await send(route.address, deadline.check("before it could be forwarded"))
+                with attempt:
+                    reply = await send(route.address, deadline.check("before it could be forwarded"))
             except NotHere:
                 self._routes.forget(shard, route)
                 attempts += 1

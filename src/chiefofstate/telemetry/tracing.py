@@ -42,6 +42,7 @@ SPAN_HTTP_HANDLE_EVENT = "HttpEventHandler.HandleEvent"
 SPAN_MAILBOX = "Entity.mailbox"
 SPAN_RECOVERY = "Entity.recover"
 SPAN_JOURNAL_BATCH = "Journal.appendBatch"
+SPAN_FORWARD = "Cluster.forward"
 
 
 class Tracing:
