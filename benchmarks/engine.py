@@ -172,6 +172,7 @@ class Engine:
         timing: Timing | None = None,
         on_measure_start: Callable[[], None] | None = None,
         generators: int | None = None,
+        shard_targets: tuple[int, ...] = (),
     ) -> Round:
         timing = timing or self.timing
         attempts = 0
@@ -188,6 +189,7 @@ class Engine:
                 on_measure_start,
                 generators,
                 True,
+                shard_targets,
             )
             done.attempts = attempts
             quiet = self.quiet
@@ -211,6 +213,7 @@ class Engine:
         on_measure_start: Callable[[], None] | None,
         generators: int | None,
         sample_cpu: bool,
+        shard_targets: tuple[int, ...] = (),
     ) -> Round:
         rpc, entities = WORKLOADS[workload]
         serial = next(self._serial)
@@ -243,6 +246,7 @@ class Engine:
                     cold_end=cold_range[1],
                     seed=self.seed,
                     route_by=route_by,
+                    shard_targets=shard_targets,
                 )
             )
             first += share

@@ -39,14 +39,14 @@ if TYPE_CHECKING:
 
 RPCS = ("process", "get")
 ENTITY_KINDS = ("new", "hot", "cold")
-ROUTES = ("shard", "worker")
+ROUTES = ("shard", "worker", "table")
 
 
 @dataclass(frozen=True)
 class Workload:
     """What one generator process does; built by the orchestrator, passed as JSON."""
 
-    targets: list[str]  # HOST:PORT; with several, `route_by` picks one per request
+    targets: list[str]  # HOST:PORT[#k]; with several, `route_by` picks one per request
     rpc: str  # "process" (ProcessCommand) or "get" (GetState)
     entities: str  # "new": a fresh id per request; "hot": a few ids per worker; "cold": seeded ids, once each
     prefix: str  # makes the ids of one measurement unique
@@ -64,8 +64,10 @@ class Workload:
     timeout_s: float = 30.0
     seed: int = 1
     # "shard": an entity goes to targets[shard % len(targets)], as a cluster that splits shards would;
-    # "worker": worker w sends everything to targets[w % len(targets)] (ids split with no regard to shards).
+    # "worker": worker w sends everything to targets[w % len(targets)] (ids split with no regard to shards);
+    # "table": an entity goes to targets[shard_targets[shard]] (a cluster's owners, or their opposite).
     route_by: str = "shard"
+    shard_targets: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.rpc not in RPCS or self.entities not in ENTITY_KINDS or self.route_by not in ROUTES:
@@ -98,7 +100,12 @@ class Channels:
             await self._open.pop(address).close()
         for address in addresses:
             if address not in self._open:
-                channel = aio.insecure_channel(address)
+                # "HOST:PORT#k": a connection of its own (k = 0, 1, ...) to HOST:PORT. gRPC shares one
+                # connection among channels with equal arguments; a server with several processes on
+                # one port (SO_REUSEPORT) only sees its load spread when clients open several.
+                target, _, salt = address.partition("#")
+                options = [("benchmarks.connection", int(salt))] if salt else []
+                channel = aio.insecure_channel(target, options=options)
                 await asyncio.wait_for(channel.channel_ready(), 30)
                 self._open[address] = channel
         return [ChiefOfStateServiceStub(self._open[address]) for address in addresses]
@@ -121,6 +128,8 @@ class Measurement:
             return self._stubs[0]
         if self.workload.route_by == "worker":
             return self._stubs[worker % len(self._stubs)]
+        if self.workload.route_by == "table":
+            return self._stubs[self.workload.shard_targets[shard_of(entity_id, self.workload.num_shards)]]
         return self._stubs[shard_of(entity_id, self.workload.num_shards) % len(self._stubs)]
 
     def hot_ids(self, worker: int) -> list[str]:
@@ -216,7 +225,8 @@ async def serve() -> None:
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             message = json.loads(line)
             if message["cmd"] == "prepare":
-                workload = Workload(**message["workload"])
+                fields = message["workload"]
+                workload = Workload(**{**fields, "shard_targets": tuple(fields.get("shard_targets", ()))})
                 measurement = Measurement(workload, await channels.stubs(workload.targets))
                 await measurement.prime()
                 _reply({"ready": True})

@@ -73,6 +73,10 @@ class Fleet:
         if process in self._running:
             self._running.remove(process)
 
+    def adopt(self, process: Process) -> None:
+        """A process started elsewhere, stopped with the others by `stop_all`."""
+        self._running.append(process)
+
     def stop_all(self) -> None:
         self.generators.close()
         while self._running:
