@@ -29,6 +29,7 @@ from tests.support.history import History, check
 from tests.support.journal_reader import read_journal
 from tests.support.load import LoadConfig, LoadProcess
 from tests.support.postgres import PgServer
+from tests.support.proxy import Proxy
 
 SHARDS = 16
 FAST_TIMING = {
@@ -39,15 +40,17 @@ FAST_TIMING = {
     "COS_CLUSTER_LEASE_MARGIN": "1s",
 }
 DEFAULT_LEASE_TTL_S = 10.0
+# Seconds of load after the last membership change before a member is made a zombie.
+ZOMBIE_WARM_S = 4.0
+# What the zombie's held link must have taken in before it is stopped: a few appends' worth.
+ZOMBIE_HELD_BYTES = 4096
+ZOMBIE_HOLD_MAX_S = 3.0
 
 
 @dataclass(frozen=True)
 class Settings:
     entities: int = 24
     concurrency: int = 32
-    # Longer than the zombie's pause (lease TTL and a takeover): its commands in flight when it stopped
-    # are then still wanted when it resumes, reach their append under the old token, and are fenced.
-    deadline_s: float = 8.0
     fast_timing: bool = True
     # Seconds of load between two events, drawn in this range: long enough for the cluster to settle.
     gap_s: tuple[float, float] = (1.5, 3.0)
@@ -55,6 +58,13 @@ class Settings:
     @property
     def lease_ttl_s(self) -> float:
         return 3.0 if self.fast_timing else DEFAULT_LEASE_TTL_S
+
+    @property
+    def deadline_s(self) -> float:
+        """Longer than the zombie's pause (a lease TTL and a takeover): its commands in flight when it
+        stopped are then still wanted when it resumes, reach their append under the old token, and are
+        fenced. With the shipped 10 s leases an 8 s deadline would have expired every one of them."""
+        return self.lease_ttl_s * 2 + 2
 
 
 @dataclass
@@ -121,6 +131,18 @@ def _address(node: Node) -> str:
     return f"127.0.0.1:{node.cluster_port}"
 
 
+def _hold_until_appends_are_held(proxy: Proxy) -> None:
+    """Wait, with the link held, until the member has sent the database more than its heartbeats and
+    renewals (ZOMBIE_HELD_BYTES), or ZOMBIE_HOLD_MAX_S passed: the appends of its commands in flight
+    are then on the held link. A fixed wait sometimes caught none: a member whose commands in flight
+    were all refused by the handler (an account opened twice) appends nothing."""
+    before = proxy.received["up"]
+    time.sleep(0.5)
+    give_up_at = time.monotonic() + ZOMBIE_HOLD_MAX_S
+    while proxy.received["up"] - before < ZOMBIE_HELD_BYTES and time.monotonic() < give_up_at:
+        time.sleep(0.05)
+
+
 def _sleep_until(moment: float) -> None:
     while (left := moment - time.monotonic()) > 0:
         time.sleep(min(left, 0.1))
@@ -171,12 +193,14 @@ def cluster_life(
         stack.callback(main.stop)
         alive = list(members)
         takeover_limit_s = settings.lease_ttl_s * 4 + 20
+        last_change = time.monotonic()
         for event in events:
             _sleep_until(time.monotonic() + rng.uniform(*settings.gap_s))
             if event == "join":
                 joined = cluster.add_node()
                 alive.append(joined)
                 note(f"{joined.name} joined")
+                last_change = time.monotonic()
                 continue
             # Someone must be left to take the shards over: a zombie needs another member, a
             # departure must not leave the cluster empty.
@@ -184,8 +208,14 @@ def cluster_life(
                 joined = cluster.add_node()
                 alive.append(joined)
                 note(f"{joined.name} joined (so that another member is there)")
+                last_change = time.monotonic()
             victim = rng.choice([node for node in alive if node.alive()])
             if event == "zombie":
+                # Its shards' entities cached and busy, so that its commands in flight are appends
+                # (the fence's work), not recovery reads: a member that has just taken its shards
+                # spends its first moments reading, and a lapsed lease stops those commands before any
+                # append, by the member's own clock.
+                _sleep_until(last_change + ZOMBIE_WARM_S)
                 # The member holding the most shards: a zombie that owns nothing proves nothing.
                 held = shards_by_address(store_env)
                 victim = max(alive, key=lambda node: held.get(_address(node), 0))
@@ -215,7 +245,7 @@ def cluster_life(
                 assert victim.proxy is not None
                 at = note(f"database link of {victim.name} held")
                 victim.proxy.blackhole("up")
-                time.sleep(0.5)  # appends of the commands in flight reach the held link
+                _hold_until_appends_are_held(victim.proxy)
                 victim.pause()
                 note(f"SIGSTOP {victim.name}")
                 wait_for_takeover(store_env, {_address(victim)}, at, takeover_limit_s)
@@ -224,6 +254,7 @@ def cluster_life(
                 note(f"link passed and SIGCONT {victim.name}")
                 _sleep_until(time.monotonic() + 2.0)
                 measured.fence_rejections += fence_rejections_of(victim)
+            last_change = time.monotonic()
         history = main.wait()
         survivors = [node for node in alive if node.alive()]
         after = LoadProcess(
