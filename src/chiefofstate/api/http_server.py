@@ -18,6 +18,8 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from chiefofstate.aio.tasks import cancel_and_wait
+from chiefofstate.api.http_limits import limited_protocol
+from chiefofstate.config.http_limits import HttpLimits
 
 log = logging.getLogger("chiefofstate.api.http")
 
@@ -64,9 +66,17 @@ def bind_listening_socket(
 
 class HttpServer:
     def __init__(
-        self, app: ASGIApp, address: str, port: int, shutdown_timeout_s: float, *, reuse_port: bool = False
+        self,
+        app: ASGIApp,
+        address: str,
+        port: int,
+        shutdown_timeout_s: float,
+        *,
+        limits: HttpLimits | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._app = app
+        self._limits = limits or HttpLimits()
         self._reuse_port = reuse_port
         self._address = address
         self._requested_port = port
@@ -86,6 +96,8 @@ class HttpServer:
             lifespan="off",
             ws="none",
             server_header=False,
+            http=limited_protocol(self._limits),
+            timeout_keep_alive=self._limits.keep_alive_timeout_s,  # type: ignore[arg-type]
             timeout_graceful_shutdown=max(1, round(self._shutdown_timeout_s)),
         )
         server = self._server = _NodeOwnedServer(config)

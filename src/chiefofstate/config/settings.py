@@ -16,6 +16,7 @@ from chiefofstate.config.cluster import (
     load_cluster_settings,
     unused_cluster_variables,
 )
+from chiefofstate.config.http_limits import HttpLimits, load_http_limits
 from chiefofstate.config.parsing import Env
 from chiefofstate.config.read_sides import ReadSidesSettings, load_read_sides
 from chiefofstate.config.tracing import TracingSettings, tracing_settings
@@ -142,6 +143,7 @@ class Settings:
     tracing: TracingSettings = field(default=TracingSettings(enabled=False, service_name="chiefofstate"))
     cluster: ClusterSettings = field(default=CLUSTER_OFF)
     workers: WorkerSettings = field(default=WorkerSettings())
+    http_limits: HttpLimits = field(default=HttpLimits())
 
 
 _RETIRED_VARIABLES = (
@@ -396,6 +398,7 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
             env, deployment_mode=deployment_mode, uses_postgres=store.postgres is not None
         ),
         workers=load_worker_settings(env, uses_postgres=store.postgres is not None),
+        http_limits=load_http_limits(env),
     )
     _refuse_unsupported(settings)
     settings = _with_workers(settings)

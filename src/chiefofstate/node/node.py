@@ -233,13 +233,14 @@ class Node:
                 commands,
                 # base64 makes a body about 4/3 of the message it carries
                 max_body_bytes=server.max_message_bytes * 4 // 3 + 64 * 1024,
-                body_timeout_s=server.command_timeout_s,
+                body_timeout_s=self.settings.http_limits.body_timeout_s,
             )
             http_server = self.http = HttpServer(
                 app,
                 server.http_address,
                 server.http_port,
                 server.shutdown_timeout_s,
+                limits=self.settings.http_limits,
                 reuse_port=server.reuse_port,
             )
             await http_server.start()
