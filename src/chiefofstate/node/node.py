@@ -19,6 +19,7 @@ from chiefofstate.api.grpc_server import GrpcServer
 from chiefofstate.api.http_api import create_http_app
 from chiefofstate.api.http_server import HttpServer
 from chiefofstate.api.management import ManagementServer, SmallHttpServer, metrics_route
+from chiefofstate.api.tls import ServerTls, load_server_tls
 from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.errors import CosError
@@ -65,6 +66,7 @@ class Node:
         self.metrics_server: SmallHttpServer | None = None
         self.metrics = NodeMetrics()
         self.tracing: Tracing | None = None
+        self.tls: ServerTls | None = None
         self._closers = contextlib.AsyncExitStack()
         self._stopping = False
 
@@ -78,16 +80,26 @@ class Node:
     async def _start_parts(self) -> None:
         self.tracing = Tracing(self.settings.tracing)
         self._closers.callback(self.tracing.shutdown)  # flushes buffered spans last, after everything else
+        if self.settings.security.tls is not None:
+            tls = self.tls = await load_server_tls(self.settings.security.tls)
+            tls.start()
+            self._closers.push_async_callback(tls.close)
         journal = self.journal = await open_store(self.settings)
         self._closers.push_async_callback(journal.close)
         processor, writer, snapshotter = await self._start_write_path(journal, self.tracing)
-        cluster = cluster_parts(self.settings) if self.settings.cluster.enabled else None
+        cluster = cluster_parts(self.settings, self.tls) if self.settings.cluster.enabled else None
         self.host = self._start_entities(processor, self.tracing, cluster.gate if cluster else OPEN_GATE)
         register_node_readings(self.metrics, self.host, processor, snapshotter, writer, self.subscriptions)
         forwarder = None
         if cluster is not None:
             self.coordinator = await start_cluster(
-                cluster, self.settings, self.host, self._closers, tracing=self.tracing, metrics=self.metrics
+                cluster,
+                self.settings,
+                self.host,
+                self._closers,
+                tracing=self.tracing,
+                metrics=self.metrics,
+                tls=self.tls,
             )
             register_cluster_readings(self.metrics, self.coordinator, processor)
             forwarder = cluster.forwarder(self.settings, self.tracing, self.metrics)
@@ -108,7 +120,7 @@ class Node:
         log.warning(
             "chiefofstate node serving %s, management on %s:%d%s",
             ", ".join(serving),
-            server.address,
+            server.management_address,
             self.management.port if self.management is not None else server.management_port,
             ", subscriptions on" if self.subscriptions is not None else "",
         )
@@ -200,12 +212,14 @@ class Node:
         """/alive and /ready on the management port, /metrics on the Prometheus port."""
         server, closers = self.settings.server, self._closers
         management = self.management = ManagementServer(
-            server.address, server.management_port, self.readiness, reuse_port=server.reuse_port
+            server.management_address, server.management_port, self.readiness, reuse_port=server.reuse_port
         )
         await management.start()
         closers.push_async_callback(management.close)
         metrics_server = self.metrics_server = SmallHttpServer(
-            server.address, server.prometheus_port, {"/metrics": metrics_route(self.metrics.exposition)}
+            server.prometheus_address,
+            server.prometheus_port,
+            {"/metrics": metrics_route(self.metrics.exposition)},
         )
         await metrics_server.start()
         closers.push_async_callback(metrics_server.close)
@@ -224,6 +238,8 @@ class Node:
                 extra_services=self.read_sides.services if self.read_sides is not None else (),
                 metrics=GrpcServerMetrics(self.metrics),
                 reuse_port=server.reuse_port,
+                credentials=self.tls.grpc_server_credentials() if self.tls is not None else None,
+                reflection_enabled=self.settings.security.reflection_enabled,
             )
             await grpc_server.start()
             serving.append(f"gRPC on {server.address}:{grpc_server.port}")
@@ -241,6 +257,7 @@ class Node:
                 server.http_port,
                 server.shutdown_timeout_s,
                 limits=self.settings.http_limits,
+                ssl_context=self.tls.http_context() if self.tls is not None else None,
                 reuse_port=server.reuse_port,
             )
             await http_server.start()
