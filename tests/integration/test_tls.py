@@ -180,12 +180,20 @@ def forwarded(metrics_port: int) -> float:
 
 
 @pytest.mark.parametrize("store_env", ["postgres"], indirect=True)
-async def test_cluster_members_forward_to_each_other_over_mutual_tls(
-    node_factory: NodeFactory, ca: CertificateAuthority
+async def test_cluster_members_forward_to_each_other_over_mutual_tls_with_the_callers_token(
+    node_factory: NodeFactory, ca: CertificateAuthority, tmp_path: Path
 ) -> None:
-    """Both members present certificates signed by the client CA to each other's cluster port; a
-    plaintext or certificate-less caller is refused there."""
-    env = {**tls_env(ca.issue("member"), ca), "COS_SERVER_PROTOCOL": "grpc"}
+    """Both members present certificates signed by the client CA to each other's cluster port, and a
+    forwarded call carries its caller's token, which the owner checks again; a plaintext or
+    certificate-less caller is refused there, and so is a call without a token."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("the-token client\n")
+    env = {
+        **tls_env(ca.issue("member"), ca),
+        "COS_SERVER_PROTOCOL": "grpc",
+        "COS_AUTH_TOKENS_FILE": str(tokens),
+    }
+    token = (("authorization", "Bearer the-token"),)
     first = node_factory(**env)
     second = node_factory(**env)
     client = ca.issue("client")
@@ -198,14 +206,16 @@ async def test_cluster_members_forward_to_each_other_over_mutual_tls(
             assert time.monotonic() < deadline, f"nothing forwarded:\n{second.log_text()}"
             request = pb.ProcessCommandRequest(entity_id=f"acc-{number}", command=bank.open_account("A", 1))
             try:
-                await stub.ProcessCommand(request, timeout=20)
+                await stub.ProcessCommand(request, timeout=20, metadata=token)
                 number += 1
             except aio.AioRpcError as error:  # a shard changing hands as the second member joins
                 assert error.code() == grpc.StatusCode.UNAVAILABLE, error
                 await asyncio.sleep(0.2)
         # Every account, whichever member owns it, answers through the first member.
         for opened in range(number):
-            reply = await stub.GetState(pb.GetStateRequest(entity_id=f"acc-{opened}"), timeout=20)
+            reply = await stub.GetState(
+                pb.GetStateRequest(entity_id=f"acc-{opened}"), timeout=20, metadata=token
+            )
             assert reply.meta.revision_number == 1
 
     cluster_port = second.ports["cluster"]
@@ -213,3 +223,6 @@ async def test_cluster_members_forward_to_each_other_over_mutual_tls(
         with pytest.raises(aio.AioRpcError) as caught:
             await grpc_get_state(cluster_port, refused, "acc-0")
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(aio.AioRpcError) as tokenless:
+        await grpc_get_state(cluster_port, credentials, "acc-0")
+    assert tokenless.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -10,6 +10,9 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from grpc import aio
+
+from chiefofstate.api.auth import TokenInterceptor
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
@@ -74,6 +77,11 @@ def cluster_parts(settings: Settings, tls: ServerTls | None = None) -> ClusterPa
     )
 
 
+def token_interceptors(settings: Settings) -> list[aio.ServerInterceptor]:
+    tokens = settings.security.tokens
+    return [TokenInterceptor(tokens)] if tokens is not None else []
+
+
 async def _check_reachable(host: str, port: int) -> None:
     """Peers dial the advertised address: a node that cannot be reached there would take shards whose
     requests nobody could forward to it, so it refuses to start (exit 2) instead."""
@@ -115,6 +123,8 @@ async def start_cluster(
         server.max_message_bytes,
         credentials=tls.grpc_server_credentials() if tls is not None else None,
         reflection_enabled=settings.security.reflection_enabled,
+        # A forwarded call carries its caller's token, checked here again (docs/operations.md, "Security").
+        interceptors=token_interceptors(settings),
     )
     await peer_server.start()
     await peer_server.set_serving(True)

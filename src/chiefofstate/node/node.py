@@ -13,6 +13,7 @@ import signal
 import time
 
 from chiefofstate.aio.tasks import cancel_and_wait
+from chiefofstate.api.auth import TokenMiddleware
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
@@ -29,7 +30,7 @@ from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.journal.group_commit import GroupCommitWriter
-from chiefofstate.node.cluster import cluster_parts, start_cluster
+from chiefofstate.node.cluster import cluster_parts, start_cluster, token_interceptors
 from chiefofstate.node.gauges import register_cluster_readings, register_node_readings
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
@@ -240,6 +241,7 @@ class Node:
                 reuse_port=server.reuse_port,
                 credentials=self.tls.grpc_server_credentials() if self.tls is not None else None,
                 reflection_enabled=self.settings.security.reflection_enabled,
+                interceptors=token_interceptors(self.settings),
             )
             await grpc_server.start()
             serving.append(f"gRPC on {server.address}:{grpc_server.port}")
@@ -251,8 +253,9 @@ class Node:
                 max_body_bytes=server.max_message_bytes * 4 // 3 + 64 * 1024,
                 body_timeout_s=self.settings.http_limits.body_timeout_s,
             )
+            tokens = self.settings.security.tokens
             http_server = self.http = HttpServer(
-                app,
+                TokenMiddleware(app, tokens) if tokens is not None else app,
                 server.http_address,
                 server.http_port,
                 server.shutdown_timeout_s,
