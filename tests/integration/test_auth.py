@@ -18,6 +18,8 @@ from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerServiceStub
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from tests.integration.conftest import NodeFactory
+from tests.support.certificates import CertificateAuthority
+from tests.support.readside_processes import cos_cli
 
 pytestmark = pytest.mark.integration
 sqlite_only = pytest.mark.parametrize("store_env", ["sqlite"], indirect=True)
@@ -112,3 +114,47 @@ def test_a_bad_tokens_file_stops_the_node_with_exit_code_2(node_factory: NodeFac
     log = node.log_text()
     assert "COS_AUTH_TOKENS_FILE" in log and "line 2" in log and "client or admin" in log
     assert ADMIN_TOKEN not in log
+
+
+@sqlite_only
+def test_cos_readside_speaks_mutual_tls_and_sends_its_token(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    ca = CertificateAuthority(tmp_path / "pki")
+    served = ca.issue("node")
+    client = ca.issue("operator")
+    node = node_factory(
+        COS_AUTH_TOKENS_FILE=str(tokens_file(tmp_path)),
+        COS_TLS_CERT_FILE=str(served.cert_file),
+        COS_TLS_KEY_FILE=str(served.key_file),
+        COS_TLS_CLIENT_CA_FILE=str(ca.cert_file),
+        COS_READ_SIDE_ENABLED="true",
+        COS_READ_SIDE_CONFIG__HOST__ledger="127.0.0.1",
+        COS_READ_SIDE_CONFIG__PORT__ledger=str(free_port()),
+    )
+    port = ["--port", str(node.ports["grpc"])]
+    tls = [
+        "--ca-file",
+        str(ca.cert_file),
+        "--cert-file",
+        str(client.cert_file),
+        "--key-file",
+        str(client.key_file),
+    ]
+
+    listed = cos_cli("readside", *tls, "--token", ADMIN_TOKEN, "list", *port)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "read side ledger" in listed.stdout
+    from_env = cos_cli("readside", *tls, "offsets", "ledger", *port, env={"COS_CLI_TOKEN": ADMIN_TOKEN})
+    assert from_env.returncode == 0 and "offsets of read side ledger" in from_env.stdout
+
+    as_client = cos_cli("readside", *tls, "--token", CLIENT_TOKEN, "list", *port)
+    assert as_client.returncode == 1 and "PERMISSION_DENIED" in as_client.stdout
+    tokenless = cos_cli("readside", *tls, "list", *port)
+    assert tokenless.returncode == 1 and "UNAUTHENTICATED" in tokenless.stdout
+    plaintext = cos_cli("readside", "--token", ADMIN_TOKEN, "list", *port, "--timeout", "3")
+    assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stdout
+    half = cos_cli("readside", "--cert-file", str(client.cert_file), "list", *port)
+    assert half.returncode == 2 and "--key-file" in half.stdout + half.stderr
+    log = node.log_text()
+    assert ADMIN_TOKEN not in log and CLIENT_TOKEN not in log
