@@ -82,8 +82,8 @@ async def _read_until_closed(reader: asyncio.StreamReader) -> bytes:
 
 
 async def idle_connection(port: int, closed: Closed) -> None:
+    began = time.monotonic()  # before connecting: the server's clock for it starts later than this
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    began = time.monotonic()
     reply = await _read_until_closed(reader)
     closed.record(began, reply)
     writer.close()
@@ -185,8 +185,7 @@ async def test_idle_slow_and_oversized_connections_are_closed_while_get_state_st
     latencies, failures = outcome["latencies"], outcome["failures"]
 
     assert len(idle.closed_after_s) == 2000 and max(idle.closed_after_s) < KEEP_ALIVE_S + SLACK_S
-    # (measured from when this side saw the connection open, which can be well after the server did)
-    assert min(idle.closed_after_s) >= KEEP_ALIVE_S * 0.5, "idle connections must get their keep-alive time"
+    assert min(idle.closed_after_s) >= KEEP_ALIVE_S * 0.9, "idle connections must get their keep-alive time"
     assert len(slow.closed_after_s) == 300 and max(slow.closed_after_s) < HEADER_TIMEOUT_S + SLACK_S
     # A reply can be lost to a reset when a header line crosses the close; most must be the 408.
     timed_out = [reply for reply in slow.replies if reply.startswith(b"HTTP/1.1 408")]
