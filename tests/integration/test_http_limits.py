@@ -264,3 +264,16 @@ async def test_connections_beyond_the_maximum_are_refused_and_admitted_again_whe
         while await fresh_get() != 404:
             assert time.monotonic() < deadline, "closed connections never made room"
             await asyncio.sleep(0.1)
+
+
+@sqlite_only
+async def test_a_body_nobody_reads_still_has_to_arrive_in_time(limited_node: Process) -> None:
+    """GetState answers without reading a body; a client that then never finishes sending one loses the
+    connection (at the keep-alive or the body deadline, whichever comes first) instead of holding it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", limited_node.ports["http"])
+    began = time.monotonic()
+    writer.write(f"GET {STATE_PATH} HTTP/1.1\r\nHost: cos\r\nContent-Length: 1000\r\n\r\n{{".encode())
+    reply = await asyncio.wait_for(_read_until_closed(reader), 3 + SLACK_S)
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert time.monotonic() - began < KEEP_ALIVE_S + SLACK_S
