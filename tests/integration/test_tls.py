@@ -122,6 +122,7 @@ async def test_with_a_client_ca_only_clients_with_a_certificate_it_signed_are_se
 ) -> None:
     client_ca = CertificateAuthority(ca.directory / "clients", name="client CA")
     node = node_factory(**tls_env(ca.issue("node"), client_ca))
+    assert "gRPC (mutual TLS) on" in node.log_text() and "HTTP (mutual TLS) on" in node.log_text()
     grpc_port, http_port = node.ports["grpc"], node.ports["http"]
     client = client_ca.issue("client")
     await grpc_open_account(grpc_port, grpc_credentials(ca, client), "acc-1")

@@ -244,7 +244,7 @@ class Node:
                 interceptors=token_interceptors(self.settings),
             )
             await grpc_server.start()
-            serving.append(f"gRPC on {server.address}:{grpc_server.port}")
+            serving.append(f"gRPC{self._guards()} on {server.address}:{grpc_server.port}")
         if server.protocol in ("http", "both"):
             # Both protocols share one command path: the same host, deadlines and logging.
             app = create_http_app(
@@ -264,8 +264,18 @@ class Node:
                 reuse_port=server.reuse_port,
             )
             await http_server.start()
-            serving.append(f"HTTP on {server.http_address}:{http_server.port}")
+            serving.append(f"HTTP{self._guards()} on {server.http_address}:{http_server.port}")
         return serving
+
+    def _guards(self) -> str:
+        """How the client-facing ports are protected, for the start-up line (docs/operations.md)."""
+        tls, tokens = self.tls, self.settings.security.tokens
+        guards = []
+        if tls is not None:
+            guards.append("mutual TLS" if tls.requires_client_certificates else "TLS")
+        if tokens is not None:
+            guards.append("bearer tokens")
+        return f" ({', '.join(guards)})" if guards else ""
 
     async def _follow_readiness_on_grpc_health(self) -> None:
         if self.grpc is None:
