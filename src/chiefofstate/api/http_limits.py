@@ -4,7 +4,9 @@ the body, and time idle between requests (docs/operations.md, "HTTP connection l
 uvicorn's httptools protocol closes a kept-alive connection only after a response: a connection that
 never sends a byte, a client trickling its headers one byte at a time, or one sending an endless header
 would otherwise hold a socket and the memory of its partial request for ever. This protocol subclass
-arms a deadline for each phase of a request and refuses an oversized head with 431.
+arms a deadline for each phase of a request and refuses an oversized head with 431. It leans on uvicorn's
+protocol internals (its parser callbacks, keep-alive timer and request cycle); tests/integration/
+test_http_limits.py is what tells whether a new uvicorn still fits.
 """
 
 from __future__ import annotations
