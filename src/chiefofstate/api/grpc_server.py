@@ -1,10 +1,12 @@
-"""Builds the node's gRPC server: the CoS service, standard health and server reflection (D11), with
-server metrics for every method when given GrpcServerMetrics (each handler wrapped as it is added)."""
+"""Builds the node's gRPC server: the CoS service, standard health and server reflection (D11; reflection
+can be turned off), with server metrics for every method when given GrpcServerMetrics (each handler
+wrapped as it is added), TLS when given credentials and the interceptors given (authentication)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -28,8 +30,12 @@ class GrpcServer:
         metrics: GrpcServerMetrics | None = None,
         *,
         reuse_port: bool = False,
+        credentials: grpc.ServerCredentials | None = None,
+        reflection_enabled: bool = True,
+        interceptors: Sequence[aio.ServerInterceptor] = (),
     ) -> None:
         self._server = aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -46,11 +52,16 @@ class GrpcServer:
         self._service_names = [COS_SERVICE_NAME, *(name for name, _ in extra_services)]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
-        served = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(served, registry)
+        served = [*self._service_names, health.SERVICE_NAME]
+        if reflection_enabled:  # COS_GRPC_REFLECTION_ENABLED (docs/operations.md, "Security")
+            served.append(reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(served, registry)
         if metrics is not None:
             metrics.initialize(served)
-        self.port = self._server.add_insecure_port(f"{address}:{port}")
+        if credentials is not None:
+            self.port = self._server.add_secure_port(f"{address}:{port}", credentials)
+        else:
+            self.port = self._server.add_insecure_port(f"{address}:{port}")
         if self.port == 0:
             raise OSError(f"cannot bind the gRPC port {address}:{port}")
 

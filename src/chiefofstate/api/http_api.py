@@ -17,6 +17,7 @@ from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from chiefofstate.api.command_path import CommandPath
@@ -182,6 +183,10 @@ async def _json_body(request: Request, max_body_bytes: int, timeout_s: float) ->
                     raise _BadRequest(413, f"the body is larger than {max_body_bytes} bytes")
     except TimeoutError:
         raise _BadRequest(400, f"the body did not arrive within {timeout_s:g}s") from None
+    except ClientDisconnect:
+        # The connection was closed (by the client, or by the server's own body deadline): nobody is
+        # left to read an answer, but the request still ends as a refusal, never as a crash.
+        raise _BadRequest(400, "the connection closed before the whole body arrived") from None
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Generator
+import ssl
+from collections.abc import Callable, Generator
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from chiefofstate.aio.tasks import cancel_and_wait
+from chiefofstate.api.http_limits import limited_protocol
+from chiefofstate.config.http_limits import HttpLimits
 
 log = logging.getLogger("chiefofstate.api.http")
 
@@ -64,9 +67,19 @@ def bind_listening_socket(
 
 class HttpServer:
     def __init__(
-        self, app: ASGIApp, address: str, port: int, shutdown_timeout_s: float, *, reuse_port: bool = False
+        self,
+        app: ASGIApp,
+        address: str,
+        port: int,
+        shutdown_timeout_s: float,
+        *,
+        limits: HttpLimits | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._app = app
+        self._ssl_context = ssl_context
+        self._limits = limits or HttpLimits()
         self._reuse_port = reuse_port
         self._address = address
         self._requested_port = port
@@ -86,7 +99,10 @@ class HttpServer:
             lifespan="off",
             ws="none",
             server_header=False,
+            http=limited_protocol(self._limits),
+            timeout_keep_alive=self._limits.keep_alive_timeout_s,  # type: ignore[arg-type]
             timeout_graceful_shutdown=max(1, round(self._shutdown_timeout_s)),
+            ssl_context_factory=self._tls_context if self._ssl_context is not None else None,
         )
         server = self._server = _NodeOwnedServer(config)
         self._task = asyncio.create_task(server.serve(sockets=[listener]), name="http-api")
@@ -101,6 +117,10 @@ class HttpServer:
             await self.stop()
             listener.close()
             raise
+
+    def _tls_context(self, _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        assert self._ssl_context is not None
+        return self._ssl_context
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within the shutdown timeout, then cancel."""

@@ -3,7 +3,8 @@
 `offsets`, `pause`, `resume`, `restart` and `skip` call upstream's `ReadSideManagerService`, so they work
 the same against any node that serves it. `list` also needs what that service cannot say — each
 projection's state, its shard's newest journal offset and its lag — and asks the project's
-`ReadSideAdminService` for it (see protos/chiefofstate/internal/v1/readside_admin.proto).
+`ReadSideAdminService` for it (see protos/chiefofstate/internal/v1/readside_admin.proto). Options before
+the command choose TLS and a bearer token (cli/connection.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from chiefofstate.cli.connection import (
+    CaFile,
+    CertFile,
+    Connection,
+    KeyFile,
+    Tls,
+    Token,
+    current_connection,
+    use_connection,
+)
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerServiceStub
 from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2 as admin
@@ -25,6 +36,20 @@ from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import Re
 STATE_TRAILER = "x-cos-read-side-state"
 
 app = typer.Typer(no_args_is_help=True, help="Inspect and steer the read sides of a running node.")
+
+
+@app.callback()
+def connect(
+    token: Token = None,
+    tls: Tls = False,
+    ca_file: CaFile = None,
+    cert_file: CertFile = None,
+    key_file: KeyFile = None,
+) -> None:
+    """Options before the command say how to reach the node: `cos readside --ca-file ca.pem list`."""
+    use_connection(Connection(token, tls, ca_file, cert_file, key_file))
+
+
 console = Console()
 Reply = TypeVar("Reply")
 
@@ -46,7 +71,7 @@ _STATE_STYLES = {
 
 def _call(host: str, port: int, call: Callable[[grpc.Channel], Reply]) -> Reply:
     """One call to the node; a failure prints its status and exits 1."""
-    with grpc.insecure_channel(f"{host}:{port}") as channel:
+    with current_connection().channel(f"{host}:{port}") as channel:
         try:
             return call(channel)
         except grpc.RpcError as error:

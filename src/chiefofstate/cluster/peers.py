@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
+from typing import Protocol
 
+import grpc
 from grpc import aio
 
 from chiefofstate.core.errors import Code, CosError
@@ -78,10 +80,23 @@ def _translated(error: aio.AioRpcError) -> CosError | NotHere | Unreachable:
     return CosError(message, code=code, details=details)
 
 
-class PeerClients:
-    """One channel per member address, the most recently used kept (at most MAX_PEER_CHANNELS)."""
+class PeerTls(Protocol):
+    """The node's own certificate, presented to peers; `version` changes when it is reloaded."""
 
-    def __init__(self, options: Sequence[tuple[str, int]] = ()) -> None:
+    @property
+    def version(self) -> int: ...
+
+    def channel_credentials(self) -> grpc.ChannelCredentials: ...
+
+
+class PeerClients:
+    """One channel per member address, the most recently used kept (at most MAX_PEER_CHANNELS); over TLS
+    when given the node's certificate, with new channels once it is reloaded."""
+
+    def __init__(self, options: Sequence[tuple[str, int]] = (), tls: PeerTls | None = None) -> None:
+        self._tls = tls
+        self._tls_version = tls.version if tls is not None else 0
+        self._credentials = tls.channel_credentials() if tls is not None else None
         # A channel of its own per member, never a shared subchannel: a new channel to an address whose
         # last one failed must connect afresh, not inherit the failed one's reconnect backoff.
         local = ("grpc.use_local_subchannel_pool", 1)
@@ -90,9 +105,18 @@ class PeerClients:
         self._retired: list[aio.Channel] = []
 
     def _channel(self, address: str) -> aio.Channel:
+        if self._tls is not None and self._tls.version != self._tls_version:
+            # Channels made with the previous certificate are retired (closed at close(), or as more retire).
+            self._tls_version = self._tls.version
+            self._credentials = self._tls.channel_credentials()
+            self._retired.extend(self._channels.values())
+            self._channels.clear()
         channel = self._channels.get(address)
         if channel is None:
-            channel = aio.insecure_channel(address, options=self._options)
+            if self._credentials is not None:
+                channel = aio.secure_channel(address, self._credentials, options=self._options)
+            else:
+                channel = aio.insecure_channel(address, options=self._options)
             self._channels[address] = channel
             if len(self._channels) > MAX_PEER_CHANNELS:
                 _, oldest = self._channels.popitem(last=False)
@@ -110,6 +134,8 @@ class PeerClients:
         timeout_s: float,
     ) -> bytes:
         channel = self._channel(address)
+        while len(self._retired) > MAX_PEER_CHANNELS:  # bounded however long members are away
+            await self._retired.pop(0).close(grace=None)
         call = channel.unary_unary(method, request_serializer=_bytes, response_deserializer=_bytes)
         try:
             reply: bytes = await call(request, timeout=max(timeout_s, 0.001), metadata=tuple(metadata))

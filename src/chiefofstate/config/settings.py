@@ -16,8 +16,10 @@ from chiefofstate.config.cluster import (
     load_cluster_settings,
     unused_cluster_variables,
 )
+from chiefofstate.config.http_limits import HttpLimits, load_http_limits
 from chiefofstate.config.parsing import Env
 from chiefofstate.config.read_sides import ReadSidesSettings, load_read_sides
+from chiefofstate.config.security import SecuritySettings, load_security_settings
 from chiefofstate.config.tracing import TracingSettings, tracing_settings
 from chiefofstate.config.workers import (
     WorkerSettings,
@@ -106,6 +108,8 @@ class ServerSettings:
     # SO_REUSEPORT on the client-facing ports: only a worker shares them, with its siblings; a lone
     # node must fail to bind a port another process holds rather than silently share it.
     reuse_port: bool = False
+    management_address: str = "0.0.0.0"
+    prometheus_address: str = "0.0.0.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,8 @@ class Settings:
     tracing: TracingSettings = field(default=TracingSettings(enabled=False, service_name="chiefofstate"))
     cluster: ClusterSettings = field(default=CLUSTER_OFF)
     workers: WorkerSettings = field(default=WorkerSettings())
+    http_limits: HttpLimits = field(default=HttpLimits())
+    security: SecuritySettings = field(default=SecuritySettings())
 
 
 _RETIRED_VARIABLES = (
@@ -170,9 +176,10 @@ def _breaker(env: Env, prefix: str, call_timeout_default: str) -> BreakerSetting
 
 
 def _server(env: Env) -> ServerSettings:
+    address = env.text("COS_ADDRESS", "0.0.0.0")
     return ServerSettings(
         protocol=env.choice("COS_SERVER_PROTOCOL", "grpc", ("grpc", "http", "both")),
-        address=env.text("COS_ADDRESS", "0.0.0.0"),
+        address=address,
         port=env.port("COS_PORT", 9000),
         http_address=env.text("COS_HTTP_ADDRESS", "0.0.0.0"),
         http_port=env.port("COS_HTTP_PORT", 9001),
@@ -183,6 +190,9 @@ def _server(env: Env) -> ServerSettings:
         prometheus_port=env.port("COS_PROMETHEUS_PORT", 9102),
         health_check_interval_s=env.duration("COS_HEALTH_CHECK_INTERVAL", "2s"),
         event_loop=env.choice("COS_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
+        # The operator ports follow COS_ADDRESS unless given their own (docs/operations.md, "Security").
+        management_address=env.text("COS_MANAGEMENT_ADDRESS", address).strip() or address,
+        prometheus_address=env.text("COS_PROMETHEUS_ADDRESS", address).strip() or address,
     )
 
 
@@ -396,6 +406,8 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
             env, deployment_mode=deployment_mode, uses_postgres=store.postgres is not None
         ),
         workers=load_worker_settings(env, uses_postgres=store.postgres is not None),
+        http_limits=load_http_limits(env),
+        security=load_security_settings(env),
     )
     _refuse_unsupported(settings)
     settings = _with_workers(settings)

@@ -10,9 +10,13 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from grpc import aio
+
+from chiefofstate.api.auth import TokenInterceptor
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
+from chiefofstate.api.tls import ServerTls
 from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.cluster.forwarding import Forwarder
 from chiefofstate.cluster.ownership import LeaseBook, ShardGateOfLeases
@@ -50,7 +54,7 @@ class ClusterParts:
         )
 
 
-def cluster_parts(settings: Settings) -> ClusterParts:
+def cluster_parts(settings: Settings, tls: ServerTls | None = None) -> ClusterParts:
     """What the entities need before the host exists: the gate over a lease book still empty."""
     book = LeaseBook(settings.cluster.leases)
     write_side = settings.write_side
@@ -61,7 +65,8 @@ def cluster_parts(settings: Settings) -> ClusterParts:
             keepalive_time_s=write_side.keepalive_time_s,
             keepalive_timeout_s=write_side.keepalive_timeout_s,
             keepalive_without_calls=write_side.keepalive_without_calls,
-        )
+        ),
+        tls=tls,  # peers dial with TLS and present this node's certificate
     )
     return ClusterParts(
         member_id=str(uuid.uuid4()),
@@ -70,6 +75,11 @@ def cluster_parts(settings: Settings) -> ClusterParts:
         routes=RoutingTable(settings.cluster.advertised_address),
         peers=peers,
     )
+
+
+def token_interceptors(settings: Settings) -> list[aio.ServerInterceptor]:
+    tokens = settings.security.tokens
+    return [TokenInterceptor(tokens)] if tokens is not None else []
 
 
 async def _check_reachable(host: str, port: int) -> None:
@@ -96,6 +106,7 @@ async def start_cluster(
     *,
     tracing: Tracing,
     metrics: NodeMetrics,
+    tls: ServerTls | None = None,
 ) -> Coordinator:
     """The internal port, then membership and this member's share of the shards. Stopping leaves the
     cluster gracefully: shards are handed over at once instead of waiting for their leases to expire."""
@@ -106,7 +117,14 @@ async def start_cluster(
     # Forwarded requests are served locally or refused with "not here"; never forwarded again.
     local_only = CommandPath(host, server.command_timeout_s, tracing=tracing, metrics=None)
     peer_server = GrpcServer(
-        ChiefOfStateService(local_only), server.address, settings.cluster.port, server.max_message_bytes
+        ChiefOfStateService(local_only),
+        server.address,
+        settings.cluster.port,
+        server.max_message_bytes,
+        credentials=tls.grpc_server_credentials() if tls is not None else None,
+        reflection_enabled=settings.security.reflection_enabled,
+        # A forwarded call carries its caller's token, checked here again (docs/operations.md, "Security").
+        interceptors=token_interceptors(settings),
     )
     await peer_server.start()
     await peer_server.set_serving(True)

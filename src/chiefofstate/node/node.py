@@ -13,12 +13,14 @@ import signal
 import time
 
 from chiefofstate.aio.tasks import cancel_and_wait
+from chiefofstate.api.auth import TokenMiddleware
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
 from chiefofstate.api.http_api import create_http_app
 from chiefofstate.api.http_server import HttpServer
 from chiefofstate.api.management import ManagementServer, SmallHttpServer, metrics_route
+from chiefofstate.api.tls import ServerTls, load_server_tls
 from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.errors import CosError
@@ -28,7 +30,7 @@ from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.journal.group_commit import GroupCommitWriter
-from chiefofstate.node.cluster import cluster_parts, start_cluster
+from chiefofstate.node.cluster import cluster_parts, start_cluster, token_interceptors
 from chiefofstate.node.gauges import register_cluster_readings, register_node_readings
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
@@ -65,6 +67,7 @@ class Node:
         self.metrics_server: SmallHttpServer | None = None
         self.metrics = NodeMetrics()
         self.tracing: Tracing | None = None
+        self.tls: ServerTls | None = None
         self._closers = contextlib.AsyncExitStack()
         self._stopping = False
 
@@ -78,16 +81,26 @@ class Node:
     async def _start_parts(self) -> None:
         self.tracing = Tracing(self.settings.tracing)
         self._closers.callback(self.tracing.shutdown)  # flushes buffered spans last, after everything else
+        if self.settings.security.tls is not None:
+            tls = self.tls = await load_server_tls(self.settings.security.tls)
+            tls.start()
+            self._closers.push_async_callback(tls.close)
         journal = self.journal = await open_store(self.settings)
         self._closers.push_async_callback(journal.close)
         processor, writer, snapshotter = await self._start_write_path(journal, self.tracing)
-        cluster = cluster_parts(self.settings) if self.settings.cluster.enabled else None
+        cluster = cluster_parts(self.settings, self.tls) if self.settings.cluster.enabled else None
         self.host = self._start_entities(processor, self.tracing, cluster.gate if cluster else OPEN_GATE)
         register_node_readings(self.metrics, self.host, processor, snapshotter, writer, self.subscriptions)
         forwarder = None
         if cluster is not None:
             self.coordinator = await start_cluster(
-                cluster, self.settings, self.host, self._closers, tracing=self.tracing, metrics=self.metrics
+                cluster,
+                self.settings,
+                self.host,
+                self._closers,
+                tracing=self.tracing,
+                metrics=self.metrics,
+                tls=self.tls,
             )
             register_cluster_readings(self.metrics, self.coordinator, processor)
             forwarder = cluster.forwarder(self.settings, self.tracing, self.metrics)
@@ -108,7 +121,7 @@ class Node:
         log.warning(
             "chiefofstate node serving %s, management on %s:%d%s",
             ", ".join(serving),
-            server.address,
+            server.management_address,
             self.management.port if self.management is not None else server.management_port,
             ", subscriptions on" if self.subscriptions is not None else "",
         )
@@ -200,12 +213,14 @@ class Node:
         """/alive and /ready on the management port, /metrics on the Prometheus port."""
         server, closers = self.settings.server, self._closers
         management = self.management = ManagementServer(
-            server.address, server.management_port, self.readiness, reuse_port=server.reuse_port
+            server.management_address, server.management_port, self.readiness, reuse_port=server.reuse_port
         )
         await management.start()
         closers.push_async_callback(management.close)
         metrics_server = self.metrics_server = SmallHttpServer(
-            server.address, server.prometheus_port, {"/metrics": metrics_route(self.metrics.exposition)}
+            server.prometheus_address,
+            server.prometheus_port,
+            {"/metrics": metrics_route(self.metrics.exposition)},
         )
         await metrics_server.start()
         closers.push_async_callback(metrics_server.close)
@@ -224,27 +239,43 @@ class Node:
                 extra_services=self.read_sides.services if self.read_sides is not None else (),
                 metrics=GrpcServerMetrics(self.metrics),
                 reuse_port=server.reuse_port,
+                credentials=self.tls.grpc_server_credentials() if self.tls is not None else None,
+                reflection_enabled=self.settings.security.reflection_enabled,
+                interceptors=token_interceptors(self.settings),
             )
             await grpc_server.start()
-            serving.append(f"gRPC on {server.address}:{grpc_server.port}")
+            serving.append(f"gRPC{self._guards()} on {server.address}:{grpc_server.port}")
         if server.protocol in ("http", "both"):
             # Both protocols share one command path: the same host, deadlines and logging.
             app = create_http_app(
                 commands,
                 # base64 makes a body about 4/3 of the message it carries
                 max_body_bytes=server.max_message_bytes * 4 // 3 + 64 * 1024,
-                body_timeout_s=server.command_timeout_s,
+                body_timeout_s=self.settings.http_limits.body_timeout_s,
             )
+            tokens = self.settings.security.tokens
             http_server = self.http = HttpServer(
-                app,
+                TokenMiddleware(app, tokens) if tokens is not None else app,
                 server.http_address,
                 server.http_port,
                 server.shutdown_timeout_s,
+                limits=self.settings.http_limits,
+                ssl_context=self.tls.http_context() if self.tls is not None else None,
                 reuse_port=server.reuse_port,
             )
             await http_server.start()
-            serving.append(f"HTTP on {server.http_address}:{http_server.port}")
+            serving.append(f"HTTP{self._guards()} on {server.http_address}:{http_server.port}")
         return serving
+
+    def _guards(self) -> str:
+        """How the client-facing ports are protected, for the start-up line (docs/operations.md)."""
+        tls, tokens = self.tls, self.settings.security.tokens
+        guards = []
+        if tls is not None:
+            guards.append("mutual TLS" if tls.requires_client_certificates else "TLS")
+        if tokens is not None:
+            guards.append("bearer tokens")
+        return f" ({', '.join(guards)})" if guards else ""
 
     async def _follow_readiness_on_grpc_health(self) -> None:
         if self.grpc is None:
