@@ -71,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             if not outcome.ok:
-                details = [str(v) for v in outcome.result.violations[:20]] + outcome.problems
+                started_at = outcome.faults[0][0] if outcome.faults else 0.0
+                timeline = [f"{moment - started_at:7.2f}s {what}" for moment, what in outcome.faults]
+                details = [str(v) for v in outcome.result.violations[:20]] + outcome.problems + timeline
                 failures.append(f"{outcome.result.run} ({workdir}):\n  " + "\n  ".join(details))
             elif not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)

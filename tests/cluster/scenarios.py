@@ -29,7 +29,6 @@ from tests.support.history import History, check
 from tests.support.journal_reader import read_journal
 from tests.support.load import LoadConfig, LoadProcess
 from tests.support.postgres import PgServer
-from tests.support.proxy import Proxy
 
 SHARDS = 16
 FAST_TIMING = {
@@ -42,9 +41,8 @@ FAST_TIMING = {
 DEFAULT_LEASE_TTL_S = 10.0
 # Seconds of load after the last membership change before a member is made a zombie.
 ZOMBIE_WARM_S = 4.0
-# What the zombie's held link must have taken in before it is stopped: a few appends' worth.
-ZOMBIE_HELD_BYTES = 4096
 ZOMBIE_HOLD_MAX_S = 3.0
+ZOMBIE_HOLD_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -119,28 +117,44 @@ def wait_for_takeover(store_env: dict[str, str], gone: set[str], since: float, l
     return time.monotonic() - since
 
 
-def fence_rejections_of(node: Node) -> int:
+def _metric(node: Node, name: str) -> float:
+    """A label-less sample of the member's Prometheus exposition (0 when absent)."""
     url = f"http://127.0.0.1:{node.env['COS_PROMETHEUS_PORT']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
-    found = re.search(r"^cos_cluster_fence_rejections_total ([0-9.e+]+)$", text, re.MULTILINE)
-    return int(float(found.group(1))) if found else 0
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def fence_rejections_of(node: Node) -> int:
+    return int(_metric(node, "cos_cluster_fence_rejections_total"))
 
 
 def _address(node: Node) -> str:
     return f"127.0.0.1:{node.cluster_port}"
 
 
-def _hold_until_appends_are_held(proxy: Proxy) -> None:
-    """Wait, with the link held, until the member has sent the database more than its heartbeats and
-    renewals (ZOMBIE_HELD_BYTES), or ZOMBIE_HOLD_MAX_S passed: the appends of its commands in flight
-    are then on the held link. A fixed wait sometimes caught none: a member whose commands in flight
-    were all refused by the handler (an account opened twice) appends nothing."""
-    before = proxy.received["up"]
-    time.sleep(0.5)
-    give_up_at = time.monotonic() + ZOMBIE_HOLD_MAX_S
-    while proxy.received["up"] - before < ZOMBIE_HELD_BYTES and time.monotonic() < give_up_at:
-        time.sleep(0.05)
+def _hold_with_appends_on_the_way(node: Node) -> int:
+    """Hold the member's database link until appends wait behind it (its gauge
+    cos_journal_pending_appends counts those queued behind the batch in flight), and return how many.
+    A member whose commands in flight are all recovery reads of cold entities appends nothing while
+    its link is held; the link is then passed again and, after some load, held once more."""
+    assert node.proxy is not None
+    waiting = 0
+    for _ in range(ZOMBIE_HOLD_ATTEMPTS):
+        node.proxy.blackhole("up")
+        give_up_at = time.monotonic() + ZOMBIE_HOLD_MAX_S
+        time.sleep(0.2)
+        while (waiting := int(_metric(node, "cos_journal_pending_appends"))) < 1:
+            if time.monotonic() > give_up_at:
+                break
+            time.sleep(0.05)
+        if waiting:
+            return waiting
+        node.proxy.passthrough()
+        time.sleep(2.0)
+    node.proxy.blackhole("up")
+    return waiting
 
 
 def _sleep_until(moment: float) -> None:
@@ -244,10 +258,9 @@ def cluster_life(
                 # process resumes believing nothing happened.
                 assert victim.proxy is not None
                 at = note(f"database link of {victim.name} held")
-                victim.proxy.blackhole("up")
-                _hold_until_appends_are_held(victim.proxy)
+                waiting = _hold_with_appends_on_the_way(victim)
                 victim.pause()
-                note(f"SIGSTOP {victim.name}")
+                note(f"SIGSTOP {victim.name} with {waiting} appends waiting behind the held link")
                 wait_for_takeover(store_env, {_address(victim)}, at, takeover_limit_s)
                 victim.proxy.passthrough()
                 victim.resume()

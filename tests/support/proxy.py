@@ -81,9 +81,6 @@ class Proxy:
         self.port = 0
         self.mode = "pass"
         self.accepted = 0  # connections accepted since start, for tests and reports
-        # Bytes received from each side since start, forwarded or held (read from the test's thread:
-        # an int's update is atomic, and a reading a moment old is all a test needs).
-        self.received: dict[str, int] = {"up": 0, "down": 0}
         self._hold = {"up": False, "down": False}
         self._delay = {"up": 0.0, "down": 0.0}
         self._links: set[_Link] = set()
@@ -281,7 +278,6 @@ class Proxy:
         async def read() -> None:
             try:
                 while data := await reader.read(_CHUNK):
-                    self.received[side] += len(data)
                     queue.put_nowait((loop.time(), data))
             except OSError:
                 pass
