@@ -9,7 +9,7 @@ from grpc import aio
 
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.grpc_errors import abort_with
-from chiefofstate.api.subscription_rpcs import SUBSCRIPTIONS_OFF, SubscriptionRpcs
+from chiefofstate.api.subscription_rpcs import SUBSCRIPTIONS_OFF, SubscriptionRpcs, UnsubscribeElsewhere
 from chiefofstate.core.errors import CosError
 from chiefofstate.core.headers import Metadata
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
@@ -37,9 +37,14 @@ class ChiefOfStateService:
     """`ProcessCommand` and `GetState` answer with the entity's cached reply bytes (entities/entity.py,
     `EntityState`), registered without a response serializer by `add_to_server`."""
 
-    def __init__(self, commands: CommandPath, subscriptions: SubscriptionHub | None = None) -> None:
+    def __init__(
+        self,
+        commands: CommandPath,
+        subscriptions: SubscriptionHub | None = None,
+        unsubscribe_elsewhere: UnsubscribeElsewhere | None = None,
+    ) -> None:
         self._commands = commands
-        self._subscriptions = SubscriptionRpcs(subscriptions)
+        self._subscriptions = SubscriptionRpcs(subscriptions, unsubscribe_elsewhere)
 
     async def ProcessCommand(self, request: pb.ProcessCommandRequest, context: Context) -> bytes:
         try:

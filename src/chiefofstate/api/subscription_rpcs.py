@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -22,13 +22,17 @@ SUBSCRIPTION_ID_HEADER = "subscription-id"
 
 Context = aio.ServicerContext[object, object]
 Reply = TypeVar("Reply", pb.SubscribeResponse, pb.SubscribeAllResponse)
+# Ends a subscription on the other members of the cluster (cluster/peers.py); None on a node alone and
+# on the internal port, which only ever acts locally.
+UnsubscribeElsewhere = Callable[[str], Awaitable[None]]
 
 
 class SubscriptionRpcs:
     """`hub` is None when COS_SUBSCRIPTION_ENABLED is false: every rpc answers UNIMPLEMENTED."""
 
-    def __init__(self, hub: SubscriptionHub | None) -> None:
+    def __init__(self, hub: SubscriptionHub | None, elsewhere: UnsubscribeElsewhere | None = None) -> None:
         self._hub = hub
+        self._elsewhere = elsewhere
 
     async def _enabled_hub(self, context: Context) -> SubscriptionHub:
         if self._hub is None:
@@ -43,11 +47,15 @@ class SubscriptionRpcs:
         await self._stream(context, None, request.subscription_id, _reply(pb.SubscribeAllResponse))
 
     async def unsubscribe(self, subscription_id: str, context: Context) -> str:
-        """Both unsubscribe rpcs end either kind of subscription; an unknown id still succeeds (§7)."""
+        """Both unsubscribe rpcs end either kind of subscription, on whichever member holds it; an unknown
+        id still succeeds (§7). Answered once every reachable member has ended it."""
         hub = await self._enabled_hub(context)
         if not subscription_id:
             await abort_with(context, InvalidArgument("subscription_id is required"))
         hub.unsubscribe(subscription_id)
+        if self._elsewhere is not None:
+            # Also when it was found here: ids are unique per member only, so another may hold it too.
+            await self._elsewhere(subscription_id)
         return subscription_id
 
     async def _stream(

@@ -1,7 +1,8 @@
 """The node's subscription registry and fan-out (docs/contract.md §7, decision D8).
 
-The hub is the command processor's CommitListener: after each commit it appends the command's
-events to the buffer of every matching subscription and returns at once. Nothing a subscriber does
+The hub is told of each commit, by the command processor on a node alone or by the journal feed in a
+cluster (subscription/feed.py), and appends the command's events to the buffer of every matching
+subscription and returns at once. Nothing a subscriber does
 can slow a command: each buffer is bounded, and a subscription whose buffer is full is ended with
 RESOURCE_EXHAUSTED instead of being waited for.
 
