@@ -90,18 +90,16 @@ class ChiefOfStateService:
 
 def add_to_server(service: ChiefOfStateService, server: aio.Server) -> None:
     """Registers the service as the generated `add_ChiefOfStateServiceServicer_to_server` would, except
-    that ProcessCommand and GetState have no response serializer: their replies are already bytes."""
+    that ProcessCommand, GetState, Subscribe and SubscribeAll have no response serializer: their replies
+    are already bytes."""
     unary = grpc.unary_unary_rpc_method_handler
     streaming = grpc.unary_stream_rpc_method_handler
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "ProcessCommand": unary(service.ProcessCommand, pb.ProcessCommandRequest.FromString, None),
         "GetState": unary(service.GetState, pb.GetStateRequest.FromString, None),
-        "Subscribe": streaming(
-            service.Subscribe, pb.SubscribeRequest.FromString, pb.SubscribeResponse.SerializeToString
-        ),
-        "SubscribeAll": streaming(
-            service.SubscribeAll, pb.SubscribeAllRequest.FromString, pb.SubscribeAllResponse.SerializeToString
-        ),
+        # Streamed messages are written already serialized (subscription/hub.py, `message_body`).
+        "Subscribe": streaming(service.Subscribe, pb.SubscribeRequest.FromString, None),
+        "SubscribeAll": streaming(service.SubscribeAll, pb.SubscribeAllRequest.FromString, None),
         "Unsubscribe": unary(
             service.Unsubscribe, pb.UnsubscribeRequest.FromString, pb.UnsubscribeResponse.SerializeToString
         ),

@@ -23,7 +23,9 @@ async def open_subscriptions(
 ) -> tuple[SubscriptionHub, list[CommitListener]]:
     """The hub, and the commit listeners it needs (none in cluster mode: the feed reads every commit)."""
     bounds = settings.subscriptions
-    hub = SubscriptionHub(bounds.buffer_size, bounds.max_subscriptions)
+    hub = SubscriptionHub(
+        bounds.buffer_size, bounds.max_subscriptions, write_timeout_s=bounds.write_timeout_s
+    )
     connection = read_side_connection(settings.store)
     if not settings.cluster.enabled or connection is None:
         return hub, [hub]
