@@ -20,10 +20,12 @@ Two tables come out:
   to what grpc.aio can stream at all. With few subscribers the node is held back by the command rate
   (each event is one command), not by the fan-out, so the ratio there is low by construction;
   "delivered ÷ owed" says whether every subscriber got every event. Beside the rates, the CPU time of
-  each server process per message sent (the node's includes its commands and GetState calls), which
-  depends less than rates on what else the machine is running.
+  each server process per message sent, which depends less than rates on what else the machine is
+  running; for the node, the CPU it spent beyond what the run without subscribers spent per deposit
+  (and its GetState calls), divided by the events delivered: an estimate of the fan-out's own cost.
 * commands: deposits per second and the GetState p99 with subscribers attached, as ratios to the run
-  without any. A fan-out that never starves commands keeps both near 1.
+  without any (measured first and last; the better of the two counts). A fan-out that never starves
+  commands keeps both near 1.
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ class Run:
     delivered: int = 0
     delivered_per_s: float = 0.0
     bare_per_s: float = 0.0
-    node_cpu_us: float = 0.0  # node CPU per event delivered
     node_cpu_share: float = 0.0  # node CPU seconds per second of load
     bare_cpu_us: float = 0.0  # bare server CPU per message streamed
     ended: dict[str, int] = field(default_factory=dict)
@@ -127,7 +128,6 @@ async def measure_node(
         if reader is not None:
             during = (await reader.counts())[0] - before
             run.delivered_per_s = during / (time.perf_counter() - started)
-            run.node_cpu_us = (cpu_seconds(node_pid) - cpu_before) / max(during, 1) * 1e6
             # Then let the streams drain (bounded) to see whether every event reached every subscriber.
             drain_until = time.perf_counter() + 10
             owed = commands.calls * subscribers
@@ -173,7 +173,7 @@ async def run_all(counts: list[int], args: argparse.Namespace) -> list[Run]:
     with bank_and_node(COS_SUBSCRIPTION_ENABLED="true") as (_, node):
         target = f"127.0.0.1:{node.ports['grpc']}"
         async with aio.insecure_channel(target) as channel:
-            cos = ChiefOfStateServiceStub(channel)  # type: ignore[no-untyped-call]
+            cos = ChiefOfStateServiceStub(channel)
             opened = await asyncio.gather(
                 *(
                     cos.ProcessCommand(
@@ -184,16 +184,38 @@ async def run_all(counts: list[int], args: argparse.Namespace) -> list[Run]:
                 )
             )
             pid = node.popen.pid
-            warm_up = argparse.Namespace(concurrency=args.concurrency, duration=1.0, read_rate=0.0)
+            warm_up = argparse.Namespace(concurrency=args.concurrency, duration=3.0, read_rate=0.0)
             await measure_node(cos, target, pid, 0, warm_up)
-            runs = [await measure_node(cos, target, pid, count, args) for count in [0, *counts]]
+            # Without subscribers first and last: the better of the two is the baseline.
+            runs = [await measure_node(cos, target, pid, count, args) for count in [0, *counts, 0]]
     # A message of the node's own shape and size: a deposit's command in place of its event.
     sample = pb.SubscribeAllResponse(
         subscription_id="bench-0", event=bank.deposit(1), resulting_state=opened[0].state, meta=opened[0].meta
     ).SerializeToString()
-    for run in runs[1:]:
-        run.bare_per_s, run.bare_cpu_us = await measure_bare(sample, run.subscribers, args.duration)
+    for run in runs:
+        if run.subscribers:
+            run.bare_per_s, run.bare_cpu_us = await measure_bare(sample, run.subscribers, args.duration)
     return runs
+
+
+def baseline(runs: list[Run]) -> Run:
+    """The runs without subscribers merged, the better figure of each."""
+    alone = [run for run in runs if not run.subscribers]
+    best = max(alone, key=lambda run: run.commands_per_s)
+    return Run(
+        0,
+        commands_per_s=best.commands_per_s,
+        get_p99_ms=min(run.get_p99_ms for run in alone),
+        node_cpu_share=best.node_cpu_share,
+    )
+
+
+def fan_out_cpu_us(run: Run, base: Run) -> float:
+    """Node CPU per delivered event beyond the commands' share, scaled from the run without subscribers."""
+    if not run.delivered_per_s or not base.commands_per_s:
+        return float("nan")
+    for_commands = base.node_cpu_share * run.commands_per_s / base.commands_per_s
+    return max(run.node_cpu_share - for_commands, 0.0) / run.delivered_per_s * 1e6
 
 
 def delivery_table(runs: list[Run]) -> str:
@@ -211,13 +233,14 @@ def delivery_table(runs: list[Run]) -> str:
         lines.append(
             f"| {run.subscribers} | {run.delivered_per_s:,.0f} | {run.bare_per_s:,.0f} | {ratio:.2f} | "
             f"{run.delivered / owed if owed else float('nan'):.3f} | {ended} | "
-            f"{run.node_cpu_us:.1f} | {run.bare_cpu_us:.1f} |"
+            f"{fan_out_cpu_us(run, baseline(runs)):.1f} | {run.bare_cpu_us:.1f} |"
         )
     return "\n".join(lines)
 
 
 def command_table(runs: list[Run]) -> str:
-    base = runs[0]
+    """Ratios to the better of the two runs without subscribers."""
+    base = baseline(runs)
     lines = [
         "| subscribers | deposits/s | vs none | GetState p99 ms | vs none | node CPU |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -71,5 +71,6 @@ def test_subscription_fanout_reports_delivery_against_bare_grpc_and_the_cost_to_
     commands = re.findall(
         r"^\| ([0-9]+) \| ([0-9,]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| [0-9]+% \|$", out, re.M
     )
-    assert [row[0] for row in commands] == ["0", "1", "3"], out
-    assert commands[0][2] == "1.00" and all(int(row[1].replace(",", "")) > 0 for row in commands), out
+    assert [row[0] for row in commands] == ["0", "1", "3", "0"], out
+    assert "1.00" in (commands[0][2], commands[3][2]), out  # the better run alone is the baseline
+    assert all(int(row[1].replace(",", "")) > 0 for row in commands), out
