@@ -54,3 +54,23 @@ def test_node_load_measures_a_node_on_postgres(pg_server: PgServer) -> None:
     assert found is not None, out
     assert int(found.group(1).replace(",", "")) > 0
     assert float(found.group(2)) >= 1.0  # every command appended, in batches of one or more
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_subscription_fanout_reports_delivery_against_bare_grpc_and_the_cost_to_commands() -> None:
+    out = run(
+        "benchmarks.subscription_fanout",
+        *("--duration", "0.5", "--concurrency", "2", "--subscribers", "1,3"),
+    )
+    delivery = re.findall(r"^\| ([0-9]+) \| ([0-9,]+) \| ([0-9,]+) \| ([0-9.]+) \| ([0-9.]+) \|", out, re.M)
+    assert [row[0] for row in delivery] == ["1", "3"], out
+    assert all(int(row[2].replace(",", "")) > 0 for row in delivery), out  # the bare server streamed
+    assert all(float(row[4]) > 0.9 for row in delivery), out  # every subscriber got (nearly) every event
+    commands = re.findall(
+        r"^\| ([0-9]+) \| ([0-9,]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| [0-9]+% \|$", out, re.M
+    )
+    assert [row[0] for row in commands] == ["0", "1", "3", "0"], out
+    assert "1.00" in (commands[0][2], commands[3][2]), out  # the better run alone is the baseline
+    assert all(int(row[1].replace(",", "")) > 0 for row in commands), out

@@ -243,6 +243,60 @@ async def test_a_subscriber_that_never_reads_is_ended_while_commands_keep_full_s
 
 
 @sqlite_only
+async def test_a_subscriber_whose_writes_stay_blocked_is_ended_by_the_write_timeout(
+    node_factory: NodeFactory,
+) -> None:
+    # A buffer far larger than the run: only the write timeout can end the stalled subscriber.
+    node = node_factory(
+        COS_SUBSCRIPTION_ENABLED="true",
+        COS_SUBSCRIPTION_BUFFER_SIZE="100000",
+        COS_SUBSCRIPTION_WRITE_TIMEOUT="1s",
+    )
+    target = f"127.0.0.1:{node.ports['grpc']}"
+    async with (
+        aio.insecure_channel(target) as channel,
+        aio.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)]) as stalled_channel,
+    ):
+        cos = stub(channel)
+        reader = cos.SubscribeAll(pb.SubscribeAllRequest(subscription_id="reader"))
+        await registered(reader)
+        received_by_reader = 0
+
+        async def drain() -> None:
+            nonlocal received_by_reader
+            async for _ in reader:
+                received_by_reader += 1
+
+        draining = asyncio.create_task(drain())
+        stalled = stub(stalled_channel).SubscribeAll(pb.SubscribeAllRequest(subscription_id="stalled"))
+        await registered(stalled)
+        sent = 0
+        deadline = time.monotonic() + 60
+        # Enough events to fill the stalled client's 64 KB window, then until the node gives up on it.
+        while "subscription stalled fell behind" not in node.log_text():
+            assert time.monotonic() < deadline, "the stalled subscriber was never ended"
+            await timed_commands(cos, f"w{sent}", 160, 16)
+            sent += 16 + 160  # the accounts' openings, then the deposits
+
+        with pytest.raises(aio.AioRpcError) as ended:
+            async with asyncio.timeout(20):
+                async for _ in stalled:
+                    pass
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "COS_SUBSCRIPTION_WRITE_TIMEOUT" in (ended.value.details() or "")
+
+        # The reading subscriber kept receiving every event, during and after.
+        await process(cos, "after", bank.open_account("After", 1))
+        for _ in range(400):  # at most 20 s
+            if received_by_reader == sent + 1:
+                break
+            await asyncio.sleep(0.05)
+        await cos.Unsubscribe(pb.UnsubscribeRequest(subscription_id="reader"), timeout=10)
+        await asyncio.wait_for(draining, 20)
+        assert received_by_reader == sent + 1
+
+
+@sqlite_only
 async def test_the_number_of_subscriptions_is_bounded(node_factory: NodeFactory) -> None:
     node = node_factory(COS_SUBSCRIPTION_ENABLED="true", COS_SUBSCRIPTION_MAX="2")
     async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:

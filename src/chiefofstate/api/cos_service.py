@@ -9,7 +9,7 @@ from grpc import aio
 
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.grpc_errors import abort_with
-from chiefofstate.api.subscription_rpcs import SUBSCRIPTIONS_OFF, SubscriptionRpcs
+from chiefofstate.api.subscription_rpcs import SUBSCRIPTIONS_OFF, SubscriptionRpcs, UnsubscribeElsewhere
 from chiefofstate.core.errors import CosError
 from chiefofstate.core.headers import Metadata
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
@@ -37,9 +37,14 @@ class ChiefOfStateService:
     """`ProcessCommand` and `GetState` answer with the entity's cached reply bytes (entities/entity.py,
     `EntityState`), registered without a response serializer by `add_to_server`."""
 
-    def __init__(self, commands: CommandPath, subscriptions: SubscriptionHub | None = None) -> None:
+    def __init__(
+        self,
+        commands: CommandPath,
+        subscriptions: SubscriptionHub | None = None,
+        unsubscribe_elsewhere: UnsubscribeElsewhere | None = None,
+    ) -> None:
         self._commands = commands
-        self._subscriptions = SubscriptionRpcs(subscriptions)
+        self._subscriptions = SubscriptionRpcs(subscriptions, unsubscribe_elsewhere)
 
     async def ProcessCommand(self, request: pb.ProcessCommandRequest, context: Context) -> bytes:
         try:
@@ -85,18 +90,16 @@ class ChiefOfStateService:
 
 def add_to_server(service: ChiefOfStateService, server: aio.Server) -> None:
     """Registers the service as the generated `add_ChiefOfStateServiceServicer_to_server` would, except
-    that ProcessCommand and GetState have no response serializer: their replies are already bytes."""
+    that ProcessCommand, GetState, Subscribe and SubscribeAll have no response serializer: their replies
+    are already bytes."""
     unary = grpc.unary_unary_rpc_method_handler
     streaming = grpc.unary_stream_rpc_method_handler
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "ProcessCommand": unary(service.ProcessCommand, pb.ProcessCommandRequest.FromString, None),
         "GetState": unary(service.GetState, pb.GetStateRequest.FromString, None),
-        "Subscribe": streaming(
-            service.Subscribe, pb.SubscribeRequest.FromString, pb.SubscribeResponse.SerializeToString
-        ),
-        "SubscribeAll": streaming(
-            service.SubscribeAll, pb.SubscribeAllRequest.FromString, pb.SubscribeAllResponse.SerializeToString
-        ),
+        # Streamed messages are written already serialized (subscription/hub.py, `message_body`).
+        "Subscribe": streaming(service.Subscribe, pb.SubscribeRequest.FromString, None),
+        "SubscribeAll": streaming(service.SubscribeAll, pb.SubscribeAllRequest.FromString, None),
         "Unsubscribe": unary(
             service.Unsubscribe, pb.UnsubscribeRequest.FromString, pb.UnsubscribeResponse.SerializeToString
         ),

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc import aio
 
 from chiefofstate.api.grpc_errors import abort_with
 from chiefofstate.core.errors import CosError, InvalidArgument
+from chiefofstate.core.headers import Metadata
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
-from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.subscription.hub import SubscriptionHub
 
 SUBSCRIPTIONS_OFF = "Subscription is not enabled; configure subscription to use streaming"
@@ -21,14 +21,18 @@ SUBSCRIPTIONS_OFF = "Subscription is not enabled; configure subscription to use 
 SUBSCRIPTION_ID_HEADER = "subscription-id"
 
 Context = aio.ServicerContext[object, object]
-Reply = TypeVar("Reply", pb.SubscribeResponse, pb.SubscribeAllResponse)
+# Ends a subscription on the other members of the cluster (cluster/peers.py); None on a node alone and
+# on the internal port, which only ever acts locally.
+# (subscription id, the caller's metadata: its credentials go along, as on a forwarded request)
+UnsubscribeElsewhere = Callable[[str, Metadata], Awaitable[None]]
 
 
 class SubscriptionRpcs:
     """`hub` is None when COS_SUBSCRIPTION_ENABLED is false: every rpc answers UNIMPLEMENTED."""
 
-    def __init__(self, hub: SubscriptionHub | None) -> None:
+    def __init__(self, hub: SubscriptionHub | None, elsewhere: UnsubscribeElsewhere | None = None) -> None:
         self._hub = hub
+        self._elsewhere = elsewhere
 
     async def _enabled_hub(self, context: Context) -> SubscriptionHub:
         if self._hub is None:
@@ -37,26 +41,24 @@ class SubscriptionRpcs:
         return self._hub
 
     async def subscribe(self, request: pb.SubscribeRequest, context: Context) -> None:
-        await self._stream(context, request.entity_id, request.subscription_id, _reply(pb.SubscribeResponse))
+        await self._stream(context, request.entity_id, request.subscription_id)
 
     async def subscribe_all(self, request: pb.SubscribeAllRequest, context: Context) -> None:
-        await self._stream(context, None, request.subscription_id, _reply(pb.SubscribeAllResponse))
+        await self._stream(context, None, request.subscription_id)
 
     async def unsubscribe(self, subscription_id: str, context: Context) -> str:
-        """Both unsubscribe rpcs end either kind of subscription; an unknown id still succeeds (§7)."""
+        """Both unsubscribe rpcs end either kind of subscription, on whichever member holds it; an unknown
+        id still succeeds (§7). Answered once every reachable member has ended it."""
         hub = await self._enabled_hub(context)
         if not subscription_id:
             await abort_with(context, InvalidArgument("subscription_id is required"))
         hub.unsubscribe(subscription_id)
+        if self._elsewhere is not None:
+            # Also when it was found here: ids are unique per member only, so another may hold it too.
+            await self._elsewhere(subscription_id, tuple(context.invocation_metadata() or ()))
         return subscription_id
 
-    async def _stream(
-        self,
-        context: Context,
-        entity_id: str | None,
-        requested_id: str,
-        reply: Callable[[str, EventWrapper], Reply],
-    ) -> None:
+    async def _stream(self, context: Context, entity_id: str | None, requested_id: str) -> None:
         # The reader/writer API rather than an async generator: a client that cancels or
         # disconnects then interrupts this coroutine itself, so `release` runs at once instead of
         # whenever the abandoned generator is finalized.
@@ -68,31 +70,38 @@ class SubscriptionRpcs:
         except CosError as error:
             await abort_with(context, error)
             raise
+        subscription.writer = asyncio.current_task()
         try:
             await context.send_initial_metadata(((SUBSCRIPTION_ID_HEADER, subscription.subscription_id),))
             while True:
-                events = await subscription.take()
-                if not events:
+                bodies = await subscription.take()
+                if not bodies:
                     return  # unsubscribed: the stream completes with OK (decision D8)
-                for wrapper in events:
+                for body in bodies:
                     if subscription.finished:
                         break
-                    # Waits while the client's HTTP/2 window is full; the hub keeps buffering
-                    # meanwhile and ends the subscription if its buffer overflows.
-                    await context.write(reply(subscription.subscription_id, wrapper))
+                    await hub.before_write(subscription)
+                    # Already serialized, once for every subscriber (registered without serializer).
+                    await context.write(subscription.prefix + body)
+                    subscription.wrote()
         except CosError as error:
-            await abort_with(context, error)
+            await _end_stream(context, error, hub.write_timeout_s)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not subscription.timed_out or task is None or subscription.failure is None:
+                raise  # the client went away (or the node stops): nothing to tell
+            task.uncancel()  # the hub's write timeout, not the client's cancellation
+            await _end_stream(context, subscription.failure, hub.write_timeout_s)
         finally:
             hub.release(subscription)
 
 
-def _reply(message_class: type[Reply]) -> Callable[[str, EventWrapper], Reply]:
-    def build(subscription_id: str, wrapper: EventWrapper) -> Reply:
-        return message_class(
-            subscription_id=subscription_id,
-            event=wrapper.event,
-            resulting_state=wrapper.resulting_state,
-            meta=wrapper.meta,
-        )
-
-    return build
+async def _end_stream(context: Context, error: CosError, timeout_s: float) -> None:
+    """End with `error`'s status. The status travels behind the messages already written, so to a client
+    that does not read it cannot be delivered yet: after `timeout_s` the handler stops waiting and the
+    stream is left to the transport, which sends the status if the client ever reads again."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await abort_with(context, error)
+    except TimeoutError:
+        raise asyncio.CancelledError from None

@@ -8,7 +8,9 @@ so a caller cannot tell a forwarded answer from a direct one (docs/cluster.md).
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -20,6 +22,8 @@ from chiefofstate.core.headers import Metadata
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.writeside.grpc import status_details
 
+log = logging.getLogger("chiefofstate.cluster")
+
 # Set on a forwarded call, so the owner never forwards it again; answered by the owner with
 # NOT_HERE_KEY when it does not serve the shard (any more), so the sender re-routes once.
 FORWARDED_KEY = "x-cos-forwarded"
@@ -29,6 +33,7 @@ NOT_HERE_KEY = "x-cos-not-here"
 ANSWERED_KEY = "x-cos-answered"
 _PROCESS_COMMAND = "/chief_of_state.v1.ChiefOfStateService/ProcessCommand"
 _GET_STATE = "/chief_of_state.v1.ChiefOfStateService/GetState"
+_UNSUBSCRIBE = "/chief_of_state.v1.ChiefOfStateService/Unsubscribe"
 # Headers that belong to one HTTP/2 hop, not to the request: gRPC sets its own on the next hop.
 _HOP_HEADERS = frozenset({"user-agent", "content-type", "te", "grpc-accept-encoding", "grpc-timeout"})
 MAX_PEER_CHANNELS = 64
@@ -168,6 +173,23 @@ class PeerClients:
         timeout_s: float,
     ) -> bytes:
         return await self._call(address, _GET_STATE, request.SerializeToString(), metadata, timeout_s)
+
+    async def unsubscribe_everywhere(
+        self, addresses: Sequence[str], subscription_id: str, caller: Metadata, timeout_s: float
+    ) -> None:
+        """End the subscription on every member named, all called at once, with the caller's headers
+        (its token is checked there again). A member that does not answer within `timeout_s` is logged
+        and skipped: a subscription held there stays open until its client ends it."""
+        request = pb.UnsubscribeRequest(subscription_id=subscription_id).SerializeToString()
+        metadata = forwarded_metadata(caller, ())
+        calls = [self._call(address, _UNSUBSCRIBE, request, metadata, timeout_s) for address in addresses]
+        for address, outcome in zip(
+            addresses, await asyncio.gather(*calls, return_exceptions=True), strict=True
+        ):
+            if isinstance(outcome, Exception):
+                log.warning(
+                    "unsubscribe %s did not reach the member at %s: %s", subscription_id, address, outcome
+                )
 
     async def close(self) -> None:
         for channel in [*self._channels.values(), *self._retired]:

@@ -118,6 +118,7 @@ class SubscriptionSettings:
 
     buffer_size: int = 1000  # events waiting for one subscriber before it is ended
     max_subscriptions: int = 10_000  # open subscription streams per node
+    write_timeout_s: float = 10.0  # a write into one stream blocked this long ends the subscriber
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +358,15 @@ def load_logging_settings(environ: Mapping[str, str]) -> LoggingSettings:
     return _logging(Env(environ))
 
 
+def _subscription_write_timeout(env: Env) -> float:
+    timeout_s = env.duration("COS_SUBSCRIPTION_WRITE_TIMEOUT", "10s")
+    if not 0.1 <= timeout_s <= 3600:
+        raise ConfigError(
+            "COS_SUBSCRIPTION_WRITE_TIMEOUT", f"must be between 100ms and 1h (got {timeout_s}s)"
+        )
+    return timeout_s
+
+
 def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True) -> Settings:
     """Parse every variable; raises ConfigError on the first invalid one.
 
@@ -399,6 +409,7 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
         subscriptions=SubscriptionSettings(
             buffer_size=env.integer("COS_SUBSCRIPTION_BUFFER_SIZE", 1000, minimum=1, maximum=1_000_000),
             max_subscriptions=env.integer("COS_SUBSCRIPTION_MAX", 10_000, minimum=1, maximum=1_000_000),
+            write_timeout_s=_subscription_write_timeout(env),
         ),
         read_sides=read_sides,
         tracing=tracing_settings(environ, env.text("COS_SERVICE_NAME", "chiefofstate")),

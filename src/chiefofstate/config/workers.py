@@ -47,11 +47,6 @@ def _warnings(env: Env, count: int) -> tuple[str, ...]:
             f"COS_READ_SIDE_ENABLED with {count} workers: each worker runs the read sides, so every event "
             "is delivered once per worker; run them on one separate node instead"
         )
-    if env.boolean("COS_SUBSCRIPTION_ENABLED", False):
-        said.append(
-            f"COS_SUBSCRIPTION_ENABLED with {count} workers: a subscription sees only the commits of the "
-            "worker its connection reached"
-        )
     return tuple(said)
 
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from grpc import aio
@@ -24,8 +25,10 @@ from chiefofstate.cluster.peers import PeerClients
 from chiefofstate.cluster.routes import RoutingTable
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.errors import ConfigError
+from chiefofstate.core.headers import Metadata
 from chiefofstate.entities.host import EntityHost
 from chiefofstate.node.stores import open_cluster_store
+from chiefofstate.subscription.hub import SubscriptionHub
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import Tracing
 from chiefofstate.writeside.grpc import channel_options
@@ -33,6 +36,8 @@ from chiefofstate.writeside.grpc import channel_options
 log = logging.getLogger("chiefofstate.cluster")
 
 _REACHABILITY_TIMEOUT_S = 5.0
+# How long an Unsubscribe waits for the other members to end the subscription before it answers anyway.
+UNSUBSCRIBE_PEER_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -52,6 +57,17 @@ class ClusterParts:
             tracing=tracing,
             metrics=metrics,
         )
+
+    def unsubscribe_elsewhere(self, coordinator: Coordinator) -> Callable[[str, Metadata], Awaitable[None]]:
+        """Unsubscribe on every other live member, through their internal port (docs/contract.md §7)."""
+
+        async def unsubscribe(subscription_id: str, metadata: Metadata) -> None:
+            others = [member.address for member in coordinator.members if member.member_id != self.member_id]
+            await self.peers.unsubscribe_everywhere(
+                others, subscription_id, metadata, UNSUBSCRIBE_PEER_TIMEOUT_S
+            )
+
+        return unsubscribe
 
 
 def cluster_parts(settings: Settings, tls: ServerTls | None = None) -> ClusterParts:
@@ -107,6 +123,7 @@ async def start_cluster(
     tracing: Tracing,
     metrics: NodeMetrics,
     tls: ServerTls | None = None,
+    subscriptions: SubscriptionHub | None = None,
 ) -> Coordinator:
     """The internal port, then membership and this member's share of the shards. Stopping leaves the
     cluster gracefully: shards are handed over at once instead of waiting for their leases to expire."""
@@ -114,10 +131,11 @@ async def start_cluster(
     store = await open_cluster_store(settings.store)
     closers.push_async_callback(store.close)
     server = settings.server
-    # Forwarded requests are served locally or refused with "not here"; never forwarded again.
+    # Forwarded requests are served locally or refused with "not here"; never forwarded again. The same
+    # for unsubscribes: a member's Unsubscribe reaches the others here, and goes no further.
     local_only = CommandPath(host, server.command_timeout_s, tracing=tracing, metrics=None)
     peer_server = GrpcServer(
-        ChiefOfStateService(local_only),
+        ChiefOfStateService(local_only, subscriptions=subscriptions),
         server.address,
         settings.cluster.port,
         server.max_message_bytes,

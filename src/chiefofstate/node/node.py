@@ -20,6 +20,7 @@ from chiefofstate.api.grpc_server import GrpcServer
 from chiefofstate.api.http_api import create_http_app
 from chiefofstate.api.http_server import HttpServer
 from chiefofstate.api.management import ManagementServer, SmallHttpServer, metrics_route
+from chiefofstate.api.subscription_rpcs import UnsubscribeElsewhere
 from chiefofstate.api.tls import ServerTls, load_server_tls
 from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.config.settings import Settings
@@ -36,6 +37,7 @@ from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
 from chiefofstate.node.read_sides import ReadSides, open_read_sides
 from chiefofstate.node.stores import exclusive_use, open_store, state_reads
+from chiefofstate.node.subscriptions import open_subscriptions
 from chiefofstate.node.write_side import create_write_handler
 from chiefofstate.ports.journal import Journal
 from chiefofstate.ports.write_handler import WriteHandler
@@ -92,6 +94,7 @@ class Node:
         self.host = self._start_entities(processor, self.tracing, cluster.gate if cluster else OPEN_GATE)
         register_node_readings(self.metrics, self.host, processor, snapshotter, writer, self.subscriptions)
         forwarder = None
+        unsubscribe_elsewhere = None
         if cluster is not None:
             self.coordinator = await start_cluster(
                 cluster,
@@ -101,7 +104,10 @@ class Node:
                 tracing=self.tracing,
                 metrics=self.metrics,
                 tls=self.tls,
+                subscriptions=self.subscriptions,
             )
+            if self.subscriptions is not None:
+                unsubscribe_elsewhere = cluster.unsubscribe_elsewhere(self.coordinator)
             register_cluster_readings(self.metrics, self.coordinator, processor)
             forwarder = cluster.forwarder(self.settings, self.tracing, self.metrics)
         commands = CommandPath(
@@ -114,7 +120,7 @@ class Node:
         await self._start_operator_endpoints()
         # Closed first on stop: new calls are refused while in-flight ones get the grace period.
         self._closers.push_async_callback(self._stop_api_servers)
-        serving = await self._start_api_servers(commands)
+        serving = await self._start_api_servers(commands, unsubscribe_elsewhere)
         self._serving = True
         await self._follow_readiness_on_grpc_health()
         server = self.settings.server
@@ -153,7 +159,7 @@ class Node:
             settings.write_side.protocol,
         )
         closers.push_async_callback(handler.close)
-        listeners = await self._start_commit_listeners(tracing)
+        listeners = await self._start_commit_listeners(journal, tracing)
         processor = CommandProcessor(
             handler,
             state_reads(settings.store, journal, deciding, closers),
@@ -171,15 +177,13 @@ class Node:
         )
         return processor, writer, snapshotter
 
-    async def _start_commit_listeners(self, tracing: Tracing) -> list[CommitListener]:
+    async def _start_commit_listeners(self, journal: Journal, tracing: Tracing) -> list[CommitListener]:
         """Subscriptions and read sides, each told of every commit of this node."""
         settings, closers, metrics = self.settings, self._closers, self.metrics
         listeners: list[CommitListener] = []
         if settings.subscription_enabled:
-            self.subscriptions = SubscriptionHub(
-                settings.subscriptions.buffer_size, settings.subscriptions.max_subscriptions
-            )
-            listeners.append(self.subscriptions)
+            self.subscriptions, hub_listeners = await open_subscriptions(settings, journal, closers)
+            listeners.extend(hub_listeners)
         if settings.read_side_enabled:
             read_sides = self.read_sides = await open_read_sides(
                 settings, closers, tracing=tracing, metrics=metrics
@@ -225,13 +229,15 @@ class Node:
         await metrics_server.start()
         closers.push_async_callback(metrics_server.close)
 
-    async def _start_api_servers(self, commands: CommandPath) -> list[str]:
+    async def _start_api_servers(
+        self, commands: CommandPath, unsubscribe_elsewhere: UnsubscribeElsewhere | None
+    ) -> list[str]:
         """gRPC and/or HTTP (COS_SERVER_PROTOCOL) on one command path; returns what serves where."""
         server = self.settings.server
         serving = []
         if server.protocol in ("grpc", "both"):
             grpc_server = self.grpc = GrpcServer(
-                ChiefOfStateService(commands, subscriptions=self.subscriptions),
+                ChiefOfStateService(commands, self.subscriptions, unsubscribe_elsewhere),
                 server.address,
                 server.port,
                 server.max_message_bytes,

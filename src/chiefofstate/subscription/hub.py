@@ -1,9 +1,16 @@
 """The node's subscription registry and fan-out (docs/contract.md §7, decision D8).
 
-The hub is the command processor's CommitListener: after each commit it appends the command's
-events to the buffer of every matching subscription and returns at once. Nothing a subscriber does
-can slow a command: each buffer is bounded, and a subscription whose buffer is full is ended with
-RESOURCE_EXHAUSTED instead of being waited for.
+The hub is told of each commit, by the command processor on a node alone or by the journal feed in a
+cluster (subscription/feed.py), and appends the command's events to the buffer of every matching
+subscription and returns at once. Nothing a subscriber does can slow a command: each event is
+serialized once for all subscribers (a subscriber's message is its own id's bytes followed by the
+event's), writes start through a gate that leaves commands a share of every turn of the event loop
+(turns.py), and a subscriber that does not keep up is ended with RESOURCE_EXHAUSTED instead of being
+waited for, by either of two bounds, whatever the transport buffers:
+
+* more than `buffer_size` events not yet written into its stream (buffered, or being written);
+* one write that has not completed after `write_timeout_s` (its client stopped reading and the
+  HTTP/2 flow-control window is full).
 
 Two counts matter and are kept apart. `live` subscriptions receive events and own their id (a
 new subscription may reuse the id as soon as the old one stops receiving). `open_streams` counts
@@ -20,9 +27,21 @@ from collections import deque
 from collections.abc import Sequence
 
 from chiefofstate.core.errors import AlreadyExists, CosError, ResourceExhausted, Unavailable
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
+from chiefofstate.subscription.turns import TurnGate
 
 log = logging.getLogger("chiefofstate.subscription")
+
+DEFAULT_WRITE_TIMEOUT_S = 10.0
+
+
+def message_body(wrapper: EventWrapper) -> bytes:
+    """The part of `SubscribeResponse` / `SubscribeAllResponse` (same field numbers) that every
+    subscriber shares: fields 2-4. A message is its subscriber's field 1 followed by this."""
+    return pb.SubscribeAllResponse(
+        event=wrapper.event, resulting_state=wrapper.resulting_state, meta=wrapper.meta
+    ).SerializeToString()
 
 
 class Subscription:
@@ -32,21 +51,37 @@ class Subscription:
         self.subscription_id = subscription_id
         self.entity_id = entity_id
         self.capacity = capacity
-        self._buffer: deque[EventWrapper] = deque()
+        # Field 1 of the subscriber's messages; protobuf allows the fields of a message in any split.
+        self.prefix = pb.SubscribeAllResponse(subscription_id=subscription_id).SerializeToString()
+        self._buffer: deque[bytes] = deque()
+        self._unwritten = 0  # offered and not yet written into the stream: buffered or being written
         self._wakeup = asyncio.Event()
         self._finished = False
         self._failure: CosError | None = None
         self._released = False
+        self.writing_since: float | None = None  # loop time the current write started
+        self.writer: asyncio.Task[object] | None = None
+        self.timed_out = False
+        self._watch_due = False
 
     @property
     def finished(self) -> bool:
         return self._finished
 
-    def _offer(self, events: Sequence[EventWrapper]) -> bool:
+    @property
+    def failure(self) -> CosError | None:
+        return self._failure
+
+    @property
+    def unwritten(self) -> int:
+        return self._unwritten
+
+    def _offer(self, bodies: Sequence[bytes]) -> bool:
         """False when the events do not fit: the subscriber has fallen behind."""
-        if len(self._buffer) + len(events) > self.capacity:
+        if self._unwritten + len(bodies) > self.capacity:
             return False
-        self._buffer.extend(events)
+        self._buffer.extend(bodies)
+        self._unwritten += len(bodies)
         self._wakeup.set()
         return True
 
@@ -59,18 +94,24 @@ class Subscription:
         self._buffer.clear()
         self._wakeup.set()
 
-    async def take(self) -> list[EventWrapper]:
-        """Every buffered event, waiting for at least one; [] once the subscription was completed
-        normally; raises the failure that ended it otherwise."""
+    def wrote(self) -> None:
+        """One event is in the stream now."""
+        self._unwritten -= 1
+        self.writing_since = None
+
+    async def take(self) -> list[bytes]:
+        """Every buffered event body, waiting for at least one; [] once the subscription was completed
+        normally; raises the failure that ended it otherwise. Taken events still count as unwritten
+        until `wrote` says so."""
         while True:
             if self._finished:
                 if self._failure is not None:
                     raise self._failure
                 return []
             if self._buffer:
-                events = list(self._buffer)
+                bodies = list(self._buffer)
                 self._buffer.clear()
-                return events
+                return bodies
             self._wakeup.clear()
             await self._wakeup.wait()
 
@@ -78,15 +119,24 @@ class Subscription:
 class SubscriptionHub:
     """Registry of the node's subscriptions; implements the CommitListener protocol."""
 
-    def __init__(self, buffer_size: int, max_streams: int) -> None:
+    def __init__(
+        self,
+        buffer_size: int,
+        max_streams: int,
+        *,
+        write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
+        gate: TurnGate | None = None,
+    ) -> None:
         self._buffer_size = buffer_size
         self._max_streams = max_streams
+        self.write_timeout_s = write_timeout_s
+        self._gate = gate or TurnGate()
         self._live: dict[str, Subscription] = {}
         self._all_entities: dict[str, Subscription] = {}
         self._by_entity: dict[str, dict[str, Subscription]] = {}
         self._open_streams = 0
         self._closed = False
-        self.overflows = 0
+        self.overflows = 0  # subscribers ended for falling behind, by either bound
 
     @property
     def live(self) -> int:
@@ -142,26 +192,64 @@ class SubscriptionHub:
         if not self._live:
             return
         watchers = self._by_entity.get(entity_id)
+        if not self._all_entities and not watchers:
+            return
         targets = list(self._all_entities.values())
         if watchers:
             targets.extend(watchers.values())
+        bodies = [message_body(wrapper) for wrapper in events]  # once, whatever the number of targets
         for subscription in targets:
-            if not subscription._offer(events):
-                self.overflows += 1
-                log.warning(
-                    "subscription %s fell behind (%d events buffered); ending it",
-                    subscription.subscription_id,
-                    subscription.capacity,
-                )
-                self._end(
+            if not subscription._offer(bodies):
+                self._fell_behind(
                     subscription,
-                    ResourceExhausted(
-                        f"subscription {subscription.subscription_id} fell behind: more than "
-                        f"{subscription.capacity} events were waiting to be sent "
-                        "(COS_SUBSCRIPTION_BUFFER_SIZE); subscribe again and read the current "
-                        "state with GetState"
-                    ),
+                    f"more than {subscription.capacity} events were waiting to be sent "
+                    "(COS_SUBSCRIPTION_BUFFER_SIZE)",
                 )
+
+    async def before_write(self, subscription: Subscription) -> None:
+        """Called by the stream's writer before each write: waits for the turn gate, then watches the
+        write so that one blocked for longer than `write_timeout_s` ends the subscription and
+        cancels its writer (which then ends the stream with the subscription's failure)."""
+        await self._gate.turn()
+        loop = asyncio.get_running_loop()
+        subscription.writing_since = loop.time()
+        if not subscription._watch_due:
+            # One timer per subscription at a time, not one per write.
+            subscription._watch_due = True
+            loop.call_at(subscription.writing_since + self.write_timeout_s, self._watch, subscription)
+
+    def _watch(self, subscription: Subscription) -> None:
+        subscription._watch_due = False
+        since = subscription.writing_since
+        if since is None or subscription._released or subscription.timed_out:
+            return
+        loop = asyncio.get_running_loop()
+        due = since + self.write_timeout_s
+        if loop.time() < due:  # a later write than the one this timer was set for
+            subscription._watch_due = True
+            loop.call_at(due, self._watch, subscription)
+            return
+        subscription.timed_out = True
+        self._fell_behind(
+            subscription,
+            f"a write waited more than {self.write_timeout_s:g}s for the client to read "
+            "(COS_SUBSCRIPTION_WRITE_TIMEOUT)",
+        )
+        if subscription.writer is not None:
+            subscription.writer.cancel()
+
+    def _fell_behind(self, subscription: Subscription, why: str) -> None:
+        if subscription.finished:
+            return
+        self.overflows += 1
+        log.warning("subscription %s fell behind: %s; ending it", subscription.subscription_id, why)
+        self._end(
+            subscription,
+            ResourceExhausted(
+                f"subscription {subscription.subscription_id} fell behind: {why}; subscribe again "
+                "and read the current state with GetState"
+            ),
+        )
 
     def close(self) -> None:
         """Node shutdown: refuse new subscriptions and end every stream so none holds the server."""

@@ -149,6 +149,14 @@ def test_the_http_api_http_write_handlers_and_subscriptions_can_be_switched_on()
     assert settings.subscriptions.buffer_size == 50 and settings.subscriptions.max_subscriptions == 7
     defaults = load()
     assert defaults.subscriptions.buffer_size == 1000 and defaults.subscriptions.max_subscriptions == 10_000
+    assert defaults.subscriptions.write_timeout_s == 10.0
+    assert load(COS_SUBSCRIPTION_WRITE_TIMEOUT="500ms").subscriptions.write_timeout_s == 0.5
+
+
+@pytest.mark.parametrize("value", ["0s", "50ms", "2h", "soon"])
+def test_the_subscription_write_timeout_must_be_a_sensible_duration(value: str) -> None:
+    error = pytest.raises(ConfigError, load, COS_SUBSCRIPTION_WRITE_TIMEOUT=value).value
+    assert "COS_SUBSCRIPTION_WRITE_TIMEOUT" in str(error)
 
 
 @pytest.mark.parametrize("variable", ["COS_SUBSCRIPTION_BUFFER_SIZE", "COS_SUBSCRIPTION_MAX"])

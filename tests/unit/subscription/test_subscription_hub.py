@@ -1,23 +1,35 @@
-"""The subscription hub: bounded buffers, per-entity order, overflow, unsubscribe and counts (§7, D8)."""
+"""The subscription hub: bounded buffers, per-entity order, both fall-behind bounds, unsubscribe, counts
+and the messages it shares between subscribers (§7, D8)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from google.protobuf.any_pb2 import Any
 
 from chiefofstate.core.errors import AlreadyExists, ResourceExhausted, Unavailable
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
-from chiefofstate.subscription.hub import SubscriptionHub
+from chiefofstate.subscription.hub import Subscription, SubscriptionHub
 
 
 def wrapper(entity_id: str, revision: int) -> EventWrapper:
     return EventWrapper(meta=MetaData(entity_id=entity_id, revision_number=revision))
 
 
-def revisions(events: list[EventWrapper]) -> list[tuple[str, int]]:
-    return [(event.meta.entity_id, event.meta.revision_number) for event in events]
+def revisions(bodies: list[bytes]) -> list[tuple[str, int]]:
+    metas = [pb.SubscribeAllResponse.FromString(body).meta for body in bodies]
+    return [(meta.entity_id, meta.revision_number) for meta in metas]
+
+
+async def written(subscription: Subscription) -> list[bytes]:
+    """What a stream writer does: take the buffered events and write each."""
+    bodies = await subscription.take()
+    for _ in bodies:
+        subscription.wrote()
+    return bodies
 
 
 async def test_an_entity_subscription_gets_only_its_entity_in_commit_order() -> None:
@@ -47,7 +59,7 @@ async def test_a_subscriber_that_falls_behind_is_ended_and_never_slows_the_commi
     fast = hub.open("fast", None)
     for revision in range(1, 4):
         hub.on_committed("a", 0, [wrapper("a", revision)])
-        assert len(await fast.take()) == 1
+        assert len(await written(fast)) == 1
     hub.on_committed("a", 0, [wrapper("a", 4)])  # the fourth event does not fit in slow's buffer
     assert hub.overflows == 1 and hub.live == 1 and hub.open_streams == 2
     with pytest.raises(ResourceExhausted, match="fell behind: more than 3 events"):
@@ -112,3 +124,57 @@ async def test_nothing_is_kept_for_entities_nobody_watches() -> None:
     hub.release(subscription)
     hub.on_committed("a", 0, [wrapper("a", 1)])
     assert hub.live == 0 and hub._by_entity == {} and hub._all_entities == {}
+
+
+async def test_each_event_is_serialized_once_and_each_subscriber_gets_its_own_id_in_front() -> None:
+    hub = SubscriptionHub(buffer_size=10, max_streams=10)
+    one, everything = hub.open("one", "a"), hub.open("everything", None)
+    event = wrapper("a", 1)
+    event.event.CopyFrom(Any(type_url="type.googleapis.com/bank.v1.MoneyDeposited", value=b"\x08\x05"))
+    event.resulting_state.CopyFrom(Any(type_url="type.googleapis.com/bank.v1.Account", value=b"\x10\x05"))
+    hub.on_committed("a", 0, [event])
+    [mine], [theirs] = await one.take(), await everything.take()
+    assert mine is theirs  # one body for every subscriber
+    as_entity = pb.SubscribeResponse.FromString(one.prefix + mine)
+    assert as_entity == pb.SubscribeResponse(
+        subscription_id="one", event=event.event, resulting_state=event.resulting_state, meta=event.meta
+    )
+    assert pb.SubscribeAllResponse.FromString(everything.prefix + theirs).subscription_id == "everything"
+
+
+async def test_events_taken_but_not_yet_written_still_count_toward_the_bound() -> None:
+    hub = SubscriptionHub(buffer_size=2, max_streams=10)
+    stuck = hub.open("stuck", None)
+    hub.on_committed("a", 0, [wrapper("a", 1), wrapper("a", 2)])
+    assert len(await stuck.take()) == 2  # taken by the writer, whose first write then blocks
+    hub.on_committed("a", 0, [wrapper("a", 3)])
+    assert hub.overflows == 1 and stuck.finished
+    with pytest.raises(ResourceExhausted, match="more than 2 events"):
+        await stuck.take()
+
+
+async def test_a_write_that_does_not_complete_in_time_ends_the_subscriber_and_cancels_its_writer() -> None:
+    hub = SubscriptionHub(buffer_size=100, max_streams=10, write_timeout_s=0.05)
+    blocked, other = hub.open("blocked", None), hub.open("other", None)
+    never = asyncio.Event()
+
+    async def writer(subscription: Subscription, completes: bool) -> None:
+        while True:
+            for _ in await subscription.take():
+                await hub.before_write(subscription)
+                if not completes:
+                    await never.wait()  # the client's window is full: the write never completes
+                subscription.wrote()
+
+    tasks = [asyncio.create_task(writer(blocked, False)), asyncio.create_task(writer(other, True))]
+    blocked.writer, other.writer = tasks
+    for revision in range(1, 30):
+        hub.on_committed("a", 0, [wrapper("a", revision)])
+        await asyncio.sleep(0.01)
+    assert tasks[0].cancelled() and blocked.timed_out
+    assert isinstance(blocked.failure, ResourceExhausted) and "COS_SUBSCRIPTION_WRITE_TIMEOUT" in str(
+        blocked.failure
+    )
+    assert not tasks[1].done() and not other.finished and other.unwritten == 0 and hub.overflows == 1
+    tasks[1].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,9 +1,10 @@
 """Wake-ups from appends made by any node: LISTEN on the channel the PostgreSQL journal notifies.
 
 Every append transaction sends `pg_notify(APPEND_CHANNEL, '<shard>,<shard>…')`, delivered at commit.
-One dedicated connection per node listens and wakes the projections of those shards. When the connection
-drops, it is opened again after a pause and every projection is woken once, since notifications sent
-meanwhile are lost; the projections' slow poll covers the gap until then.
+One dedicated connection per node and purpose listens and wakes the readers of those shards: the read
+sides' projections, and the subscription feed (subscription/feed.py). When the connection drops, it is
+opened again after a pause and every shard is woken once, since notifications sent meanwhile are lost; the
+projections' slow poll covers the gap until then, and the feed's subscribers get those events late.
 """
 
 from __future__ import annotations
@@ -47,16 +48,18 @@ class AppendListener:
         wake_shards: Callable[[Iterable[int]], None],
         wake_all: Callable[[], None],
         reconnect_delay_s: float = RECONNECT_DELAY_S,
+        purpose: str = "read-side",
     ) -> None:
         self._settings = settings
         self._wake_shards = wake_shards
         self._wake_all = wake_all
         self._reconnect_delay_s = reconnect_delay_s
+        self._purpose = purpose
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen_forever(), name="read-side LISTEN")
+        self._task = asyncio.create_task(self._listen_forever(), name=f"{self._purpose} LISTEN")
 
     async def close(self) -> None:
         await cancel_and_wait(self._task)
@@ -84,11 +87,11 @@ class AppendListener:
                     except TimeoutError:
                         # A silently dead network never ends the connection; a query does find out.
                         await connection.fetchval("SELECT 1", timeout=HEALTH_CHECK_TIMEOUT_S)
-                log.warning("read-side LISTEN connection lost; reconnecting in %gs", self._reconnect_delay_s)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 log.warning(
-                    "read-side LISTEN connection failed (%s); projections poll until it is back", error
+                    "%s LISTEN connection lost; reconnecting in %gs", self._purpose, self._reconnect_delay_s
                 )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                log.warning("%s LISTEN connection failed (%s); retrying", self._purpose, error)
             finally:
                 self.connected.clear()
                 if connection is not None:
