@@ -4,8 +4,7 @@ store, and each fault fills it to the last byte with a ballast file; each repair
 Mounting a tmpfs needs root (CAP_SYS_ADMIN), which CI and this project's machines have; a run
 without it fails with a message saying so. A real file system is used rather than an injected error
 (an LD_PRELOAD shim, a FUSE file system, a SQLite VFS) so that what SQLite meets is what it meets in
-production: `write` or `fallocate` refused with ENOSPC wherever its file or its write-ahead log
-grows, and the checkpoint unable to copy pages back into the main file.
+production: ENOSPC wherever its write-ahead log or its main file must grow.
 
 Expected (docs/contract.md §3.10): commands fail with `UNAVAILABLE` naming the full disk, and get that
 answer rather than hang; reads keep being served; nothing acknowledged is lost and nothing is
@@ -37,8 +36,8 @@ from tests.support.history import History
 DISK_SIZE = "64m"
 DEFAULTS = Settings()
 PROBE_ENTITY = "disk-probe"  # outside the load's prefix, so the checker never sees its events
-# How long the node may keep accepting writes on a full disk: SQLite first reuses the space its
-# write-ahead log already has, until a checkpoint cannot grow the main file.
+# How long the node may keep accepting writes on a full disk: an append that fits in space SQLite
+# already holds (its write-ahead log is reused after a checkpoint) needs no new block.
 FILL_PATIENCE_S = 10.0
 RECOVERY_PATIENCE_S = 30.0
 _BALLAST_CHUNKS = (1 << 20, 1 << 12, 1)
