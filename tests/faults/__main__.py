@@ -20,7 +20,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.faults.scenarios import SCENARIOS, Outcome, Settings
+from tests.faults.catalog import SCENARIOS
+from tests.faults.scenarios import Outcome, Settings
 from tests.support.history import CheckResult, format_table
 from tests.support.postgres import test_server
 
@@ -89,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     if not outcome.ok:
                         details = [str(v) for v in outcome.result.violations[:20]] + outcome.problems
+                        details += [f"{moment:.2f} {what}" for moment, what in outcome.faults]
                         failures.append(f"{outcome.result.run} ({workdir}):\n  " + "\n  ".join(details))
                 if outcome is not None and outcome.ok and not args.keep:
                     shutil.rmtree(workdir, ignore_errors=True)

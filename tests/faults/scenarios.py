@@ -16,7 +16,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +81,7 @@ def store(kind: str, workdir: Path, pg: PgServer | None = None) -> Iterator[dict
 # Running one scenario
 
 
-class _Run:
+class Run:
     """What every scenario shares: the handler, the node, the two load phases and the verdict."""
 
     def __init__(self, name: str, seed: int, workdir: Path, settings: Settings) -> None:
@@ -96,7 +96,7 @@ class _Run:
         self.problems: list[str] = []
         self.stack = contextlib.ExitStack()
 
-    def __enter__(self) -> _Run:
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -108,9 +108,15 @@ class _Run:
         return handler
 
     def node(
-        self, handler: BankHandler, store_env: dict[str, str], *, proxied: bool = False, **overrides: str
+        self,
+        handler: BankHandler,
+        store_env: dict[str, str],
+        *,
+        proxied: bool = False,
+        extra_env: Mapping[str, str] | None = None,
+        **overrides: str,
     ) -> Node:
-        base = node_base_env(handler.port, os.environ, **overrides)
+        base = node_base_env(handler.port, os.environ, **{**(extra_env or {}), **overrides})
         cluster = Cluster(base, store_env, self.logs, proxied=proxied)
         self.stack.callback(cluster.close)
         return cluster.add_node()
@@ -198,7 +204,7 @@ def kill_node(
 ) -> Outcome:
     """kill -9 of the node at random moments under load, each time restarted on the same store and
     ports (docs/contract.md §3.14: acknowledged means durable; §3.15: recovery from the journal)."""
-    with _Run(f"kill-node/{store_kind}", seed, workdir, settings) as run:
+    with Run(f"kill-node/{store_kind}", seed, workdir, settings) as run:
         handler = run.handler()
         store_env = run.stack.enter_context(store(store_kind, workdir, pg))
         node = run.node(handler, store_env)
@@ -221,7 +227,7 @@ def stop_postgres(seed: int, workdir: Path, *, settings: Settings = Settings()) 
     """A throwaway PostgreSQL server stopped hard (`pg_ctl stop -m immediate`) and started again under
     load; the node is never restarted and must serve again by itself (docs/contract.md §3.10: the store
     unreachable gives UNAVAILABLE)."""
-    with _Run("stop-postgres", seed, workdir, settings) as run:
+    with Run("stop-postgres", seed, workdir, settings) as run:
         handler = run.handler()
         server = ThrowawayServer()
         run.stack.callback(server.remove)
@@ -255,7 +261,7 @@ def kill_handler(
     """The write handler killed with kill -9 and restarted on its port under load. Meanwhile commands
     must fail with a status, not hang (docs/contract.md §3.10: an unreachable handler is UNAVAILABLE),
     and nothing may be half-written (§3.14)."""
-    with _Run(f"kill-handler/{store_kind}", seed, workdir, settings) as run:
+    with Run(f"kill-handler/{store_kind}", seed, workdir, settings) as run:
         handler = run.handler()
         store_env = run.stack.enter_context(store(store_kind, workdir, pg))
         # The node's own command deadline (whole seconds) ends below the client's, so a command stuck on
@@ -287,7 +293,7 @@ def break_database_link(
     reset at once, held both ways or only on the way back (a commit that reaches the database while its
     answer does not reach the node: the outcome the node cannot know, docs/contract.md §3.14), or
     slowed down. Then the link passes again and the node must serve again by itself."""
-    with _Run("db-link/postgres", seed, workdir, settings) as run:
+    with Run("db-link/postgres", seed, workdir, settings) as run:
         handler = run.handler()
         store_env = run.stack.enter_context(store("postgres", workdir, pg))
         node = run.node(handler, store_env, proxied=True, COS_DB_CONNECT_TIMEOUT="1s")
@@ -336,20 +342,3 @@ def _hung_commands(load: LoadProcess, down: list[tuple[float, float]]) -> list[s
         return []
     shown = ", ".join(f"{op.op_id} ({(op.end or op.start) - op.start:.1f}s)" for op in hung[:5])
     return [f"{len(hung)} command(s) sent while the handler was down got no status: {shown}"]
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    run: Callable[[int, Path, PgServer | None, Settings], Outcome]
-
-
-SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("kill-node/postgres", lambda seed, wd, pg, s: kill_node(seed, wd, pg=pg, settings=s)),
-    Scenario(
-        "kill-node/sqlite", lambda seed, wd, pg, s: kill_node(seed, wd, store_kind="sqlite", settings=s)
-    ),
-    Scenario("stop-postgres", lambda seed, wd, pg, s: stop_postgres(seed, wd, settings=s)),
-    Scenario("kill-handler/postgres", lambda seed, wd, pg, s: kill_handler(seed, wd, pg=pg, settings=s)),
-    Scenario("db-link/postgres", lambda seed, wd, pg, s: break_database_link(seed, wd, pg=pg, settings=s)),
-)

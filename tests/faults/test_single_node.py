@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import scenarios
+from tests.faults import clock, disk, scenarios
 from tests.faults.conftest import Judge
 from tests.support.postgres import PgServer
 
@@ -43,3 +43,27 @@ def test_database_link_reset_held_and_slowed_under_load(
     seed: int, tmp_path: Path, pg_server: PgServer, judge: Judge
 ) -> None:
     judge(scenarios.break_database_link(seed, tmp_path, pg=pg_server))
+
+
+# The newer faults run shorter in CI (one seed each, 10 s of faults); `python -m tests.faults` runs them
+# at full length.
+SHORT = scenarios.Settings(duration_s=10.0, after_s=3.0, quiet_end_s=3.0)
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_wall_clock_steps_change_nothing_on_postgres(
+    seed: int, tmp_path: Path, pg_server: PgServer, judge: Judge
+) -> None:
+    judge(clock.clock_jump(seed, tmp_path, pg=pg_server, settings=SHORT))
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_wall_clock_steps_change_nothing_on_sqlite(seed: int, tmp_path: Path, judge: Judge) -> None:
+    judge(clock.clock_jump(seed, tmp_path, store_kind="sqlite", settings=SHORT))
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart(
+    seed: int, tmp_path: Path, judge: Judge
+) -> None:
+    judge(disk.disk_full(seed, tmp_path, settings=SHORT))

@@ -17,8 +17,10 @@ Both only start and signal processes; what a test does meanwhile (load, checks) 
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +161,15 @@ class Node:
         """kill -9 if running, then start again on the same ports and store."""
         self.kill()
         self.start(wait=wait)
+
+    def metric(self, name: str) -> float | None:
+        """The value of one unlabelled sample on the node's /metrics (`name` as exposed, a counter
+        with its `_total`), or None when the node does not expose it."""
+        url = f"http://127.0.0.1:{self.env['COS_PROMETHEUS_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else None
 
     def log_text(self) -> str:
         """Every incarnation's log, oldest first."""

@@ -77,9 +77,29 @@ def read_journal(store_env: Mapping[str, str], prefix: str = "") -> Journal:
     """The journal of the store a node was started with: the `COS_DB_*` variables it was given
     (PostgreSQL when `COS_DB_HOST` is set, else the SQLite file `COS_DB_PATH`, docs/contract.md §10.2)."""
     if store_env.get("COS_DB_HOST"):
-        user = store_env.get("COS_DB_USER", "postgres")
-        password = store_env.get("COS_DB_PASSWORD", "changeme")  # the node's defaults
-        host, port = store_env["COS_DB_HOST"], store_env.get("COS_DB_PORT", "5432")
-        dsn = f"postgresql://{user}:{password}@{host}:{port}/{store_env.get('COS_DB_NAME', 'postgres')}"
-        return read_postgres(dsn, store_env.get("COS_DB_SCHEMA", "public"), prefix)
+        return read_postgres(_dsn(store_env), store_env.get("COS_DB_SCHEMA", "public"), prefix)
     return read_sqlite(store_env.get("COS_DB_PATH", "cos.db"), prefix)
+
+
+def read_write_times_ms(store_env: Mapping[str, str], prefix: str = "") -> list[int]:
+    """The `write_timestamp` (epoch milliseconds, the writing node's wall clock) of every event of the
+    entities whose id starts with `prefix`, in no particular order."""
+    query = "SELECT persistence_id, write_timestamp FROM {table}"
+    if store_env.get("COS_DB_HOST"):
+        with psycopg.connect(_dsn(store_env), connect_timeout=10) as connection:
+            table = f'"{store_env.get("COS_DB_SCHEMA", "public")}".event_journal'
+            rows = connection.execute(query.format(table=table)).fetchall()
+    else:
+        database = sqlite3.connect(Path(store_env.get("COS_DB_PATH", "cos.db")), timeout=30)
+        try:
+            rows = database.execute(query.format(table="event_journal")).fetchall()
+        finally:
+            database.close()
+    return [int(stamp) for entity, stamp in rows if entity.startswith(prefix) and stamp is not None]
+
+
+def _dsn(store_env: Mapping[str, str]) -> str:
+    user = store_env.get("COS_DB_USER", "postgres")
+    password = store_env.get("COS_DB_PASSWORD", "changeme")  # the node's defaults
+    host, port = store_env["COS_DB_HOST"], store_env.get("COS_DB_PORT", "5432")
+    return f"postgresql://{user}:{password}@{host}:{port}/{store_env.get('COS_DB_NAME', 'postgres')}"

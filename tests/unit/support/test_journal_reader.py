@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.ports.journal import EVENT_MANIFEST, SERIALIZER_ID
-from tests.support.journal_reader import read_journal, read_sqlite, token_of
+from tests.support.journal_reader import read_journal, read_sqlite, read_write_times_ms, token_of
 
 MIGRATION = Path(__file__).resolve().parents[3] / "src/chiefofstate/stores/sqlite/migrations/0006_initial.sql"
 
@@ -66,3 +66,19 @@ def test_a_row_of_another_serializer_is_refused_not_misread(tmp_path: Path) -> N
     path = store(tmp_path / "cos.db", [("a", 1, b"\x00")], manifest="something.Else")
     with pytest.raises(ValueError, match="serializer"):
         read_sqlite(path)
+
+
+def test_write_times_are_read_for_the_prefix_only(tmp_path: Path) -> None:
+    path = store(
+        tmp_path / "cos.db",
+        [
+            ("s1-a", 1, wrapper(bank_pb2.AccountOpened(owner="o-1"))),
+            ("s1-a", 2, wrapper(bank_pb2.MoneyDeposited(amount=1, reference="d-1"))),
+            ("other", 1, wrapper(bank_pb2.AccountOpened(owner="o-2"))),
+        ],
+    )
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.execute("UPDATE event_journal SET write_timestamp = 1000 * sequence_number")
+    connection.close()
+    assert sorted(read_write_times_ms({"COS_DB_PATH": str(path)}, prefix="s1-")) == [1000, 2000]
