@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
 from benchmarks.http_bench_common import bank_and_node, closed_loop
