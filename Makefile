@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck unit protos docs lowest bench faults cluster
+.PHONY: setup demo test lint typecheck unit protos docs lowest image bench faults cluster
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ docs: setup
 # The unit tests on the lowest dependency versions pyproject.toml declares (its own venv, .venv-lowest).
 lowest:
 	bash .ci/lowest_versions.sh
+
+# Build deploy/Dockerfile on a Debian-package base with buildah and run a node from it (root; a few
+# minutes; not part of CI). docs/deploy.md, "Building the image here".
+image:
+	bash deploy/image_check.sh
 
 # The benchmark of docs/performance.md (about 10 minutes); `make bench BENCH_ARGS=--quick` for a smoke run.
 bench: setup
