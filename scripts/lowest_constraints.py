@@ -41,6 +41,7 @@ _NOT_FOR_TESTS = (
     "types-",
     "py-spy",
     "build",
+    "setuptools",
     "twine",
     "check-jsonschema",
     "kubernetes-validate",
