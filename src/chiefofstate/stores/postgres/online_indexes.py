@@ -28,11 +28,20 @@ ONLINE_INDEXES: tuple[tuple[str, str, str], ...] = (
     ("cos_event_tag_by_tag_idx", "event_tag", "event_tag (tag, event_id)"),
 )
 
+# current_schema() is matched by name: a cast to regnamespace would parse it as an identifier, which a
+# schema such as "Cos Schema" is not without quotes.
 _STATE = """
 SELECT i.indisvalid
 FROM pg_index i
 JOIN pg_class c ON c.oid = i.indexrelid
-WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = $1 AND n.nspname = current_schema()
+"""
+_ROWS = """
+SELECT greatest(c.reltuples, 0)::bigint
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = $1 AND n.nspname = current_schema()
 """
 
 
@@ -55,11 +64,7 @@ async def build_online_indexes(connection: Any, *, statement_timeout_s: float) -
                 # A concurrent build that was interrupted leaves an invalid index behind, which
                 # IF NOT EXISTS would keep forever: drop it and build again.
                 await connection.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-            rows = await connection.fetchval(
-                "SELECT greatest(reltuples, 0)::bigint FROM pg_class "
-                "WHERE relname = $1 AND relnamespace = current_schema()::regnamespace",
-                table,
-            )
+            rows = await connection.fetchval(_ROWS, table)
             _LOG.warning(
                 "building index %s on about %s rows of %s, without blocking writes", name, rows, table
             )
