@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck unit protos bench faults cluster
+.PHONY: setup demo test lint typecheck unit protos docs lowest image bench faults cluster
 
 setup: $(VENV)/.installed
 
@@ -22,7 +22,7 @@ lint: setup
 	$(BIN)/python scripts/import_graph.py
 
 typecheck: setup
-	$(BIN)/mypy src examples/bank/cos_bank
+	$(BIN)/mypy src examples/chiefofstate_examples
 
 unit: setup
 	$(BIN)/pytest tests/unit -q
@@ -32,6 +32,19 @@ test: lint typecheck
 
 protos: setup
 	$(BIN)/python scripts/gen_protos.py
+
+# docs/configuration.md, generated from the settings code (a test fails when it is stale).
+docs: setup
+	$(BIN)/python scripts/gen_config_docs.py
+
+# The unit tests on the lowest dependency versions pyproject.toml declares (its own venv, .venv-lowest).
+lowest:
+	bash .ci/lowest_versions.sh
+
+# Build deploy/Dockerfile on a Debian-package base with buildah and run a node from it (root; a few
+# minutes; not part of CI). docs/deploy.md, "Building the image here".
+image:
+	bash deploy/image_check.sh
 
 # The benchmark of docs/performance.md (about 10 minutes); `make bench BENCH_ARGS=--quick` for a smoke run.
 bench: setup

@@ -20,7 +20,7 @@ import json
 import sys
 
 import httpx
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from google.protobuf.message import Message
 from grpc import aio
 

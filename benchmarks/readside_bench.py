@@ -37,8 +37,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cos_bank import client as bank
-from cos_bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank import client as bank
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio

@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
 from benchmarks.http_bench_common import bank_and_node, closed_loop

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
 from benchmarks.http_bench_common import TABLE_HEADER, LoadResult, bank_and_node, closed_loop, median

@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # (folder holding the .proto tree, output folder, Python package the output folder is)
 TARGETS = [
     (ROOT / "src/chiefofstate/protos", ROOT / "src/chiefofstate/gen", "chiefofstate.gen"),
-    (ROOT / "examples/bank/protos", ROOT / "examples/bank/cos_bank/gen", "cos_bank.gen"),
+    (
+        ROOT / "examples/bank/protos",
+        ROOT / "examples/chiefofstate_examples/bank/gen",
+        "chiefofstate_examples.bank.gen",
+    ),
 ]
 
 

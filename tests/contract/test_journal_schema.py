@@ -223,7 +223,9 @@ async def test_a_version_4_database_cannot_be_upgraded(backend: Backend) -> None
         True,
     )
     journal = await backend.open()
-    with pytest.raises(MigrationError, match="^cannot upgrade from version 4 to 6$"):
+    with pytest.raises(
+        MigrationError, match="^the database schema is at version 4, too old for this release to upgrade"
+    ):
         await journal.migrate(NUM_SHARDS)
     assert await recorded_versions(backend) == [(4, True)]
     assert "read_sides" not in await backend.raw.tables()

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 

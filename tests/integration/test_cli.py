@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb

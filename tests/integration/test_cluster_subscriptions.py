@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
-from chiefofstate.cli.cluster import ClusterStatus, read_status
-from chiefofstate.config.settings import load_settings
-from chiefofstate.core.sharding import shard_of
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from tests.support.cluster import BankHandler, Cluster, Node, node_base_env, postgres_store_env
+from tests.support.cluster_status import entities_owned_by_each, settled
 from tests.support.postgres import PgServer
 
 pytestmark = pytest.mark.integration
@@ -39,38 +36,6 @@ def two_members(tmp_path: Path, pg_database: tuple[PgServer, str]) -> Iterator[t
         base = node_base_env(handler.port, os.environ, COS_SUBSCRIPTION_ENABLED="true")
         with Cluster(base, store_env, tmp_path / "logs") as cluster:
             yield cluster.add_node(), cluster.add_node()
-
-
-async def settled(node: Node) -> ClusterStatus:
-    """Both members live and every shard held, each member holding some."""
-    settings = load_settings(node.env, require_write_side=False)
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        status = await read_status(settings)
-        held = [status.owned(member.member_id)[0] for member in status.members]
-        if len(held) == 2 and all(held) and not status.unowned_shards():
-            return status
-        assert time.monotonic() < deadline, f"not settled: {status.as_json()}"
-        await asyncio.sleep(0.2)
-
-
-def entities_owned_by_each(status: ClusterStatus, nodes: tuple[Node, Node]) -> dict[str, str]:
-    """An entity id for each member's shards: {entity id: name of the node owning it}."""
-    by_address = {f"127.0.0.1:{node.cluster_port}": node.name for node in nodes}
-    owner_of_shard = {
-        shard: by_address[member.address]
-        for member in status.members
-        for shard in status.owned(member.member_id)[0]
-    }
-    chosen: dict[str, str] = {}
-    for index in range(10_000):
-        entity = f"acct-{index}"
-        owner = owner_of_shard[shard_of(entity, status.num_shards)]
-        if owner not in chosen.values():
-            chosen[entity] = owner
-        if len(chosen) == 2:
-            return chosen
-    raise AssertionError("no entity found for each member")
 
 
 def stub(channel: aio.Channel) -> ChiefOfStateServiceStub:

@@ -9,7 +9,7 @@ import json
 
 import grpc
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio

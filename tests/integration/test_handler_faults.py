@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from cos_bank import client as bank
-from cos_bank.write_handler import NO_STATE_AMOUNT, WRONG_STATE_TYPE_AMOUNT
+from chiefofstate_examples.bank import client as bank
+from chiefofstate_examples.bank.write_handler import NO_STATE_AMOUNT, WRONG_STATE_TYPE_AMOUNT
 from google.protobuf.any_pb2 import Any as AnyProto
 from grpc import aio
 

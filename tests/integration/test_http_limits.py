@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 
 from chiefofstate.cli.processes import Process
 from tests.integration.conftest import NodeFactory

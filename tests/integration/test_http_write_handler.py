@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
-from cos_bank import client as bank
-from cos_bank.http_write_handler import (
+from chiefofstate_examples.bank import client as bank
+from chiefofstate_examples.bank.http_write_handler import (
     EVENT_FAILURE_AMOUNT,
     MALFORMED_JSON_AMOUNT,
     SERVICE_UNAVAILABLE_AMOUNT,

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
-from cos_bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.timestamp_pb2 import Timestamp
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 
 from chiefofstate.cli.processes import Process, free_port, start_bank_read_handler
 from chiefofstate.core.sharding import shard_of

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cos_bank import client as bank
-from cos_bank.write_handler import FaultInjection, serve
+from chiefofstate_examples.bank import client as bank
+from chiefofstate_examples.bank.write_handler import FaultInjection, serve
 from grpc import aio
 
 from chiefofstate import Node, load_settings

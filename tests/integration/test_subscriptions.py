@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
 from chiefofstate.cli.processes import Process

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
 from chiefofstate.cli.processes import Process

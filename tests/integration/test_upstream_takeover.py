@@ -7,8 +7,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from cos_bank import client as bank
-from cos_bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank import client as bank
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
 from chiefofstate.cli.cluster import ClusterStatus, read_status

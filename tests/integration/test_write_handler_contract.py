@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
 from chiefofstate.cli.processes import Process, start_bank_write_handler

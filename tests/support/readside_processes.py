@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 
 from chiefofstate.cli.processes import Process
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from google.protobuf.any_pb2 import Any as AnyProto
 from rich.console import Console
 from rich.panel import Panel

@@ -16,7 +16,7 @@ from chiefofstate.cli.cluster import app as cluster_app
 from chiefofstate.cli.readside import app as readside_app
 from chiefofstate.cli.workers import CONFIG_ERROR_EXIT
 from chiefofstate.config.settings import Settings, load_logging_settings, load_settings
-from chiefofstate.core.errors import ConfigError, CosError
+from chiefofstate.core.errors import ConfigError, CosError, MigrationError
 from chiefofstate.node.event_loop import run_on_event_loop
 from chiefofstate.telemetry.logging import configure_logging
 
@@ -27,6 +27,24 @@ app.add_typer(readside_app, name="readside")
 app.add_typer(cluster_app, name="cluster")
 console = Console()
 T = TypeVar("T")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"cos {version('chiefofstate')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+) -> None:
+    """Chief of State: event sourcing as a service."""
 
 
 def _settings(*, require_write_side: bool, overrides: Mapping[str, str] | None = None) -> Settings:
@@ -52,6 +70,12 @@ def _run(coroutine_factory: Callable[[], Awaitable[T]], event_loop: str = "async
         # Settings that parse but cannot work together (a cluster member's shard count, its
         # advertised address) are found at start: one line and exit 2, like any bad setting (D9).
         print(f"configuration error: {error}", file=sys.stderr)
+        raise typer.Exit(CONFIG_ERROR_EXIT) from None
+    except MigrationError as error:
+        # The schema cannot be brought to this release's version (a database too old to upgrade, or
+        # newer than this release): nothing the node could retry, so one line and exit 2, as for a bad
+        # setting (D9).
+        print(f"migration error: {error}", file=sys.stderr)
         raise typer.Exit(CONFIG_ERROR_EXIT) from None
     except CosError as error:
         print(f"error: {error}", file=sys.stderr)

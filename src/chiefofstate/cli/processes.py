@@ -100,7 +100,10 @@ def http_ok(url: str) -> bool:
         return False
 
 
-BANK_HANDLER_MODULES = {"grpc": "cos_bank.write_handler", "http": "cos_bank.http_write_handler"}
+BANK_HANDLER_MODULES = {
+    "grpc": "chiefofstate_examples.bank.write_handler",
+    "http": "chiefofstate_examples.bank.http_write_handler",
+}
 
 
 def start_bank_write_handler(
@@ -138,7 +141,15 @@ def start_bank_read_handler(
 ) -> Process:
     """The example read handler; `deliveries` is the file it appends one JSON line per delivery to."""
     port = port or free_port()
-    args = [sys.executable, "-m", "cos_bank.read_handler", "--host", "127.0.0.1", "--port", str(port)]
+    args = [
+        sys.executable,
+        "-m",
+        "chiefofstate_examples.bank.read_handler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     if http:
         args.append("--http")
     if deliveries is not None:
@@ -197,7 +208,9 @@ def workers_environment(base: Mapping[str, str], workers: int, **overrides: str)
     env = {**base, **overrides}
     env.setdefault("COS_ADDRESS", "127.0.0.1")
     env.setdefault("COS_HTTP_ADDRESS", "127.0.0.1")
-    env.setdefault("COS_NODE_ADDRESS", "127.0.0.1")  # what cluster peers on this machine dial
+    if env.get("COS_DB_HOST"):
+        # What cluster peers on this machine dial; on SQLite a node runs alone and would report it unused.
+        env.setdefault("COS_NODE_ADDRESS", "127.0.0.1")
     taken = {int(env[name]) for name in _NODE_PORT_VARIABLES if env.get(name, "").isdigit()}
     for name in _NODE_PORT_VARIABLES:
         if name not in env:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 from chiefofstate.core.errors import ConfigError
 
@@ -23,16 +24,66 @@ _UNITS = {
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
-class Env:
-    """Typed reads of an environment mapping; every error names the variable."""
+@dataclass(frozen=True, slots=True)
+class VariableRead:
+    """How one variable was read: what docs/configuration.md is generated from."""
+
+    name: str
+    kind: str  # text, boolean, integer, port, duration, choice, list
+    default: str
+    accepted: str  # in words, e.g. "1 to 300", "grpc, http, both"
+
+
+class LookedUp(Mapping[str, str]):
+    """An environment that remembers which names were asked for, so that a variable set but read by no
+    setting can be reported at start."""
 
     def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = values
+        self.names: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.names.add(key)
+        return self._values[key]
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.names.add(key)
+        return key in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def _bounds(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"{minimum} to {maximum}"
+    if minimum is not None:
+        return f"at least {minimum}"
+    return "a whole number" if maximum is None else f"at most {maximum}"
+
+
+class Env:
+    """Typed reads of an environment mapping; every error names the variable. Each read is noted in
+    `reads` (the first read of a name wins), which is what the configuration reference is made from."""
+
+    def __init__(self, values: Mapping[str, str], reads: dict[str, VariableRead] | None = None) -> None:
         self.values = values
+        self.reads: dict[str, VariableRead] = {} if reads is None else reads
+
+    def _note(self, name: str, kind: str, default: object, accepted: str) -> None:
+        if name not in self.reads:
+            self.reads[name] = VariableRead(name, kind, str(default), accepted)
 
     def text(self, name: str, default: str) -> str:
+        self._note(name, "text", default, "any text")
         return self.values.get(name, default)
 
     def boolean(self, name: str, default: bool) -> bool:
+        self._note(name, "boolean", str(default).lower(), "true/false, yes/no, on/off")
         raw = self.values.get(name)
         if raw is None or raw.strip() == "":
             return default
@@ -46,6 +97,7 @@ class Env:
     def integer(
         self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
     ) -> int:
+        self._note(name, "integer", default, _bounds(minimum, maximum))
         raw = self.values.get(name)
         if raw is None or raw.strip() == "":
             value = default
@@ -61,10 +113,12 @@ class Env:
         return value
 
     def port(self, name: str, default: int) -> int:
+        self._note(name, "port", default, "0 to 65535")
         return self.integer(name, default, minimum=0, maximum=65535)
 
     def duration(self, name: str, default: str) -> float:
         """Seconds, from HOCON syntax (`500ms`, `10s`, `1m`; a bare number is milliseconds)."""
+        self._note(name, "duration", default, "a duration (500ms, 10s, 1m; a bare number is ms)")
         raw = self.values.get(name)
         text = default if raw is None or raw.strip() == "" else raw
         match = _DURATION.match(text)
@@ -74,6 +128,7 @@ class Env:
         return float(match.group(1)) * _UNITS[unit]
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        self._note(name, "choice", default, ", ".join(allowed) + " (any case)")
         raw = self.values.get(name)
         value = default if raw is None or raw.strip() == "" else raw.strip().lower()
         if value not in allowed:
@@ -81,6 +136,7 @@ class Env:
         return value
 
     def csv(self, name: str) -> tuple[str, ...]:
+        self._note(name, "list", "", "comma-separated names")
         seen: dict[str, None] = {}
         for part in self.values.get(name, "").split(","):
             if part.strip():

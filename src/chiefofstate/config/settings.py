@@ -17,8 +17,8 @@ from chiefofstate.config.cluster import (
     unused_cluster_variables,
 )
 from chiefofstate.config.http_limits import HttpLimits, load_http_limits
-from chiefofstate.config.parsing import Env
-from chiefofstate.config.read_sides import ReadSidesSettings, load_read_sides
+from chiefofstate.config.parsing import Env, LookedUp, VariableRead
+from chiefofstate.config.read_sides import ENV_PREFIX, ReadSidesSettings, load_read_sides
 from chiefofstate.config.security import SecuritySettings, load_security_settings
 from chiefofstate.config.tracing import TracingSettings, tracing_settings
 from chiefofstate.config.workers import (
@@ -151,7 +151,7 @@ class Settings:
     security: SecuritySettings = field(default=SecuritySettings())
 
 
-_RETIRED_VARIABLES = (
+RETIRED_VARIABLES = (
     "COS_TELEMETRY_NAMESPACE",
     "COS_TELEMETRY_COLLECTOR_ENDPOINT",
     "COS_TRACE_PROPAGATORS",
@@ -297,10 +297,16 @@ def _num_shards(env: Env) -> int:
 
 
 def _deployment_mode(env: Env) -> str:
-    raw = env.text("COS_DEPLOYMENT_MODE", "docker").strip().lower()
-    if raw not in ("docker", "kubernetes"):
-        raise ConfigError("COS_DEPLOYMENT_MODE", f"unrecognized deployment mode, '{raw}'")
-    return raw
+    raw = env.values.get("COS_DEPLOYMENT_MODE", "docker")
+    if raw.strip() == "":
+        raise ConfigError("COS_DEPLOYMENT_MODE", "unrecognized deployment mode, ''")
+    try:
+        return env.choice("COS_DEPLOYMENT_MODE", "docker", ("docker", "kubernetes"))
+    except ConfigError:
+        # upstream's wording
+        raise ConfigError(
+            "COS_DEPLOYMENT_MODE", f"unrecognized deployment mode, '{raw.strip().lower()}'"
+        ) from None
 
 
 # Features whose switches are parsed with upstream's names but which this release does not serve yet:
@@ -367,16 +373,39 @@ def _subscription_write_timeout(env: Env) -> float:
     return timeout_s
 
 
-def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True) -> Settings:
+def _set_but_unused(environ: Mapping[str, str], looked_up: set[str]) -> tuple[str, ...]:
+    """This project's and upstream's variables that are set but that no setting read with this
+    configuration: a typo, a PostgreSQL setting while COS_DB_HOST is unset, POD_IP outside kubernetes
+    mode. Said once at start rather than silently ignored."""
+    return tuple(
+        f"{name} is set but not used: no setting reads it with this configuration "
+        "(docs/configuration.md lists when each variable applies)"
+        for name in sorted(environ)
+        if (name.startswith("COS_") or name == "POD_IP")
+        and name not in looked_up
+        and name not in RETIRED_VARIABLES
+        and not name.startswith(ENV_PREFIX)
+    )
+
+
+def load_settings(
+    environ: Mapping[str, str],
+    *,
+    require_write_side: bool = True,
+    reads: dict[str, VariableRead] | None = None,
+) -> Settings:
     """Parse every variable; raises ConfigError on the first invalid one.
 
     Commands that only read the store (`cos migrate`, `cos events`) pass require_write_side=False.
+    `reads`, when given, receives how each variable was read (scripts/gen_config_docs.py).
     """
-    env = Env(environ)
+    original = environ
+    environ = LookedUp(original)
+    env = Env(environ, reads)
     warnings = tuple(
-        f"{name} is no longer read; see the README for its replacement"
-        for name in _RETIRED_VARIABLES
-        if name in environ
+        f"{name} is no longer read (docs/configuration.md lists what replaced it)"
+        for name in RETIRED_VARIABLES
+        if name in original
     )
     read_side_enabled = env.boolean("COS_READ_SIDE_ENABLED", False)
     read_sides = load_read_sides(
@@ -422,6 +451,7 @@ def load_settings(environ: Mapping[str, str], *, require_write_side: bool = True
     )
     _refuse_unsupported(settings)
     settings = _with_workers(settings)
+    settings = replace(settings, warnings=(*settings.warnings, *_set_but_unused(original, environ.names)))
     if settings.subscription_enabled and settings.server.protocol == "http":
         # As upstream (docs/contract.md §14 #20): subscriptions are gRPC streams, and no gRPC server runs.
         settings = replace(

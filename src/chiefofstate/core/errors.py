@@ -111,6 +111,11 @@ class MembershipLost(Unavailable):
     must stop acting on what it owned and join again as a new member."""
 
 
+class MigrationError(Exception):
+    """The schema cannot be brought to the version this release needs; the node must not start, and
+    `cos` says so in one line and exits 2 (D9)."""
+
+
 class ConfigError(Exception):
     """Invalid configuration: one line naming the variable, and the node exits with code 2."""
 

@@ -12,16 +12,20 @@ how to open an exclusive transaction and run a script in its dialect.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal, Protocol
 
-from chiefofstate.core.errors import ConfigError
+from chiefofstate.core.errors import ConfigError, MigrationError
 
 Dialect = Literal["postgres", "sqlite"]
+
+_LOG = logging.getLogger("chiefofstate.migrations")
 
 INITIAL_VERSION_VARIABLE = "COS_MIGRATIONS_INITIAL_VERSION"
 
@@ -30,9 +34,7 @@ _SCRIPT_NAME = re.compile(r"(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql")
 _JAVA_INT = re.compile(r"[+-]?[0-9]+")
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 
-
-class MigrationError(Exception):
-    """The schema cannot be brought to the version this release needs; the node must not start."""
+__all__ = ["MigrationError", "MigrationScripts", "load_scripts", "parse_initial_version", "run_migrations"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +157,15 @@ async def run_migrations(
                 current = recorded
                 continue
             if recorded + 1 != version:
-                raise MigrationError(f"cannot upgrade from version {recorded} to {version}")
+                oldest = scripts.upgrades[0][0] - 1
+                raise MigrationError(
+                    f"the database schema is at version {recorded}, too old for this release to upgrade "
+                    f"(it upgrades from version {oldest} on); upgrade it with an older release first"
+                )
+            started = time.monotonic()
             await session.run_script(script)
             await session.record_version(version, now_ms(), False)
             current = version
+            # Said per step so that a long takeover of a large database shows where its time goes.
+            _LOG.info("schema upgraded to version %d in %.2fs", version, time.monotonic() - started)
     return current

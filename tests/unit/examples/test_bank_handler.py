@@ -1,4 +1,5 @@
-"""The bank example's rules (cos_bank.domain) and its gRPC write handler (cos_bank.write_handler)."""
+"""The bank example's rules (chiefofstate_examples.bank.domain) and its gRPC write handler
+(chiefofstate_examples.bank.write_handler)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from cos_bank import client
-from cos_bank.domain import (
+from chiefofstate_examples.bank import client
+from chiefofstate_examples.bank.domain import (
     ACCOUNT_STATE_TYPE,
     EVENT_TYPES,
     BankError,
@@ -21,8 +22,8 @@ from cos_bank.domain import (
     decide,
     evolve,
 )
-from cos_bank.gen.bank.v1 import bank_pb2
-from cos_bank.write_handler import (
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank.write_handler import (
     NO_STATE_AMOUNT,
     SERVICE_NAME,
     WRONG_STATE_TYPE_AMOUNT,
@@ -478,7 +479,7 @@ async def test_the_module_announces_its_port_and_exits_0_on_sigterm() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "cos_bank.write_handler",
+        "chiefofstate_examples.bank.write_handler",
         "--port",
         "0",
         stdout=asyncio.subprocess.PIPE,

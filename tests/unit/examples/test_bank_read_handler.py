@@ -7,8 +7,15 @@ import json
 
 import httpx
 import pytest
-from cos_bank.gen.bank.v1 import bank_pb2
-from cos_bank.read_handler import Account, Balances, ReadFaults, ReadModel, Selector, http_app
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank.read_handler import (
+    Account,
+    Balances,
+    ReadFaults,
+    ReadModel,
+    Selector,
+    http_app,
+)
 from google.protobuf.any_pb2 import Any as AnyProto
 
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from cos_bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cos_bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
 from grpc import aio
 
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb

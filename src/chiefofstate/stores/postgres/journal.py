@@ -28,6 +28,7 @@ from chiefofstate.ports.journal import (
 )
 from chiefofstate.stores.migrations import MigrationError, MigrationScripts, load_scripts, run_migrations
 from chiefofstate.stores.postgres.datastore import ConnectionSettings, PostgresDatastore, quote_identifier
+from chiefofstate.stores.postgres.online_indexes import build_online_indexes
 from chiefofstate.stores.rows import (
     append_outcome,
     check_snapshot_serializer,
@@ -46,7 +47,8 @@ _UNIQUE_VIOLATION = "23505"
 
 # pg_advisory_xact_lock key serialising migrations of nodes booting together ("cos_migr").
 _MIGRATION_LOCK_KEY = 0x636F735F6D696772
-# A first boot on a large upstream database builds an index; that must not hit the statement timeout.
+# A first boot on a large upstream database builds an index (online_indexes.py); that must not hit the
+# statement timeout.
 _MIGRATION_STATEMENT_TIMEOUT_S = 3600.0
 # One for the group-commit writer, one for the recovery reader.
 _MAX_KEPT_CONNECTIONS = 2
@@ -253,6 +255,7 @@ class PostgresJournal:
                     session, scripts, initial_version=self._initial_version, now_ms=now_ms
                 )
                 await connection.execute(_ENSURE_SHARDS, num_shards)
+                await build_online_indexes(connection, statement_timeout_s=_MIGRATION_STATEMENT_TIMEOUT_S)
         except Internal as exc:
             raise MigrationError(f"schema migration failed: {exc}") from exc
         return version

@@ -1,9 +1,9 @@
 """The bank's write handler: a gRPC server implementing `chief_of_state.v1.WriteSideHandlerService`.
 
-Run it with `python -m cos_bank.write_handler [--host 127.0.0.1] [--port 50051]`. Once it accepts calls it
-prints one line, `bank write handler listening on HOST:PORT`, to stdout; SIGTERM or SIGINT stops it
-(exit 0). `--port 0` picks a free port, which the line reports. It also serves the standard gRPC health
-service (`grpc.health.v1.Health`) for the whole server ("") and for the write-side service.
+Run it with `python -m chiefofstate_examples.bank.write_handler [--host 127.0.0.1] [--port 50051]`. Once it
+accepts calls it prints one line, `bank write handler listening on HOST:PORT`, to stdout; SIGTERM or SIGINT
+stops it (exit 0). `--port 0` picks a free port, which the line reports. It also serves the standard gRPC
+health service (`grpc.health.v1.Health`) for the whole server ("") and for the write-side service.
 
 Refused commands become gRPC statuses (docs/contract.md §3.10 passes them to the CoS caller unchanged).
 Insufficient
@@ -64,8 +64,8 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventResponse,
 )
 from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
-from cos_bank.domain import BankError, InsufficientFunds, decide, evolve
-from cos_bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank.domain import BankError, InsufficientFunds, decide, evolve
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 50051
@@ -316,10 +316,10 @@ def handler_main(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m cos_bank.write_handler`; returns the exit code."""
+    """Entry point of `python -m chiefofstate_examples.bank.write_handler`; returns the exit code."""
     return handler_main(
         argv,
-        prog="python -m cos_bank.write_handler",
+        prog="python -m chiefofstate_examples.bank.write_handler",
         description="Bank example write handler for Chief of State (gRPC WriteSideHandlerService).",
         default_port=DEFAULT_PORT,
         run=_run_until_signalled,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from cos_bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
 
 
 def open_account(owner: str, initial: int = 0) -> any_pb2.Any:

@@ -1,8 +1,9 @@
 """The bank's write handler over HTTP: upstream's HTTP write-side protocol (docs/contract.md §9).
 
-Run it with `python -m cos_bank.http_write_handler [--host 127.0.0.1] [--port 50052]` and point CoS at it
-with `COS_WRITE_SIDE_PROTOCOL=http`. Once it accepts calls it prints one line, `bank write handler
-listening on HOST:PORT`, to stdout; SIGTERM or SIGINT stops it (exit 0); `--port 0` picks a free port.
+Run it with `python -m chiefofstate_examples.bank.http_write_handler [--host 127.0.0.1] [--port 50052]`
+and point CoS at it with `COS_WRITE_SIDE_PROTOCOL=http`. Once it accepts calls it prints one line,
+`bank write handler listening on HOST:PORT`, to stdout; SIGTERM or SIGINT stops it (exit 0); `--port 0`
+picks a free port.
 
 It serves `POST /v1/writeside/handleCommand` and `POST /v1/writeside/handleEvent` with the JSON of §8.4
 (every protobuf `Any` is the base64 of the serialized `Any`), using the same rules as the gRPC variant
@@ -53,9 +54,9 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventRequest,
     HandleEventResponse,
 )
-from cos_bank.domain import BankError, decide, evolve
-from cos_bank.gen.bank.v1 import bank_pb2
-from cos_bank.write_handler import FaultInjection, handler_main, injected_event_fault
+from chiefofstate_examples.bank.domain import BankError, decide, evolve
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank.write_handler import FaultInjection, handler_main, injected_event_fault
 
 DEFAULT_PORT: Final = 50052
 
@@ -242,10 +243,10 @@ async def _run_until_signalled(host: str, port: int, faults: FaultInjection) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m cos_bank.http_write_handler`; returns the exit code."""
+    """Entry point of `python -m chiefofstate_examples.bank.http_write_handler`; returns the exit code."""
     return handler_main(
         argv,
-        prog="python -m cos_bank.http_write_handler",
+        prog="python -m chiefofstate_examples.bank.http_write_handler",
         description="Bank example write handler for Chief of State (HTTP write-side protocol).",
         default_port=DEFAULT_PORT,
         run=_run_until_signalled,

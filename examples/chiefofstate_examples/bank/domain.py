@@ -18,7 +18,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
-from cos_bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
 
 # protobuf int64: a balance past this cannot be stored in BankAccount.balance
 MAX_BALANCE: Final = 2**63 - 1

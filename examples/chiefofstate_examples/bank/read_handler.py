@@ -1,6 +1,7 @@
 """The bank's read handler: keeps a projection of every account's balance from the events CoS delivers.
 
-Run it with `python -m cos_bank.read_handler [--host 127.0.0.1] [--port 50052] [--http] [--log PATH]`.
+Run it with
+`python -m chiefofstate_examples.bank.read_handler [--host 127.0.0.1] [--port 50052] [--http] [--log PATH]`.
 By default it serves `chief_of_state.v1.ReadSideHandlerService` over gRPC (plus the gRPC health service);
 with `--http` it serves upstream's HTTP read-side protocol, `POST /v1/readside/handle`
 (docs/contract.md §5.3).
@@ -50,7 +51,7 @@ from starlette.routing import Route
 from chiefofstate.core.json_codec import JsonShapeError, message_from_json
 from chiefofstate.gen.chief_of_state.v1 import readside_pb2, readside_pb2_grpc
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest, HandleReadSideResponse
-from cos_bank.gen.bank.v1 import bank_pb2
+from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 50052
@@ -277,9 +278,9 @@ async def _run(args: Any, faults: ReadFaults, log: TextIO | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m cos_bank.read_handler`; returns the exit code."""
+    """Entry point of `python -m chiefofstate_examples.bank.read_handler`; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m cos_bank.read_handler",
+        prog="python -m chiefofstate_examples.bank.read_handler",
         description="Bank example read handler for Chief of State (a projection of balances).",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")

@@ -1,0 +1,1 @@
+"""Runnable examples shipped with chiefofstate; `bank` is the one `cos demo` runs."""
