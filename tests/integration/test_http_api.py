@@ -20,6 +20,7 @@ from chiefofstate.cli.processes import Process, free_port, start_bank_write_hand
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from tests.integration.conftest import NodeFactory
+from tests.support.journal_reader import read_journal
 
 pytestmark = pytest.mark.integration
 
@@ -204,10 +205,33 @@ async def test_entity_ids_may_hold_slashes_spaces_and_non_ascii_text(
 async def test_error_messages_with_quotes_backslashes_and_control_characters_stay_valid_json(
     http: httpx.AsyncClient,
 ) -> None:
-    nasty = 'q"uo\\te\ttab'
+    nasty = 'q"uo\\te'
     response = await http.post(f"/v1/commands/{quote(nasty, safe='')}/process", json=command(bank.deposit(1)))
     assert error_of(response) == (404, "NOT_FOUND", f"account {nasty} does not exist")
     json.loads(response.content)  # the raw bytes parse, unlike upstream's hand-escaped JSON
+
+
+async def test_ids_with_control_characters_are_refused_alike_over_http_and_grpc_and_write_nothing(
+    http: httpx.AsyncClient, grpc_cos: ChiefOfStateServiceStub, http_node: Process, store_env: dict[str, str]
+) -> None:
+    for entity_id in ["nul\x00id", "line\nbreak", "tab\tid", "\x7f"]:
+        encoded = quote(entity_id, safe="")
+        for response in (
+            await http.post(f"/v1/commands/{encoded}/process", json=command(bank.open_account("C", 1))),
+            await http.get(f"/v1/entities/{encoded}/state"),
+        ):
+            status, code, message = error_of(response)
+            assert (status, code) == (400, "INVALID_ARGUMENT") and "control character" in message
+        with pytest.raises(aio.AioRpcError) as refused:
+            await grpc_cos.ProcessCommand(
+                pb.ProcessCommandRequest(entity_id=entity_id, command=bank.open_account("C", 1)), timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "control character" in str(refused.value.details())
+    # The store was never asked: a valid command right after works, and nothing else was written.
+    ok = await http.post("/v1/commands/after/process", json=command(bank.open_account("A", 1)))
+    assert ok.status_code == 200
+    assert list(read_journal(store_env)) == ["after"]
 
 
 @sqlite_only

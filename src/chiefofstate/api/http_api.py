@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
@@ -79,6 +80,23 @@ _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 EntityId = Annotated[str, PathParameter(alias="entityId", description="the entity id")]
 
 
+class _EntityIdConvertor(Convertor[str]):
+    """Like starlette's `path` (an id may contain "/"), but also matching line breaks: a percent-encoded
+    control character reaches the command path, which refuses it with 400 exactly as gRPC refuses it
+    (docs/contract.md §3.1), instead of the route failing to match (404)."""
+
+    regex = "[\\s\\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("entity_id", _EntityIdConvertor())
+
+
 class _BadRequest(Exception):
     def __init__(self, status_code: int, message: str) -> None:
         super().__init__(message)
@@ -110,8 +128,8 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
         return rejection_response(400, f"invalid request: {error.errors()}")
 
     @app.post(
-        # `:path` lets an entity id contain "/" (percent-encoded or not), as over gRPC.
-        "/v1/commands/{entityId:path}/process",
+        # `:entity_id` lets an entity id contain "/" (percent-encoded or not), as over gRPC.
+        "/v1/commands/{entityId:entity_id}/process",
         summary="ProcessCommand",
         response_model=StateReply,
         responses={
@@ -148,7 +166,7 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
         return JSONResponse(message_to_json(pb.ProcessCommandResponse.FromString(state.reply)))
 
     @app.get(
-        "/v1/entities/{entityId:path}/state",
+        "/v1/entities/{entityId:entity_id}/state",
         summary="GetState",
         response_model=StateReply,
         responses=_ERROR_RESPONSES,

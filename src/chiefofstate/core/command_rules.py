@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,12 +19,26 @@ MAX_ENTITY_ID_LENGTH = 255  # event_journal.persistence_id is VARCHAR(255) (deci
 EMPTY_STATE_TYPE_URL = "type.googleapis.com/google.protobuf.Empty"
 
 
+# Control characters (Unicode category Cc) and unpaired surrogates. PostgreSQL text cannot hold NUL, a
+# surrogate has no UTF-8 encoding, and a line break or escape in an id breaks log lines and HTTP paths:
+# such an id could be stored by one store and not by another, so every store refuses it
+# (docs/contract.md §3.1).
+_FORBIDDEN_IN_ID = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def validate_entity_id(entity_id: str) -> None:
+    """Refuses, before anything runs, an id that some store could not keep exactly as given."""
     if not entity_id:
         raise InvalidArgument("empty entity ID")
     if len(entity_id) > MAX_ENTITY_ID_LENGTH:
         raise InvalidArgument(
             f"entity ID is {len(entity_id)} characters long; at most {MAX_ENTITY_ID_LENGTH} are allowed"
+        )
+    forbidden = _FORBIDDEN_IN_ID.search(entity_id)
+    if forbidden is not None:
+        raise InvalidArgument(
+            f"entity ID contains the control character U+{ord(forbidden.group()):04X} at position "
+            f"{forbidden.start()}; control characters and unpaired surrogates are not allowed"
         )
 
 

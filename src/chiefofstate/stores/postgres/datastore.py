@@ -51,6 +51,16 @@ class ConnectionSettings:
         return f"{self.host}:{self.port}/{self.database}"
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """Whether the failure means "the database cannot serve us now" rather than "this request's data is
+    wrong": the same classification as `PostgresDatastore.translated`."""
+    if isinstance(error, asyncpg.PostgresError):
+        return str(error.sqlstate)[:2] in UNAVAILABLE_SQLSTATE_CLASSES
+    if isinstance(error, asyncpg.InterfaceError):
+        return not isinstance(error, ValueError)
+    return isinstance(error, OSError)
+
+
 def connection_settings(config: DatabaseSettings, *, pool_min_size: int | None = None) -> ConnectionSettings:
     """The COS_DB_* settings as a pool takes them; `pool_min_size` overrides the configured minimum (the
     read-side pool keeps fewer idle connections than the journal's)."""
