@@ -235,6 +235,29 @@ async def test_ids_with_control_characters_are_refused_alike_over_http_and_grpc_
 
 
 @sqlite_only
+async def test_malformed_requests_get_invalid_argument_logged_once_at_warn_without_a_trace(
+    http: httpx.AsyncClient, http_node: Process
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    long_number = b'{"command": ' + b"9" * 5001 + b"}"
+    for body in (deep, long_number):
+        response = await http.post("/v1/commands/m-1/process", content=body, headers=JSON_HEADERS)
+        status, code, message = error_of(response)
+        assert (status, code) == (400, "INVALID_ARGUMENT") and "not valid JSON" in message
+    async with aio.insecure_channel(f"127.0.0.1:{http_node.ports['grpc']}") as channel:
+        for method in ("ProcessCommand", "GetState", "Subscribe"):
+            call = channel.unary_unary(f"/chief_of_state.v1.ChiefOfStateService/{method}")
+            with pytest.raises(aio.AioRpcError) as refused:
+                await call(b"\xff\xff\xff\xff", timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid protobuf message" in str(refused.value.details())
+    assert (await http.get("/v1/entities/m-1/state")).status_code == 404
+    log = http_node.log_text()
+    assert log.count("request refused: method=/chief_of_state.v1.ChiefOfStateService/") == 3
+    assert "Traceback" not in log
+
+
+@sqlite_only
 async def test_openapi_and_interactive_docs_are_served(http: httpx.AsyncClient) -> None:
     spec = (await http.get("/openapi.json")).json()
     assert {"/v1/commands/{entityId}/process", "/v1/entities/{entityId}/state"} <= set(spec["paths"])

@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chiefofstate.api.cos_service import COS_SERVICE_NAME, ChiefOfStateService, add_to_server
+from chiefofstate.api.undecodable import RequestCheckingServer
 from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, MeasuredServer
 
 # (full service name, function adding its servicer to the server): services only some nodes serve,
@@ -39,7 +40,8 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
-        registry = MeasuredServer(self._server, metrics) if metrics is not None else self._server
+        measured = MeasuredServer(self._server, metrics) if metrics is not None else self._server
+        registry = RequestCheckingServer(measured)
         add_to_server(service, registry)
         for _, register in extra_services:
             register(registry)

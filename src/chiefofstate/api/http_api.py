@@ -123,6 +123,11 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
             message = str(error.detail)
         return rejection_response(error.status_code, message, error.headers)
 
+    @app.exception_handler(Exception)
+    async def unexpected_failure(request: Request, error: Exception) -> Response:
+        # Decision D5: even a failure nobody foresaw answers JSON (starlette still logs its trace).
+        return failure_response(error)
+
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, error: RequestValidationError) -> Response:
         return rejection_response(400, f"invalid request: {error.errors()}")
@@ -202,8 +207,11 @@ async def _json_body(request: Request, max_body_bytes: int, timeout_s: float) ->
         raise _BadRequest(400, f"the body did not arrive within {timeout_s:g}s") from None
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise _BadRequest(400, f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise _BadRequest(400, "the body is not valid JSON: it is nested too deeply") from None
+    except ValueError as error:
+        # Also an integer longer than Python converts (4,300 digits): a client's mistake, never a 500.
+        raise _BadRequest(400, f"the body is not valid JSON: {str(error)[:200]}") from None
 
 
 def _trace_metadata(request: Request) -> list[tuple[str, HeaderValue]]:

@@ -10,7 +10,7 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from chiefofstate.core.errors import InvalidArgument
+from chiefofstate.core.errors import Internal, InvalidArgument
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import Header, MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandResponse
@@ -54,14 +54,21 @@ def _is_empty_any(value: AnyProto) -> bool:
 
 
 def candidate_events(response: HandleCommandResponse) -> list[AnyProto]:
-    """`events` wins over the deprecated `event`; empty Anys are dropped; [] means no-op (§3.6)."""
+    """`events` wins over the deprecated `event`; [] means no-op (§3.6). An empty Any in `events` is the
+    handler's mistake (it would be persisted as nothing), refused rather than silently dropped; an empty
+    deprecated `event` stays a no-op, as upstream handlers use it."""
     if len(response.events) > 0:
-        candidates = list(response.events)
-    elif response.HasField("event"):
-        candidates = [response.event]
-    else:
-        candidates = []
-    return [event for event in candidates if not _is_empty_any(event)]
+        events = list(response.events)
+        for position, event in enumerate(events, start=1):
+            if _is_empty_any(event):
+                raise Internal(
+                    f"the write handler returned an empty Any as event {position} of {len(events)} "
+                    "(no type URL, no bytes); return no events for a command that changes nothing"
+                )
+        return events
+    if response.HasField("event") and not _is_empty_any(response.event):
+        return [response.event]
+    return []
 
 
 def message_name(type_url: str) -> str:

@@ -14,7 +14,7 @@ from chiefofstate.core.command_rules import (
     resulting_state_or_fail,
     validate_entity_id,
 )
-from chiefofstate.core.errors import Code, InvalidArgument
+from chiefofstate.core.errors import Code, Internal, InvalidArgument
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import Header, MetaData
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandResponse
 
@@ -83,10 +83,16 @@ def test_events_win_over_the_deprecated_event_field() -> None:
     assert candidate_events(HandleCommandResponse()) == []
 
 
-def test_empty_anys_are_dropped_so_only_empties_make_a_no_op() -> None:
+def test_an_empty_any_among_events_is_the_handlers_mistake_and_names_its_position() -> None:
     real = packed(StringValue(value="x"))
-    assert candidate_events(HandleCommandResponse(events=[AnyProto(), real, AnyProto()])) == [real]
-    assert candidate_events(HandleCommandResponse(events=[AnyProto()])) == []
+    with pytest.raises(Internal, match="empty Any as event 2 of 3") as caught:
+        candidate_events(HandleCommandResponse(events=[real, AnyProto(), real]))
+    assert caught.value.code is Code.INTERNAL
+    with pytest.raises(Internal, match="event 1 of 1"):
+        candidate_events(HandleCommandResponse(events=[AnyProto()]))
+
+
+def test_an_empty_deprecated_event_stays_a_no_op() -> None:
     assert candidate_events(HandleCommandResponse(event=AnyProto())) == []
 
 
