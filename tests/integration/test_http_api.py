@@ -258,6 +258,30 @@ async def test_malformed_requests_get_invalid_argument_logged_once_at_warn_witho
 
 
 @sqlite_only
+async def test_oversized_headers_and_type_urls_are_refused_early_and_logged_briefly(
+    http: httpx.AsyncClient, grpc_cos: ChiefOfStateServiceStub, http_node: Process
+) -> None:
+    big_header = await http.post(
+        "/v1/commands/big-1/process", json=command(bank.open_account("B", 1)), headers={"x-user": "u" * 9000}
+    )
+    status, code, message = error_of(big_header)
+    assert (status, code) == (431, "INVALID_ARGUMENT") and "x-user" in message and "8192" in message
+    long_url = AnyProto(type_url="type.googleapis.com/" + "z" * 1_000_000)
+    over_http = await http.post("/v1/commands/big-2/process", json=command(long_url))
+    assert error_of(over_http)[:2] == (400, "INVALID_ARGUMENT")
+    with pytest.raises(aio.AioRpcError) as refused:
+        await grpc_cos.ProcessCommand(
+            pb.ProcessCommandRequest(entity_id="big-3", command=long_url), timeout=10
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "type URL" in str(
+        refused.value.details()
+    )
+    for entity_id in ("big-1", "big-2", "big-3"):
+        assert (await http.get(f"/v1/entities/{entity_id}/state")).status_code == 404
+    assert len(http_node.log_text()) < 100_000  # the megabyte type URLs were not logged
+
+
+@sqlite_only
 async def test_openapi_and_interactive_docs_are_served(http: httpx.AsyncClient) -> None:
     spec = (await http.get("/openapi.json")).json()
     assert {"/v1/commands/{entityId}/process", "/v1/entities/{entityId}/state"} <= set(spec["paths"])

@@ -25,6 +25,7 @@ from chiefofstate.api.http_errors import failure_response, rejection_response
 from chiefofstate.core.errors import CosError
 from chiefofstate.core.headers import HeaderValue
 from chiefofstate.core.json_codec import JsonShapeError, decode_base64, message_from_json, message_to_json
+from chiefofstate.core.limits import clip
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 
 log = logging.getLogger("chiefofstate.api.http")
@@ -161,8 +162,8 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
         if command_request.entity_id and command_request.entity_id != entity_id:
             log.info(
                 "entity_id %r in the body differs from %r in the path; the path wins (docs/contract.md §8.2)",
-                command_request.entity_id,
-                entity_id,
+                clip(command_request.entity_id),
+                clip(entity_id),
             )
         try:
             state = await commands.process_command(entity_id, command_request.command, metadata, None)

@@ -37,13 +37,27 @@ class CosError(Exception):
 
     code: Code = Code.INTERNAL
 
-    def __init__(self, message: str = "", *, code: Code | None = None, details: bytes | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: Code | None = None,
+        details: bytes | None = None,
+        log_detail: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         # serialized google.rpc.Status, sent back as the grpc-status-details-bin trailer
         self.details = details
+        # What the node's own log says instead of `message`, when the caller must not see it (where the
+        # database is, what it answered).
+        self.log_detail = log_detail
+
+    @property
+    def log_message(self) -> str:
+        return self.log_detail if self.log_detail is not None else self.message
 
     def __str__(self) -> str:
         return self.message
@@ -51,6 +65,10 @@ class CosError(Exception):
 
 class InvalidArgument(CosError):
     code = Code.INVALID_ARGUMENT
+
+
+class HeadersTooLarge(InvalidArgument):
+    """Request headers too large to carry on: the caller's mistake, answered 431 over HTTP."""
 
 
 class NotFound(CosError):
