@@ -135,7 +135,7 @@ def _report(rpc: str, entity_id: str, command_type: str, error: CosError, unexpe
     """One log line per failed request; a GetState of an unknown entity is an answer, not a failure.
     Every field a client chose is cut to a bounded length (core/limits.py)."""
     entity_id, command_type = clip(entity_id), clip(command_type)
-    message = clip(error.log_message, _MAX_LOGGED_MESSAGE_CHARS)
+    message = clip(error.message, _MAX_LOGGED_MESSAGE_CHARS)
     if isinstance(error, ShardNotHere):
         # A member's internal port saying "not here" to a forwarding member, which re-routes: routing.
         log.debug("not served here: entity_id=%s rpc=%s shard=%d", entity_id, rpc, error.shard)

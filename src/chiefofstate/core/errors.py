@@ -36,6 +36,9 @@ class CosError(Exception):
     """A failure that reaches the caller as a status with a message."""
 
     code: Code = Code.INTERNAL
+    # What callers are told instead of `message`, when the message is for the node's log only (where
+    # the database is, what it answered): see `status_message`.
+    client_message: str | None = None
 
     def __init__(
         self,
@@ -43,7 +46,6 @@ class CosError(Exception):
         *,
         code: Code | None = None,
         details: bytes | None = None,
-        log_detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -51,13 +53,6 @@ class CosError(Exception):
             self.code = code
         # serialized google.rpc.Status, sent back as the grpc-status-details-bin trailer
         self.details = details
-        # What the node's own log says instead of `message`, when the caller must not see it (where the
-        # database is, what it answered).
-        self.log_detail = log_detail
-
-    @property
-    def log_message(self) -> str:
-        return self.log_detail if self.log_detail is not None else self.message
 
     def __str__(self) -> str:
         return self.message
@@ -106,7 +101,17 @@ class SequenceConflict(CosError):
 
 
 class StoreUnavailable(Unavailable):
-    """The journal could not be reached; nothing was written."""
+    """The journal could not be reached; nothing was written. The message, for the log, says where
+    and why; callers are only told that the store is unavailable."""
+
+    client_message = "the store is unavailable"
+
+
+class StoreFailed(Internal):
+    """The store refused an operation for a reason other than an outage. The message, for the log,
+    quotes the database's answer; callers get a summary."""
+
+    client_message = "the store failed to complete the request; the node's log has the details"
 
 
 class ShardNotHere(Unavailable):
@@ -162,4 +167,6 @@ def as_cos_error(error: BaseException) -> CosError:
 
 def status_message(error: CosError) -> str:
     """The description callers see, over gRPC and HTTP alike (upstream strips Scala's require prefix)."""
+    if error.client_message is not None:
+        return error.client_message
     return error.message.removeprefix(_REQUIREMENT_PREFIX)

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from chiefofstate.config.settings import DatabaseSettings
-from chiefofstate.core.errors import Internal, StoreUnavailable
+from chiefofstate.core.errors import StoreFailed, StoreUnavailable
 
 # SQLSTATE classes that mean "the database cannot serve us right now", not "the request is wrong":
 # connection exception, invalid authorization, invalid catalog (database missing), transaction rollback
@@ -152,10 +152,10 @@ class PostgresDatastore:
         except asyncpg.PostgresError as exc:
             if str(exc.sqlstate)[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
                 raise StoreUnavailable(f"PostgreSQL at {address} could not {action}: {exc}") from exc
-            raise Internal(f"PostgreSQL refused to {action}: {exc}") from exc
+            raise StoreFailed(f"PostgreSQL refused to {action}: {exc}") from exc
         except asyncpg.InterfaceError as exc:
             if isinstance(exc, ValueError):  # a value the driver cannot encode: our bug, not an outage
-                raise Internal(f"cannot {action}: {exc}") from exc
+                raise StoreFailed(f"cannot {action}: {exc}") from exc
             raise StoreUnavailable(f"PostgreSQL at {address} is unavailable ({action}): {exc}") from exc
         except OSError as exc:  # includes TimeoutError and refused or reset connections
             raise StoreUnavailable(f"PostgreSQL at {address} is unavailable ({action}): {exc!r}") from exc

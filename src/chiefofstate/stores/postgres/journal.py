@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from chiefofstate.core.errors import Internal
+from chiefofstate.core.errors import Internal, StoreFailed
 from chiefofstate.ports.journal import (
     SERIALIZER_ID,
     SNAPSHOT_MANIFEST,
@@ -299,7 +299,7 @@ class PostgresJournal:
                 raise
             if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == _UNIQUE_VIOLATION:
                 return sequence_conflict(request)
-            return Internal(f"cannot store the events of entity {request.entity_id!r}: {exc!r}")
+            return StoreFailed(f"cannot store the events of entity {request.entity_id!r}: {exc!r}")
 
     async def _append_together(
         self, connection: Any, requests: Sequence[AppendRequest]

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiosqlite
 
-from chiefofstate.core.errors import Internal, StoreUnavailable
+from chiefofstate.core.errors import StoreFailed, StoreUnavailable
 
 # Primary SQLite result codes that mean the file cannot serve us now (busy, locked, out of memory,
 # read-only, I/O error, corrupt, disk full, cannot open, lock protocol, not a database), as opposed to a
@@ -108,7 +108,7 @@ class SqliteDatastore:
                 raise StoreUnavailable(
                     f"the SQLite {self._role} {self.path} could not {action}: {exc}"
                 ) from exc
-            raise Internal(f"the SQLite {self._role} refused to {action}: {exc}") from exc
+            raise StoreFailed(f"the SQLite {self._role} refused to {action}: {exc}") from exc
         except OSError as exc:
             raise StoreUnavailable(f"the SQLite {self._role} {self.path} could not {action}: {exc}") from exc
 

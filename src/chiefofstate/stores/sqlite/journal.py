@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from chiefofstate.core.errors import Internal
+from chiefofstate.core.errors import StoreFailed
 from chiefofstate.ports.journal import (
     EVENT_MANIFEST,
     SERIALIZER_ID,
@@ -254,11 +254,11 @@ class SqliteJournal:
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc):
                 return sequence_conflict(request)
-            return Internal(f"cannot store the events of entity {request.entity_id!r}: {exc}")
+            return StoreFailed(f"cannot store the events of entity {request.entity_id!r}: {exc}")
         except Exception as exc:
             if isinstance(exc, sqlite3.Error) and is_unavailable(exc):
                 raise
-            return Internal(f"cannot store the events of entity {request.entity_id!r}: {exc!r}")
+            return StoreFailed(f"cannot store the events of entity {request.entity_id!r}: {exc!r}")
 
     async def _append_together(
         self, connection: aiosqlite.Connection, requests: Sequence[AppendRequest]
