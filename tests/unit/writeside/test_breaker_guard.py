@@ -24,11 +24,13 @@ class ScriptedHandler:
         self.failing = False
         self.gate: asyncio.Event | None = None
         self.calls = 0
+        self.entered = asyncio.Event()
 
     async def handle_command(
         self, request: HandleCommandRequest, headers: Sequence[tuple[str, HeaderValue]], timeout_s: float
     ) -> HandleCommandResponse:
         self.calls += 1
+        self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.failing:
@@ -59,9 +61,9 @@ async def test_a_cancelled_half_open_trial_lets_the_next_call_be_the_trial() -> 
 
     clock[0] = 2.0  # past the reset timeout: the next call is the half-open trial
     inner.failing, inner.gate = False, asyncio.Event()
+    inner.entered.clear()
     trial = asyncio.create_task(guarded.handle_command(HandleCommandRequest(), (), 1.0))
-    while inner.calls < 2:
-        await asyncio.sleep(0)
+    await inner.entered.wait()
     trial.cancel()
     with pytest.raises(asyncio.CancelledError):
         await trial
@@ -77,8 +79,7 @@ async def test_a_cancelled_call_that_was_not_the_trial_leaves_the_trial_alone() 
     inner.gate = asyncio.Event()
     guarded = BreakerGuardedWriteHandler(inner, breaker, clock=lambda: 0.0)
     call = asyncio.create_task(guarded.handle_command(HandleCommandRequest(), (), 1.0))
-    while inner.calls < 1:
-        await asyncio.sleep(0)
+    await inner.entered.wait()
     breaker.state, breaker.opened_at = BreakerState.HALF_OPEN, 0.0
     assert breaker.before_call(0.0) is True  # another call holds the trial
     call.cancel()
