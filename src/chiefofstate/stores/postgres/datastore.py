@@ -182,9 +182,8 @@ class PostgresDatastore:
         a connection past COS_DB_POOL_MAX_LIFETIME_MS or a closing datastore returns it to the pool, which
         then replaces a broken one as it would any other."""
         with self.translated(action):
-            if self._kept:
-                connection = self._kept.pop()
-            else:
+            connection = self._usable_kept_connection()
+            if connection is None:
                 connection = await self._pool.acquire(timeout=self.settings.acquire_timeout_s)
             kept = False
             try:
@@ -197,6 +196,23 @@ class PostgresDatastore:
             finally:
                 if not kept:
                     await self._pool.release(connection)
+
+    def _usable_kept_connection(self) -> Any | None:
+        """A kept connection that is still ours and open, or None. A kept connection can die while it
+        waits (the server restarts, the network drops it): asyncpg then hands it back to the pool by
+        itself, and its proxy refuses every call ("connection has been released back to the pool"),
+        so such a connection is dropped here, never used."""
+        while self._kept:
+            connection = self._kept.pop()
+            try:
+                if not connection.is_closed():
+                    return connection
+            except asyncpg.InterfaceError:
+                pass  # released back to the pool already: nothing of ours to return
+            else:
+                # Closed but not yet released: return it, so that the pool replaces it.
+                connection.terminate()
+        return None
 
     async def close(self) -> None:
         self._closing = True
