@@ -266,6 +266,13 @@ async def test_oversized_headers_and_type_urls_are_refused_early_and_logged_brie
     )
     status, code, message = error_of(big_header)
     assert (status, code) == (431, "INVALID_ARGUMENT") and "x-user" in message and "8192" in message
+    with pytest.raises(aio.AioRpcError) as big_metadata:
+        await grpc_cos.ProcessCommand(
+            pb.ProcessCommandRequest(entity_id="big-1", command=bank.open_account("B", 1)),
+            metadata=(("x-user", "u" * 20_000),),
+            timeout=10,
+        )
+    assert big_metadata.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     long_url = AnyProto(type_url="type.googleapis.com/" + "z" * 1_000_000)
     over_http = await http.post("/v1/commands/big-2/process", json=command(long_url))
     assert error_of(over_http)[:2] == (400, "INVALID_ARGUMENT")

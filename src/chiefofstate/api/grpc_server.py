@@ -17,6 +17,8 @@ from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, MeasuredServe
 # such as ReadSideManagerService with COS_READ_SIDE_ENABLED=true (docs/contract.md §1).
 ServiceRegistration = tuple[str, Callable[[aio.Server], None]]
 
+_MAX_METADATA_BYTES = 64 * 1024
+
 
 class GrpcServer:
     def __init__(
@@ -38,6 +40,11 @@ class GrpcServer:
                 # unless they are workers of one supervisor (`reuse_port`), among which the kernel
                 # spreads the connections (docs/cluster.md, "Workers").
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
+                # Above gRPC's 8/16 KiB defaults, so that headers too large to carry on reach the
+                # command path and get its INVALID_ARGUMENT (docs/contract.md §3.1) instead of the
+                # transport's RESOURCE_EXHAUSTED, which reads as "the node is overloaded".
+                ("grpc.max_metadata_size", _MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", _MAX_METADATA_BYTES),
             ],
         )
         measured = MeasuredServer(self._server, metrics) if metrics is not None else self._server
