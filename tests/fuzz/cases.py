@@ -269,7 +269,10 @@ def check_grpc_case(channel: grpc.Channel, ledger: Ledger, case: tuple[str, Any]
     assert code in DOCUMENTED_GRPC, f"{kind}: {code.name} {getattr(answer, 'details', lambda: '')()!r}"
 
 
-def check_http_case(client: httpx.Client, case: tuple[str, str, bytes, dict[str, str]]) -> None:
+def check_http_case(
+    client: httpx.Client, ledger: Ledger, case: tuple[str, str, bytes, dict[str, str]]
+) -> None:
+    ledger.cases += 1
     method, path, body, headers = case
     # HTTP itself cannot carry a value with leading or trailing spaces (h11 refuses to send one).
     headers = {name: value.strip() for name, value in headers.items() if value.strip()}
@@ -279,6 +282,9 @@ def check_http_case(client: httpx.Client, case: tuple[str, str, bytes, dict[str,
     )
     if response.status_code == 200:
         assert response.headers["content-type"] == "application/json"
+        meta = response.json()["meta"]
+        if meta.get("revision_number"):
+            ledger.acknowledged(meta["entity_id"], meta["revision_number"])
         return
     assert response.headers.get("content-type") == "application/json", (
         f"{response.status_code} {response.text[:200]}"

@@ -66,7 +66,7 @@ def run_api_cases(target: FuzzTarget, budget: Budget) -> Ledger:
     with grpc.insecure_channel(target.grpc_address, options=options) as channel:
         _run(budget.grpc, grpc_cases(), lambda case: check_grpc_case(channel, ledger, case))
     with httpx.Client(base_url=target.http_url, timeout=30) as client:
-        _run(budget.http, http_cases(), lambda case: check_http_case(client, case))
+        _run(budget.http, http_cases(), lambda case: check_http_case(client, ledger, case))
     assert target.node.alive(), "the node crashed"
     ledger.check_journal(target)
     problems = target.problems_in_log()
