@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck unit protos docs lowest image bench faults cluster
+.PHONY: setup demo test lint typecheck unit protos docs lowest image bench faults cluster fuzz
 
 setup: $(VENV)/.installed
 
@@ -57,3 +57,7 @@ faults: setup
 # Long runs of the cluster scenario (docs/testing.md), e.g. `make cluster CLUSTER_ARGS="--runs 10 --default-timing"`.
 cluster: setup
 	$(BIN)/python -m tests.cluster $(CLUSTER_ARGS)
+
+# Long fuzz runs (docs/testing.md), e.g. `make fuzz FUZZ_ARGS="--cases 50000"`.
+fuzz: setup
+	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)

@@ -399,3 +399,21 @@ async def test_the_writer_keeps_one_connection_between_batches_but_never_the_who
         assert alone._datastore._kept == []
     finally:
         await alone.close()
+
+
+async def test_a_kept_connection_that_died_while_kept_is_replaced_not_used(
+    journal: PostgresJournal, raw: asyncpg.Connection
+) -> None:
+    """The group-commit writer keeps its connection between appends; when the server ends that
+    connection meanwhile (an outage, a restart), the next append gets a fresh one instead of calling
+    a connection asyncpg has already handed back to the pool."""
+    await journal.append_batch([request("kept-1", 0)])
+    killed = await raw.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'chiefofstate'"
+    )
+    assert killed >= 1
+    await asyncio.sleep(0.2)  # the client side notices the closed socket
+
+    assert await journal.append_batch([request("kept-1", 1)]) == [None]
+    assert [row.sequence_number for row in await journal.read_events("kept-1")] == [1, 2]

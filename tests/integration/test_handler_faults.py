@@ -4,7 +4,9 @@ Every test runs against both variants of the bank handler (gRPC and HTTP write-s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -154,3 +156,26 @@ async def test_the_breaker_opens_after_consecutive_failures_and_fails_fast(node_
         open_error = await error_of(cos, "b-1", bank.deposit(1))
         assert open_error.code() == grpc.StatusCode.INTERNAL
         assert open_error.details() == "Circuit Breaker is open; calls are failing fast"
+
+
+async def test_commands_sent_while_the_handler_restarts_wait_for_it_within_their_time(
+    node_factory: NodeFactory, tmp_path: Path, write_protocol: str
+) -> None:
+    port = free_port()
+    handler = start_bank_write_handler(tmp_path / "first", port=port, protocol=write_protocol)
+    node = node_factory(COS_WRITE_SIDE_PORT=str(port), COS_COMMAND_HANDLER_TIMEOUT="20")
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
+            cos = stub(channel)
+            await call(cos, "restart-1", bank.open_account("Re", 1))
+            handler.kill()
+            # Sent while nothing listens; the handler comes back well within the command's time.
+            waiting = asyncio.create_task(call(cos, "restart-1", bank.deposit(1), deadline_s=20))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            handler = start_bank_write_handler(tmp_path / "second", port=port, protocol=write_protocol)
+            assert (await waiting).meta.revision_number == 2
+            for amount in range(2, 5):  # and the commands right after the restart all succeed
+                assert (await call(cos, "restart-1", bank.deposit(amount))).meta.revision_number == amount + 1
+    finally:
+        handler.stop()

@@ -20,6 +20,7 @@ from chiefofstate.cli.processes import Process, free_port, start_bank_write_hand
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from tests.integration.conftest import NodeFactory
+from tests.support.journal_reader import read_journal
 
 pytestmark = pytest.mark.integration
 
@@ -204,10 +205,87 @@ async def test_entity_ids_may_hold_slashes_spaces_and_non_ascii_text(
 async def test_error_messages_with_quotes_backslashes_and_control_characters_stay_valid_json(
     http: httpx.AsyncClient,
 ) -> None:
-    nasty = 'q"uo\\te\ttab'
+    nasty = 'q"uo\\te'
     response = await http.post(f"/v1/commands/{quote(nasty, safe='')}/process", json=command(bank.deposit(1)))
     assert error_of(response) == (404, "NOT_FOUND", f"account {nasty} does not exist")
     json.loads(response.content)  # the raw bytes parse, unlike upstream's hand-escaped JSON
+
+
+async def test_ids_with_control_characters_are_refused_alike_over_http_and_grpc_and_write_nothing(
+    http: httpx.AsyncClient, grpc_cos: ChiefOfStateServiceStub, http_node: Process, store_env: dict[str, str]
+) -> None:
+    for entity_id in ["nul\x00id", "line\nbreak", "tab\tid", "\x7f"]:
+        encoded = quote(entity_id, safe="")
+        for response in (
+            await http.post(f"/v1/commands/{encoded}/process", json=command(bank.open_account("C", 1))),
+            await http.get(f"/v1/entities/{encoded}/state"),
+        ):
+            status, code, message = error_of(response)
+            assert (status, code) == (400, "INVALID_ARGUMENT") and "control character" in message
+        with pytest.raises(aio.AioRpcError) as refused:
+            await grpc_cos.ProcessCommand(
+                pb.ProcessCommandRequest(entity_id=entity_id, command=bank.open_account("C", 1)), timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "control character" in str(refused.value.details())
+    # The store was never asked: a valid command right after works, and nothing else was written.
+    ok = await http.post("/v1/commands/after/process", json=command(bank.open_account("A", 1)))
+    assert ok.status_code == 200
+    assert list(read_journal(store_env)) == ["after"]
+
+
+@sqlite_only
+async def test_malformed_requests_get_invalid_argument_logged_once_at_warn_without_a_trace(
+    http: httpx.AsyncClient, http_node: Process
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    long_number = b'{"command": ' + b"9" * 5001 + b"}"
+    for body in (deep, long_number):
+        response = await http.post("/v1/commands/m-1/process", content=body, headers=JSON_HEADERS)
+        status, code, message = error_of(response)
+        assert (status, code) == (400, "INVALID_ARGUMENT") and "not valid JSON" in message
+    async with aio.insecure_channel(f"127.0.0.1:{http_node.ports['grpc']}") as channel:
+        for method in ("ProcessCommand", "GetState", "Subscribe"):
+            call = channel.unary_unary(f"/chief_of_state.v1.ChiefOfStateService/{method}")
+            with pytest.raises(aio.AioRpcError) as refused:
+                await call(b"\xff\xff\xff\xff", timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid protobuf message" in str(refused.value.details())
+    assert (await http.get("/v1/entities/m-1/state")).status_code == 404
+    log = http_node.log_text()
+    assert log.count("request refused: method=/chief_of_state.v1.ChiefOfStateService/") == 3
+    assert "Traceback" not in log
+
+
+@sqlite_only
+async def test_oversized_headers_and_type_urls_are_refused_early_and_logged_briefly(
+    http: httpx.AsyncClient, grpc_cos: ChiefOfStateServiceStub, http_node: Process
+) -> None:
+    big_header = await http.post(
+        "/v1/commands/big-1/process", json=command(bank.open_account("B", 1)), headers={"x-user": "u" * 9000}
+    )
+    status, code, message = error_of(big_header)
+    assert (status, code) == (431, "INVALID_ARGUMENT") and "x-user" in message and "8192" in message
+    with pytest.raises(aio.AioRpcError) as big_metadata:
+        await grpc_cos.ProcessCommand(
+            pb.ProcessCommandRequest(entity_id="big-1", command=bank.open_account("B", 1)),
+            metadata=(("x-user", "u" * 20_000),),
+            timeout=10,
+        )
+    assert big_metadata.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    long_url = AnyProto(type_url="type.googleapis.com/" + "z" * 1_000_000)
+    over_http = await http.post("/v1/commands/big-2/process", json=command(long_url))
+    assert error_of(over_http)[:2] == (400, "INVALID_ARGUMENT")
+    with pytest.raises(aio.AioRpcError) as refused:
+        await grpc_cos.ProcessCommand(
+            pb.ProcessCommandRequest(entity_id="big-3", command=long_url), timeout=10
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "type URL" in str(
+        refused.value.details()
+    )
+    for entity_id in ("big-1", "big-2", "big-3"):
+        assert (await http.get(f"/v1/entities/{entity_id}/state")).status_code == 404
+    assert len(http_node.log_text()) < 100_000  # the megabyte type URLs were not logged
 
 
 @sqlite_only

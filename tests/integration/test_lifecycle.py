@@ -203,6 +203,9 @@ async def test_database_outage_gives_unavailable_and_the_node_recovers_without_r
             with pytest.raises(aio.AioRpcError) as caught:
                 await deposit(cos, "o-1", 1)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            # Where the database is stays in the node's log; the caller only learns it is unavailable.
+            assert caught.value.details() == "the store is unavailable"
+            assert f"127.0.0.1:{private_postgres.server.port}/" in node.log_text()
             assert http_status(f"http://127.0.0.1:{node.ports['management']}/ready") == 503
             private_postgres.start()
             deadline = time.monotonic() + 30

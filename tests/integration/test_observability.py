@@ -396,3 +396,24 @@ async def test_a_forwarded_command_is_one_trace_across_both_members(
 
     handled = [s for s in by_name(spans, "bank.HandleCommand") if owner_span.span_id in ancestors(s)]
     assert len(handled) == 1
+
+
+async def test_no_payload_or_header_value_is_logged_even_at_debug(node_factory: NodeFactory) -> None:
+    node = node_factory(
+        LOG_LEVEL="DEBUG",
+        COS_WRITE_PERSISTED_HEADERS="x-secret",
+        COS_WRITE_SIDE_PROPAGATED_HEADERS="x-secret",
+    )
+    async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
+        cos = ChiefOfStateServiceStub(channel)  # type: ignore[no-untyped-call]
+        reply = await cos.ProcessCommand(
+            pb.ProcessCommandRequest(entity_id="quiet-1", command=bank.open_account("OwnerMarker7731", 5)),
+            metadata=(("x-secret", "HeaderMarker9142"),),
+            timeout=10,
+        )
+        assert reply.meta.headers[0].string_value == "HeaderMarker9142"  # it was persisted
+        await cos.GetState(pb.GetStateRequest(entity_id="quiet-1"), timeout=10)
+    node.stop()
+    log = node.log_text()
+    assert '"level": "DEBUG"' in log  # debug logging was on
+    assert "OwnerMarker7731" not in log and "HeaderMarker9142" not in log

@@ -132,18 +132,18 @@ def test_a_read_handler_down_at_start_is_caught_up_once_it_is_back(
         shard = shard_of("early", 16)
         wait_for(lambda: states(node, "strict")[shard] == "halted", what="strict halted")
         read_handler(port)  # back within REPLAY_STOP's six attempts (each waits up to 1 s, 0.7 s apart)
-        deliveries.wait_until(lambda log: log.revisions("patient", "early") == [1, 2, 3], what="patient")
+        deliveries.wait_until(lambda log: log.delivered("patient", "early") == [1, 2, 3], what="patient")
         assert states(node, "patient")[shard] == "running"
         assert deliveries.revisions("strict", "early") == []
         manager(opened).ResumeReadSideByShard(
             mpb.ResumeReadSideByShardRequest(read_side_id="strict", cluster_shard_number=shard), timeout=10
         )
         deliveries.wait_until(
-            lambda log: log.revisions("strict", "early") == [1, 2, 3], what="strict resumed"
+            lambda log: log.delivered("strict", "early") == [1, 2, 3], what="strict resumed"
         )
         assert open_and_deposit(stub, "early", deposits=1) == revision + 1
         deliveries.wait_until(
-            lambda log: log.revisions("strict", "early")[-1] == revision + 1, what="new event"
+            lambda log: log.delivered("strict", "early")[-1] == revision + 1, what="new event"
         )
 
 
@@ -160,7 +160,7 @@ def test_a_hanging_read_handler_times_out_and_the_policy_applies(
         open_and_deposit(stub, "stuck", deposits=2)
         started = time.monotonic()
         deliveries.wait_until(
-            lambda log: log.revisions("skipper", "stuck") == [1, 3], what="skip past the hang"
+            lambda log: log.delivered("skipper", "stuck") == [1, 3], what="skip past the hang"
         )
         assert time.monotonic() - started < 5
     assert deliveries.revisions("skipper", "stuck", outcome="hang") == [2]  # one attempt under SKIP
@@ -190,7 +190,7 @@ def test_every_failure_policy_on_an_event_that_always_fails_and_halts_survive_a_
         open_and_deposit(stub, "healthy", deposits=1)
         deliveries.wait_until(
             lambda log: (
-                log.revisions("skip", "poison") == [1, 3] and log.revisions("replayskip", "poison") == [1, 3]
+                log.delivered("skip", "poison") == [1, 3] and log.delivered("replayskip", "poison") == [1, 3]
             ),
             what="the skipping policies to move on",
         )
@@ -201,7 +201,7 @@ def test_every_failure_policy_on_an_event_that_always_fails_and_halts_survive_a_
     attempts = {name: deliveries.revisions(name, "poison", outcome="failed") for name in POLICIES}
     assert attempts == {"stop": [2], "skip": [2], "replayskip": [2] * 6, "replaystop": [2] * 6}
     for name in ("stop", "replaystop"):
-        assert deliveries.revisions(name, "poison") == [1]
+        assert deliveries.delivered(name, "poison") == [1]
         assert deliveries.revisions(name, "healthy")[-1] == 2  # other shards, other entities go on
     assert "halted on event ordering" in node.log_text()
 
@@ -220,7 +220,7 @@ def test_every_failure_policy_on_an_event_that_always_fails_and_halts_survive_a_
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "skipped the next event of read side stop on shard" in result.stdout
-    deliveries.wait_until(lambda log: log.revisions("stop", "poison") == [1, 3], what="stop after the skip")
+    deliveries.wait_until(lambda log: log.delivered("stop", "poison") == [1, 3], what="stop after the skip")
     assert states(restarted, "stop")[shard] == "running"
 
 
@@ -240,11 +240,11 @@ def test_successful_false_is_a_failed_delivery(
     opened, stub = cos(node)
     with opened:
         open_and_deposit(stub, "picky", deposits=1)
-        deliveries.wait_until(lambda log: log.revisions("lenient", "picky") == [2], what="skipped refusal")
+        deliveries.wait_until(lambda log: log.delivered("lenient", "picky") == [2], what="skipped refusal")
         wait_for(lambda: states(node, "strict")[shard_of("picky", 16)] == "halted", what="strict halted")
         # successful=false does not trip the breaker: a later event still reaches the handler.
         open_and_deposit(stub, "another", deposits=0)
-        deliveries.wait_until(lambda log: log.revisions("lenient", "another") == [1], what="breaker closed")
+        deliveries.wait_until(lambda log: log.delivered("lenient", "another") == [1], what="breaker closed")
 
 
 @sqlite_only

@@ -58,6 +58,11 @@ class Delivery:
     revision_date: float
 
 
+def first_deliveries(revisions: list[int]) -> list[int]:
+    """`revisions` with every redelivery removed (first occurrences, in order)."""
+    return list(dict.fromkeys(revisions))
+
+
 class DeliveryLog:
     """The lines the example read handler appends, one per call it received."""
 
@@ -94,6 +99,12 @@ class DeliveryLog:
             for d in self.all(read_side_id)
             if d.entity_id == entity_id and (outcome is None or d.outcome == outcome)
         ]
+
+    def delivered(self, read_side_id: str, entity_id: str) -> list[int]:
+        """The revisions delivered successfully, each at its first delivery: what an at-least-once
+        stream promises (every event, in order) without the redeliveries it allows (docs/contract.md
+        §5.4). Tests compare this, never `revisions`, with the events they expect."""
+        return first_deliveries(self.revisions(read_side_id, entity_id))
 
     def wait_until(
         self, check: Callable[[DeliveryLog], bool], timeout_s: float = 20.0, what: str = ""

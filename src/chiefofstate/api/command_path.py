@@ -21,6 +21,7 @@ from chiefofstate.cluster.forwarding import Forwarder
 from chiefofstate.core.command_rules import validate_entity_id
 from chiefofstate.core.errors import Code, CosError, LeaseLost, ShardNotHere, as_cos_error
 from chiefofstate.core.headers import Metadata
+from chiefofstate.core.limits import clip, validate_type_url
 from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import EntityState
 from chiefofstate.entities.host import EntityHost
@@ -66,9 +67,9 @@ class CommandPath:
     ) -> _RequestScope:
         span: AbstractContextManager[Span | None] = NO_SPAN
         if self._tracing.enabled:
-            attributes = {"cos.entity_id": entity_id}
+            attributes = {"cos.entity_id": clip(entity_id)}
             if command_type:
-                attributes["cos.command_type"] = command_type
+                attributes["cos.command_type"] = clip(command_type)
             span = self._tracing.span(
                 span_name, kind=SpanKind.SERVER, parent=self._tracing.extract(metadata), attributes=attributes
             )
@@ -82,6 +83,7 @@ class CommandPath:
             _PROCESS_COMMAND, SPAN_PROCESS_COMMAND, entity_id, command.type_url, metadata
         ) as span:
             validate_entity_id(entity_id)
+            validate_type_url(command.type_url)
             deadline = self._deadline(caller_left_s)
             try:
                 state = await self._host.process_command(entity_id, command, metadata, deadline)
@@ -125,11 +127,15 @@ class CommandPath:
 
 
 _PROCESS_COMMAND = "ProcessCommand"
+_MAX_LOGGED_MESSAGE_CHARS = 1024
 _GET_STATE = "GetState"
 
 
 def _report(rpc: str, entity_id: str, command_type: str, error: CosError, unexpected: bool) -> None:
-    """One log line per failed request; a GetState of an unknown entity is an answer, not a failure."""
+    """One log line per failed request; a GetState of an unknown entity is an answer, not a failure.
+    Every field a client chose is cut to a bounded length (core/limits.py)."""
+    entity_id, command_type = clip(entity_id), clip(command_type)
+    message = clip(error.message, _MAX_LOGGED_MESSAGE_CHARS)
     if isinstance(error, ShardNotHere):
         # A member's internal port saying "not here" to a forwarding member, which re-routes: routing.
         log.debug("not served here: entity_id=%s rpc=%s shard=%d", entity_id, rpc, error.shard)
@@ -141,7 +147,7 @@ def _report(rpc: str, entity_id: str, command_type: str, error: CosError, unexpe
             "get state failed: entity_id=%s status=%s message=%s",
             entity_id,
             error.code.name,
-            error.message,
+            message,
             extra={"entity_id": entity_id, "status": error.code.name},
             exc_info=unexpected,
         )
@@ -151,7 +157,7 @@ def _report(rpc: str, entity_id: str, command_type: str, error: CosError, unexpe
         entity_id,
         command_type,
         error.code.name,
-        error.message,
+        message,
         extra={"entity_id": entity_id, "status": error.code.name},
         exc_info=unexpected,
     )

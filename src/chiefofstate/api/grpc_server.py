@@ -12,11 +12,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chiefofstate.api.cos_service import COS_SERVICE_NAME, ChiefOfStateService, add_to_server
+from chiefofstate.api.undecodable import RequestCheckingServer
 from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, MeasuredServer
 
 # (full service name, function adding its servicer to the server): services only some nodes serve,
 # such as ReadSideManagerService with COS_READ_SIDE_ENABLED=true (docs/contract.md §1).
 ServiceRegistration = tuple[str, Callable[[aio.Server], None]]
+
+_MAX_METADATA_BYTES = 64 * 1024
 
 
 class GrpcServer:
@@ -43,9 +46,15 @@ class GrpcServer:
                 # unless they are workers of one supervisor (`reuse_port`), among which the kernel
                 # spreads the connections (docs/cluster.md, "Workers").
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
+                # Above gRPC's 8/16 KiB defaults, so that headers too large to carry on reach the
+                # command path and get its INVALID_ARGUMENT (docs/contract.md §3.1) instead of the
+                # transport's RESOURCE_EXHAUSTED, which reads as "the node is overloaded".
+                ("grpc.max_metadata_size", _MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", _MAX_METADATA_BYTES),
             ],
         )
-        registry = MeasuredServer(self._server, metrics) if metrics is not None else self._server
+        measured = MeasuredServer(self._server, metrics) if metrics is not None else self._server
+        registry = RequestCheckingServer(measured)
         add_to_server(service, registry)
         for _, register in extra_services:
             register(registry)

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
@@ -25,6 +26,7 @@ from chiefofstate.api.http_errors import failure_response, rejection_response
 from chiefofstate.core.errors import CosError
 from chiefofstate.core.headers import HeaderValue
 from chiefofstate.core.json_codec import JsonShapeError, decode_base64, message_from_json, message_to_json
+from chiefofstate.core.limits import clip
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 
 log = logging.getLogger("chiefofstate.api.http")
@@ -80,6 +82,23 @@ _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 EntityId = Annotated[str, PathParameter(alias="entityId", description="the entity id")]
 
 
+class _EntityIdConvertor(Convertor[str]):
+    """Like starlette's `path` (an id may contain "/"), but also matching line breaks: a percent-encoded
+    control character reaches the command path, which refuses it with 400 exactly as gRPC refuses it
+    (docs/contract.md §3.1), instead of the route failing to match (404)."""
+
+    regex = "[\\s\\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("entity_id", _EntityIdConvertor())
+
+
 class _BadRequest(Exception):
     def __init__(self, status_code: int, message: str) -> None:
         super().__init__(message)
@@ -106,13 +125,18 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
             message = str(error.detail)
         return rejection_response(error.status_code, message, error.headers)
 
+    @app.exception_handler(Exception)
+    async def unexpected_failure(request: Request, error: Exception) -> Response:
+        # Decision D5: even a failure nobody foresaw answers JSON (starlette still logs its trace).
+        return failure_response(error)
+
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, error: RequestValidationError) -> Response:
         return rejection_response(400, f"invalid request: {error.errors()}")
 
     @app.post(
-        # `:path` lets an entity id contain "/" (percent-encoded or not), as over gRPC.
-        "/v1/commands/{entityId:path}/process",
+        # `:entity_id` lets an entity id contain "/" (percent-encoded or not), as over gRPC.
+        "/v1/commands/{entityId:entity_id}/process",
         summary="ProcessCommand",
         response_model=StateReply,
         responses={
@@ -139,8 +163,8 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
         if command_request.entity_id and command_request.entity_id != entity_id:
             log.info(
                 "entity_id %r in the body differs from %r in the path; the path wins (docs/contract.md §8.2)",
-                command_request.entity_id,
-                entity_id,
+                clip(command_request.entity_id),
+                clip(entity_id),
             )
         try:
             state = await commands.process_command(entity_id, command_request.command, metadata, None)
@@ -149,7 +173,7 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
         return JSONResponse(message_to_json(pb.ProcessCommandResponse.FromString(state.reply)))
 
     @app.get(
-        "/v1/entities/{entityId:path}/state",
+        "/v1/entities/{entityId:entity_id}/state",
         summary="GetState",
         response_model=StateReply,
         responses=_ERROR_RESPONSES,
@@ -189,8 +213,11 @@ async def _json_body(request: Request, max_body_bytes: int, timeout_s: float) ->
         raise _BadRequest(400, "the connection closed before the whole body arrived") from None
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise _BadRequest(400, f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise _BadRequest(400, "the body is not valid JSON: it is nested too deeply") from None
+    except ValueError as error:
+        # Also an integer longer than Python converts (4,300 digits): a client's mistake, never a 500.
+        raise _BadRequest(400, f"the body is not valid JSON: {str(error)[:200]}") from None
 
 
 def _trace_metadata(request: Request) -> list[tuple[str, HeaderValue]]:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from starlette.responses import JSONResponse
 
-from chiefofstate.core.errors import Code, as_cos_error, status_message
+from chiefofstate.core.errors import Code, HeadersTooLarge, as_cos_error, status_message
 
 # Decision D5; every code not listed is 500.
 _HTTP_STATUS_OF_CODE = {
@@ -48,7 +48,9 @@ def error_body(code: Code, message: str) -> dict[str, str]:
 def failure_response(failure: BaseException) -> JSONResponse:
     """A failed command or state call: status from its code, message as over gRPC."""
     error = as_cos_error(failure)
-    return JSONResponse(error_body(error.code, status_message(error)), status_code=http_status(error.code))
+    # 431 says which part of the request is too large; the code is INVALID_ARGUMENT, as over gRPC.
+    status = 431 if isinstance(error, HeadersTooLarge) else http_status(error.code)
+    return JSONResponse(error_body(error.code, status_message(error)), status_code=status)
 
 
 def rejection_response(

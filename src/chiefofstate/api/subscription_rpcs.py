@@ -10,8 +10,10 @@ import grpc
 from grpc import aio
 
 from chiefofstate.api.grpc_errors import abort_with
+from chiefofstate.core.command_rules import validate_entity_id
 from chiefofstate.core.errors import CosError, InvalidArgument
 from chiefofstate.core.headers import Metadata
+from chiefofstate.core.limits import validate_subscription_id
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.subscription.hub import SubscriptionHub
 
@@ -50,8 +52,12 @@ class SubscriptionRpcs:
         """Both unsubscribe rpcs end either kind of subscription, on whichever member holds it; an unknown
         id still succeeds (§7). Answered once every reachable member has ended it."""
         hub = await self._enabled_hub(context)
-        if not subscription_id:
-            await abort_with(context, InvalidArgument("subscription_id is required"))
+        try:
+            if not subscription_id:
+                raise InvalidArgument("subscription_id is required")
+            validate_subscription_id(subscription_id)
+        except CosError as error:
+            await abort_with(context, error)
         hub.unsubscribe(subscription_id)
         if self._elsewhere is not None:
             # Also when it was found here: ids are unique per member only, so another may hold it too.
@@ -66,6 +72,9 @@ class SubscriptionRpcs:
         try:
             if entity_id == "":
                 raise InvalidArgument("entity_id is required")
+            if entity_id is not None:
+                validate_entity_id(entity_id)
+            validate_subscription_id(requested_id)
             subscription = hub.open(requested_id or str(uuid.uuid4()), entity_id)
         except CosError as error:
             await abort_with(context, error)

@@ -33,8 +33,9 @@ class CircuitBreaker:
     opened_at: float = 0.0
     _trial_in_flight: bool = field(default=False, repr=False)
 
-    def before_call(self, now: float) -> None:
-        """Raise when the call must fail fast; otherwise the caller may go ahead."""
+    def before_call(self, now: float) -> bool:
+        """Raise when the call must fail fast; otherwise the caller may go ahead, and True says that its
+        call is the half-open trial (which the caller must `record` or `abandon`)."""
         if self.state is BreakerState.OPEN:
             if now - self.opened_at < self.settings.reset_timeout_s:
                 raise Internal(OPEN_MESSAGE)
@@ -44,6 +45,8 @@ class CircuitBreaker:
             if self._trial_in_flight:
                 raise Internal(OPEN_MESSAGE)
             self._trial_in_flight = True
+            return True
+        return False
 
     def abandon(self) -> None:
         """A call cancelled before it finished says nothing about the target's health; the half-open

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from chiefofstate.core.errors import InvalidArgument
+from chiefofstate.core.errors import Internal, InvalidArgument
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import Header, MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandResponse
@@ -18,12 +19,26 @@ MAX_ENTITY_ID_LENGTH = 255  # event_journal.persistence_id is VARCHAR(255) (deci
 EMPTY_STATE_TYPE_URL = "type.googleapis.com/google.protobuf.Empty"
 
 
+# Control characters (Unicode category Cc) and unpaired surrogates. PostgreSQL text cannot hold NUL, a
+# surrogate has no UTF-8 encoding, and a line break or escape in an id breaks log lines and HTTP paths:
+# such an id could be stored by one store and not by another, so every store refuses it
+# (docs/contract.md §3.1).
+_FORBIDDEN_IN_ID = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def validate_entity_id(entity_id: str) -> None:
+    """Refuses, before anything runs, an id that some store could not keep exactly as given."""
     if not entity_id:
         raise InvalidArgument("empty entity ID")
     if len(entity_id) > MAX_ENTITY_ID_LENGTH:
         raise InvalidArgument(
             f"entity ID is {len(entity_id)} characters long; at most {MAX_ENTITY_ID_LENGTH} are allowed"
+        )
+    forbidden = _FORBIDDEN_IN_ID.search(entity_id)
+    if forbidden is not None:
+        raise InvalidArgument(
+            f"entity ID contains the control character U+{ord(forbidden.group()):04X} at position "
+            f"{forbidden.start()}; control characters and unpaired surrogates are not allowed"
         )
 
 
@@ -39,14 +54,21 @@ def _is_empty_any(value: AnyProto) -> bool:
 
 
 def candidate_events(response: HandleCommandResponse) -> list[AnyProto]:
-    """`events` wins over the deprecated `event`; empty Anys are dropped; [] means no-op (§3.6)."""
+    """`events` wins over the deprecated `event`; [] means no-op (§3.6). An empty Any in `events` is the
+    handler's mistake (it would be persisted as nothing), refused rather than silently dropped; an empty
+    deprecated `event` stays a no-op, as upstream handlers use it."""
     if len(response.events) > 0:
-        candidates = list(response.events)
-    elif response.HasField("event"):
-        candidates = [response.event]
-    else:
-        candidates = []
-    return [event for event in candidates if not _is_empty_any(event)]
+        events = list(response.events)
+        for position, event in enumerate(events, start=1):
+            if _is_empty_any(event):
+                raise Internal(
+                    f"the write handler returned an empty Any as event {position} of {len(events)} "
+                    "(no type URL, no bytes); return no events for a command that changes nothing"
+                )
+        return events
+    if response.HasField("event") and not _is_empty_any(response.event):
+        return [response.event]
+    return []
 
 
 def message_name(type_url: str) -> str:

@@ -36,8 +36,17 @@ class CosError(Exception):
     """A failure that reaches the caller as a status with a message."""
 
     code: Code = Code.INTERNAL
+    # What callers are told instead of `message`, when the message is for the node's log only (where
+    # the database is, what it answered): see `status_message`.
+    client_message: str | None = None
 
-    def __init__(self, message: str = "", *, code: Code | None = None, details: bytes | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: Code | None = None,
+        details: bytes | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -51,6 +60,10 @@ class CosError(Exception):
 
 class InvalidArgument(CosError):
     code = Code.INVALID_ARGUMENT
+
+
+class HeadersTooLarge(InvalidArgument):
+    """Request headers too large to carry on: the caller's mistake, answered 431 over HTTP."""
 
 
 class NotFound(CosError):
@@ -88,7 +101,24 @@ class SequenceConflict(CosError):
 
 
 class StoreUnavailable(Unavailable):
-    """The journal could not be reached; nothing was written."""
+    """The journal could not be reached; nothing was written. The message, for the log, says where
+    and why; callers are only told that the store is unavailable."""
+
+    client_message = "the store is unavailable"
+
+
+class StoreFull(StoreUnavailable):
+    """The store's disk is full; nothing was written. Callers are told so (it names no file or
+    server), as the one outage they cannot end by retrying: an operator frees space."""
+
+    client_message = "the store's disk is full; nothing was written"
+
+
+class StoreFailed(Internal):
+    """The store refused an operation for a reason other than an outage. The message, for the log,
+    quotes the database's answer; callers get a summary."""
+
+    client_message = "the store failed to complete the request; the node's log has the details"
 
 
 class ShardNotHere(Unavailable):
@@ -149,4 +179,6 @@ def as_cos_error(error: BaseException) -> CosError:
 
 def status_message(error: CosError) -> str:
     """The description callers see, over gRPC and HTTP alike (upstream strips Scala's require prefix)."""
+    if error.client_message is not None:
+        return error.client_message
     return error.message.removeprefix(_REQUIREMENT_PREFIX)

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from chiefofstate.core.errors import HeadersTooLarge
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import Header
 
 HeaderValue = str | bytes
 Metadata = Sequence[tuple[str, HeaderValue]]
+
+# What one command may carry on in propagated and persisted headers, keys and values together. A write
+# handler's gRPC server refuses metadata over 8 KiB by default (as RESOURCE_EXHAUSTED, which would
+# read as "the node is overloaded"), and persisted headers are copied into every event's meta.
+MAX_CARRIED_HEADER_BYTES = 8192
+MAX_CARRIED_HEADER_VALUES = 64
 
 
 def parse_header_list(csv: str) -> tuple[str, ...]:
@@ -53,3 +60,21 @@ def to_outgoing_metadata(selected: Iterable[tuple[str, HeaderValue]]) -> tuple[t
         else:
             outgoing.append((lowered, value.decode("latin-1") if isinstance(value, bytes) else value))
     return tuple(outgoing)
+
+
+def check_carried_headers(selected: Sequence[tuple[str, HeaderValue]]) -> None:
+    """Refuses headers too large to propagate or persist: the caller's mistake (HTTP 431)."""
+    if len(selected) > MAX_CARRIED_HEADER_VALUES:
+        raise HeadersTooLarge(
+            f"the request carries {len(selected)} values of propagated or persisted headers; at most "
+            f"{MAX_CARRIED_HEADER_VALUES} are allowed"
+        )
+    size = 0
+    for key, value in selected:
+        size += len(key) + (len(value) if isinstance(value, bytes) else len(value.encode("utf-8", "replace")))
+    if size > MAX_CARRIED_HEADER_BYTES:
+        names = ", ".join(sorted({key for key, _ in selected}))
+        raise HeadersTooLarge(
+            f"the propagated and persisted headers ({names}) total {size} bytes; at most "
+            f"{MAX_CARRIED_HEADER_BYTES} are allowed"
+        )

@@ -18,7 +18,12 @@ from chiefofstate.core.command_rules import (
     resulting_state_or_fail,
 )
 from chiefofstate.core.errors import Internal, LeaseLost, StoreUnavailable
-from chiefofstate.core.headers import Metadata, select_headers, to_persisted_headers
+from chiefofstate.core.headers import (
+    Metadata,
+    check_carried_headers,
+    select_headers,
+    to_persisted_headers,
+)
 from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import Entity, EntityState
 from chiefofstate.entities.recovery import recover
@@ -165,10 +170,14 @@ class CommandProcessor:
     ) -> list[EventWrapper]:
         """HandleCommand, then HandleEvent for each event in turn: the events to append, [] for a no-op."""
         settings = self._settings
+        propagated = select_headers(settings.propagated_headers, metadata)
+        persisted = select_headers(settings.persisted_headers, metadata)
+        check_carried_headers(propagated)
+        check_carried_headers(persisted)
         left = deadline.check("before HandleCommand")
         response = await self._handler.handle_command(
             HandleCommandRequest(command=command, prior_state=prior.state, prior_event_meta=prior.meta),
-            select_headers(settings.propagated_headers, metadata),
+            propagated,
             min(left, settings.call_timeout_s),
         )
         events = candidate_events(response)
@@ -179,7 +188,7 @@ class CommandProcessor:
                 f"entity {prior.meta.entity_id} would exceed the highest revision number {MAX_REVISION}"
             )
 
-        persisted_headers = to_persisted_headers(select_headers(settings.persisted_headers, metadata))
+        persisted_headers = to_persisted_headers(persisted)
         wrappers: list[EventWrapper] = []
         state, meta = prior.state, prior.meta
         for event in events:

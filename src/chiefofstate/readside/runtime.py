@@ -14,6 +14,7 @@ from typing import Literal
 
 from chiefofstate.config.read_sides import ReadSideSettings, ReadSidesSettings
 from chiefofstate.core.errors import Code, CosError, InvalidArgument, NotFound
+from chiefofstate.core.limits import clip
 from chiefofstate.core.readside_rules import (
     BootAction,
     Lag,
@@ -152,7 +153,9 @@ class ReadSideRuntime:
         read_side = self._read_sides.get(read_side_id)
         if read_side is None:
             known = ", ".join(sorted(self._read_sides)) or "none"
-            raise NotFound(f"read side {read_side_id!r} is not configured on this node (configured: {known})")
+            raise NotFound(
+                f"read side {clip(read_side_id)!r} is not configured on this node (configured: {known})"
+            )
         return read_side
 
     def _checked_shard(self, shard: int) -> int:

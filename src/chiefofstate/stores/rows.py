@@ -148,3 +148,18 @@ def has_repeated_entity(requests: Sequence[AppendRequest]) -> bool:
     """Two requests of one entity in a batch cannot be checked against one snapshot of the journal;
     such batches are written one request per transaction instead."""
     return len({request.entity_id for request in requests}) != len(requests)
+
+
+def unstorable_id(request: AppendRequest) -> Exception | None:
+    """Why an SQL store cannot keep this request's entity id exactly, or None. PostgreSQL text cannot
+    hold NUL, SQLite's JSON functions cut a string at one, and an unpaired surrogate has no UTF-8 form.
+    The API refuses such ids (core/command_rules.py); a store still refuses them one by one, before
+    its batch runs, so that one of them can never fail the requests it is batched with."""
+    entity_id = request.entity_id
+    if "\x00" in entity_id:
+        return Internal(f"cannot store entity id {entity_id!r}: it contains NUL")
+    try:
+        entity_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return Internal(f"cannot store entity id {entity_id!r}: it is not valid Unicode")
+    return None

@@ -80,3 +80,11 @@ def configure_logging(level: str, style: str, service_name: str, stream: TextIO 
     root.setLevel(level)
     # Our own start-up and store lines are worth seeing at INFO even when libraries stay quiet.
     logging.getLogger("chiefofstate").setLevel(level)
+    for name in _LOGGERS_OF_VALUES:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
+
+
+# Libraries whose DEBUG lines quote the values they handle: aiosqlite logs every call with its SQL
+# parameters (event payloads, persisted header values), hpack every decoded header. No payload or
+# header value is ever logged, at any level (docs/operations.md), so these stay at INFO or above.
+_LOGGERS_OF_VALUES = ("aiosqlite", "hpack")

@@ -20,6 +20,7 @@ from chiefofstate.telemetry.loop_metrics import CounterSeries, HistogramSeries, 
 # Bounded label values: a client can send any type URL, and every distinct label value is a new
 # time series kept forever. Past this many distinct values the rest are counted as "other".
 MAX_COMMAND_TYPES = 200
+MAX_LABEL_LENGTH = 256
 OTHER = "other"
 
 LATENCY_BUCKETS = (
@@ -50,6 +51,9 @@ class BoundedLabel:
         self._seen: set[str] = set()
 
     def __call__(self, value: str) -> str:
+        if len(value) > MAX_LABEL_LENGTH:
+            # The cap on distinct values bounds their number, not their length: a label is cut too.
+            value = value[:MAX_LABEL_LENGTH]
         if value in self._seen:
             return value
         if len(self._seen) >= self._limit:

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from chiefofstate.core.breaker import CircuitBreaker
-from chiefofstate.core.errors import CosError
 from chiefofstate.core.headers import HeaderValue
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleCommandRequest,
@@ -31,13 +30,19 @@ class BreakerGuardedWriteHandler:
         self._clock = clock
 
     async def _guarded(self, call: Callable[[], Awaitable[Response]]) -> Response:
-        self._breaker.before_call(self._clock())
+        trial = self._breaker.before_call(self._clock())
         started = self._clock()
         try:
             result = await call()
-        except CosError:
+        except Exception:
             now = self._clock()
             self._breaker.record(succeeded=False, duration_s=now - started, now=now)
+            raise
+        except BaseException:
+            # Cancelled (the caller went away, the node stops): that says nothing about the handler's
+            # health, but a half-open trial left "in flight" would refuse every later call for ever.
+            if trial:
+                self._breaker.abandon()
             raise
         now = self._clock()
         self._breaker.record(succeeded=True, duration_s=now - started, now=now)

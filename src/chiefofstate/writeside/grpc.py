@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -21,6 +24,15 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2_grpc import WriteSideHandl
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
+# gRPC's default reconnect backoff starts at 1 s and grows to two minutes; a call waits for a handler
+# that is reconnecting (see GrpcWriteHandler), so the channel must try again often enough for a
+# restarted handler to be found well within a command's time.
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+# Kept from the wait for an unreachable handler, so that UNAVAILABLE reaches the caller before its
+# own deadline turns it into DEADLINE_EXCEEDED.
+_ANSWER_RESERVE_S = 0.1
+
+
 def channel_options(
     *,
     max_message_bytes: int,
@@ -34,6 +46,7 @@ def channel_options(
         ("grpc.max_receive_message_length", max_message_bytes),
         # Separate channels must not share one TCP connection, or a pool of N is a pool of 1.
         ("grpc.use_local_subchannel_pool", 1),
+        *RECONNECT_OPTIONS,
     ]
     if keepalive_enabled:
         options += [
@@ -66,7 +79,13 @@ def translate_rpc_error(error: aio.AioRpcError) -> CosError:
 
 
 class GrpcWriteHandler:
-    """Round-robins calls over `pool_size` channels (COS_GRPC_CLIENT_POOL_SIZE)."""
+    """Round-robins calls over `pool_size` channels (COS_GRPC_CLIENT_POOL_SIZE).
+
+    A call on a channel that is not connected waits for it, within the call's time: a handler that
+    restarts is found again as soon as it listens, instead of every command failing with UNAVAILABLE
+    until the channel's next reconnect attempt (the read side waits the same way). A handler still
+    unreachable when the time is nearly up gives UNAVAILABLE (docs/contract.md §3.10).
+    """
 
     def __init__(
         self,
@@ -83,8 +102,25 @@ class GrpcWriteHandler:
             else aio.insecure_channel(target, options=options)
             for _ in range(pool_size)
         ]
-        self._stubs = [WriteSideHandlerServiceStub(channel) for channel in self._channels]
-        self._next_stub = itertools.cycle(self._stubs)
+        self._next_channel = itertools.cycle(
+            [(channel, WriteSideHandlerServiceStub(channel)) for channel in self._channels]
+        )
+
+    async def _connected_stub(self, timeout_s: float) -> tuple[Any, float]:
+        """A stub whose channel is connected, and the time left for the call itself."""
+        channel, stub = next(self._next_channel)
+        if channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY:
+            return stub, timeout_s
+        started = time.monotonic()
+        wait_s = max(0.0, timeout_s - min(_ANSWER_RESERVE_S, timeout_s / 10))
+        try:
+            async with asyncio.timeout(wait_s):
+                await channel.channel_ready()
+        except TimeoutError:
+            raise Unavailable(
+                f"the write handler was unreachable for {wait_s:.1f}s, all the time the call had"
+            ) from None
+        return stub, max(0.0, timeout_s - (time.monotonic() - started))
 
     async def handle_command(
         self,
@@ -92,7 +128,7 @@ class GrpcWriteHandler:
         headers: Sequence[tuple[str, HeaderValue]],
         timeout_s: float,
     ) -> HandleCommandResponse:
-        stub = next(self._next_stub)
+        stub, timeout_s = await self._connected_stub(timeout_s)
         try:
             response: HandleCommandResponse = await stub.HandleCommand(
                 request, timeout=timeout_s, metadata=to_outgoing_metadata(headers)
@@ -110,7 +146,7 @@ class GrpcWriteHandler:
         timeout_s: float,
         headers: Sequence[tuple[str, HeaderValue]] = (),
     ) -> HandleEventResponse:
-        stub = next(self._next_stub)
+        stub, timeout_s = await self._connected_stub(timeout_s)
         try:
             response: HandleEventResponse = await stub.HandleEvent(
                 request, timeout=timeout_s, metadata=to_outgoing_metadata(headers) if headers else None

@@ -14,6 +14,7 @@ import base64
 import itertools
 import json
 import ssl
+import time
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -33,6 +34,11 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
 COMMAND_PATH = "/v1/writeside/handleCommand"
 EVENT_PATH = "/v1/writeside/handleEvent"
 _BODY_EXCERPT = 200  # characters of a failed reply quoted in the error, as upstream
+# A refused connection is tried again after these delays (doubling), while the call has time; what is
+# kept at the end lets UNAVAILABLE reach the caller before its own deadline does.
+_FIRST_RETRY_DELAY_S = 0.05
+_MAX_RETRY_DELAY_S = 0.5
+_ANSWER_RESERVE_S = 0.1
 
 Reply = TypeVar("Reply", bound=Message)
 
@@ -110,13 +116,26 @@ class HttpWriteHandler:
         headers: list[tuple[str, str]],
         timeout_s: float,
     ) -> Reply:
+        body = message_to_json(request)
+        give_up_at = time.monotonic() + timeout_s - min(_ANSWER_RESERVE_S, timeout_s / 10)
+        retry_delay_s = _FIRST_RETRY_DELAY_S
         try:
             # httpx's timeout bounds each phase; the outer one bounds the whole exchange, so a
             # handler that trickles its answer cannot outlive the command's deadline either.
             async with asyncio.timeout(timeout_s):
-                response = await next(self._next_client).post(
-                    path, json=message_to_json(request), headers=headers, timeout=timeout_s
-                )
+                while True:
+                    try:
+                        response = await next(self._next_client).post(
+                            path, json=body, headers=headers, timeout=timeout_s
+                        )
+                        break
+                    except httpx.ConnectError:
+                        # Nothing was sent: a handler that is restarting is waited for, within the
+                        # call's time, as the gRPC adapter waits for its channel.
+                        if time.monotonic() + retry_delay_s >= give_up_at:
+                            raise
+                        await asyncio.sleep(retry_delay_s)
+                        retry_delay_s = min(retry_delay_s * 2, _MAX_RETRY_DELAY_S)
         except (TimeoutError, httpx.TimeoutException):
             raise DeadlineExceeded(
                 f"HTTP {kind} handler did not answer within {timeout_s:.3g}s; nothing was written"

@@ -1,6 +1,10 @@
+import unicodedata
+
 import pytest
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chiefofstate.core.command_rules import (
     ProtoValidation,
@@ -10,7 +14,7 @@ from chiefofstate.core.command_rules import (
     resulting_state_or_fail,
     validate_entity_id,
 )
-from chiefofstate.core.errors import Code, InvalidArgument
+from chiefofstate.core.errors import Code, Internal, InvalidArgument
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import Header, MetaData
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandResponse
 
@@ -33,6 +37,34 @@ def test_entity_ids_longer_than_the_journal_column_are_refused() -> None:
         validate_entity_id("x" * 256)
 
 
+@pytest.mark.parametrize(
+    "entity_id", ["a\x00b", "line\nbreak", "\r", "tab\there", "esc\x1b[0m", "del\x7f", "\x85"]
+)
+def test_entity_ids_with_control_characters_are_refused_naming_the_character(entity_id: str) -> None:
+    with pytest.raises(InvalidArgument, match="control character U\\+00") as caught:
+        validate_entity_id(entity_id)
+    assert caught.value.code is Code.INVALID_ARGUMENT
+
+
+def test_an_unpaired_surrogate_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="U\\+D800"):
+        validate_entity_id("x\ud800")
+
+
+@given(st.text(min_size=1, max_size=300))
+def test_an_id_is_valid_exactly_when_short_enough_and_free_of_control_characters(entity_id: str) -> None:
+    expected_valid = len(entity_id) <= 255 and not any(
+        unicodedata.category(character) in ("Cc", "Cs") for character in entity_id
+    )
+    try:
+        validate_entity_id(entity_id)
+    except InvalidArgument:
+        assert not expected_valid
+    else:
+        assert expected_valid
+        entity_id.encode("utf-8")  # every store can keep it
+
+
 def test_new_entity_state_is_packed_empty_at_revision_zero() -> None:
     state = initial_state("acc-1")
     assert state.state.type_url == "type.googleapis.com/google.protobuf.Empty"
@@ -51,10 +83,16 @@ def test_events_win_over_the_deprecated_event_field() -> None:
     assert candidate_events(HandleCommandResponse()) == []
 
 
-def test_empty_anys_are_dropped_so_only_empties_make_a_no_op() -> None:
+def test_an_empty_any_among_events_is_the_handlers_mistake_and_names_its_position() -> None:
     real = packed(StringValue(value="x"))
-    assert candidate_events(HandleCommandResponse(events=[AnyProto(), real, AnyProto()])) == [real]
-    assert candidate_events(HandleCommandResponse(events=[AnyProto()])) == []
+    with pytest.raises(Internal, match="empty Any as event 2 of 3") as caught:
+        candidate_events(HandleCommandResponse(events=[real, AnyProto(), real]))
+    assert caught.value.code is Code.INTERNAL
+    with pytest.raises(Internal, match="event 1 of 1"):
+        candidate_events(HandleCommandResponse(events=[AnyProto()]))
+
+
+def test_an_empty_deprecated_event_stays_a_no_op() -> None:
     assert candidate_events(HandleCommandResponse(event=AnyProto())) == []
 
 

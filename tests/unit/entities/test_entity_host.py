@@ -12,7 +12,7 @@ from google.protobuf.wrappers_pb2 import Int64Value
 
 from chiefofstate.core.batching import APPEND_SHARE, MAX_WAIT_S
 from chiefofstate.core.command_rules import ProtoValidation
-from chiefofstate.core.errors import DeadlineExceeded, NotFound, ResourceExhausted
+from chiefofstate.core.errors import DeadlineExceeded, Internal, NotFound, ResourceExhausted
 from chiefofstate.core.headers import HeaderValue
 from chiefofstate.core.snapshots import SnapshotPolicy
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings
@@ -61,6 +61,8 @@ class CounterHandler:
             await self.gate.wait()
         await asyncio.sleep(self.command_delay_s)
         count = unpacked_int(request.command)
+        if count < 0:  # a handler bug: an empty Any among real events
+            return HandleCommandResponse(events=[packed_int(1), AnyProto()])
         return HandleCommandResponse(events=[packed_int(1) for _ in range(count)])
 
     async def handle_event(self, request: HandleEventRequest, timeout_s: float) -> HandleEventResponse:
@@ -131,6 +133,15 @@ async def test_several_events_get_consecutive_revisions_and_fold_in_order(rig: R
     assert rig.handler.seen_revisions == [1, 2, 3]
     state = await rig.host.get_state("e", rig.deadline())
     assert unpacked_int(state.decode().state) == 3
+
+
+async def test_an_empty_any_among_the_handlers_events_fails_the_command_and_writes_nothing(rig: Rig) -> None:
+    await rig.command("e", 1)
+    with pytest.raises(Internal, match="empty Any as event 2 of 2"):
+        await rig.command("e", -1)
+    assert len(await rig.journal.read_events("e")) == 1
+    assert rig.handler.event_calls == 1
+    assert await rig.command("e", 1) == 2
 
 
 async def test_no_op_commands_keep_the_entity_not_found(rig: Rig) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from chiefofstate.config.settings import DatabaseSettings
-from chiefofstate.core.errors import Internal, StoreUnavailable
+from chiefofstate.core.errors import StoreFailed, StoreUnavailable
 
 # SQLSTATE classes that mean "the database cannot serve us right now", not "the request is wrong":
 # connection exception, invalid authorization, invalid catalog (database missing), transaction rollback
@@ -49,6 +49,16 @@ class ConnectionSettings:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}/{self.database}"
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether the failure means "the database cannot serve us now" rather than "this request's data is
+    wrong": the same classification as `PostgresDatastore.translated`."""
+    if isinstance(error, asyncpg.PostgresError):
+        return str(error.sqlstate)[:2] in UNAVAILABLE_SQLSTATE_CLASSES
+    if isinstance(error, asyncpg.InterfaceError):
+        return not isinstance(error, ValueError)
+    return isinstance(error, OSError)
 
 
 def connection_settings(config: DatabaseSettings, *, pool_min_size: int | None = None) -> ConnectionSettings:
@@ -142,10 +152,10 @@ class PostgresDatastore:
         except asyncpg.PostgresError as exc:
             if str(exc.sqlstate)[:2] in UNAVAILABLE_SQLSTATE_CLASSES:
                 raise StoreUnavailable(f"PostgreSQL at {address} could not {action}: {exc}") from exc
-            raise Internal(f"PostgreSQL refused to {action}: {exc}") from exc
+            raise StoreFailed(f"PostgreSQL refused to {action}: {exc}") from exc
         except asyncpg.InterfaceError as exc:
             if isinstance(exc, ValueError):  # a value the driver cannot encode: our bug, not an outage
-                raise Internal(f"cannot {action}: {exc}") from exc
+                raise StoreFailed(f"cannot {action}: {exc}") from exc
             raise StoreUnavailable(f"PostgreSQL at {address} is unavailable ({action}): {exc}") from exc
         except OSError as exc:  # includes TimeoutError and refused or reset connections
             raise StoreUnavailable(f"PostgreSQL at {address} is unavailable ({action}): {exc!r}") from exc
@@ -172,9 +182,8 @@ class PostgresDatastore:
         a connection past COS_DB_POOL_MAX_LIFETIME_MS or a closing datastore returns it to the pool, which
         then replaces a broken one as it would any other."""
         with self.translated(action):
-            if self._kept:
-                connection = self._kept.pop()
-            else:
+            connection = self._usable_kept_connection()
+            if connection is None:
                 connection = await self._pool.acquire(timeout=self.settings.acquire_timeout_s)
             kept = False
             try:
@@ -187,6 +196,23 @@ class PostgresDatastore:
             finally:
                 if not kept:
                     await self._pool.release(connection)
+
+    def _usable_kept_connection(self) -> Any | None:
+        """A kept connection that is still ours and open, or None. A kept connection can die while it
+        waits (the server restarts, the network drops it): asyncpg then hands it back to the pool by
+        itself, and its proxy refuses every call ("connection has been released back to the pool"),
+        so such a connection is dropped here, never used."""
+        while self._kept:
+            connection = self._kept.pop()
+            try:
+                if not connection.is_closed():
+                    return connection
+            except asyncpg.InterfaceError:
+                pass  # released back to the pool already: nothing of ours to return
+            else:
+                # Closed but not yet released: return it, so that the pool replaces it.
+                connection.terminate()
+        return None
 
     async def close(self) -> None:
         self._closing = True

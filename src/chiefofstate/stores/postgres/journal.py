@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from chiefofstate.core.errors import Internal
+from chiefofstate.core.errors import Internal, StoreFailed
 from chiefofstate.ports.journal import (
     SERIALIZER_ID,
     SNAPSHOT_MANIFEST,
@@ -27,7 +27,12 @@ from chiefofstate.ports.journal import (
     StoredState,
 )
 from chiefofstate.stores.migrations import MigrationError, MigrationScripts, load_scripts, run_migrations
-from chiefofstate.stores.postgres.datastore import ConnectionSettings, PostgresDatastore, quote_identifier
+from chiefofstate.stores.postgres.datastore import (
+    ConnectionSettings,
+    PostgresDatastore,
+    is_unavailable,
+    quote_identifier,
+)
 from chiefofstate.stores.postgres.online_indexes import build_online_indexes
 from chiefofstate.stores.rows import (
     append_outcome,
@@ -37,11 +42,8 @@ from chiefofstate.stores.rows import (
     newest_state,
     newest_states,
     sequence_conflict,
+    unstorable_id,
 )
-
-# Data exceptions and integrity violations are caused by one request's rows; the batch is then retried
-# one request per transaction so that only the offending request fails.
-_PER_REQUEST_SQLSTATE_CLASSES = frozenset({"22", "23"})
 
 _UNIQUE_VIOLATION = "23505"
 
@@ -265,15 +267,24 @@ class PostgresJournal:
 
     async def append_batch(self, requests: Sequence[AppendRequest]) -> list[Exception | None]:
         results: list[Exception | None] = [None] * len(requests)
-        writing = [index for index, request in enumerate(requests) if request.events]
+        writing = []
+        for index, request in enumerate(requests):
+            if request.events:
+                results[index] = unstorable_id(request)
+                if results[index] is None:
+                    writing.append(index)
         if not writing:
             return results
         async with self._datastore.kept_connection("append events") as connection:
             if not has_repeated_entity([requests[index] for index in writing]):
                 try:
                     outcomes = await self._append_together(connection, [requests[index] for index in writing])
-                except asyncpg.PostgresError as exc:
-                    if str(exc.sqlstate)[:2] not in _PER_REQUEST_SQLSTATE_CLASSES:
+                except Exception as exc:
+                    # Whatever one request carries (a conflicting revision, a value the database or the
+                    # driver refuses) must not fail the others: all but an outage are retried one
+                    # request per statement below, so that only the offending request fails. The
+                    # batch is one autocommitted statement, so a failed one wrote nothing.
+                    if is_unavailable(exc):
                         raise
                 else:
                     for index, outcome in zip(writing, outcomes, strict=True):
@@ -286,12 +297,12 @@ class PostgresJournal:
     async def _append_alone(self, connection: Any, request: AppendRequest) -> Exception | None:
         try:
             return (await self._append_together(connection, [request]))[0]
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate == _UNIQUE_VIOLATION:
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise
+            if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == _UNIQUE_VIOLATION:
                 return sequence_conflict(request)
-            if str(exc.sqlstate)[:2] in _PER_REQUEST_SQLSTATE_CLASSES:
-                return Internal(f"cannot store the events of entity {request.entity_id!r}: {exc}")
-            raise
+            return StoreFailed(f"cannot store the events of entity {request.entity_id!r}: {exc!r}")
 
     async def _append_together(
         self, connection: Any, requests: Sequence[AppendRequest]

@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiosqlite
 
-from chiefofstate.core.errors import Internal, StoreUnavailable
+from chiefofstate.core.errors import StoreFailed, StoreFull, StoreUnavailable
 
 # Primary SQLite result codes that mean the file cannot serve us now (busy, locked, out of memory,
 # read-only, I/O error, corrupt, disk full, cannot open, lock protocol, not a database), as opposed to a
 # statement that is wrong. Every adapter classifies by these codes, never by exception class: sqlite3
 # raises OperationalError for a syntax error too, and that is a refusal, not an outage.
 UNAVAILABLE_RESULT_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+SQLITE_FULL = 13
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 
 
@@ -104,11 +105,13 @@ class SqliteDatastore:
         try:
             yield
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_FULL:
+                raise StoreFull(f"the SQLite {self._role} {self.path} could not {action}: {exc}") from exc
             if is_unavailable(exc):
                 raise StoreUnavailable(
                     f"the SQLite {self._role} {self.path} could not {action}: {exc}"
                 ) from exc
-            raise Internal(f"the SQLite {self._role} refused to {action}: {exc}") from exc
+            raise StoreFailed(f"the SQLite {self._role} refused to {action}: {exc}") from exc
         except OSError as exc:
             raise StoreUnavailable(f"the SQLite {self._role} {self.path} could not {action}: {exc}") from exc
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from chiefofstate.core.errors import Internal
+from chiefofstate.core.errors import StoreFailed
 from chiefofstate.ports.journal import (
     EVENT_MANIFEST,
     SERIALIZER_ID,
@@ -43,8 +43,14 @@ from chiefofstate.stores.rows import (
     newest_state,
     newest_states,
     sequence_conflict,
+    unstorable_id,
 )
-from chiefofstate.stores.sqlite.datastore import DEFAULT_BUSY_TIMEOUT_MS, SqliteDatastore, write_transaction
+from chiefofstate.stores.sqlite.datastore import (
+    DEFAULT_BUSY_TIMEOUT_MS,
+    SqliteDatastore,
+    is_unavailable,
+    write_transaction,
+)
 
 _TOUCH_SHARDS = """
 INSERT INTO cos_shard_locks (shard) SELECT value FROM json_each(?) WHERE true ON CONFLICT (shard) DO NOTHING
@@ -214,15 +220,24 @@ class SqliteJournal:
 
     async def append_batch(self, requests: Sequence[AppendRequest]) -> list[Exception | None]:
         results: list[Exception | None] = [None] * len(requests)
-        writing = [index for index, request in enumerate(requests) if request.events]
+        writing = []
+        for index, request in enumerate(requests):
+            if request.events:
+                results[index] = unstorable_id(request)
+                if results[index] is None:
+                    writing.append(index)
         if not writing:
             return results
         async with self._datastore.session("append events") as connection:
             if not has_repeated_entity([requests[index] for index in writing]):
                 try:
                     outcomes = await self._append_together(connection, [requests[index] for index in writing])
-                except sqlite3.IntegrityError:
-                    pass  # retried below, one request per transaction
+                except Exception as exc:
+                    # Whatever one request carries (a conflicting revision, a value the store refuses)
+                    # must not fail the others: all but an outage are retried one request per
+                    # transaction below, so that only the offending request fails.
+                    if isinstance(exc, sqlite3.Error) and is_unavailable(exc):
+                        raise
                 else:
                     for index, outcome in zip(writing, outcomes, strict=True):
                         results[index] = outcome
@@ -239,7 +254,11 @@ class SqliteJournal:
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc):
                 return sequence_conflict(request)
-            return Internal(f"cannot store the events of entity {request.entity_id!r}: {exc}")
+            return StoreFailed(f"cannot store the events of entity {request.entity_id!r}: {exc}")
+        except Exception as exc:
+            if isinstance(exc, sqlite3.Error) and is_unavailable(exc):
+                raise
+            return StoreFailed(f"cannot store the events of entity {request.entity_id!r}: {exc!r}")
 
     async def _append_together(
         self, connection: aiosqlite.Connection, requests: Sequence[AppendRequest]
