@@ -21,6 +21,7 @@ from chiefofstate.cluster.routes import RoutingTable
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.errors import ConfigError
 from chiefofstate.entities.host import EntityHost
+from chiefofstate.node.read_sides import ReadSides
 from chiefofstate.node.stores import open_cluster_store
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import Tracing
@@ -96,6 +97,7 @@ async def start_cluster(
     *,
     tracing: Tracing,
     metrics: NodeMetrics,
+    read_sides: ReadSides | None = None,
 ) -> Coordinator:
     """The internal port, then membership and this member's share of the shards. Stopping leaves the
     cluster gracefully: shards are handed over at once instead of waiting for their leases to expire."""
@@ -122,6 +124,7 @@ async def start_cluster(
         parts.routes,
         host,
         drain_timeout_s=server.command_timeout_s,
+        projections=read_sides.runtime if read_sides is not None else None,
     )
     closers.push_async_callback(coordinator.close)
     await coordinator.start()

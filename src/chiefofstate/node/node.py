@@ -87,7 +87,13 @@ class Node:
         forwarder = None
         if cluster is not None:
             self.coordinator = await start_cluster(
-                cluster, self.settings, self.host, self._closers, tracing=self.tracing, metrics=self.metrics
+                cluster,
+                self.settings,
+                self.host,
+                self._closers,
+                tracing=self.tracing,
+                metrics=self.metrics,
+                read_sides=self.read_sides,
             )
             register_cluster_readings(self.metrics, self.coordinator, processor)
             forwarder = cluster.forwarder(self.settings, self.tracing, self.metrics)
@@ -169,7 +175,7 @@ class Node:
             listeners.append(self.subscriptions)
         if settings.read_side_enabled:
             read_sides = self.read_sides = await open_read_sides(
-                settings, closers, tracing=tracing, metrics=metrics
+                settings, closers, tracing=tracing, metrics=metrics, clustered=settings.cluster.enabled
             )
             if read_sides.command_traces is not None:
                 listeners.append(read_sides.command_traces)
