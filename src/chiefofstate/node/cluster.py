@@ -8,15 +8,17 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
+from chiefofstate.api.readside_manager import read_side_services
 from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.cluster.forwarding import Forwarder
 from chiefofstate.cluster.ownership import LeaseBook, ShardGateOfLeases
 from chiefofstate.cluster.peers import PeerClients
+from chiefofstate.cluster.readside_routing import ClusterReadSides, HereOnly
 from chiefofstate.cluster.routes import RoutingTable
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.errors import ConfigError
@@ -107,8 +109,14 @@ async def start_cluster(
     server = settings.server
     # Forwarded requests are served locally or refused with "not here"; never forwarded again.
     local_only = CommandPath(host, server.command_timeout_s, tracing=tracing, metrics=None)
+    # Read-side manager calls sent on by other members act only on the projections this member runs.
+    peer_services = read_side_services(HereOnly(read_sides.runtime)) if read_sides is not None else ()
     peer_server = GrpcServer(
-        ChiefOfStateService(local_only), server.address, settings.cluster.port, server.max_message_bytes
+        ChiefOfStateService(local_only),
+        server.address,
+        settings.cluster.port,
+        server.max_message_bytes,
+        extra_services=peer_services,
     )
     await peer_server.start()
     await peer_server.set_serving(True)
@@ -130,10 +138,25 @@ async def start_cluster(
     await coordinator.start()
     closers.push_async_callback(coordinator.leave)
     log.warning(
-        "cluster member %s at %s: %d live members, owns shards %s",
+        "cluster member %s at %s: %d live members, owns shards %s and %d read-side projections",
         parts.member_id,
         cluster.advertised_address,
         len(coordinator.members),
         coordinator.owned_shards(),
+        len(coordinator.owned_projections()),
     )
     return coordinator
+
+
+def cluster_read_side_services(
+    parts: ClusterParts, coordinator: Coordinator, read_sides: ReadSides, settings: Settings
+) -> ReadSides:
+    """The read sides with manager services that act on each projection wherever it runs."""
+    operations = ClusterReadSides(
+        read_sides.runtime,
+        lambda: coordinator.projection_owners,
+        parts.peers,
+        settings.cluster.advertised_address,
+        settings.server.command_timeout_s,
+    )
+    return replace(read_sides, services=read_side_services(operations))

@@ -28,7 +28,7 @@ from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.journal.group_commit import GroupCommitWriter
-from chiefofstate.node.cluster import cluster_parts, start_cluster
+from chiefofstate.node.cluster import cluster_parts, cluster_read_side_services, start_cluster
 from chiefofstate.node.gauges import register_cluster_readings, register_node_readings
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
@@ -96,6 +96,10 @@ class Node:
                 read_sides=self.read_sides,
             )
             register_cluster_readings(self.metrics, self.coordinator, processor)
+            if self.read_sides is not None:
+                self.read_sides = cluster_read_side_services(
+                    cluster, self.coordinator, self.read_sides, self.settings
+                )
             forwarder = cluster.forwarder(self.settings, self.tracing, self.metrics)
         commands = CommandPath(
             self.host,
