@@ -223,14 +223,23 @@ class ReadSideRuntime:
         read_side_id, shard = key
         if read_side_id not in self._local or self.runs(read_side_id, shard):
             return
-        try:
-            records = await self._context.store.load(read_side_id)
-        except CosError as error:
-            # The lease stays held; the projection is not run until the lease is taken again (its
-            # next owner, or this member after the lease moved) — it is reported as unassigned meanwhile.
-            log.error("read side %s shard %d could not start (%s); the lease will move", *key, error)
-            self._wanted.pop(key, None)
-            return
+        attempts = 0
+        while True:
+            try:
+                records = await self._context.store.load(read_side_id)
+                break
+            except CosError as error:
+                # The lease is held meanwhile, so nobody else runs it: keep trying while it is ours.
+                # At most a second apart: a stop or a loss of the lease waits for this to give up.
+                backoff = self._context.delivery.restart_backoff.delay(attempts, self._context.random_unit())
+                delay = min(backoff, 1.0)
+                attempts += 1
+                log.warning(
+                    "read side %s shard %d cannot start yet (%s); retrying in %.1fs", *key, error, delay
+                )
+                await self._context.sleep(delay)
+                if self._wanted.get(key) != token:
+                    return
         if self._wanted.get(key) != token:
             return  # lost or handed over while its record was read
         self._context.committer.lease(key, token)

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chiefofstate.config.read_sides import DeliverySettings, ReadSideSettings, ReadSidesSettings
-from chiefofstate.core.readside_rules import ProjectionState
+from chiefofstate.core.readside_rules import Backoff, ProjectionState
 from chiefofstate.ports.cluster import LeaseKey
-from chiefofstate.ports.offsets import Halt
+from chiefofstate.ports.offsets import Halt, OffsetStore
 from chiefofstate.readside.delivery import GuardedReadHandler
 from chiefofstate.readside.offset_committer import OffsetCommitter
 from chiefofstate.readside.projection import ProjectionContext
@@ -19,7 +19,13 @@ from chiefofstate.readside.runtime import ReadSideRuntime
 from chiefofstate.stores.memory.cluster import MemoryClusterDatabase, MemoryClusterStore
 from chiefofstate.stores.memory.journal import MemoryJournal
 from chiefofstate.stores.memory.offsets import MemoryOffsetStore
-from tests.support.readside import ScriptedHandler, append_events, eventually, eventually_equal
+from tests.support.readside import (
+    FailingOffsetStore,
+    ScriptedHandler,
+    append_events,
+    eventually,
+    eventually_equal,
+)
 
 SHARDS = 4
 TTL_S = 60.0
@@ -28,7 +34,7 @@ TTL_S = 60.0
 class Member:
     """One member's read sides on a journal, offset store and cluster database shared with others."""
 
-    def __init__(self, journal: MemoryJournal, store: MemoryOffsetStore) -> None:
+    def __init__(self, journal: MemoryJournal, store: OffsetStore) -> None:
         self.handler = ScriptedHandler()
         self.committer = OffsetCommitter(store, 0.01, fenced=True)
         self.runtime = ReadSideRuntime(
@@ -38,7 +44,11 @@ class Member:
                 journal=journal,
                 store=store,
                 committer=self.committer,
-                delivery=DeliverySettings(poll_interval_s=0.05, commit_interval_s=0.01),
+                delivery=DeliverySettings(
+                    poll_interval_s=0.05,
+                    commit_interval_s=0.01,
+                    restart_backoff=Backoff(minimum_s=0.01, maximum_s=0.05, jitter=0.0),
+                ),
                 slots=asyncio.Semaphore(8),
             ),
             lambda read_side: GuardedReadHandler(read_side, self.handler, None),
@@ -54,8 +64,8 @@ class Rig:
         self.store = MemoryOffsetStore(self.database.projection_token)
         self.members: list[Member] = []
 
-    async def member(self) -> Member:
-        member = Member(self.journal, self.store)
+    async def member(self, store: OffsetStore | None = None) -> Member:
+        member = Member(self.journal, store or self.store)
         await member.runtime.prepare(apply_auto_start=not self.members)
         self.members.append(member)
         return member
@@ -151,3 +161,13 @@ async def test_a_lost_lease_stops_the_projection_without_storing_anything_more(r
     await append_events(rig.journal, "x", 1, 1)
     await asyncio.sleep(0.15)
     assert len(member.handler.calls) == 1
+
+
+async def test_a_projection_whose_record_cannot_be_read_yet_starts_once_the_store_answers(rig: Rig) -> None:
+    failing = FailingOffsetStore()
+    member = await rig.member(failing)
+    failing.failures_left = 3  # the database goes away as the lease is granted
+    await append_events(rig.journal, "x", 1, 2)
+    member.runtime.run_projection(("a", 1), await rig.lease("m1", 1))
+    await eventually(lambda: len(member.handler.calls) == 2)
+    assert failing.failures_left == 0
