@@ -25,6 +25,7 @@ from chiefofstate.core.errors import ConfigError
 from chiefofstate.entities.host import EntityHost
 from chiefofstate.node.read_sides import ReadSides
 from chiefofstate.node.stores import open_cluster_store
+from chiefofstate.ports.cluster import LeaseKey
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import Tracing
 from chiefofstate.writeside.grpc import channel_options
@@ -134,6 +135,9 @@ async def start_cluster(
         drain_timeout_s=server.command_timeout_s,
         projections=read_sides.runtime if read_sides is not None else None,
     )
+    if read_sides is not None:
+        book = parts.book
+        read_sides.runtime.lease_usable = lambda key: book.usable_token(LeaseKey.projection(*key)) is not None
     closers.push_async_callback(coordinator.close)
     await coordinator.start()
     closers.push_async_callback(coordinator.leave)

@@ -90,6 +90,8 @@ class ReadSideRuntime:
         # of each projection still being applied (one after the other per projection)
         self._wanted: dict[ProjectionKey, int] = {}
         self._transitions: dict[ProjectionKey, asyncio.Task[None]] = {}
+        # cluster mode: whether a projection's lease is usable now by this member's clock
+        self.lease_usable: Callable[[ProjectionKey], bool] = lambda key: True
         # events counted by projections that have moved away, so the metrics' counters never go back
         self._moved_counts: dict[tuple[str, str], int] = {}
 
@@ -147,8 +149,13 @@ class ReadSideRuntime:
             self._local[read_side_id] = {}
 
     async def _launch(self, read_side_id: str, shard: int, record: ShardRecord) -> Projection:
+        key = (read_side_id, shard)
         projection = Projection(
-            self._read_sides[read_side_id], shard, self._handlers[read_side_id], self._context
+            self._read_sides[read_side_id],
+            shard,
+            self._handlers[read_side_id],
+            self._context,
+            may_deliver=lambda: self.lease_usable(key),
         )
         self._local[read_side_id][shard] = projection
         self._by_shard.setdefault(shard, {})[read_side_id] = projection

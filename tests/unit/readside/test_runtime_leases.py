@@ -171,3 +171,16 @@ async def test_a_projection_whose_record_cannot_be_read_yet_starts_once_the_stor
     member.runtime.run_projection(("a", 1), await rig.lease("m1", 1))
     await eventually(lambda: len(member.handler.calls) == 2)
     assert failing.failures_left == 0
+
+
+async def test_nothing_is_delivered_while_the_lease_is_not_usable_by_the_members_clock(rig: Rig) -> None:
+    member = await rig.member()
+    usable = {"now": False}
+    member.runtime.lease_usable = lambda key: usable["now"]
+    await append_events(rig.journal, "x", 1, 2)
+    member.runtime.run_projection(("a", 1), await rig.lease("m1", 1))
+    await eventually(lambda: member.runtime.running_here() == [("a", 1)])
+    await asyncio.sleep(0.2)
+    assert member.handler.calls == []
+    usable["now"] = True  # a renewal was confirmed in time
+    await eventually(lambda: len(member.handler.calls) == 2)
