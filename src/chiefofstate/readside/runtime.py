@@ -188,32 +188,32 @@ class ReadSideRuntime:
         """This member now holds the projection's lease under `token`: start it from its stored record
         (offset, pause flag, halt), once any earlier start or stop of it has been applied."""
         self._wanted[key] = token
-        self._chain(key, self._start_leased(key, token))
+        self._chain(key, lambda: self._start_leased(key, token))
 
     async def stop_projection(self, key: ProjectionKey) -> None:
         """Hand the projection over: stop it and store its offset under its lease; returns when done,
         so the lease can be released at once."""
         self._wanted.pop(key, None)
-        await asyncio.shield(self._chain(key, self._stop_leased(key, store_offset=True)))
+        await asyncio.shield(self._chain(key, lambda: self._stop_leased(key, store_offset=True)))
 
     def drop_projection(self, key: ProjectionKey) -> None:
         """The lease is lost (expired by our clock, taken, or an offset commit was refused): stop the
         projection without storing anything more; its next owner delivers again from the stored offset."""
         self._wanted.pop(key, None)
         self._context.committer.forget(key)
-        self._chain(key, self._stop_leased(key, store_offset=False))
+        self._chain(key, lambda: self._stop_leased(key, store_offset=False))
 
     def runs(self, read_side_id: str, shard: int) -> bool:
         return shard in self._local.get(read_side_id, {})
 
-    def _chain(self, key: ProjectionKey, step: Awaitable[None]) -> asyncio.Task[None]:
+    def _chain(self, key: ProjectionKey, step: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         earlier = self._transitions.get(key)
 
         async def after_earlier() -> None:
             if earlier is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(earlier)
-            await step
+            await step()
 
         task = asyncio.create_task(after_earlier(), name=f"projection lease {key}")
         self._transitions[key] = task
