@@ -4,8 +4,9 @@ draws: one is killed (kill -9), one is paused past its leases and resumed (SIGST
 zombie), one leaves gracefully (SIGTERM), one joins. A read side (the example read handler) runs on
 the members throughout, its projections moved by every fault. The history is judged against the
 journal (tests/support/history.py), and so are the read handler's deliveries once it has caught up:
-nothing skipped, order per entity kept, duplicates counted; what the checker cannot see is measured beside it: takeover times, and the
-fence rejections that prove a zombie's appends were refused (docs/cluster.md).
+nothing skipped, order per entity kept, duplicates counted. What the checker cannot see is measured
+beside it: takeover times, and the fence rejections that prove a zombie's appends were refused
+(docs/cluster.md).
 
 The leases are shortened (TTL 3 s) so a run fits in well under a minute; `python -m tests.cluster
 --default-timing` runs with the shipped defaults (TTL 10 s) to measure takeover as users see it.

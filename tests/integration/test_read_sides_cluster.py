@@ -27,7 +27,7 @@ from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2 as admi
 from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import ReadSideAdminServiceStub
 from tests.support.cluster import BankHandler, Cluster, Node, node_base_env
 from tests.support.postgres import PgServer
-from tests.support.readside_processes import FAST, DeliveryLog, no_gap_in_order, read_side, wait_for
+from tests.support.readside_processes import FAST, DeliveryLog, cos_cli, no_gap_in_order, read_side, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
 
@@ -199,6 +199,9 @@ def test_a_projection_paused_through_one_member_stops_on_the_member_running_it(
 
     manager_call(caller, "PauseReadSideByShard", shard)
     assert shard_members(watcher)[shard] == (runner, "paused")
+    listed = cos_cli("readside", "list", READ_SIDE, "--port", str(watcher.grpc_port))
+    assert listed.returncode == 0, listed.stderr
+    assert "member" in listed.stdout and runner in listed.stdout and "paused" in listed.stdout
     entity_id = entity_in_shard(shard, "paused")
     last = write(caller, entity_id, 1)
     other = entity_in_shard((shard + 1) % SHARDS, "running")
