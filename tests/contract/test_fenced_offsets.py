@@ -1,4 +1,4 @@
-"""Offset commits fenced by the projection's lease token (cluster mode): the contract on every store
+"""Offset commits and halts fenced by the projection's lease token (cluster mode): the contract on every store
 with projection leases (PostgreSQL and in memory), each offset store beside the cluster store that
 grants the leases, as in a node; and SQLite, which runs alone, refusing tokens."""
 
@@ -12,7 +12,7 @@ import pytest
 
 from chiefofstate.core.errors import Internal
 from chiefofstate.ports.cluster import ClusterStore, LeaseKey
-from chiefofstate.ports.offsets import OffsetStore, ShardRecord
+from chiefofstate.ports.offsets import Halt, OffsetStore, ShardRecord
 from chiefofstate.stores.memory.cluster import MemoryClusterDatabase, MemoryClusterStore
 from chiefofstate.stores.memory.offsets import MemoryOffsetStore
 from chiefofstate.stores.postgres.cluster import PostgresClusterStore
@@ -97,11 +97,27 @@ async def test_a_token_for_a_projection_never_leased_is_refused(stores: Fenced) 
     assert await stores.offsets.load("never") == {}
 
 
+async def test_a_halt_is_stored_only_under_the_current_token(stores: Fenced) -> None:
+    old = await stores.cluster.acquire(BALANCES_2, "member-a", TTL_S)
+    assert old is not None
+    await stores.cluster.release(BALANCES_2, "member-a", old)
+    new = await stores.cluster.acquire(BALANCES_2, "member-b", TTL_S)
+    assert new is not None
+    halt = Halt(event_offset=9, reason="read handler answered successful=false", halted_at_ms=1)
+
+    assert not await stores.offsets.save_halt("balances", 2, 8, halt, lease_token=old)
+    assert await stores.offsets.load("balances") == {}  # neither the offset nor the halt
+    assert await stores.offsets.save_halt("balances", 2, 8, halt, lease_token=new)
+    assert await stores.offsets.load("balances") == {2: ShardRecord(offset=8, halt=halt)}
+
+
 async def test_sqlite_runs_alone_and_refuses_lease_tokens(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     async with opened_stores("sqlite", request, tmp_path) as opened:
         with pytest.raises(Internal, match="runs alone"):
             await opened.offsets.save_offsets([("balances", 0, 1)], lease_tokens={("balances", 0): 1})
+        with pytest.raises(Internal, match="runs alone"):
+            await opened.offsets.save_halt("balances", 0, None, Halt(1, "failed", 1), lease_token=1)
         assert await opened.offsets.load("balances") == {}
         assert await opened.offsets.save_offsets([("balances", 0, 1)]) == set()

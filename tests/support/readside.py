@@ -119,9 +119,17 @@ class FailingOffsetStore:
         self._maybe_fail()
         await self.inner.set_paused(read_side_id, shards, paused)
 
-    async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
+    async def save_halt(
+        self,
+        read_side_id: str,
+        shard: int,
+        offset: int | None,
+        halt: Halt,
+        *,
+        lease_token: int | None = None,
+    ) -> bool:
         self._maybe_fail()
-        await self.inner.save_halt(read_side_id, shard, offset, halt)
+        return await self.inner.save_halt(read_side_id, shard, offset, halt, lease_token=lease_token)
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         self._maybe_fail()

@@ -76,8 +76,18 @@ class OffsetStore(Protocol):
 
     async def set_paused(self, read_side_id: str, shards: Sequence[int], paused: bool) -> None: ...
 
-    async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
-        """Store the offset reached (when given) and the halt, in one transaction."""
+    async def save_halt(
+        self,
+        read_side_id: str,
+        shard: int,
+        offset: int | None,
+        halt: Halt,
+        *,
+        lease_token: int | None = None,
+    ) -> bool:
+        """Store the offset reached (when given) and the halt, in one transaction. With `lease_token`
+        (cluster mode) nothing is stored unless it is still the projection lease's token, checked in
+        that transaction; returns False then (True when stored). SQLite refuses a token (`Internal`)."""
         ...
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None: ...

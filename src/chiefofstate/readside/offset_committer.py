@@ -39,7 +39,7 @@ class OffsetCommitter:
     ) -> None:
         self._store = store
         self._interval_s = interval_s
-        self._fenced = fenced
+        self.fenced = fenced
         self.on_fenced = on_fenced
         self._pending: dict[Key, int] = {}
         self._tokens: dict[Key, int] = {}
@@ -69,6 +69,17 @@ class OffsetCommitter:
         """The projection now runs here under this lease token (cluster mode)."""
         self._tokens[key] = token
 
+    def token(self, key: Key) -> int | None:
+        """The lease token the projection runs under here (cluster mode); None on a lone node."""
+        return self._tokens.get(key)
+
+    def fenced_out(self, key: Key) -> None:
+        """A write of the projection other than an offset was refused under its token: stop it here."""
+        self.refused += 1
+        self.forget(key)
+        if self.on_fenced is not None:
+            self.on_fenced(key)
+
     def forget(self, key: Key) -> None:
         """The projection no longer runs here: its unstored position is dropped (its next owner starts
         from the stored offset, so those events are delivered again, never skipped)."""
@@ -76,7 +87,7 @@ class OffsetCommitter:
         self._pending.pop(key, None)
 
     def record(self, key: Key, offset: int) -> None:
-        if self._fenced and key not in self._tokens:
+        if self.fenced and key not in self._tokens:
             return  # a projection stopping after it lost its lease
         self._pending[key] = offset
 
@@ -96,7 +107,7 @@ class OffsetCommitter:
             tokens = {written: self._tokens[written] for written in batch if written in self._tokens}
             refused = await self._store.save_offsets(
                 [(name, shard, offset) for (name, shard), offset in batch.items()],
-                lease_tokens=tokens if self._fenced else None,
+                lease_tokens=tokens if self.fenced else None,
             )
             self.writes += 1
             for written, offset in batch.items():
@@ -104,14 +115,11 @@ class OffsetCommitter:
                 if self._pending.get(written) == offset:
                     del self._pending[written]
             for lost in refused:
-                self.refused += 1
-                self.forget(lost)
                 log.warning(
                     "the offset of read side %s shard %d was refused: another member holds its lease now",
                     *lost,
                 )
-                if self.on_fenced is not None:
-                    self.on_fenced(lost)
+                self.fenced_out(lost)
 
     async def _run(self) -> None:
         while True:

@@ -363,8 +363,18 @@ class Projection:
     async def _halt_on(self, event: Event, failure: str) -> None:
         halt = Halt(event.ordering, failure, int(self._context.wall_clock() * 1000))
         self._halt = halt
-        await self._context.committer.flush(self.key)  # the offset stays right before the failing event
-        await self._context.store.save_halt(self.read_side.read_side_id, self.shard, None, halt)
+        committer = self._context.committer
+        await committer.flush(self.key)  # the offset stays right before the failing event
+        token = committer.token(self.key)
+        if committer.fenced and token is None:
+            return  # the lease was lost meanwhile: the halt is not this member's to store
+        stored = await self._context.store.save_halt(
+            self.read_side.read_side_id, self.shard, None, halt, lease_token=token
+        )
+        if not stored:
+            log.warning("%s: its halt was refused, another member holds its lease now", self.name)
+            committer.fenced_out(self.key)
+            return
         log.error(
             "%s halted on %s: %s; it stays halted, across restarts too, until an operator acts: %s",
             self.name,

@@ -25,6 +25,7 @@ from tests.support.readside import (
     append_events,
     eventually,
     eventually_equal,
+    failing_for,
 )
 
 SHARDS = 4
@@ -184,3 +185,16 @@ async def test_nothing_is_delivered_while_the_lease_is_not_usable_by_the_members
     assert member.handler.calls == []
     usable["now"] = True  # a renewal was confirmed in time
     await eventually(lambda: len(member.handler.calls) == 2)
+
+
+async def test_a_former_owner_cannot_store_a_halt(rig: Rig) -> None:
+    former = await rig.member()
+    former.handler.answer = failing_for(("x", 1))
+    former.runtime.run_projection(("a", 1), await rig.lease("m1", 1))
+    await eventually(lambda: former.runtime.running_here() == [("a", 1)])
+    await rig.lease("m2", 1)  # the lease moves on while this member does not notice
+    await append_events(rig.journal, "x", 1, 1)
+    former.runtime.wake_all()
+    await eventually(lambda: former.runtime.running_here() == [])
+    assert len(former.handler.calls) == 1
+    assert await rig.store.load("a") == {}  # no halt: the projection's next owner delivers the event

@@ -82,13 +82,26 @@ class MemoryOffsetStore:
 
         await self._datastore.run(store)
 
-    async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
-        def save() -> None:
+    async def save_halt(
+        self,
+        read_side_id: str,
+        shard: int,
+        offset: int | None,
+        halt: Halt,
+        *,
+        lease_token: int | None = None,
+    ) -> bool:
+        def save() -> bool:
+            if lease_token is not None and (
+                self._lease_token is None or self._lease_token(read_side_id, shard) != lease_token
+            ):
+                return False
             if offset is not None:
                 self._offsets.setdefault(read_side_id, {})[shard] = offset
             self._halts.setdefault(read_side_id, {})[shard] = halt
+            return True
 
-        await self._datastore.run(save)
+        return await self._datastore.run(save)
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         def clear() -> None:

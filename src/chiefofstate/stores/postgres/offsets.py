@@ -148,13 +148,26 @@ class PostgresOffsetStore:
                 _SET_PAUSED, read_side_id, [str(shard) for shard in shards], paused, self._now_ms()
             )
 
-    async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
+    async def save_halt(
+        self,
+        read_side_id: str,
+        shard: int,
+        offset: int | None,
+        halt: Halt,
+        *,
+        lease_token: int | None = None,
+    ) -> bool:
         async with self._datastore.connection("store a halt") as connection, connection.transaction():
+            if lease_token is not None:
+                rows = await connection.fetch(_LOCK_LEASES, [read_side_id], [shard])
+                if not rows or int(rows[0]["lease_token"]) != lease_token:
+                    return False
             if offset is not None:
                 await connection.execute(_SAVE_OFFSET, read_side_id, str(shard), str(offset), self._now_ms())
             await connection.execute(
                 _SAVE_HALT, read_side_id, str(shard), halt.event_offset, halt.reason, halt.halted_at_ms
             )
+        return True
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         async with self._datastore.connection("clear a halt") as connection:

@@ -123,7 +123,17 @@ class SqliteOffsetStore:
                 _SET_PAUSED, [(read_side_id, str(shard), paused, now) for shard in shards]
             )
 
-    async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
+    async def save_halt(
+        self,
+        read_side_id: str,
+        shard: int,
+        offset: int | None,
+        halt: Halt,
+        *,
+        lease_token: int | None = None,
+    ) -> bool:
+        if lease_token is not None:
+            raise Internal("an SQLite node runs alone: its halts carry no projection lease token")
         async with self._datastore.transaction("store a halt") as connection:
             if offset is not None:
                 await connection.execute(
@@ -132,6 +142,7 @@ class SqliteOffsetStore:
             await connection.execute(
                 _SAVE_HALT, (read_side_id, str(shard), halt.event_offset, halt.reason, halt.halted_at_ms)
             )
+        return True
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         async with self._datastore.session("clear a halt") as connection:
