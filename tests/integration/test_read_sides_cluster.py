@@ -8,9 +8,11 @@ runs it; a member killed with kill -9 has its projections resumed by the others 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -18,6 +20,7 @@ import pytest
 from cos_bank import client as bank
 
 from chiefofstate.cli.processes import Process, start_bank_read_handler
+from chiefofstate.core.placement import assign, read_side_key
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as mpb
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
@@ -159,12 +162,32 @@ def manager_call(node: Node, method: str, shard: int) -> None:
 def test_projections_run_once_each_and_move_on_a_kill_without_skipping(
     cluster: Cluster, deliveries: DeliveryLog
 ) -> None:
-    first, second, third = cluster.nodes
-    wait_for(lambda: settled(first, cluster.nodes), DEADLINE_S, "every projection placed")
-    views = [shard_members(node) for node in cluster.nodes]
-    assert views[0] == views[1] == views[2]  # every member shows every projection and where it runs
-    runners = {member for member, _ in views[0].values()}
-    assert len(runners) >= 2, f"all projections on one member: {views[0]}"
+    first = cluster.nodes[0]
+    # Placement is the rendezvous hashing of each projection over the members' ids (cos cluster status).
+    status = cos_cli("cluster", "status", "--json", env=first.env)
+    assert status.returncode == 0, status.stderr
+    members = json.loads(status.stdout)["members"]
+    assert len(members) == 3 and all(member["read_sides"] == [READ_SIDE] for member in members)
+    addresses = {member["member_id"]: member["address"] for member in members}
+    names = {read_side_key(READ_SIDE, shard): shard for shard in range(SHARDS)}
+    expected = {names[name]: addresses[owner] for name, owner in assign(names, addresses).items()}
+    assert len(set(expected.values())) >= 2  # the projections are spread
+
+    def placed_as_expected(node: Node) -> bool:
+        try:
+            return {shard: member for shard, (member, _) in shard_members(node).items()} == expected
+        except grpc.RpcError:
+            return False
+
+    for node in cluster.nodes:  # every member shows every projection and the member that runs it
+        wait_for(partial(placed_as_expected, node), DEADLINE_S, f"placement seen through {node.name}")
+    status = cos_cli("cluster", "status", "--json", env=first.env)
+    owned = {
+        projection: member["address"]
+        for member in json.loads(status.stdout)["members"]
+        for projection in member["projections"]
+    }
+    assert owned == {f"{READ_SIDE}/{shard}": member for shard, member in expected.items()}  # one each
 
     written = {f"acct-{n}": write(cluster.nodes[n % 3], f"acct-{n}", 4) for n in range(12)}
     deliveries.wait_until(lambda log: all_delivered(log, written), DEADLINE_S, "every event delivered")
@@ -175,7 +198,7 @@ def test_projections_run_once_each_and_move_on_a_kill_without_skipping(
         assert no_gap_in_order(deliveries.revisions(READ_SIDE, entity_id, outcome=None))
 
     # kill -9 the member running the most projections: the others take them once the leases expire.
-    victim = max(cluster.nodes, key=lambda node: sum(m == address(node) for m, _ in views[0].values()))
+    victim = max(cluster.nodes, key=lambda node: sum(m == address(node) for m in expected.values()))
     survivors = [node for node in cluster.nodes if node is not victim]
     victim.kill()
     killed_at = time.monotonic()
