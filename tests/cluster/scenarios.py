@@ -1,9 +1,12 @@
 """Cluster scenarios: three `cos serve` members on one PostgreSQL, the bank write handler, load spread
 over every member, and the four things that happen to members in production, in an order the seed
 draws: one is killed (kill -9), one is paused past its leases and resumed (SIGSTOP/SIGCONT: the
-zombie), one leaves gracefully (SIGTERM), one joins. The history is judged against the journal
-(tests/support/history.py); what the checker cannot see is measured beside it: takeover times, and the
-fence rejections that prove a zombie's appends were refused (docs/cluster.md).
+zombie), one leaves gracefully (SIGTERM), one joins. A read side (the example read handler) runs on
+the members throughout, its projections moved by every fault. The history is judged against the
+journal (tests/support/history.py), and so are the read handler's deliveries once it has caught up:
+nothing skipped, order per entity kept, duplicates counted. What the checker cannot see is measured
+beside it: takeover times, and the fence rejections that prove a zombie's appends were refused
+(docs/cluster.md).
 
 The leases are shortened (TTL 3 s) so a run fits in well under a minute; `python -m tests.cluster
 --default-timing` runs with the shipped defaults (TTL 10 s) to measure takeover as users see it.
@@ -18,17 +21,21 @@ import re
 import time
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
+from chiefofstate.cli.processes import start_bank_read_handler
 from tests.faults.scenarios import Outcome, store
 from tests.support.cluster import BankHandler, Cluster, Node, node_base_env
-from tests.support.history import History, check
+from tests.support.history import History, JournalEvents, check
 from tests.support.journal_reader import read_journal
 from tests.support.load import LoadConfig, LoadProcess
 from tests.support.postgres import PgServer
+from tests.support.readside_processes import FAST as FAST_READ_SIDES
+from tests.support.readside_processes import DeliveryLog, read_side
 
 SHARDS = 16
 FAST_TIMING = {
@@ -43,6 +50,8 @@ DEFAULT_LEASE_TTL_S = 10.0
 ZOMBIE_WARM_S = 4.0
 ZOMBIE_HOLD_MAX_S = 3.0
 ZOMBIE_HOLD_ATTEMPTS = 4
+READ_SIDE = "bank"
+CATCH_UP_S = 90.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,24 @@ def fence_rejections_of(node: Node) -> int:
     return int(_metric(node, "cos_cluster_fence_rejections_total"))
 
 
+def caught_up_deliveries(
+    deliveries: DeliveryLog, journal: Mapping[str, JournalEvents]
+) -> list[tuple[str, int]]:
+    """(entity, revision) in the order the read handler received them, once it has received every event
+    of the journal (or CATCH_UP_S has passed: the checker then reports what was skipped)."""
+    wanted = {(entity, revision) for entity, events in journal.items() for revision, _ in events}
+    deadline = time.monotonic() + CATCH_UP_S
+    while True:
+        received = [
+            (delivery.entity_id, delivery.revision)
+            for delivery in deliveries.all(READ_SIDE)
+            if delivery.entity_id in journal and delivery.outcome == "ok"
+        ]
+        if wanted <= set(received) or time.monotonic() > deadline:
+            return received
+        time.sleep(0.2)
+
+
 def _address(node: Node) -> str:
     return f"127.0.0.1:{node.cluster_port}"
 
@@ -183,7 +210,18 @@ def cluster_life(
         handler = stack.enter_context(BankHandler(logs))
         store_env = stack.enter_context(store("postgres", workdir, pg))
         timing = FAST_TIMING if settings.fast_timing else {}
-        base = node_base_env(handler.port, os.environ, COS_NUM_SHARDS=str(SHARDS), **timing)
+        # One read side, its projections spread over the members and moved by every fault.
+        deliveries = DeliveryLog(workdir / "deliveries.jsonl")
+        reader = start_bank_read_handler(logs, deliveries=deliveries.path, name="read-handler")
+        stack.callback(reader.stop)
+        base = node_base_env(
+            handler.port,
+            os.environ,
+            COS_NUM_SHARDS=str(SHARDS),
+            **timing,
+            **FAST_READ_SIDES,
+            **read_side(READ_SIDE, reader.ports["read_side"]),
+        )
         # Each member reaches PostgreSQL through a proxy of its own, so one member's link can be held.
         cluster = stack.enter_context(Cluster(base, store_env, logs, proxied=True))
         members = [cluster.add_node() for _ in range(3)]
@@ -287,10 +325,13 @@ def cluster_life(
         stack.callback(after.stop)
         after_history = after.wait()
         journal = read_journal(store_env, prefix=prefix)
+        received = caught_up_deliveries(deliveries, journal)
         result = check(
             History.merge(history, after_history),
             journal,
             run=f"cluster seed {seed}",
+            deliveries={READ_SIDE: received},
+            caught_up=True,
             fence_rejections=measured.fence_rejections,
             takeover_seconds=measured.takeover_s,
         )

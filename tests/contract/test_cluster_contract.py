@@ -155,6 +155,19 @@ async def test_joined_members_are_live_until_they_leave(store: ClusterStore) -> 
     assert await live_ids(store) == ["b"]
 
 
+async def test_members_are_listed_with_the_read_sides_they_run(store: ClusterStore) -> None:
+    await store.join(
+        "a", "10.0.0.1:9010", NUM_SHARDS, member_ttl_s=LONG_TTL_S, read_sides=["audit", "balances"]
+    )
+    await store.join("b", "10.0.0.2:9010", NUM_SHARDS, member_ttl_s=LONG_TTL_S)
+    assert {m.member_id: m.read_sides for m in await store.live_members(LONG_TTL_S)} == {
+        "a": frozenset({"audit", "balances"}),
+        "b": frozenset(),
+    }
+    await store.join("a", "10.0.0.1:9010", NUM_SHARDS, member_ttl_s=LONG_TTL_S, read_sides=["audit"])
+    assert (await store.live_members(LONG_TTL_S))[0].read_sides == frozenset({"audit"})
+
+
 async def test_a_heartbeat_of_an_unknown_member_is_refused(store: ClusterStore) -> None:
     with pytest.raises(MembershipLost):
         await store.heartbeat("never-joined")
@@ -505,7 +518,7 @@ async def test_an_unreachable_server_is_store_unavailable() -> None:
 
 
 @pytest.mark.postgres
-async def test_migration_11_adds_the_cluster_tables(pg_database: tuple[PgServer, str]) -> None:
+async def test_migrations_11_and_13_add_the_cluster_tables(pg_database: tuple[PgServer, str]) -> None:
     settings = pg_settings(pg_database)
     journal = await PostgresJournal.open(settings)
     try:
@@ -533,6 +546,8 @@ async def test_migration_11_adds_the_cluster_tables(pg_database: tuple[PgServer,
         ("cos_cluster_members", "started_at"): (timestamp, "NO"),
         ("cos_cluster_members", "heartbeat_at"): (timestamp, "NO"),
         ("cos_cluster_members", "left_at"): (timestamp, "YES"),
+        # migration 13: the read sides each member runs
+        ("cos_cluster_members", "read_sides"): ("ARRAY", "NO"),
         ("cos_shard_locks", "shard"): ("integer", "NO"),
         ("cos_shard_locks", "lease_token"): ("bigint", "NO"),
         ("cos_shard_locks", "owner"): ("text", "YES"),

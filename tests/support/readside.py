@@ -4,7 +4,7 @@ stores, thin wrappers that make them fail on demand, and a scripted read handler
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -96,10 +96,16 @@ class FailingOffsetStore:
         self._maybe_fail()
         return await self.inner.load(read_side_id)
 
-    async def save_offsets(self, offsets: Sequence[tuple[str, int, int]]) -> None:
+    async def save_offsets(
+        self,
+        offsets: Sequence[tuple[str, int, int]],
+        *,
+        lease_tokens: Mapping[tuple[str, int], int] | None = None,
+    ) -> set[tuple[str, int]]:
         self._maybe_fail()
-        await self.inner.save_offsets(offsets)
-        self.saves.extend(offsets)
+        refused = await self.inner.save_offsets(offsets, lease_tokens=lease_tokens)
+        self.saves.extend(entry for entry in offsets if (entry[0], entry[1]) not in refused)
+        return refused
 
     async def skip_to(self, read_side_id: str, shard: int, offset: int) -> None:
         self._maybe_fail()
@@ -113,9 +119,17 @@ class FailingOffsetStore:
         self._maybe_fail()
         await self.inner.set_paused(read_side_id, shards, paused)
 
-    async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
+    async def save_halt(
+        self,
+        read_side_id: str,
+        shard: int,
+        offset: int | None,
+        halt: Halt,
+        *,
+        lease_token: int | None = None,
+    ) -> bool:
         self._maybe_fail()
-        await self.inner.save_halt(read_side_id, shard, offset, halt)
+        return await self.inner.save_halt(read_side_id, shard, offset, halt, lease_token=lease_token)
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         self._maybe_fail()

@@ -11,13 +11,14 @@ carries the targeted projections' states in the `x-cos-read-side-state` trailer,
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from grpc import aio
 
 from chiefofstate.api.grpc_errors import abort_with
 from chiefofstate.api.grpc_server import ServiceRegistration
 from chiefofstate.core.errors import as_cos_error
+from chiefofstate.core.headers import admin_caller
 from chiefofstate.core.readside_rules import ProjectionState
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import ReadSideOffset
@@ -30,7 +31,7 @@ from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import (
     ReadSideAdminServiceServicer,
     add_ReadSideAdminServiceServicer_to_server,
 )
-from chiefofstate.readside.runtime import ReadSideRuntime, ReadSideView
+from chiefofstate.readside.runtime import ReadSideView
 
 STATE_TRAILER = "x-cos-read-side-state"
 
@@ -44,7 +45,34 @@ _STATES = {
     ProjectionState.STOPPED: admin.PROJECTION_STATE_STOPPED,
     ProjectionState.RESTARTING: admin.PROJECTION_STATE_RESTARTING,
     ProjectionState.DISABLED: admin.PROJECTION_STATE_DISABLED,
+    ProjectionState.UNASSIGNED: admin.PROJECTION_STATE_UNASSIGNED,
 }
+
+
+class ReadSideOperations(Protocol):
+    """What the services act on: a lone node's runtime, or a cluster member's view that acts on each
+    projection wherever it runs (cluster/readside_routing.py)."""
+
+    @property
+    def num_shards(self) -> int: ...
+
+    async def offsets(self, read_side_id: str) -> list[tuple[int, int]]: ...
+
+    async def offset(self, read_side_id: str, shard: int) -> int: ...
+
+    async def pause(self, read_side_id: str, shard: int | None = None) -> None: ...
+
+    async def resume(self, read_side_id: str, shard: int | None = None) -> None: ...
+
+    async def restart(self, read_side_id: str, shard: int | None = None) -> None: ...
+
+    async def skip(self, read_side_id: str, shard: int | None = None) -> list[tuple[int, int]]: ...
+
+    async def views(
+        self, read_side_id: str | None = None, shard: int | None = None
+    ) -> list[ReadSideView]: ...
+
+    def states(self, read_side_id: str, shard: int | None = None) -> dict[int, ProjectionState]: ...
 
 
 def summarise_states(states: dict[int, ProjectionState]) -> str:
@@ -66,7 +94,7 @@ def summarise_states(states: dict[int, ProjectionState]) -> str:
 
 
 class ReadSideManagerService(ReadSideManagerServiceServicer):
-    def __init__(self, runtime: ReadSideRuntime) -> None:
+    def __init__(self, runtime: ReadSideOperations) -> None:
         self._runtime = runtime
 
     async def _answer(
@@ -76,6 +104,7 @@ class ReadSideManagerService(ReadSideManagerServiceServicer):
         shard: int | None,
         action: Callable[[], Awaitable[Result]],
     ) -> Result:
+        admin_caller.set(tuple(context.invocation_metadata() or ()))
         try:
             result = await action()
         except Exception as error:  # CosErrors keep their status; anything else is INTERNAL (§6)
@@ -192,6 +221,7 @@ def _status(view: ReadSideView) -> admin.ReadSideStatus:
             lag_capped=shard.lag.capped,
             state=_STATES[shard.state],
             detail=shard.detail,
+            member=shard.member,
         )
         if shard.offset is not None:
             row.offset = shard.offset
@@ -204,7 +234,7 @@ def _status(view: ReadSideView) -> admin.ReadSideStatus:
 class ReadSideAdminService(ReadSideAdminServiceServicer):
     """What `cos readside list` shows; see readside_admin.proto."""
 
-    def __init__(self, runtime: ReadSideRuntime) -> None:
+    def __init__(self, runtime: ReadSideOperations) -> None:
         self._runtime = runtime
 
     async def ListReadSides(
@@ -225,7 +255,7 @@ MANAGER_SERVICE = pb.DESCRIPTOR.services_by_name["ReadSideManagerService"].full_
 ADMIN_SERVICE = admin.DESCRIPTOR.services_by_name["ReadSideAdminService"].full_name
 
 
-def read_side_services(runtime: ReadSideRuntime) -> tuple[ServiceRegistration, ...]:
+def read_side_services(runtime: ReadSideOperations) -> tuple[ServiceRegistration, ...]:
     """Upstream's ReadSideManagerService and this project's admin service (`cos readside list`), both
     acting on `runtime`; served on the gRPC port with COS_READ_SIDE_ENABLED=true (docs/contract.md §1)."""
     manager = ReadSideManagerService(runtime)

@@ -52,6 +52,7 @@ class ClusterStatus:
             "address": member.address,
             "started_at": _iso(member.started_at_ms),
             "last_heartbeat_seconds_ago": round(member.heartbeat_age_s, 3),
+            "read_sides": sorted(member.read_sides),
             "shards": shards,
             "projections": projections,
         }
@@ -115,6 +116,19 @@ def print_status(status: ClusterStatus, as_json: bool) -> None:
                 str(lease.key.shard), lease.owner[:8], str(lease.token), f"{lease.expires_in_s:.1f}s"
             )
     console.print(leases)
+    projection_leases = [lease for lease in status.leases if lease.key.read_side_id is not None]
+    if projection_leases:
+        table = Table(title="projection leases (read side / shard)")
+        for column in ("projection", "owner", "token", "expires in"):
+            table.add_column(column)
+        for lease in projection_leases:
+            table.add_row(
+                f"{lease.key.read_side_id}/{lease.key.shard}",
+                lease.owner[:8],
+                str(lease.token),
+                f"{lease.expires_in_s:.1f}s",
+            )
+        console.print(table)
     unowned = status.unowned_shards()
     console.print(f"shards without an owner: {', '.join(map(str, unowned)) if unowned else 'none'}")
 

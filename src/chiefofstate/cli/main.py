@@ -103,10 +103,7 @@ def serve(workers: Workers = None) -> None:
     if settings.workers.count > 1:
         from chiefofstate.cli.workers import supervise
 
-        # Each worker parses the same settings again and says their warnings; only those about running
-        # several workers are said here.
-        for warning in settings.workers.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+        # Each worker parses the same settings again and says their warnings.
         raise typer.Exit(supervise(settings.workers.count, {**os.environ, **overrides}))
     for warning in settings.warnings:
         print(f"warning: {warning}", file=sys.stderr)

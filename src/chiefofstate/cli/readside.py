@@ -66,6 +66,7 @@ _STATE_STYLES = {
     admin.PROJECTION_STATE_STOPPED: ("stopped", "red"),
     admin.PROJECTION_STATE_RESTARTING: ("restarting", "yellow"),
     admin.PROJECTION_STATE_DISABLED: ("disabled", "dim"),
+    admin.PROJECTION_STATE_UNASSIGNED: ("unassigned", "yellow"),
 }
 
 
@@ -96,14 +97,19 @@ def _shard_table(status: admin.ReadSideStatus) -> Table:
         f"failure policy {status.failure_policy}" + ("" if status.enabled else ", [dim]disabled[/dim]")
     )
     table = Table(title=title, title_justify="left")
-    for column, justify in (
+    # A cluster member names the member that runs each projection; a lone node has no such column.
+    clustered = any(shard.member for shard in status.shards)
+    columns = [
         ("shard", "right"),
         ("offset", "right"),
         ("journal offset", "right"),
         ("lag", "right"),
         ("state", "left"),
         ("detail", "left"),
-    ):
+    ]
+    if clustered:
+        columns.insert(5, ("member", "left"))
+    for column, justify in columns:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for shard in status.shards:
         name, style = _STATE_STYLES.get(shard.state, ("unknown", ""))
@@ -111,14 +117,17 @@ def _shard_table(status: admin.ReadSideStatus) -> Table:
         if shard.HasField("halted_on_offset"):
             since = datetime.fromtimestamp(shard.halted_at / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             detail = f"on offset {shard.halted_on_offset} since {since}: {detail}"
-        table.add_row(
+        cells = [
             str(shard.cluster_shard_number),
             str(shard.offset) if shard.HasField("offset") else "-",
             str(shard.journal_offset),
             f"{shard.lag}+" if shard.lag_capped else str(shard.lag),
             f"[{style}]{name}[/{style}]" if style else name,
             detail,
-        )
+        ]
+        if clustered:
+            cells.insert(5, shard.member or "-")
+        table.add_row(*cells)
     return table
 
 

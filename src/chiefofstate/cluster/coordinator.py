@@ -11,6 +11,11 @@ expects more takes no shard (core/leases.py, `expected_members_present`).
 Handing a shard over: stop admitting its commands (they are forwarded to the next owner once it holds
 the lease), wait for the ones in flight, forget its cached entities, release the lease at once so the
 next owner need not wait for it to expire.
+
+Read-side projections ride the same rounds (cluster/projection_leases.py): one lease per (read side,
+shard), placed by the same rendezvous hashing over the live members that run that read side, renewed,
+handed over and lost like the shards' leases. Handing one over stops the projection and stores its
+offset under the lease before releasing it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.cluster.ownership import LeaseBook
+from chiefofstate.cluster.projection_leases import ProjectionPlacement, ProjectionRunner
 from chiefofstate.cluster.routes import Route, RoutingTable
 from chiefofstate.config.cluster import ClusterSettings
 from chiefofstate.core.errors import CosError
@@ -54,6 +60,7 @@ class Coordinator:
         *,
         drain_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
+        projections: ProjectionRunner | None = None,
     ) -> None:
         self._settings = settings
         self.member_id = member_id
@@ -65,8 +72,14 @@ class Coordinator:
         self._clock = clock
         self._shard_keys = [LeaseKey.entity_shard(shard) for shard in range(num_shards)]
         self._placement_names = {key: shard_key(key.shard) for key in self._shard_keys}
-        self._placed_for: frozenset[str] = frozenset()
+        self._placed_for: frozenset[tuple[str, frozenset[str]]] = frozenset()
         self._placed: set[LeaseKey] = set()
+        self._projections = projections
+        self._projection_placement = ProjectionPlacement(
+            projections.enabled_read_side_ids() if projections is not None else [], num_shards
+        )
+        # (read side id, shard) → address of the member running it, as of the last round
+        self.projection_owners: dict[tuple[str, int], str] = {}
         self._round_s = min(settings.members.heartbeat_interval_s / 8, LONGEST_ROUND_S)
         self._next_heartbeat = 0.0
         self._next_renewal = 0.0
@@ -88,6 +101,7 @@ class Coordinator:
             self._settings.advertised_address,
             len(self._shard_keys),
             member_ttl_s=self._settings.members.ttl_s,
+            read_sides=self._projection_placement.read_side_ids,
         )
         if predecessors:
             log.warning(
@@ -96,6 +110,14 @@ class Coordinator:
                 self._settings.advertised_address,
             )
         self._next_heartbeat = self._clock() + self._settings.members.heartbeat_interval_s
+        if self._projections is not None:
+            others = [
+                member
+                for member in await self._store.live_members(self._settings.members.ttl_s)
+                if member.member_id != self.member_id
+            ]
+            # autoStart is applied by the first member only: the others' projections already run.
+            await self._projections.prepare(apply_auto_start=not others)
         await self.round()
         self._task = asyncio.create_task(self._run(), name="cluster-coordinator")
 
@@ -111,9 +133,12 @@ class Coordinator:
         held = self._book.held()
         for key, _ in held:
             self._book.handing_over(key)
-        await self._drain([key.shard for key, _ in held])
+        shards = [key.shard for key, _ in held if key.read_side_id is None]
+        await self._drain(shards)
+        await asyncio.gather(*(self._stop_projection(key) for key, _ in held if key.read_side_id is not None))
         for key, _ in held:
-            self._host.forget_shard(key.shard)
+            if key.read_side_id is None:
+                self._host.forget_shard(key.shard)
             self._book.dropped(key)
         with contextlib.suppress(CosError):
             await self._store.release_all(self.member_id, held)
@@ -164,26 +189,34 @@ class Coordinator:
             taken = await self._store.acquire_many(wanted, self.member_id, self._settings.leases.ttl_s)
             for key, token in taken.items():
                 self._book.granted(key, token, sent_at)
+                if key.read_side_id is not None and self._projections is not None:
+                    self._projections.run_projection((key.read_side_id, key.shard), token)
             if taken:
                 self.acquisitions += len(taken)
-                log.info("acquired %d shard leases: %s", len(taken), sorted(key.shard for key in taken))
+                log.info(
+                    "acquired %d leases: %s",
+                    len(taken),
+                    ", ".join(str(key) for key in sorted(taken, key=lambda key: key.sort_key)),
+                )
         await self._refresh_routes(members)
         self.settled.set()
 
     def _desired(self, members: Sequence[Member]) -> set[LeaseKey]:
-        ids = {member.member_id for member in members}
-        ids.add(self.member_id)  # our own heartbeat may not be visible in a read that raced it
-        if not expected_members_present(len(ids), self._settings.replica_count):
+        runs = {member.member_id: member.read_sides for member in members}
+        # our own heartbeat may not be visible in a read that raced it
+        runs[self.member_id] = frozenset(self._projection_placement.read_side_ids)
+        if not expected_members_present(len(runs), self._settings.replica_count):
             return set()
-        members_now = frozenset(ids)
+        members_now = frozenset(runs.items())
         if members_now != self._placed_for:
             # Hashing every shard against every member is the round's only CPU of note: done again
             # only when the live members change, not every quarter second.
-            placed = assign(self._placement_names.values(), members_now)
+            placed = assign(self._placement_names.values(), runs)
             self._placed_for = members_now
             self._placed = {
                 key for key, name in self._placement_names.items() if placed.get(name) == self.member_id
             }
+            self._placed |= self._projection_placement.mine(runs, self.member_id)
         return self._placed
 
     async def _renew_if_due(self) -> None:
@@ -204,7 +237,10 @@ class Coordinator:
 
     def _lose(self, key: LeaseKey, why: str) -> None:
         self._book.dropped(key)
-        self._host.forget_shard(key.shard)
+        if key.read_side_id is None:
+            self._host.forget_shard(key.shard)
+        elif self._projections is not None:
+            self._projections.drop_projection((key.read_side_id, key.shard))
         handover = self._handovers.pop(key, None)
         if handover is not None:
             handover.cancel()
@@ -213,12 +249,17 @@ class Coordinator:
 
     async def _refresh_routes(self, members: Sequence[Member]) -> None:
         addresses = {member.member_id: member.address for member in members}
-        owners = {
-            view.key.shard: Route(addresses[view.owner], view.token)
-            for view in await self._store.holders()
-            if view.key.read_side_id is None and view.expires_in_s > 0 and view.owner in addresses
-        }
+        owners: dict[int, Route] = {}
+        projection_owners: dict[tuple[str, int], str] = {}
+        for view in await self._store.holders():
+            if view.expires_in_s <= 0 or view.owner not in addresses:
+                continue
+            if view.key.read_side_id is None:
+                owners[view.key.shard] = Route(addresses[view.owner], view.token)
+            else:
+                projection_owners[(view.key.read_side_id, view.key.shard)] = addresses[view.owner]
         self._routes.replace(owners)
+        self.projection_owners = projection_owners
 
     # ------------------------------------------------------------------------------------ handover
 
@@ -228,9 +269,13 @@ class Coordinator:
 
     async def _hand_over(self, key: LeaseKey) -> None:
         try:
-            await self._drain([key.shard])
+            if key.read_side_id is None:
+                await self._drain([key.shard])
+            else:
+                await self._stop_projection(key)
             token = self._book.token(key)
-            self._host.forget_shard(key.shard)
+            if key.read_side_id is None:
+                self._host.forget_shard(key.shard)
             self._book.dropped(key)
             if token is not None:
                 with contextlib.suppress(CosError):  # it then expires by itself
@@ -238,6 +283,11 @@ class Coordinator:
             log.info("handed over %s", key)
         finally:
             self._handovers.pop(key, None)
+
+    async def _stop_projection(self, key: LeaseKey) -> None:
+        """Stop the projection and store its offset under the lease, before the lease is released."""
+        if self._projections is not None and key.read_side_id is not None:
+            await self._projections.stop_projection((key.read_side_id, key.shard))
 
     async def _drain(self, shards: Sequence[int]) -> None:
         """Wait for the commands in flight on these shards, at most the drain timeout: past it they
@@ -249,3 +299,6 @@ class Coordinator:
 
     def owned_shards(self) -> list[int]:
         return sorted(key.shard for key, _ in self._book.held() if key.read_side_id is None)
+
+    def owned_projections(self) -> list[tuple[str, int]]:
+        return sorted((key.read_side_id, key.shard) for key, _ in self._book.held() if key.read_side_id)

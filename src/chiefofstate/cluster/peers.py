@@ -174,6 +174,18 @@ class PeerClients:
     ) -> bytes:
         return await self._call(address, _GET_STATE, request.SerializeToString(), metadata, timeout_s)
 
+    async def call(
+        self,
+        address: str,
+        method: str,
+        request: bytes,
+        metadata: Sequence[tuple[str, str | bytes]],
+        timeout_s: float,
+    ) -> bytes:
+        """Any unary method of the member's internal port, e.g. a read-side manager call sent on to
+        the member that runs the projection; raises as `process_command` does."""
+        return await self._call(address, method, request, metadata, timeout_s)
+
     async def unsubscribe_everywhere(
         self, addresses: Sequence[str], subscription_id: str, caller: Metadata, timeout_s: float
     ) -> None:

@@ -23,7 +23,6 @@ _HIGHEST_PORT = 65535
 class WorkerSettings:
     count: int = 1  # node processes `cos serve` runs; above 1 it supervises them
     index: int | None = None  # this process's place among its supervisor's workers; None: not a worker
-    warnings: tuple[str, ...] = ()  # said once, by the supervisor
 
     @property
     def is_worker(self) -> bool:
@@ -35,19 +34,6 @@ def _count(env: Env) -> int:
     if raw == "auto":
         return max(1, os.cpu_count() or 1)
     return env.integer(WORKERS, 1, minimum=1, maximum=_MOST_WORKERS)
-
-
-def _warnings(env: Env, count: int) -> tuple[str, ...]:
-    """What is not cluster-wide yet (docs/cluster.md) and every worker would do on its own."""
-    if count == 1:
-        return ()
-    said = []
-    if env.boolean("COS_READ_SIDE_ENABLED", False):
-        said.append(
-            f"COS_READ_SIDE_ENABLED with {count} workers: each worker runs the read sides, so every event "
-            "is delivered once per worker; run them on one separate node instead"
-        )
-    return tuple(said)
 
 
 def load_worker_settings(env: Env, *, uses_postgres: bool) -> WorkerSettings:
@@ -63,7 +49,7 @@ def load_worker_settings(env: Env, *, uses_postgres: bool) -> WorkerSettings:
         )
     if not uses_postgres and index is not None:
         raise ConfigError(WORKER_INDEX, "workers run on PostgreSQL only (set COS_DB_HOST)")
-    return WorkerSettings(count=count, index=index, warnings=_warnings(env, count))
+    return WorkerSettings(count=count, index=index)
 
 
 def offset_port(variable: str, port: int, offset: int) -> int:

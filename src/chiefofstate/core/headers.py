@@ -4,12 +4,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 
 from chiefofstate.core.errors import HeadersTooLarge
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import Header
 
 HeaderValue = str | bytes
 Metadata = Sequence[tuple[str, HeaderValue]]
+
+# The metadata of the admin call being served, for the member that sends it on to another one (a
+# read-side operation on a projection another member runs): its credentials must go along, and the
+# operations between the rpc and the peer call have no other reason to carry request headers.
+admin_caller: ContextVar[Metadata] = ContextVar("admin_caller", default=())
 
 # What one command may carry on in propagated and persisted headers, keys and values together. A write
 # handler's gRPC server refuses metadata over 8 KiB by default (as RESOURCE_EXHAUSTED, which would

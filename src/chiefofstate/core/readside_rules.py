@@ -95,6 +95,7 @@ class ProjectionState(Enum):
     STOPPED = "stopped"  # a database error under STOP/REPLAY_STOP; not persisted, as upstream
     RESTARTING = "restarting"  # waiting out the backoff after a database error
     DISABLED = "disabled"  # `enabled: false`
+    UNASSIGNED = "unassigned"  # cluster mode: no member runs it right now (its lease is moving)
 
 
 def projection_state(

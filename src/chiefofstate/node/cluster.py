@@ -9,7 +9,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from grpc import aio
 
@@ -17,17 +17,21 @@ from chiefofstate.api.auth import TokenInterceptor
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
+from chiefofstate.api.readside_manager import read_side_services
 from chiefofstate.api.tls import ServerTls
 from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.cluster.forwarding import Forwarder
 from chiefofstate.cluster.ownership import LeaseBook, ShardGateOfLeases
 from chiefofstate.cluster.peers import PeerClients
+from chiefofstate.cluster.readside_routing import ClusterReadSides, HereOnly
 from chiefofstate.cluster.routes import RoutingTable
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.errors import ConfigError
 from chiefofstate.core.headers import Metadata
 from chiefofstate.entities.host import EntityHost
+from chiefofstate.node.read_sides import ReadSides
 from chiefofstate.node.stores import open_cluster_store
+from chiefofstate.ports.cluster import LeaseKey
 from chiefofstate.subscription.hub import SubscriptionHub
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import Tracing
@@ -124,6 +128,7 @@ async def start_cluster(
     metrics: NodeMetrics,
     tls: ServerTls | None = None,
     subscriptions: SubscriptionHub | None = None,
+    read_sides: ReadSides | None = None,
 ) -> Coordinator:
     """The internal port, then membership and this member's share of the shards. Stopping leaves the
     cluster gracefully: shards are handed over at once instead of waiting for their leases to expire."""
@@ -134,6 +139,8 @@ async def start_cluster(
     # Forwarded requests are served locally or refused with "not here"; never forwarded again. The same
     # for unsubscribes: a member's Unsubscribe reaches the others here, and goes no further.
     local_only = CommandPath(host, server.command_timeout_s, tracing=tracing, metrics=None)
+    # Read-side manager calls sent on by other members act only on the projections this member runs.
+    peer_services = read_side_services(HereOnly(read_sides.runtime)) if read_sides is not None else ()
     peer_server = GrpcServer(
         ChiefOfStateService(local_only, subscriptions=subscriptions),
         server.address,
@@ -143,6 +150,7 @@ async def start_cluster(
         reflection_enabled=settings.security.reflection_enabled,
         # A forwarded call carries its caller's token, checked here again (docs/operations.md, "Security").
         interceptors=token_interceptors(settings),
+        extra_services=peer_services,
     )
     await peer_server.start()
     await peer_server.set_serving(True)
@@ -158,15 +166,34 @@ async def start_cluster(
         parts.routes,
         host,
         drain_timeout_s=server.command_timeout_s,
+        projections=read_sides.runtime if read_sides is not None else None,
     )
+    if read_sides is not None:
+        book = parts.book
+        read_sides.runtime.lease_usable = lambda key: book.usable_token(LeaseKey.projection(*key)) is not None
     closers.push_async_callback(coordinator.close)
     await coordinator.start()
     closers.push_async_callback(coordinator.leave)
     log.warning(
-        "cluster member %s at %s: %d live members, owns shards %s",
+        "cluster member %s at %s: %d live members, owns shards %s and %d read-side projections",
         parts.member_id,
         cluster.advertised_address,
         len(coordinator.members),
         coordinator.owned_shards(),
+        len(coordinator.owned_projections()),
     )
     return coordinator
+
+
+def cluster_read_side_services(
+    parts: ClusterParts, coordinator: Coordinator, read_sides: ReadSides, settings: Settings
+) -> ReadSides:
+    """The read sides with manager services that act on each projection wherever it runs."""
+    operations = ClusterReadSides(
+        read_sides.runtime,
+        lambda: coordinator.projection_owners,
+        parts.peers,
+        settings.cluster.advertised_address,
+        settings.server.command_timeout_s,
+    )
+    return replace(read_sides, services=read_side_services(operations))

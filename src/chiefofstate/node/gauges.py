@@ -75,14 +75,19 @@ def register_cluster_readings(
         lambda: len(coordinator.owned_shards()),
     )
     metrics.read_scalar(
+        "cos_cluster_projections_owned",
+        "Read-side projections (read side, shard) whose lease this member holds.",
+        lambda: len(coordinator.owned_projections()),
+    )
+    metrics.read_scalar(
         "cos_cluster_lease_acquisitions",
-        "Shard leases this member acquired.",
+        "Shard and projection leases this member acquired.",
         lambda: coordinator.acquisitions,
         monotonic=True,
     )
     metrics.read_scalar(
         "cos_cluster_lease_losses",
-        "Shard leases this member lost: taken by another member, or not renewed in time.",
+        "Shard and projection leases this member lost: taken by another member, or not renewed in time.",
         lambda: coordinator.losses,
         monotonic=True,
     )

@@ -31,7 +31,12 @@ from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.journal.group_commit import GroupCommitWriter
-from chiefofstate.node.cluster import cluster_parts, start_cluster, token_interceptors
+from chiefofstate.node.cluster import (
+    cluster_parts,
+    cluster_read_side_services,
+    start_cluster,
+    token_interceptors,
+)
 from chiefofstate.node.gauges import register_cluster_readings, register_node_readings
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
@@ -105,10 +110,15 @@ class Node:
                 metrics=self.metrics,
                 tls=self.tls,
                 subscriptions=self.subscriptions,
+                read_sides=self.read_sides,
             )
             if self.subscriptions is not None:
                 unsubscribe_elsewhere = cluster.unsubscribe_elsewhere(self.coordinator)
             register_cluster_readings(self.metrics, self.coordinator, processor)
+            if self.read_sides is not None:
+                self.read_sides = cluster_read_side_services(
+                    cluster, self.coordinator, self.read_sides, self.settings
+                )
             forwarder = cluster.forwarder(self.settings, self.tracing, self.metrics)
         commands = CommandPath(
             self.host,
@@ -186,7 +196,7 @@ class Node:
             listeners.extend(hub_listeners)
         if settings.read_side_enabled:
             read_sides = self.read_sides = await open_read_sides(
-                settings, closers, tracing=tracing, metrics=metrics
+                settings, closers, tracing=tracing, metrics=metrics, clustered=settings.cluster.enabled
             )
             if read_sides.command_traces is not None:
                 listeners.append(read_sides.command_traces)

@@ -81,17 +81,22 @@ async def open_read_sides(
     *,
     tracing: Tracing = TRACING_OFF,
     metrics: NodeMetrics | None = None,
+    clustered: bool = False,
 ) -> ReadSides:
-    """Start every projection; everything opened is registered on `closers` for the node's stop."""
+    """Start every projection; everything opened is registered on `closers` for the node's stop.
+
+    `clustered`: nothing starts here; the cluster coordinator readies the read sides and runs each
+    projection whose lease it holds, and offset commits are fenced by those leases."""
     read_sides = settings.read_sides
     journal = await open_journal(settings.store)
     closers.push_async_callback(journal.close)
     store = await open_offset_store(settings.store)
     closers.push_async_callback(store.close)
+    committer = OffsetCommitter(store, read_sides.delivery.commit_interval_s, fenced=clustered)
     context = ProjectionContext(
         journal=journal,
         store=store,
-        committer=OffsetCommitter(store, read_sides.delivery.commit_interval_s),
+        committer=committer,
         delivery=read_sides.delivery,
         slots=asyncio.Semaphore(read_sides.delivery.max_concurrency),
     )
@@ -101,7 +106,10 @@ async def open_read_sides(
         read_sides, settings.num_shards, context, _handler_factory(settings, tracing, command_traces)
     )
     closers.push_async_callback(runtime.close)
-    await runtime.start()
+    if clustered:
+        committer.on_fenced = runtime.drop_projection
+    else:
+        await runtime.start()
     if metrics is not None:
         register_read_side_readings(metrics, runtime)
     connection = read_side_connection(settings.store)

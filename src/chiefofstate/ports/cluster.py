@@ -10,7 +10,7 @@ given, and the database refuses a token that is not the current one: a node that
 noticing (a long pause, a partition) is fenced by the database, not by its own judgement.
 
 Every method raises `StoreUnavailable` when the database cannot be reached, and `Internal` when it
-refuses the request (a schema older than version 11, for one).
+refuses the request (a schema older than version 13, for one).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class Member:
     num_shards: int
     started_at_ms: int  # epoch milliseconds, by the database's clock
     heartbeat_age_s: float  # seconds since its last heartbeat, by the database's clock
+    # the read sides the member runs: only they may be placed on it (empty: it runs none)
+    read_sides: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +75,17 @@ class LeaseView:
 
 
 class Membership(Protocol):
-    async def join(self, member_id: str, address: str, num_shards: int, *, member_ttl_s: float) -> int:
-        """Record the member as started now (again, if it had left), and return how many predecessors
+    async def join(
+        self,
+        member_id: str,
+        address: str,
+        num_shards: int,
+        *,
+        member_ttl_s: float,
+        read_sides: Sequence[str] = (),
+    ) -> int:
+        """Record the member as started now (again, if it had left), with the read sides it runs
+        (schema version 13), and return how many predecessors
         it evicted: members recorded at the same address, which the joining node has just bound, so
         they cannot be running; they are marked as left and their leases freed (tokens kept).
 

@@ -14,7 +14,7 @@ refuses the request. How far the journal has got in a shard is the journal's to 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +37,10 @@ class ShardRecord:
     halt: Halt | None = None
 
 
+# (read side id, shard): one projection
+ProjectionKey = tuple[str, int]
+
+
 class OffsetStore(Protocol):
     @property
     def description(self) -> str: ...
@@ -45,9 +49,20 @@ class OffsetStore(Protocol):
         """Every shard with an offset, a pause flag or a halt stored for the read side."""
         ...
 
-    async def save_offsets(self, offsets: Sequence[tuple[str, int, int]]) -> None:
+    async def save_offsets(
+        self,
+        offsets: Sequence[tuple[str, int, int]],
+        *,
+        lease_tokens: Mapping[ProjectionKey, int] | None = None,
+    ) -> set[ProjectionKey]:
         """Store (read side id, shard, offset) entries in one transaction; an offset is the `ordering` of
-        the last event the projection finished (handled or skipped)."""
+        the last event the projection finished (handled or skipped).
+
+        Fencing (cluster mode, docs/cluster.md): an entry whose projection has a token in `lease_tokens`
+        is written only while that token is still the projection lease's, checked in the same
+        transaction that writes it; the other entries of the batch are written all the same. Returns
+        the projections whose entries were refused that way (empty without tokens). A store without
+        projection leases (SQLite: a node there runs alone) refuses tokens with `Internal`."""
         ...
 
     async def skip_to(self, read_side_id: str, shard: int, offset: int) -> None:
@@ -61,8 +76,18 @@ class OffsetStore(Protocol):
 
     async def set_paused(self, read_side_id: str, shards: Sequence[int], paused: bool) -> None: ...
 
-    async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
-        """Store the offset reached (when given) and the halt, in one transaction."""
+    async def save_halt(
+        self,
+        read_side_id: str,
+        shard: int,
+        offset: int | None,
+        halt: Halt,
+        *,
+        lease_token: int | None = None,
+    ) -> bool:
+        """Store the offset reached (when given) and the halt, in one transaction. With `lease_token`
+        (cluster mode) nothing is stored unless it is still the projection lease's token, checked in
+        that transaction; returns False then (True when stored). SQLite refuses a token (`Internal`)."""
         ...
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None: ...

@@ -42,6 +42,8 @@ from chiefofstate.readside.offset_committer import OffsetCommitter
 log = logging.getLogger("chiefofstate.readside")
 
 CLOSE_COMMIT_TIMEOUT_S = 5.0
+# How often a projection whose lease is not usable right now looks again (cluster mode).
+LEASE_WAIT_S = 0.05
 OPERATOR_HINT = "resume, restart or skip it (cos readside resume|restart|skip)"
 
 
@@ -86,9 +88,14 @@ class Projection:
         shard: int,
         handler: GuardedReadHandler,
         context: ProjectionContext,
+        may_deliver: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`may_deliver`: in cluster mode, whether the projection's lease is usable now by this
+        member's clock; while it is not, nothing is delivered (the coordinator stops the projection, or
+        a confirmed renewal lets it go on)."""
         self.read_side = read_side
         self.shard = shard
+        self._may_deliver = may_deliver
         self._handler = handler
         self._context = context
         self._control = asyncio.Lock()
@@ -294,6 +301,8 @@ class Projection:
                 await self._idle(settings.poll_interval_s)
                 continue
             for row in rows:
+                while not self._may_deliver():
+                    await context.sleep(LEASE_WAIT_S)
                 event = event_of(row, read_side_id)
                 failure = await self._deliver(event)
                 if failure is not None:
@@ -354,8 +363,18 @@ class Projection:
     async def _halt_on(self, event: Event, failure: str) -> None:
         halt = Halt(event.ordering, failure, int(self._context.wall_clock() * 1000))
         self._halt = halt
-        await self._context.committer.flush(self.key)  # the offset stays right before the failing event
-        await self._context.store.save_halt(self.read_side.read_side_id, self.shard, None, halt)
+        committer = self._context.committer
+        await committer.flush(self.key)  # the offset stays right before the failing event
+        token = committer.token(self.key)
+        if committer.fenced and token is None:
+            return  # the lease was lost meanwhile: the halt is not this member's to store
+        stored = await self._context.store.save_halt(
+            self.read_side.read_side_id, self.shard, None, halt, lease_token=token
+        )
+        if not stored:
+            log.warning("%s: its halt was refused, another member holds its lease now", self.name)
+            committer.fenced_out(self.key)
+            return
         log.error(
             "%s halted on %s: %s; it stays halted, across restarts too, until an operator acts: %s",
             self.name,

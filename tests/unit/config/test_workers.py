@@ -86,12 +86,3 @@ def test_the_supervisor_refuses_ports_its_workers_could_not_use() -> None:
     assert load(COS_WORKERS="2", COS_HTTP_PORT="0").workers.count == 2  # no HTTP API: not shared
     rejects("COS_CLUSTER_PORT", COS_WORKER_INDEX="10", COS_CLUSTER_PORT="65530")
     rejects("COS_WORKER_INDEX", COS_WORKER_INDEX="-1")
-
-
-def test_what_each_worker_would_do_alone_is_said_once() -> None:
-    assert load(COS_WORKERS="2").workers.warnings == ()
-    said = load(COS_WORKERS="2", COS_READ_SIDE_ENABLED="true", COS_SUBSCRIPTION_ENABLED="true")
-    # Subscriptions are cluster-wide, so workers need no warning about them.
-    assert [warning.split(" ", 1)[0] for warning in said.workers.warnings] == ["COS_READ_SIDE_ENABLED"]
-    worker = load(COS_WORKER_INDEX="1", COS_READ_SIDE_ENABLED="true", COS_SUBSCRIPTION_ENABLED="true")
-    assert worker.workers.warnings == ()

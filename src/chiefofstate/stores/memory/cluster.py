@@ -24,6 +24,7 @@ class _MemberRow:
     started_at: float
     heartbeat_at: float
     left_at: float | None = None
+    read_sides: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -47,6 +48,12 @@ class MemoryClusterDatabase:
         row = self.leases.get(LeaseKey.entity_shard(shard))
         return 0 if row is None else row.token
 
+    def projection_token(self, read_side_id: str, shard: int) -> int:
+        """The projection's current lease token (0 when it was never leased), for an offset store in
+        memory that fences offset commits as the database's does."""
+        row = self.leases.get(LeaseKey.projection(read_side_id, shard))
+        return 0 if row is None else row.token
+
 
 class MemoryClusterStore:
     """`ClusterStore` on a `MemoryClusterDatabase`. Build one per simulated node on a shared database."""
@@ -67,7 +74,15 @@ class MemoryClusterStore:
     def _is_live(self, row: _MemberRow, now: float, ttl_s: float) -> bool:
         return row.left_at is None and row.heartbeat_at >= now - ttl_s
 
-    async def join(self, member_id: str, address: str, num_shards: int, *, member_ttl_s: float) -> int:
+    async def join(
+        self,
+        member_id: str,
+        address: str,
+        num_shards: int,
+        *,
+        member_ttl_s: float,
+        read_sides: Sequence[str] = (),
+    ) -> int:
         now = self._now("join the cluster")
         predecessors = [
             other_id
@@ -90,7 +105,9 @@ class MemoryClusterStore:
             raise shard_count_mismatch(
                 num_shards, [(other_id, row.address, row.num_shards) for other_id, row in others]
             )
-        self.database.members[member_id] = _MemberRow(address, num_shards, now, now)
+        self.database.members[member_id] = _MemberRow(
+            address, num_shards, now, now, read_sides=frozenset(read_sides)
+        )
         return len(predecessors)
 
     async def heartbeat(self, member_id: str) -> None:
@@ -111,6 +128,7 @@ class MemoryClusterStore:
                 row.num_shards,
                 int(row.started_at * 1000),
                 max(now - row.heartbeat_at, 0.0),
+                row.read_sides,
             )
             for member_id, row in sorted(self.database.members.items())
             if self._is_live(row, now, ttl_s)

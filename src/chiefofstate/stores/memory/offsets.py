@@ -6,9 +6,9 @@ write when each row was last updated; that is not visible through the port, so n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from chiefofstate.ports.offsets import Halt, ShardRecord
+from chiefofstate.ports.offsets import Halt, ProjectionKey, ShardRecord
 from chiefofstate.stores.memory.datastore import MemoryDatastore
 from chiefofstate.stores.offset_rows import merge_records
 
@@ -16,8 +16,11 @@ from chiefofstate.stores.offset_rows import merge_records
 class MemoryOffsetStore:
     """`OffsetStore` in this process's memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, lease_token: Callable[[str, int], int] | None = None) -> None:
+        """`lease_token(read side id, shard)`: the projection lease's current token, for fenced commits
+        (`MemoryClusterDatabase.projection_token`); without it every fenced entry is refused."""
         self._datastore = MemoryDatastore("offset store")
+        self._lease_token = lease_token
         # read side id → shard → value, one map per upstream table
         self._offsets: dict[str, dict[int, int]] = {}
         self._paused: dict[str, dict[int, bool]] = {}
@@ -36,13 +39,26 @@ class MemoryOffsetStore:
             )
         )
 
-    async def save_offsets(self, offsets: Sequence[tuple[str, int, int]]) -> None:
-        def save() -> None:
+    async def save_offsets(
+        self,
+        offsets: Sequence[tuple[str, int, int]],
+        *,
+        lease_tokens: Mapping[ProjectionKey, int] | None = None,
+    ) -> set[ProjectionKey]:
+        tokens = lease_tokens or {}
+
+        def current(read_side_id: str, shard: int) -> int | None:
+            return None if self._lease_token is None else self._lease_token(read_side_id, shard)
+
+        def save() -> set[ProjectionKey]:
+            refused = {key for key, token in tokens.items() if current(*key) != token}
             # In order, so an entry repeated in one call ends at its last value, as on SQLite.
             for read_side_id, shard, offset in offsets:
-                self._offsets.setdefault(read_side_id, {})[shard] = offset
+                if (read_side_id, shard) not in refused:
+                    self._offsets.setdefault(read_side_id, {})[shard] = offset
+            return {(read_side_id, shard) for read_side_id, shard, _ in offsets} & refused
 
-        await self._datastore.run(save)
+        return await self._datastore.run(save)
 
     async def skip_to(self, read_side_id: str, shard: int, offset: int) -> None:
         def skip() -> None:
@@ -66,13 +82,26 @@ class MemoryOffsetStore:
 
         await self._datastore.run(store)
 
-    async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
-        def save() -> None:
+    async def save_halt(
+        self,
+        read_side_id: str,
+        shard: int,
+        offset: int | None,
+        halt: Halt,
+        *,
+        lease_token: int | None = None,
+    ) -> bool:
+        def save() -> bool:
+            if lease_token is not None and (
+                self._lease_token is None or self._lease_token(read_side_id, shard) != lease_token
+            ):
+                return False
             if offset is not None:
                 self._offsets.setdefault(read_side_id, {})[shard] = offset
             self._halts.setdefault(read_side_id, {})[shard] = halt
+            return True
 
-        await self._datastore.run(save)
+        return await self._datastore.run(save)
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         def clear() -> None:

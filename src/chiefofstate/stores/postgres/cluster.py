@@ -1,4 +1,4 @@
-"""Membership and leases on PostgreSQL (migration 11), judged by the database's clock.
+"""Membership and leases on PostgreSQL (migrations 11 and 13), judged by the database's clock.
 
 Every method is one autocommitted statement, except `join`, whose check and write share a transaction.
 Within a statement `now()` is the time its transaction started, so an expiry a statement sets is
@@ -37,11 +37,12 @@ WHERE member_id <> $1 AND num_shards <> $2 AND {_LIVE.format(ttl="$3")}
 ORDER BY member_id
 """
 _JOIN = """
-INSERT INTO cos_cluster_members (member_id, address, num_shards, started_at, heartbeat_at, left_at)
-VALUES ($1, $2, $3, now(), now(), NULL)
+INSERT INTO cos_cluster_members
+    (member_id, address, num_shards, started_at, heartbeat_at, left_at, read_sides)
+VALUES ($1, $2, $3, now(), now(), NULL, $4::text[])
 ON CONFLICT (member_id) DO UPDATE SET
     address = EXCLUDED.address, num_shards = EXCLUDED.num_shards, started_at = EXCLUDED.started_at,
-    heartbeat_at = EXCLUDED.heartbeat_at, left_at = NULL
+    heartbeat_at = EXCLUDED.heartbeat_at, left_at = NULL, read_sides = EXCLUDED.read_sides
 """
 # greatest(): a heartbeat whose transaction started earlier but committed later must not move it back.
 _HEARTBEAT = """
@@ -50,7 +51,7 @@ WHERE member_id = $1 AND left_at IS NULL
 RETURNING member_id
 """
 _LIVE_MEMBERS = f"""
-SELECT member_id, address, num_shards,
+SELECT member_id, address, num_shards, read_sides,
        (extract(epoch FROM started_at) * 1000)::bigint AS started_at_ms,
        greatest(extract(epoch FROM now() - heartbeat_at)::float8, 0) AS heartbeat_age_s
 FROM cos_cluster_members
@@ -218,7 +219,7 @@ def _held_arguments(
 
 
 class PostgresClusterStore:
-    """`ClusterStore` on PostgreSQL; the schema is migrated by the journal (version 11 or later).
+    """`ClusterStore` on PostgreSQL; the schema is migrated by the journal (version 13 or later).
 
     It has a pool of its own: a renewal that queued behind appends or read-side queries could let the
     node's leases expire under load."""
@@ -235,7 +236,15 @@ class PostgresClusterStore:
     def description(self) -> str:
         return self._datastore.description
 
-    async def join(self, member_id: str, address: str, num_shards: int, *, member_ttl_s: float) -> int:
+    async def join(
+        self,
+        member_id: str,
+        address: str,
+        num_shards: int,
+        *,
+        member_ttl_s: float,
+        read_sides: Sequence[str] = (),
+    ) -> int:
         async with self._datastore.connection("join the cluster") as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _JOIN_LOCK_KEY)
             evicted = await connection.fetchrow(_EVICT_PREDECESSORS, member_id, address)
@@ -248,7 +257,7 @@ class PostgresClusterStore:
                         for record in others
                     ],
                 )
-            await connection.execute(_JOIN, member_id, address, num_shards)
+            await connection.execute(_JOIN, member_id, address, num_shards, list(read_sides))
         return int(evicted["members"])
 
     async def heartbeat(self, member_id: str) -> None:
@@ -269,6 +278,7 @@ class PostgresClusterStore:
                 int(record["num_shards"]),
                 int(record["started_at_ms"]),
                 float(record["heartbeat_age_s"]),
+                frozenset(record["read_sides"] or ()),
             )
             for record in records
         ]

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from chiefofstate.ports.journal import OFFSET_MANIFEST
-from chiefofstate.ports.offsets import Halt, ShardRecord
+from chiefofstate.ports.offsets import Halt, ProjectionKey, ShardRecord
 from chiefofstate.stores.offset_rows import merge_records, parse_offset, shard_key
 from chiefofstate.stores.postgres.datastore import ConnectionSettings, PostgresDatastore
 
@@ -28,6 +28,16 @@ FROM unnest($1::text[], $2::text[], $3::text[]) AS batch(name, key, value)
 ON CONFLICT (projection_name, projection_key) DO UPDATE SET
     current_offset = EXCLUDED.current_offset, manifest = EXCLUDED.manifest,
     mergeable = EXCLUDED.mergeable, last_updated = EXCLUDED.last_updated
+"""
+# The projection leases of a fenced commit, share-locked in the order the cluster store locks them:
+# an acquisition (which raises the token) waits for the commit, and a commit that comes after an
+# acquisition sees the new token and is refused.
+_LOCK_LEASES = """
+SELECT p.read_side_id, p.shard, p.lease_token FROM cos_projection_leases AS p
+JOIN unnest($1::text[], $2::int[]) AS fenced(read_side_id, shard)
+    ON p.read_side_id = fenced.read_side_id AND p.shard = fenced.shard
+ORDER BY p.read_side_id, p.shard
+FOR SHARE OF p
 """
 _SET_PAUSED = """
 INSERT INTO read_sides (projection_name, projection_key, paused, last_updated)
@@ -95,16 +105,32 @@ class PostgresOffsetStore:
         }
         return merge_records(offsets, paused, halts)
 
-    async def save_offsets(self, offsets: Sequence[tuple[str, int, int]]) -> None:
+    async def save_offsets(
+        self,
+        offsets: Sequence[tuple[str, int, int]],
+        *,
+        lease_tokens: Mapping[ProjectionKey, int] | None = None,
+    ) -> set[ProjectionKey]:
         now = self._now_ms()
-        async with self._datastore.connection("store offsets") as connection:
-            await connection.execute(
-                _SAVE_OFFSETS,
-                [read_side_id for read_side_id, _, _ in offsets],
-                [str(shard) for _, shard, _ in offsets],
-                [str(offset) for _, _, offset in offsets],
-                now,
-            )
+        fenced = sorted(lease_tokens.items()) if lease_tokens else []
+        async with self._datastore.connection("store offsets") as connection, connection.transaction():
+            refused: set[ProjectionKey] = set()
+            if fenced:
+                rows = await connection.fetch(
+                    _LOCK_LEASES, [key[0] for key, _ in fenced], [key[1] for key, _ in fenced]
+                )
+                current = {(row["read_side_id"], int(row["shard"])): int(row["lease_token"]) for row in rows}
+                refused = {key for key, token in fenced if current.get(key) != token}
+            kept = [entry for entry in offsets if (entry[0], entry[1]) not in refused]
+            if kept:
+                await connection.execute(
+                    _SAVE_OFFSETS,
+                    [read_side_id for read_side_id, _, _ in kept],
+                    [str(shard) for _, shard, _ in kept],
+                    [str(offset) for _, _, offset in kept],
+                    now,
+                )
+        return {(read_side_id, shard) for read_side_id, shard, _ in offsets} & refused
 
     async def skip_to(self, read_side_id: str, shard: int, offset: int) -> None:
         async with self._datastore.connection("store an offset") as connection, connection.transaction():
@@ -122,13 +148,26 @@ class PostgresOffsetStore:
                 _SET_PAUSED, read_side_id, [str(shard) for shard in shards], paused, self._now_ms()
             )
 
-    async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
+    async def save_halt(
+        self,
+        read_side_id: str,
+        shard: int,
+        offset: int | None,
+        halt: Halt,
+        *,
+        lease_token: int | None = None,
+    ) -> bool:
         async with self._datastore.connection("store a halt") as connection, connection.transaction():
+            if lease_token is not None:
+                rows = await connection.fetch(_LOCK_LEASES, [read_side_id], [shard])
+                if not rows or int(rows[0]["lease_token"]) != lease_token:
+                    return False
             if offset is not None:
                 await connection.execute(_SAVE_OFFSET, read_side_id, str(shard), str(offset), self._now_ms())
             await connection.execute(
                 _SAVE_HALT, read_side_id, str(shard), halt.event_offset, halt.reason, halt.halted_at_ms
             )
+        return True
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         async with self._datastore.connection("clear a halt") as connection:

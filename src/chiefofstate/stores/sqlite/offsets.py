@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from chiefofstate.core.errors import Internal
 from chiefofstate.ports.journal import OFFSET_MANIFEST
-from chiefofstate.ports.offsets import Halt, ShardRecord
+from chiefofstate.ports.offsets import Halt, ProjectionKey, ShardRecord
 from chiefofstate.stores.offset_rows import merge_records, parse_offset, shard_key
 from chiefofstate.stores.sqlite.datastore import DEFAULT_BUSY_TIMEOUT_MS, SqliteDatastore
 
@@ -89,13 +90,21 @@ class SqliteOffsetStore:
         }
         return merge_records(offsets, paused, halts)
 
-    async def save_offsets(self, offsets: Sequence[tuple[str, int, int]]) -> None:
+    async def save_offsets(
+        self,
+        offsets: Sequence[tuple[str, int, int]],
+        *,
+        lease_tokens: Mapping[ProjectionKey, int] | None = None,
+    ) -> set[ProjectionKey]:
+        if lease_tokens:
+            raise Internal("an SQLite node runs alone: its offset commits carry no projection lease token")
         now = self._now_ms()
         async with self._datastore.transaction("store offsets") as connection:
             await connection.executemany(
                 _SAVE_OFFSET,
                 [(read_side_id, str(shard), str(offset), now) for read_side_id, shard, offset in offsets],
             )
+        return set()
 
     async def skip_to(self, read_side_id: str, shard: int, offset: int) -> None:
         async with self._datastore.transaction("store an offset") as connection:
@@ -114,7 +123,17 @@ class SqliteOffsetStore:
                 _SET_PAUSED, [(read_side_id, str(shard), paused, now) for shard in shards]
             )
 
-    async def save_halt(self, read_side_id: str, shard: int, offset: int | None, halt: Halt) -> None:
+    async def save_halt(
+        self,
+        read_side_id: str,
+        shard: int,
+        offset: int | None,
+        halt: Halt,
+        *,
+        lease_token: int | None = None,
+    ) -> bool:
+        if lease_token is not None:
+            raise Internal("an SQLite node runs alone: its halts carry no projection lease token")
         async with self._datastore.transaction("store a halt") as connection:
             if offset is not None:
                 await connection.execute(
@@ -123,6 +142,7 @@ class SqliteOffsetStore:
             await connection.execute(
                 _SAVE_HALT, (read_side_id, str(shard), halt.event_offset, halt.reason, halt.halted_at_ms)
             )
+        return True
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         async with self._datastore.session("clear a halt") as connection:

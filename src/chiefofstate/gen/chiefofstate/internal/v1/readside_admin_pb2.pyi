@@ -39,6 +39,8 @@ class _ProjectionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Proje
     PROJECTION_STATE_RESTARTING: _ProjectionState.ValueType  # 5
     """waiting out the backoff after a database error"""
     PROJECTION_STATE_DISABLED: _ProjectionState.ValueType  # 6
+    PROJECTION_STATE_UNASSIGNED: _ProjectionState.ValueType  # 7
+    """cluster mode: no member runs it right now (its lease is moving)"""
 
 class ProjectionState(_ProjectionState, metaclass=_ProjectionStateEnumTypeWrapper): ...
 
@@ -52,6 +54,8 @@ PROJECTION_STATE_STOPPED: ProjectionState.ValueType  # 4
 PROJECTION_STATE_RESTARTING: ProjectionState.ValueType  # 5
 """waiting out the backoff after a database error"""
 PROJECTION_STATE_DISABLED: ProjectionState.ValueType  # 6
+PROJECTION_STATE_UNASSIGNED: ProjectionState.ValueType  # 7
+"""cluster mode: no member runs it right now (its lease is moving)"""
 Global___ProjectionState: _TypeAlias = ProjectionState  # noqa: Y015
 
 @_typing.final
@@ -154,6 +158,7 @@ class ShardStatus(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     HALTED_ON_OFFSET_FIELD_NUMBER: _builtins.int
     HALTED_AT_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
     cluster_shard_number: _builtins.int
     offset: _builtins.int
     """stored offset: event_journal.ordering of the last event finished; unset when none is stored"""
@@ -170,6 +175,8 @@ class ShardStatus(_message.Message):
     """ordering of the event a halted projection stopped on"""
     halted_at: _builtins.int
     """epoch millis of the halt"""
+    member: _builtins.str
+    """cluster mode: host:port (internal port) of the member that runs the projection; empty otherwise"""
     def __init__(
         self,
         *,
@@ -182,10 +189,11 @@ class ShardStatus(_message.Message):
         detail: _builtins.str = ...,
         halted_on_offset: _builtins.int | None = ...,
         halted_at: _builtins.int = ...,
+        member: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_halted_on_offset", b"_halted_on_offset", "_offset", b"_offset", "halted_on_offset", b"halted_on_offset", "offset", b"offset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_halted_on_offset", b"_halted_on_offset", "_offset", b"_offset", "cluster_shard_number", b"cluster_shard_number", "detail", b"detail", "halted_at", b"halted_at", "halted_on_offset", b"halted_on_offset", "journal_offset", b"journal_offset", "lag", b"lag", "lag_capped", b"lag_capped", "offset", b"offset", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_halted_on_offset", b"_halted_on_offset", "_offset", b"_offset", "cluster_shard_number", b"cluster_shard_number", "detail", b"detail", "halted_at", b"halted_at", "halted_on_offset", b"halted_on_offset", "journal_offset", b"journal_offset", "lag", b"lag", "lag_capped", b"lag_capped", "member", b"member", "offset", b"offset", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__halted_on_offset: _TypeAlias = _typing.Literal["halted_on_offset"]  # noqa: Y015
     _WhichOneofArgType__halted_on_offset: _TypeAlias = _typing.Literal["_halted_on_offset", b"_halted_on_offset"]  # noqa: Y015

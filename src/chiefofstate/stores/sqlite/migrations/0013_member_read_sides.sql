@@ -1,0 +1,3 @@
+-- Version 13 records on PostgreSQL which read sides each cluster member runs. A node on SQLite runs
+-- alone (decision D10) and every projection with it, so here the version changes nothing; it is kept
+-- so that both stores record the same version history in cos_migrations.
