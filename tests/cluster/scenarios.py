@@ -28,6 +28,7 @@ from pathlib import Path
 import psycopg
 
 from chiefofstate.cli.processes import start_bank_read_handler
+from chiefofstate.core.sharding import shard_of
 from tests.faults.scenarios import Outcome, store
 from tests.support.cluster import BankHandler, Cluster, Node, node_base_env
 from tests.support.history import History, JournalEvents, check
@@ -78,6 +79,7 @@ class Settings:
 class Measured:
     takeover_s: list[float] = field(default_factory=list)
     fence_rejections: int = 0
+    zombies: list[ZombieWatch] = field(default_factory=list)
 
 
 def _dsn(store_env: dict[str, str]) -> str:
@@ -100,6 +102,70 @@ def shards_served_without(store_env: dict[str, str], gone: set[str]) -> int:
             (SHARDS, list(gone)),
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def zombie_writers(store_env: dict[str, str], address: str, prefix: str) -> dict[str, str]:
+    """The writer id of the last event of every entity in the shards the member at `address` holds,
+    read while it is stopped. Writer ids are drawn per entity incarnation (entities/writer_ids.py), and a
+    member that recovers an entity (as it must after losing its shard) draws a new one: an event written
+    under one of these ids once others hold the shards is the stopped member's old incarnation writing
+    without its lease."""
+    with psycopg.connect(_dsn(store_env), connect_timeout=5) as connection:
+        shards = {
+            int(row[0])
+            for row in connection.execute(
+                """
+                SELECT l.shard FROM cos_shard_locks l JOIN cos_cluster_members m ON m.member_id = l.owner
+                WHERE m.address = %s AND l.shard < %s
+                """,
+                (address, SHARDS),
+            ).fetchall()
+        }
+    latest = _latest_events(store_env, prefix)
+    return {entity: writer for entity, (_, writer) in latest.items() if shard_of(entity, SHARDS) in shards}
+
+
+def _latest_events(store_env: dict[str, str], prefix: str) -> dict[str, tuple[int, str]]:
+    """Each entity's last event: (revision, writer id)."""
+    with psycopg.connect(_dsn(store_env), connect_timeout=5) as connection:
+        rows = connection.execute(
+            """
+            SELECT DISTINCT ON (persistence_id) persistence_id, sequence_number, writer FROM event_journal
+            WHERE persistence_id LIKE %s ORDER BY persistence_id, sequence_number DESC
+            """,
+            (f"{prefix}-%",),
+        ).fetchall()
+    return {str(entity): (int(revision), str(writer)) for entity, revision, writer in rows}
+
+
+@dataclass
+class ZombieWatch:
+    """A zombie's entities: their writer ids while it was stopped, and their last revision once other
+    members held its shards (appends it sent under its lease have committed by then)."""
+
+    writers: dict[str, str]
+    taken_over_at: dict[str, int] = field(default_factory=dict)
+
+    def taken_over(self, store_env: dict[str, str], prefix: str) -> None:
+        latest = _latest_events(store_env, prefix)
+        self.taken_over_at = {entity: latest[entity][0] for entity in self.writers if entity in latest}
+
+    def writes_accepted(self, store_env: dict[str, str]) -> int:
+        """Events after the takeover written by one of the zombie's incarnations."""
+        if not self.writers:
+            return 0
+        with psycopg.connect(_dsn(store_env), connect_timeout=5) as connection:
+            rows = connection.execute(
+                "SELECT persistence_id, sequence_number, writer FROM event_journal "
+                "WHERE persistence_id = ANY(%s)",
+                (list(self.writers),),
+            ).fetchall()
+        return sum(
+            1
+            for entity, revision, writer in rows
+            if int(revision) > self.taken_over_at.get(str(entity), 0)
+            and str(writer) == self.writers[str(entity)]
+        )
 
 
 def shards_by_address(store_env: dict[str, str]) -> dict[str, int]:
@@ -299,7 +365,10 @@ def cluster_life(
                 waiting = _hold_with_appends_on_the_way(victim)
                 victim.pause()
                 note(f"SIGSTOP {victim.name} with {waiting} appends waiting behind the held link")
+                watch = ZombieWatch(zombie_writers(store_env, _address(victim), prefix))
+                measured.zombies.append(watch)
                 wait_for_takeover(store_env, {_address(victim)}, at, takeover_limit_s)
+                watch.taken_over(store_env, prefix)
                 victim.proxy.passthrough()
                 victim.resume()
                 note(f"link passed and SIGCONT {victim.name}")
@@ -333,6 +402,7 @@ def cluster_life(
             deliveries={READ_SIDE: received},
             caught_up=True,
             fence_rejections=measured.fence_rejections,
+            zombie_writes_accepted=sum(watch.writes_accepted(store_env) for watch in measured.zombies),
             takeover_seconds=measured.takeover_s,
         )
         if "zombie" in events and measured.fence_rejections == 0:
