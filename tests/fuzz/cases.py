@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import grpc
 import httpx
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 from google.protobuf.any_pb2 import Any as AnyProto
 from hypothesis import strategies as st
 

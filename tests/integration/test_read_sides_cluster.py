@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cos_bank import client as bank
+from chiefofstate_examples.bank import client as bank
 
 from chiefofstate.cli.processes import Process, start_bank_read_handler
 from chiefofstate.core.placement import assign, read_side_key
