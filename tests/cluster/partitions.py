@@ -20,16 +20,21 @@ import contextlib
 import os
 import random
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.cluster.scenarios import FAST_TIMING, SHARDS, Settings, shards_by_address, wait_for_takeover
+from tests.cluster.scenarios import (
+    FAST_TIMING,
+    SHARDS,
+    Settings,
+    shards_by_address,
+    start_load,
+    wait_for_takeover,
+)
 from tests.faults.scenarios import Outcome, store
 from tests.support.cluster import BankHandler, Cluster, Node, node_base_env
 from tests.support.history import History, check
 from tests.support.journal_reader import read_journal
-from tests.support.load import LoadConfig, LoadProcess
 from tests.support.postgres import PgServer
 from tests.support.proxy import Proxy
 
@@ -128,20 +133,7 @@ def peer_partitions(
         members = [cluster.add_node(peer_proxied=True) for _ in range(3)]
         longest = sum(high for _, (_, (_, high)) in PARTITIONS.items())
         duration_s = longest + len(episodes) * sum(settings.gap_s) / 2 + 4 * settings.lease_ttl_s + 20
-        main = LoadProcess(
-            LoadConfig(
-                targets=tuple(node.target for node in members),
-                entities=settings.entities,
-                concurrency=settings.concurrency,
-                duration_s=duration_s,
-                seed=seed,
-                out=workdir / "history-main.jsonl",
-                deadline_s=settings.deadline_s,
-                prefix=prefix,
-                client=f"main-{uuid.uuid4().hex[:6]}",
-            ),
-            workdir / "load-main.log",
-        )
+        main = start_load(settings, members, workdir, "main", seed=seed, duration_s=duration_s, prefix=prefix)
         stack.callback(main.stop)
         for episode in episodes:
             _sleep(rng.uniform(*settings.gap_s))
@@ -165,19 +157,14 @@ def peer_partitions(
         main.stop()
         history = main.wait()
         _sleep(_SETTLE_S)
-        after = LoadProcess(
-            LoadConfig(
-                targets=tuple(node.target for node in members),
-                entities=settings.entities,
-                concurrency=settings.concurrency,
-                duration_s=_AFTER_LOAD_S,
-                seed=seed + 1_000_000,
-                out=workdir / "history-after.jsonl",
-                deadline_s=settings.deadline_s,
-                prefix=prefix,
-                client=f"after-{uuid.uuid4().hex[:6]}",
-            ),
-            workdir / "load-after.log",
+        after = start_load(
+            settings,
+            members,
+            workdir,
+            "after",
+            seed=seed + 1_000_000,
+            duration_s=_AFTER_LOAD_S,
+            prefix=prefix,
         )
         stack.callback(after.stop)
         after_history = after.wait()

@@ -21,7 +21,7 @@ import re
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,6 +223,34 @@ def caught_up_deliveries(
         time.sleep(0.2)
 
 
+def start_load(
+    settings: Settings,
+    nodes: Sequence[Node],
+    workdir: Path,
+    phase: str,
+    *,
+    seed: int,
+    duration_s: float,
+    prefix: str,
+) -> LoadProcess:
+    """The load generator over `nodes` for one phase of a run ("main", "after"), its history in
+    `workdir`/history-`phase`.jsonl."""
+    return LoadProcess(
+        LoadConfig(
+            targets=tuple(node.target for node in nodes),
+            entities=settings.entities,
+            concurrency=settings.concurrency,
+            duration_s=duration_s,
+            seed=seed,
+            out=workdir / f"history-{phase}.jsonl",
+            deadline_s=settings.deadline_s,
+            prefix=prefix,
+            client=f"{phase}-{uuid.uuid4().hex[:6]}",
+        ),
+        workdir / f"load-{phase}.log",
+    )
+
+
 def _address(node: Node) -> str:
     return f"127.0.0.1:{node.cluster_port}"
 
@@ -294,20 +322,7 @@ def cluster_life(
         events = ["kill", "zombie", "sigterm", "join"]
         rng.shuffle(events)
         duration_s = sum(settings.gap_s) / 2 * (len(events) + 1) + 3 * settings.lease_ttl_s + 12
-        main = LoadProcess(
-            LoadConfig(
-                targets=tuple(node.target for node in members),
-                entities=settings.entities,
-                concurrency=settings.concurrency,
-                duration_s=duration_s,
-                seed=seed,
-                out=workdir / "history-main.jsonl",
-                deadline_s=settings.deadline_s,
-                prefix=prefix,
-                client=f"main-{uuid.uuid4().hex[:6]}",
-            ),
-            workdir / "load-main.log",
-        )
+        main = start_load(settings, members, workdir, "main", seed=seed, duration_s=duration_s, prefix=prefix)
         stack.callback(main.stop)
         alive = list(members)
         takeover_limit_s = settings.lease_ttl_s * 4 + 20
@@ -377,19 +392,8 @@ def cluster_life(
             last_change = time.monotonic()
         history = main.wait()
         survivors = [node for node in alive if node.alive()]
-        after = LoadProcess(
-            LoadConfig(
-                targets=tuple(node.target for node in survivors),
-                entities=settings.entities,
-                concurrency=settings.concurrency,
-                duration_s=3.0,
-                seed=seed + 1_000_000,
-                out=workdir / "history-after.jsonl",
-                deadline_s=settings.deadline_s,
-                prefix=prefix,
-                client=f"after-{uuid.uuid4().hex[:6]}",
-            ),
-            workdir / "load-after.log",
+        after = start_load(
+            settings, survivors, workdir, "after", seed=seed + 1_000_000, duration_s=3.0, prefix=prefix
         )
         stack.callback(after.stop)
         after_history = after.wait()

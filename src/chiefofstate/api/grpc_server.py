@@ -12,8 +12,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chiefofstate.api.cos_service import COS_SERVICE_NAME, ChiefOfStateService, add_to_server
-from chiefofstate.api.undecodable import RequestCheckingServer
-from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, MeasuredServer
+from chiefofstate.api.undecodable import request_checking_server
+from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, measured_server
 
 # (full service name, function adding its servicer to the server): services only some nodes serve,
 # such as ReadSideManagerService with COS_READ_SIDE_ENABLED=true (docs/contract.md §1).
@@ -53,8 +53,8 @@ class GrpcServer:
                 ("grpc.absolute_max_metadata_size", _MAX_METADATA_BYTES),
             ],
         )
-        measured = MeasuredServer(self._server, metrics) if metrics is not None else self._server
-        registry = RequestCheckingServer(measured)
+        measured = measured_server(self._server, metrics) if metrics is not None else self._server
+        registry = request_checking_server(measured)
         add_to_server(service, registry)
         for _, register in extra_services:
             register(registry)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from grpc import aio
+
+from chiefofstate.aio.wrapping_server import WrappingServer
 
 log = logging.getLogger("chiefofstate.api")
 
@@ -88,59 +90,7 @@ def checked_handler(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> gr
     return handler
 
 
-class _CheckedGenericHandler(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
-        self._inner = inner
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-    def service(
-        self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = handler_call_details.method
-        checked = self._handlers.get(method)
-        if checked is None:
-            handler = self._inner.service(handler_call_details)
-            if handler is None:
-                return None
-            # Bounded: only methods some registered service answers are kept.
-            checked = self._handlers[method] = checked_handler(method, handler)
-        return checked
-
-
-class RequestCheckingServer(aio.Server):
+def request_checking_server(server: aio.Server) -> WrappingServer:
     """The server as registration functions see it: every handler added through it refuses requests
-    that do not decode; everything else goes to the wrapped server (which may be a MeasuredServer)."""
-
-    def __init__(self, server: aio.Server) -> None:
-        self._server = server
-
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(
-            [_CheckedGenericHandler(handler) for handler in generic_rpc_handlers]
-        )
-
-    def add_registered_method_handlers(
-        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
-    ) -> None:
-        self._server.add_registered_method_handlers(
-            service_name,
-            {
-                name: checked_handler(f"/{service_name}/{name}", handler)
-                for name, handler in method_handlers.items()
-            },
-        )
-
-    def add_insecure_port(self, address: str) -> int:
-        return self._server.add_insecure_port(address)
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        return self._server.add_secure_port(address, server_credentials)
-
-    async def start(self) -> None:
-        await self._server.start()
-
-    async def stop(self, grace: float | None) -> None:
-        await self._server.stop(grace)
-
-    async def wait_for_termination(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 (grpc's signature)
-        return await self._server.wait_for_termination(timeout)
+    that do not decode; everything else goes to the wrapped server (which may be a measured one)."""
+    return WrappingServer(server, checked_handler)

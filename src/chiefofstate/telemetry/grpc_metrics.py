@@ -8,7 +8,7 @@ status is named as py-grpc-prometheus names it (`NOT_FOUND`), like the node's ow
 
 The wrapper is on the path of every command, so the work per call is two clock reads, two counters and
 a histogram update on series bound in advance (a method's series are bound once per status code). The
-handlers are wrapped once, at registration, through `MeasuredServer`: a grpc.aio server interceptor would
+handlers are wrapped once, at registration, through `measured_server`: a grpc.aio server interceptor would
 do the same but costs a coroutine and a handler lookup on every call, several microseconds of a cached
 GetState's budget.
 """
@@ -19,13 +19,14 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
 from grpc import aio
 
+from chiefofstate.aio.wrapping_server import WrappingServer
 from chiefofstate.telemetry.loop_metrics import CounterSeries, LoopCounter, LoopHistogram
 from chiefofstate.telemetry.metrics import LATENCY_BUCKETS, NodeMetrics
 
@@ -252,58 +253,7 @@ class _CountingContext:
         return getattr(self._context, name)
 
 
-class _MeasuredGenericHandler(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler, metrics: GrpcServerMetrics) -> None:
-        self._inner = inner
-        self._metrics = metrics
-
-    def service(
-        self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None  # not ours: UNIMPLEMENTED, answered by grpc and not counted
-        return self._metrics.measured(handler_call_details.method, handler)
-
-
-class MeasuredServer(aio.Server):
+def measured_server(server: aio.Server, metrics: GrpcServerMetrics) -> WrappingServer:
     """The server as registration functions see it: every handler added through it is measured.
-
-    Generated `add_*_to_server` functions, the health service and server reflection (which checks that
-    it is given a grpc.aio server) register through it unchanged; everything else goes to the server.
-    """
-
-    def __init__(self, server: aio.Server, metrics: GrpcServerMetrics) -> None:
-        self._server = server
-        self._metrics = metrics
-
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(
-            [_MeasuredGenericHandler(handler, self._metrics) for handler in generic_rpc_handlers]
-        )
-
-    def add_registered_method_handlers(
-        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
-    ) -> None:
-        self._server.add_registered_method_handlers(
-            service_name,
-            {
-                name: self._metrics.measured(f"/{service_name}/{name}", handler)
-                for name, handler in method_handlers.items()
-            },
-        )
-
-    def add_insecure_port(self, address: str) -> int:
-        return self._server.add_insecure_port(address)
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        return self._server.add_secure_port(address, server_credentials)
-
-    async def start(self) -> None:
-        await self._server.start()
-
-    async def stop(self, grace: float | None) -> None:
-        await self._server.stop(grace)
-
-    async def wait_for_termination(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 (grpc's signature)
-        return await self._server.wait_for_termination(timeout)
+    A method no service answers is UNIMPLEMENTED, answered by grpc and not counted."""
+    return WrappingServer(server, metrics.measured)

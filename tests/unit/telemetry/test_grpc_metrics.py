@@ -1,5 +1,5 @@
 """The gRPC server metrics: status codes as the client sees them, series bound once, every handler
-registered through MeasuredServer measured."""
+registered through measured_server measured."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
-from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, MeasuredServer, failure_code, split_method
+from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, failure_code, measured_server, split_method
 from chiefofstate.telemetry.metrics import NodeMetrics
 
 COS = "chief_of_state.v1.ChiefOfStateService"
@@ -95,7 +95,7 @@ def labels(method: str, grpc_type: str = "unary", **extra: str) -> tuple[tuple[s
 async def measured_handler(
     server_metrics: GrpcServerMetrics, method: str, handler: grpc.RpcMethodHandler[Any, Any] | None
 ) -> Any:
-    """The handler as a server registered through MeasuredServer runs it (None: not ours)."""
+    """The handler as a server registered through measured_server runs it (None: not ours)."""
     service, name = split_method(method)
     generic = grpc.method_handlers_generic_handler(service, {name: handler} if handler is not None else {})
     registered: dict[str, Any] = {}
@@ -107,7 +107,7 @@ async def measured_handler(
         def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
             registered.update(handlers)
 
-    measuring = MeasuredServer(Recorder(), server_metrics)  # type: ignore[arg-type]
+    measuring = measured_server(Recorder(), server_metrics)  # type: ignore[arg-type]
     measuring.add_generic_rpc_handlers([generic])
     measured = registered["generic"].service(Details(method))
     assert registered["generic"].service(Details(method)) is measured  # wrapped once per method
