@@ -417,3 +417,23 @@ async def test_a_kept_connection_that_died_while_kept_is_replaced_not_used(
 
     assert await journal.append_batch([request("kept-1", 1)]) == [None]
     assert [row.sequence_number for row in await journal.read_events("kept-1")] == [1, 2]
+
+
+async def test_a_transaction_left_open_by_a_stalled_node_releases_its_locks(
+    journal: PostgresJournal, raw: asyncpg.Connection
+) -> None:
+    """A member paused (or cut off) between two statements of a transaction must not keep its row
+    locks: other members' lease acquisitions would wait on them until its connection died."""
+    stalled = journal._datastore.connection("stall in a transaction")  # noqa: SLF001 - the node's own pool
+    async with stalled as connection:
+        transaction = connection.transaction()
+        await transaction.start()
+        await connection.execute("SELECT 1 FROM cos_shard_locks WHERE shard = 0 FOR UPDATE")
+        started = time.monotonic()
+        # Another session waits for the row; the server ends the idle transaction and frees it.
+        await raw.execute("SET lock_timeout = '30s'")
+        await raw.execute("SELECT 1 FROM cos_shard_locks WHERE shard = 0 FOR UPDATE")
+        waited = time.monotonic() - started
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
+            await connection.execute("SELECT 1")  # its session was ended
+    assert 4.0 <= waited < 25.0

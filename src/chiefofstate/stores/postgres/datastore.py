@@ -83,6 +83,9 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 5000
+
+
 class _AgedConnection(asyncpg.Connection):  # type: ignore[misc]
     """asyncpg has no maximum connection lifetime; connections remember when they were opened so the
     datastore can retire them (COS_DB_POOL_MAX_LIFETIME_MS), as upstream's HikariCP pool does."""
@@ -131,6 +134,11 @@ class PostgresDatastore:
                 server_settings={
                     "search_path": quote_identifier(settings.schema),
                     "application_name": application_name,
+                    # A member paused or cut off in the middle of a transaction (an offset commit holds
+                    # its projection lease row share-locked) would keep its locks until its connection
+                    # died, and other members' lease acquisitions and renewals would wait on them. The
+                    # node's transactions never wait on anything between their statements.
+                    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
                 },
                 connection_class=_AgedConnection,
                 reset=_keep_session_state,
