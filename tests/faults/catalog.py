@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tests.faults.clock import clock_jump
 from tests.faults.disk import disk_full
+from tests.faults.points import kill_at_points
 from tests.faults.scenarios import (
     Outcome,
     Settings,
@@ -38,4 +39,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         "clock-jump/sqlite", lambda seed, wd, pg, s: clock_jump(seed, wd, store_kind="sqlite", settings=s)
     ),
     Scenario("disk-full/sqlite", lambda seed, wd, pg, s: disk_full(seed, wd, settings=s)),
+    Scenario("kill-points/postgres", lambda seed, wd, pg, s: kill_at_points(seed, wd, pg=pg, settings=s)),
+    Scenario(
+        "kill-points/sqlite",
+        lambda seed, wd, pg, s: kill_at_points(seed, wd, store_kind="sqlite", settings=s),
+    ),
 )

@@ -121,9 +121,10 @@ class Run:
         self.stack.callback(cluster.close)
         return cluster.add_node()
 
-    def load(self, node: Node, phase: str, duration_s: float) -> LoadProcess:
+    def load(self, node: Node, phase: str, duration_s: float, *, target: str | None = None) -> LoadProcess:
+        """The load generator on `node` (or on `target`, a proxy in front of it) for one phase."""
         config = LoadConfig(
-            targets=(node.target,),
+            targets=(target or node.target,),
             entities=self.settings.entities,
             concurrency=self.settings.concurrency,
             duration_s=duration_s,
