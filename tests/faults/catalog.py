@@ -8,7 +8,9 @@ from pathlib import Path
 
 from tests.faults.clock import clock_jump
 from tests.faults.disk import disk_full
+from tests.faults.handler_stall import handler_stall
 from tests.faults.points import kill_at_points
+from tests.faults.read_handler import read_handler_faults
 from tests.faults.scenarios import (
     Outcome,
     Settings,
@@ -43,5 +45,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "kill-points/sqlite",
         lambda seed, wd, pg, s: kill_at_points(seed, wd, store_kind="sqlite", settings=s),
+    ),
+    Scenario("handler-stall/postgres", lambda seed, wd, pg, s: handler_stall(seed, wd, pg=pg, settings=s)),
+    Scenario(
+        "read-handler/postgres", lambda seed, wd, pg, s: read_handler_faults(seed, wd, pg=pg, settings=s)
     ),
 )

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.faults.scenarios import Outcome, Run, Settings, store
 from tests.support.cluster import Node
 from tests.support.history import History
-from tests.support.load import LoadProcess
 from tests.support.postgres import PgServer
 from tests.support.proxy import Direction, Proxy
 
@@ -110,42 +108,13 @@ def kill_at_points(
             node.start()
             run.note("repaired: node ready")
 
-        _kill_through_points(run, main, started, fault, repair, len(points))
+        run.inject(main, started, fault, repair, (0.0, 0.0), pause_s=(0.5, 1.5), at_least=len(points))
         outcome = run.judge(node, store_env, main)
         missing = [p for p in POINTS[store_kind] if not any(k.startswith(p) for k in killed_at)]
         if missing and sum(killed_at.values()) >= len(POINTS[store_kind]):
             outcome.problems.append(f"no kill at point(s) {', '.join(missing)}")
         outcome.problems += _reply_point_unknowns(History.read_jsonl(main.config.out), run, reply_windows)
         return outcome
-
-
-def _kill_through_points(
-    run: Run,
-    load: LoadProcess,
-    started: float,
-    fault: Callable[[], None],
-    repair: Callable[[], None],
-    points: int,
-) -> None:
-    """Like `Run.inject` with shorter pauses (0.5-1.5 s after each restart), so that a short main phase
-    reaches every point; it goes on past the quiet end only while some point was not reached yet."""
-    stop_by = started + run.settings.duration_s - run.settings.quiet_end_s
-    last_chance = started + run.settings.duration_s - 1.0
-    at = started + run.rng.uniform(1.0, 2.0)
-    kills = 0
-    while (at < stop_by or (kills < points and at < last_chance)) and load.popen.poll() is None:
-        _sleep_until(at)
-        fault()
-        kills += 1
-        repair()
-        at = time.monotonic() + run.rng.uniform(0.5, 1.5)
-    if kills == 0:
-        run.problems.append("no fault was injected: the machine was too slow for the main phase")
-
-
-def _sleep_until(moment: float) -> None:
-    while (left := moment - time.monotonic()) > 0:
-        time.sleep(min(left, 0.1))
 
 
 def _hold_until_appends_wait(node: Node, run: Run) -> int:
