@@ -8,6 +8,9 @@ from pathlib import Path
 
 from tests.faults.clock import clock_jump
 from tests.faults.disk import disk_full
+from tests.faults.handler_stall import handler_stall
+from tests.faults.points import kill_at_points
+from tests.faults.read_handler import read_handler_faults
 from tests.faults.scenarios import (
     Outcome,
     Settings,
@@ -38,4 +41,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         "clock-jump/sqlite", lambda seed, wd, pg, s: clock_jump(seed, wd, store_kind="sqlite", settings=s)
     ),
     Scenario("disk-full/sqlite", lambda seed, wd, pg, s: disk_full(seed, wd, settings=s)),
+    Scenario("kill-points/postgres", lambda seed, wd, pg, s: kill_at_points(seed, wd, pg=pg, settings=s)),
+    Scenario(
+        "kill-points/sqlite",
+        lambda seed, wd, pg, s: kill_at_points(seed, wd, store_kind="sqlite", settings=s),
+    ),
+    Scenario("handler-stall/postgres", lambda seed, wd, pg, s: handler_stall(seed, wd, pg=pg, settings=s)),
+    Scenario(
+        "read-handler/postgres", lambda seed, wd, pg, s: read_handler_faults(seed, wd, pg=pg, settings=s)
+    ),
 )

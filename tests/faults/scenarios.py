@@ -121,9 +121,10 @@ class Run:
         self.stack.callback(cluster.close)
         return cluster.add_node()
 
-    def load(self, node: Node, phase: str, duration_s: float) -> LoadProcess:
+    def load(self, node: Node, phase: str, duration_s: float, *, target: str | None = None) -> LoadProcess:
+        """The load generator on `node` (or on `target`, a proxy in front of it) for one phase."""
         config = LoadConfig(
-            targets=(node.target,),
+            targets=(target or node.target,),
             entities=self.settings.entities,
             concurrency=self.settings.concurrency,
             duration_s=duration_s,
@@ -149,18 +150,26 @@ class Run:
         fault: Callable[[], None],
         repair: Callable[[], None],
         hold_s: tuple[float, float] = (0.0, 1.0),
+        *,
+        pause_s: tuple[float, float] = (1.0, 3.0),
+        at_least: int = 1,
     ) -> None:
         """Fault and repair at seeded moments until the main phase nears its end: a first fault 1.5-3 s
-        in, repaired after a time drawn from `hold_s`, then a pause of 1-3 s after each repair."""
+        in, repaired after a time drawn from `hold_s`, then a pause drawn from `pause_s` after each
+        repair. Past the quiet end, faults go on (up to a second before the end) only while fewer than
+        `at_least` were injected, so that a short phase still sees every kind a scenario cycles."""
         stop_by = started + self.settings.duration_s - self.settings.quiet_end_s
+        last_chance = started + self.settings.duration_s - 1.0
         at = started + self.rng.uniform(1.5, 3.0)
-        while at < stop_by and load.popen.poll() is None:
+        injected = 0
+        while (at < stop_by or (injected < at_least and at < last_chance)) and load.popen.poll() is None:
             _sleep_until(at)
             fault()
+            injected += 1
             _sleep_until(time.monotonic() + self.rng.uniform(*hold_s))
             repair()
-            at = time.monotonic() + self.rng.uniform(1.0, 3.0)
-        if not any(what.startswith("repaired") for _, what in self.faults):
+            at = time.monotonic() + self.rng.uniform(*pause_s)
+        if injected == 0:
             self.problems.append("no fault was injected: the machine was too slow for the main phase")
 
     def judge(self, node: Node, store_env: dict[str, str], main: LoadProcess) -> Outcome:
@@ -282,7 +291,7 @@ def kill_handler(
 
         run.inject(main, started, fault, repair)
         outcome = run.judge(node, store_env, main)
-        outcome.problems += _hung_commands(main, down)
+        outcome.problems += commands_without_answer(main, down)
         return outcome
 
 
@@ -322,7 +331,7 @@ def break_database_link(
         return run.judge(node, store_env, main)
 
 
-def _hung_commands(load: LoadProcess, down: list[tuple[float, float]]) -> list[str]:
+def commands_without_answer(load: LoadProcess, down: list[tuple[float, float]]) -> list[str]:
     """Commands sent while the handler was down that the client gave up waiting for (its deadline
     passed, or the run ended with them in flight): the node should have answered each with a status.
 

@@ -295,6 +295,16 @@ class BankHandler:
         if self.process is not None:
             self.process.stop()
 
+    def pause(self) -> None:
+        """SIGSTOP: the handler keeps its socket open (connections are accepted by the kernel) but
+        answers nothing, as a hung process does."""
+        if self.process is not None:
+            self.process.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.popen.send_signal(signal.SIGCONT)
+
     def __enter__(self) -> BankHandler:
         return self.start() if self.process is None else self
 
