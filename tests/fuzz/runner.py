@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import httpx
+from chiefofstate_examples.bank import client as bank
 from hypothesis import HealthCheck, given, settings
 
 from tests.fuzz.cases import (
@@ -64,6 +65,9 @@ def run_api_cases(target: FuzzTarget, budget: Budget) -> Ledger:
     ledger = Ledger()
     options = [("grpc.max_send_message_length", _MAX_MESSAGE_BYTES)]
     with grpc.insecure_channel(target.grpc_address, options=options) as channel:
+        # A valid command first, through the same checks: generated cases are random, and a run whose
+        # cases all happened to be refused must still show that they reached a working node.
+        check_grpc_case(channel, ledger, ("process", ("fuzz-canary", bank.open_account("Canary", 1), [])))
         _run(budget.grpc, grpc_cases(), lambda case: check_grpc_case(channel, ledger, case))
     with httpx.Client(base_url=target.http_url, timeout=30) as client:
         _run(budget.http, http_cases(), lambda case: check_http_case(client, ledger, case))
