@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck unit protos docs lowest image bench faults cluster fuzz
+.PHONY: setup packages demo test lint typecheck unit protos docs lowest image bench faults cluster fuzz
 
 setup: $(VENV)/.installed
 
@@ -27,7 +27,11 @@ typecheck: setup
 unit: setup
 	$(BIN)/pytest tests/unit -q
 
-test: lint typecheck
+# The Debian packages some suites need (faketime), installed only when missing.
+packages:
+	bash .ci/packages
+
+test: packages lint typecheck
 	$(BIN)/pytest -q -ra
 
 protos: setup
