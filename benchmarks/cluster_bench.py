@@ -35,9 +35,9 @@ import psycopg
 from benchmarks.engine import Engine, Round, Target, Timing
 from benchmarks.processes import Fleet
 from benchmarks.results import Cell
-from benchmarks.stores import NUM_SHARDS, Store, private_postgres_server
+from benchmarks.stores import NUM_SHARDS, Store, postgres_database, private_postgres_server
 from chiefofstate.cli.processes import Process, free_port, spawn, start_node, wait_for, workers_environment
-from tests.support.postgres import PgServer, fresh_database
+from tests.support.postgres import fresh_database
 
 WORKLOADS = ("ProcessCommand hot", "ProcessCommand new")
 _OWNERSHIP_TIMEOUT_S = 60.0
@@ -53,21 +53,6 @@ class Options:
 
 def _progress(message: str) -> None:
     print(f"[cluster-bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _store(server: PgServer, database: str) -> Store:
-    return Store(
-        "postgres",
-        {
-            "COS_DB_HOST": server.host,
-            "COS_DB_PORT": str(server.port),
-            "COS_DB_NAME": database,
-            "COS_DB_USER": server.user,
-            "COS_DB_PASSWORD": server.password,
-        },
-        database=database,
-        dsn=server.dsn(database),
-    )
 
 
 def _children(pid: int) -> list[int]:
@@ -270,7 +255,7 @@ def _two_databases() -> Iterator[tuple[Store, Store]]:
         fresh_database(server, f"cos_bench_a_{uuid.uuid4().hex[:8]}") as first,
         fresh_database(server, f"cos_bench_b_{uuid.uuid4().hex[:8]}") as second,
     ):
-        yield _store(server, first), _store(server, second)
+        yield postgres_database(server, first), postgres_database(server, second)
 
 
 def run(options: Options) -> list[Cell]:

@@ -24,6 +24,7 @@ from chiefofstate.core.sharding import shard_of
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper, StateWrapper
 from chiefofstate.node.node import open_store
 from chiefofstate.ports.journal import AppendRequest, Journal
+from tests.support.cluster import postgres_store_env
 from tests.support.postgres import PgServer, postgres_binaries
 
 NUM_SHARDS = 16  # COS_NUM_SHARDS default
@@ -101,18 +102,17 @@ def postgres_store(where: str = "private") -> Iterator[Store]:
 
     server_context = private_postgres_server() if where == "private" else test_server()
     with server_context as server, fresh_database(server, f"cos_bench_{uuid.uuid4().hex[:10]}") as name:
-        yield Store(
-            "postgres",
-            {
-                "COS_DB_HOST": server.host,
-                "COS_DB_PORT": str(server.port),
-                "COS_DB_NAME": name,
-                "COS_DB_USER": server.user,
-                "COS_DB_PASSWORD": server.password,
-            },
-            database=name,
-            dsn=server.dsn(name),
-        )
+        yield postgres_database(server, name)
+
+
+def postgres_database(server: PgServer, database: str) -> Store:
+    """A store on `database` of `server`."""
+    return Store(
+        "postgres",
+        postgres_store_env(server.host, server.port, server.user, server.password, database),
+        database=database,
+        dsn=server.dsn(database),
+    )
 
 
 @contextlib.contextmanager

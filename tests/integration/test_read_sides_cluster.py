@@ -28,7 +28,7 @@ from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerS
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2 as admin
 from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import ReadSideAdminServiceStub
-from tests.support.cluster import BankHandler, Cluster, Node, node_base_env
+from tests.support.cluster import BankHandler, Cluster, Node, node_base_env, postgres_store_env
 from tests.support.postgres import PgServer
 from tests.support.readside_processes import FAST, DeliveryLog, cos_cli, no_gap_in_order, read_side, wait_for
 
@@ -65,13 +65,7 @@ def cluster(tmp_path: Path, pg_database: tuple[PgServer, str], deliveries: Deliv
             **FAST,
             **read_side(READ_SIDE, reader.ports["read_side"]),
         )
-        store = {
-            "COS_DB_HOST": server.host,
-            "COS_DB_PORT": str(server.port),
-            "COS_DB_USER": server.user,
-            "COS_DB_PASSWORD": server.password,
-            "COS_DB_NAME": database,
-        }
+        store = postgres_store_env(server.host, server.port, server.user, server.password, database)
         nodes = Cluster(env, store, logs)
         try:
             for _ in range(3):

@@ -137,8 +137,7 @@ class Coordinator:
         await self._drain(shards)
         await asyncio.gather(*(self._stop_projection(key) for key, _ in held if key.read_side_id is not None))
         for key, _ in held:
-            if key.read_side_id is None:
-                self._host.forget_shard(key.shard)
+            self._forget_entities(key)
             self._book.dropped(key)
         with contextlib.suppress(CosError):
             await self._store.release_all(self.member_id, held)
@@ -237,9 +236,8 @@ class Coordinator:
 
     def _lose(self, key: LeaseKey, why: str) -> None:
         self._book.dropped(key)
-        if key.read_side_id is None:
-            self._host.forget_shard(key.shard)
-        elif self._projections is not None:
+        self._forget_entities(key)
+        if key.read_side_id is not None and self._projections is not None:
             self._projections.drop_projection((key.read_side_id, key.shard))
         handover = self._handovers.pop(key, None)
         if handover is not None:
@@ -274,8 +272,7 @@ class Coordinator:
             else:
                 await self._stop_projection(key)
             token = self._book.token(key)
-            if key.read_side_id is None:
-                self._host.forget_shard(key.shard)
+            self._forget_entities(key)
             self._book.dropped(key)
             if token is not None:
                 with contextlib.suppress(CosError):  # it then expires by itself
@@ -283,6 +280,11 @@ class Coordinator:
             log.info("handed over %s", key)
         finally:
             self._handovers.pop(key, None)
+
+    def _forget_entities(self, key: LeaseKey) -> None:
+        """An entity shard no longer ours: its cached entities are read again by whoever serves it next."""
+        if key.read_side_id is None:
+            self._host.forget_shard(key.shard)
 
     async def _stop_projection(self, key: LeaseKey) -> None:
         """Stop the projection and store its offset under the lease, before the lease is released."""

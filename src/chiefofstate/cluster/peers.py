@@ -130,7 +130,7 @@ class PeerClients:
             self._channels.move_to_end(address)
         return channel
 
-    async def _call(
+    async def call(
         self,
         address: str,
         method: str,
@@ -138,6 +138,9 @@ class PeerClients:
         metadata: Sequence[tuple[str, str | bytes]],
         timeout_s: float,
     ) -> bytes:
+        """Any unary method of the member's internal port, bytes in and out (a read-side manager call
+        sent on to the member that runs the projection, as well as the methods below); raises NotHere,
+        Unreachable or the member's own failure as a CosError."""
         channel = self._channel(address)
         while len(self._retired) > MAX_PEER_CHANNELS:  # bounded however long members are away
             await self._retired.pop(0).close(grace=None)
@@ -150,9 +153,7 @@ class PeerClients:
                 # A channel that failed to connect backs off before trying again; the next member at
                 # this address (the owner restarted in place) must be reached at once, on a new one.
                 del self._channels[address]
-                self._retired.append(channel)
-            while len(self._retired) > MAX_PEER_CHANNELS:  # bounded however long members are away
-                await self._retired.pop(0).close(grace=None)
+                self._retired.append(channel)  # closed by a later call's bounding, or at close()
             raise failure from None
         return reply
 
@@ -163,7 +164,7 @@ class PeerClients:
         metadata: Sequence[tuple[str, str | bytes]],
         timeout_s: float,
     ) -> bytes:
-        return await self._call(address, _PROCESS_COMMAND, request.SerializeToString(), metadata, timeout_s)
+        return await self.call(address, _PROCESS_COMMAND, request.SerializeToString(), metadata, timeout_s)
 
     async def get_state(
         self,
@@ -172,19 +173,7 @@ class PeerClients:
         metadata: Sequence[tuple[str, str | bytes]],
         timeout_s: float,
     ) -> bytes:
-        return await self._call(address, _GET_STATE, request.SerializeToString(), metadata, timeout_s)
-
-    async def call(
-        self,
-        address: str,
-        method: str,
-        request: bytes,
-        metadata: Sequence[tuple[str, str | bytes]],
-        timeout_s: float,
-    ) -> bytes:
-        """Any unary method of the member's internal port, e.g. a read-side manager call sent on to
-        the member that runs the projection; raises as `process_command` does."""
-        return await self._call(address, method, request, metadata, timeout_s)
+        return await self.call(address, _GET_STATE, request.SerializeToString(), metadata, timeout_s)
 
     async def unsubscribe_everywhere(
         self, addresses: Sequence[str], subscription_id: str, caller: Metadata, timeout_s: float
@@ -194,7 +183,7 @@ class PeerClients:
         and skipped: a subscription held there stays open until its client ends it."""
         request = pb.UnsubscribeRequest(subscription_id=subscription_id).SerializeToString()
         metadata = forwarded_metadata(caller, ())
-        calls = [self._call(address, _UNSUBSCRIBE, request, metadata, timeout_s) for address in addresses]
+        calls = [self.call(address, _UNSUBSCRIBE, request, metadata, timeout_s) for address in addresses]
         for address, outcome in zip(
             addresses, await asyncio.gather(*calls, return_exceptions=True), strict=True
         ):

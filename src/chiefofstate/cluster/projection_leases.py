@@ -14,8 +14,7 @@ from typing import Protocol
 
 from chiefofstate.core.placement import assign, read_side_key
 from chiefofstate.ports.cluster import LeaseKey
-
-ProjectionKey = tuple[str, int]  # (read side id, shard)
+from chiefofstate.ports.offsets import ProjectionKey
 
 
 class ProjectionRunner(Protocol):

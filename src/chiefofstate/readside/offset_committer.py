@@ -21,11 +21,9 @@ from collections.abc import Callable
 
 from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.core.errors import CosError
-from chiefofstate.ports.offsets import OffsetStore
+from chiefofstate.ports.offsets import OffsetStore, ProjectionKey
 
 log = logging.getLogger("chiefofstate.readside")
-
-Key = tuple[str, int]  # (read side id, shard)
 
 
 class OffsetCommitter:
@@ -35,14 +33,14 @@ class OffsetCommitter:
         interval_s: float,
         *,
         fenced: bool = False,
-        on_fenced: Callable[[Key], None] | None = None,
+        on_fenced: Callable[[ProjectionKey], None] | None = None,
     ) -> None:
         self._store = store
         self._interval_s = interval_s
         self.fenced = fenced
         self.on_fenced = on_fenced
-        self._pending: dict[Key, int] = {}
-        self._tokens: dict[Key, int] = {}
+        self._pending: dict[ProjectionKey, int] = {}
+        self._tokens: dict[ProjectionKey, int] = {}
         # Held while writing, so an operator action that flushed a shard knows no older write of it is
         # still on its way to the database.
         self._lock = asyncio.Lock()
@@ -65,28 +63,28 @@ class OffsetCommitter:
                 "read-side offsets not stored at shutdown (%s); those events will be delivered again", error
             )
 
-    def lease(self, key: Key, token: int) -> None:
+    def lease(self, key: ProjectionKey, token: int) -> None:
         """The projection now runs here under this lease token (cluster mode)."""
         self._tokens[key] = token
 
-    def token(self, key: Key) -> int | None:
+    def token(self, key: ProjectionKey) -> int | None:
         """The lease token the projection runs under here (cluster mode); None on a lone node."""
         return self._tokens.get(key)
 
-    def fenced_out(self, key: Key) -> None:
+    def fenced_out(self, key: ProjectionKey) -> None:
         """A write of the projection other than an offset was refused under its token: stop it here."""
         self.refused += 1
         self.forget(key)
         if self.on_fenced is not None:
             self.on_fenced(key)
 
-    def forget(self, key: Key) -> None:
+    def forget(self, key: ProjectionKey) -> None:
         """The projection no longer runs here: its unstored position is dropped (its next owner starts
         from the stored offset, so those events are delivered again, never skipped)."""
         self._tokens.pop(key, None)
         self._pending.pop(key, None)
 
-    def record(self, key: Key, offset: int) -> None:
+    def record(self, key: ProjectionKey, offset: int) -> None:
         if self.fenced and key not in self._tokens:
             return  # a projection stopping after it lost its lease
         self._pending[key] = offset
@@ -95,7 +93,7 @@ class OffsetCommitter:
         """Write soon rather than at the next interval."""
         self._wake.set()
 
-    async def flush(self, key: Key | None = None) -> None:
+    async def flush(self, key: ProjectionKey | None = None) -> None:
         """Write now: every pending position, or only `key`'s. Raises what the store raises."""
         async with self._lock:
             if key is None:

@@ -39,6 +39,10 @@ class MemoryOffsetStore:
             )
         )
 
+    def _holds(self, key: ProjectionKey, token: int) -> bool:
+        """Whether `token` is the projection lease's current one (never, without a cluster database)."""
+        return self._lease_token is not None and self._lease_token(*key) == token
+
     async def save_offsets(
         self,
         offsets: Sequence[tuple[str, int, int]],
@@ -47,11 +51,8 @@ class MemoryOffsetStore:
     ) -> set[ProjectionKey]:
         tokens = lease_tokens or {}
 
-        def current(read_side_id: str, shard: int) -> int | None:
-            return None if self._lease_token is None else self._lease_token(read_side_id, shard)
-
         def save() -> set[ProjectionKey]:
-            refused = {key for key, token in tokens.items() if current(*key) != token}
+            refused = {key for key, token in tokens.items() if not self._holds(key, token)}
             # In order, so an entry repeated in one call ends at its last value, as on SQLite.
             for read_side_id, shard, offset in offsets:
                 if (read_side_id, shard) not in refused:
@@ -92,9 +93,7 @@ class MemoryOffsetStore:
         lease_token: int | None = None,
     ) -> bool:
         def save() -> bool:
-            if lease_token is not None and (
-                self._lease_token is None or self._lease_token(read_side_id, shard) != lease_token
-            ):
+            if lease_token is not None and not self._holds((read_side_id, shard), lease_token):
                 return False
             if offset is not None:
                 self._offsets.setdefault(read_side_id, {})[shard] = offset
