@@ -152,3 +152,33 @@ def test_generated_modules_are_fresh() -> None:
         [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# File options as upstream's published protos set them, so code generated from these files in other
+# languages lands in the same packages/namespaces as code generated from upstream's (docs/contract.md §2).
+_UPSTREAM_NAMESPACES = {
+    "csharp_namespace": "ChiefOfState.V1",
+    "go_package": "chief_of_state/v1;chiefofstatev1",
+}
+UPSTREAM_FILE_OPTIONS = {
+    common_pb2: {**_UPSTREAM_NAMESPACES, "java_outer_classname": "CosCommonProto"},
+    manager_pb2: {**_UPSTREAM_NAMESPACES, "java_outer_classname": "CosReadSideManagerProto"},
+    # upstream's persistence.proto names no C# namespace and no Go package
+    persistence_pb2: {"java_outer_classname": "CosPersistenceProto"},
+    readside_pb2: {**_UPSTREAM_NAMESPACES, "java_outer_classname": "CosReadSideHandlerProto"},
+    service_pb2: {**_UPSTREAM_NAMESPACES, "java_outer_classname": "CosServiceProto"},
+    writeside_pb2: {**_UPSTREAM_NAMESPACES, "java_outer_classname": "CosWriteSideHandlerProto"},
+}
+_LANGUAGE_OPTIONS = ("csharp_namespace", "go_package", "java_outer_classname", "java_package")
+
+
+@pytest.mark.parametrize("module", list(UPSTREAM_FILE_OPTIONS), ids=lambda m: m.DESCRIPTOR.name)
+def test_language_options_match_upstreams_files(module: object) -> None:
+    expected = {
+        **UPSTREAM_FILE_OPTIONS[module],  # type: ignore[index]
+        "java_package": "com.github.chiefofstate.protobuf.v1",
+    }
+    options = module.DESCRIPTOR.GetOptions()  # type: ignore[attr-defined]
+    present = {name: getattr(options, name) for name in _LANGUAGE_OPTIONS if options.HasField(name)}
+    assert present == expected
+    assert options.java_multiple_files is True

@@ -26,13 +26,14 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63hief_of_state/v1/common.proto\x12\x11\x63hief_of_state.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x02\n\x08MetaData\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x17\n\x0frevision_number\x18\x02 \x01(\r\x12\x31\n\rrevision_date\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32%.chief_of_state.v1.MetaData.DataEntry\x12*\n\x07headers\x18\x05 \x03(\x0b\x32\x19.chief_of_state.v1.Header\x1a\x41\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\"M\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x16\n\x0cstring_value\x18\x02 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05value\">\n\x0eReadSideOffset\x12\x1c\n\x14\x63luster_shard_number\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63hief_of_state/v1/common.proto\x12\x11\x63hief_of_state.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x02\n\x08MetaData\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x17\n\x0frevision_number\x18\x02 \x01(\r\x12\x31\n\rrevision_date\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32%.chief_of_state.v1.MetaData.DataEntry\x12*\n\x07headers\x18\x05 \x03(\x0b\x32\x19.chief_of_state.v1.Header\x1a\x41\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\"M\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x16\n\x0cstring_value\x18\x02 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05value\">\n\x0eReadSideOffset\x12\x1c\n\x14\x63luster_shard_number\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x42k\n#com.github.chiefofstate.protobuf.v1B\x0e\x43osCommonProtoP\x01Z chief_of_state/v1;chiefofstatev1\xaa\x02\x0f\x43hiefOfState.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chief_of_state.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n#com.github.chiefofstate.protobuf.v1B\016CosCommonProtoP\001Z chief_of_state/v1;chiefofstatev1\252\002\017ChiefOfState.V1'
   _globals['_METADATA_DATAENTRY']._loaded_options = None
   _globals['_METADATA_DATAENTRY']._serialized_options = b'8\001'
   _globals['_METADATA']._serialized_start=114

@@ -26,13 +26,14 @@ from chiefofstate.gen.chief_of_state.v1 import common_pb2 as chief__of__state_do
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#chief_of_state/v1/persistence.proto\x12\x11\x63hief_of_state.v1\x1a\x1e\x63hief_of_state/v1/common.proto\x1a\x19google/protobuf/any.proto\"d\n\x0cStateWrapper\x12#\n\x05state\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12)\n\x04meta\x18\x03 \x01(\x0b\x32\x1b.chief_of_state.v1.MetaDataJ\x04\x08\x02\x10\x03\"\x8d\x01\n\x0c\x45ventWrapper\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12-\n\x0fresulting_state\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12)\n\x04meta\x18\x03 \x01(\x0b\x32\x1b.chief_of_state.v1.MetaDatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#chief_of_state/v1/persistence.proto\x12\x11\x63hief_of_state.v1\x1a\x1e\x63hief_of_state/v1/common.proto\x1a\x19google/protobuf/any.proto\"d\n\x0cStateWrapper\x12#\n\x05state\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12)\n\x04meta\x18\x03 \x01(\x0b\x32\x1b.chief_of_state.v1.MetaDataJ\x04\x08\x02\x10\x03\"\x8d\x01\n\x0c\x45ventWrapper\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12-\n\x0fresulting_state\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12)\n\x04meta\x18\x03 \x01(\x0b\x32\x1b.chief_of_state.v1.MetaDataB<\n#com.github.chiefofstate.protobuf.v1B\x13\x43osPersistenceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chief_of_state.v1.persistence_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n#com.github.chiefofstate.protobuf.v1B\023CosPersistenceProtoP\001'
   _globals['_STATEWRAPPER']._serialized_start=117
   _globals['_STATEWRAPPER']._serialized_end=217
   _globals['_EVENTWRAPPER']._serialized_start=220

@@ -26,13 +26,14 @@ from chiefofstate.gen.chief_of_state.v1 import common_pb2 as chief__of__state_do
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n chief_of_state/v1/readside.proto\x12\x11\x63hief_of_state.v1\x1a\x1e\x63hief_of_state/v1/common.proto\x1a\x19google/protobuf/any.proto\"\xa2\x01\n\x15HandleReadSideRequest\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12#\n\x05state\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12)\n\x04meta\x18\x03 \x01(\x0b\x32\x1b.chief_of_state.v1.MetaData\x12\x14\n\x0cread_side_id\x18\x04 \x01(\t\",\n\x16HandleReadSideResponse\x12\x12\n\nsuccessful\x18\x01 \x01(\x08\x32\x7f\n\x16ReadSideHandlerService\x12\x65\n\x0eHandleReadSide\x12(.chief_of_state.v1.HandleReadSideRequest\x1a).chief_of_state.v1.HandleReadSideResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n chief_of_state/v1/readside.proto\x12\x11\x63hief_of_state.v1\x1a\x1e\x63hief_of_state/v1/common.proto\x1a\x19google/protobuf/any.proto\"\xa2\x01\n\x15HandleReadSideRequest\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12#\n\x05state\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12)\n\x04meta\x18\x03 \x01(\x0b\x32\x1b.chief_of_state.v1.MetaData\x12\x14\n\x0cread_side_id\x18\x04 \x01(\t\",\n\x16HandleReadSideResponse\x12\x12\n\nsuccessful\x18\x01 \x01(\x08\x32\x7f\n\x16ReadSideHandlerService\x12\x65\n\x0eHandleReadSide\x12(.chief_of_state.v1.HandleReadSideRequest\x1a).chief_of_state.v1.HandleReadSideResponseBt\n#com.github.chiefofstate.protobuf.v1B\x17\x43osReadSideHandlerProtoP\x01Z chief_of_state/v1;chiefofstatev1\xaa\x02\x0f\x43hiefOfState.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chief_of_state.v1.readside_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n#com.github.chiefofstate.protobuf.v1B\027CosReadSideHandlerProtoP\001Z chief_of_state/v1;chiefofstatev1\252\002\017ChiefOfState.V1'
   _globals['_HANDLEREADSIDEREQUEST']._serialized_start=115
   _globals['_HANDLEREADSIDEREQUEST']._serialized_end=277
   _globals['_HANDLEREADSIDERESPONSE']._serialized_start=279
