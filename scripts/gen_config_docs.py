@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chiefofstate.config.parsing import LookedUp, VariableRead
-from chiefofstate.config.settings import RETIRED_VARIABLES, load_settings
+from chiefofstate.config.settings import RETIRED_PREFIXES, RETIRED_VARIABLES, is_retired, load_settings
 from chiefofstate.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +120,8 @@ DESCRIBED: dict[str, Described] = {
         "any positive number accepted",
     ),
     "COS_DB_POOL_MIN_IDLE_CONNECTIONS": Described(
-        "Store", "PostgreSQL only: connections kept open; not above the maximum"
+        "Store",
+        "PostgreSQL only: connections kept open; above the maximum it is clamped to it (a warning says so)",
     ),
     "COS_DB_POOL_IDLE_TIMEOUT_MS": Described(
         "Store", "PostgreSQL only: an idle connection above the minimum is closed after this"
@@ -132,7 +133,8 @@ DESCRIBED: dict[str, Described] = {
     ),
     "COS_MIGRATIONS_INITIAL_VERSION": Described(
         "Store",
-        "integer without spaces; recorded as the schema version while `cos_migrations` is empty "
+        "integer (surrounding whitespace trimmed); recorded as the schema version while "
+        "`cos_migrations` is empty "
         "(docs/contract.md §4.6)",
         "same checks and messages; any failure exits 2 with one line here",
         default="unset",
@@ -166,22 +168,27 @@ DESCRIBED: dict[str, Described] = {
     "COS_WRITE_PERSISTED_HEADERS": Described("Write handler", "metadata keys stored in `meta.headers`"),
     "COS_GRPC_CALLS_TIMEOUT": Described("Write handler", "milliseconds; bound of every write-handler call"),
     "COS_GRPC_CLIENT_POOL_SIZE": Described(
-        "Write handler", "gRPC channels to the write handler, used round-robin", "no upper limit"
+        "Write handler",
+        "gRPC channels to the write handler, used round-robin; above 64 it is capped at 64 "
+        "(a warning says so)",
+        "no upper limit",
     ),
     "COS_GRPC_KEEPALIVE_ENABLED": Described(
         "Write handler", "HTTP/2 keepalive on outbound channels (write and read handlers)"
     ),
     "COS_GRPC_KEEPALIVE_TIME": Described(
         "Write handler",
-        "whole seconds are used; checked even while keepalive is off",
-        "not read while keepalive is off",
+        "whole seconds are used; not read while keepalive is off",
+        "same",
     ),
     "COS_GRPC_KEEPALIVE_TIMEOUT": Described(
         "Write handler",
-        "whole seconds are used; checked even while keepalive is off",
-        "not read while keepalive is off",
+        "whole seconds are used; not read while keepalive is off",
+        "same",
     ),
-    "COS_GRPC_KEEPALIVE_WITHOUT_CALLS": Described("Write handler", "ping even with no call in progress"),
+    "COS_GRPC_KEEPALIVE_WITHOUT_CALLS": Described(
+        "Write handler", "ping even with no call in progress; not read while keepalive is off"
+    ),
     "COS_WRITE_SIDE_BREAKER_ENABLED": Described("Write handler", "a circuit breaker in front of the handler"),
     "COS_WRITE_SIDE_BREAKER_MAX_FAILURES": Described("Write handler", "when the breaker is on"),
     "COS_WRITE_SIDE_BREAKER_CALL_TIMEOUT": Described("Write handler", "when the breaker is on; at most 5m"),
@@ -310,7 +317,7 @@ DESCRIBED: dict[str, Described] = {
     "LOG_LEVEL": Described(
         "Logging and telemetry",
         "start-up lines are logged at WARN so that they show by default",
-        "also accepts `OFF`; here that exits 2",
+        "same levels; `OFF` silences every line here too (configuration errors still print)",
     ),
     "LOG_STYLE": Described("Logging and telemetry", "log line format"),
     "COS_SERVICE_NAME": Described(
@@ -386,8 +393,11 @@ def names_in_code(known: set[str]) -> set[str]:
     names = {match for path in CONFIG_CODE.glob("*.py") for match in _NAME.findall(path.read_text())}
     return {
         name
-        for name in names - set(RETIRED_VARIABLES)
-        if not any(other.startswith(name + "_") for other in known) or name in known
+        for name in names
+        if not is_retired(name)
+        and name not in RETIRED_PREFIXES
+        and not any(other.startswith(name + "_") for other in known)
+        or name in known
     }
 
 
@@ -401,7 +411,7 @@ def _documented_name(name: str) -> str:
 def render() -> str:
     reads, looked_up = discover()
     known = {*reads, *looked_up}
-    found = {_documented_name(name) for name in {*known, *names_in_code(known)}} - set(RETIRED_VARIABLES)
+    found = {_documented_name(name) for name in {*known, *names_in_code(known)} if not is_retired(name)}
     undescribed = sorted(found - set(DESCRIBED))
     stale = sorted(set(DESCRIBED) - found)
     if undescribed or stale:
@@ -443,11 +453,23 @@ def render() -> str:
         "",
         "Variables that neither upstream nor this project reads any more get a warning of their own at",
         "start:",
-        ", ".join(f"`{name}`" for name in RETIRED_VARIABLES) + ". `COS_EVENTS_BATCH_THRESHOLD` is now",
-        "`COS_SNAPSHOT_FREQUENCY`; the telemetry ones gave way to the `OTEL_*` variables.",
-        "`JAVA_OPTS` is ignored. Other `OTEL_*` variables are read by the OpenTelemetry SDK itself:",
+        ", ".join([*(f"`{name}`" for name in RETIRED_VARIABLES), *(f"`{p}*`" for p in RETIRED_PREFIXES)])
+        + ". `COS_EVENTS_BATCH_THRESHOLD` is now",
+        "`COS_SNAPSHOT_FREQUENCY`; the telemetry ones gave way to the `OTEL_*` variables; the Namely-era",
+        "plugin, read-side offset database and `COS_POSTGRES_*` settings were folded into the `COS_DB_*`",
+        "ones. `JAVA_OPTS` is ignored. Other `OTEL_*` variables are read by the OpenTelemetry SDK itself:",
         "`OTEL_PROPAGATORS` (default `tracecontext,baggage`; also `b3`, `b3multi`, `jaeger`),",
         "`OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS` and the others it documents.",
+        "",
+        "## Values accepted as upstream accepts them",
+        "",
+        "Values upstream starts with start this node too, changed only where a start-up `warning:` line",
+        "says so: `LOG_LEVEL` also takes `TRACE` and `ALL` (both `DEBUG` here) and `OFF` (no log lines at",
+        "all; configuration errors still print); `COS_GRPC_CLIENT_POOL_SIZE` above 64 is capped at 64;",
+        "`COS_GRPC_KEEPALIVE_TIME`, `_TIMEOUT` and `_WITHOUT_CALLS` are not read while",
+        "`COS_GRPC_KEEPALIVE_ENABLED` is off (so a value that would not parse does not matter);",
+        "`COS_DB_POOL_MIN_IDLE_CONNECTIONS` above `COS_DB_POOL_MAX_SIZE` is clamped to it, as upstream's",
+        "pool does; `COS_MIGRATIONS_INITIAL_VERSION` is trimmed of surrounding whitespace.",
         "",
     ]
     return "\n".join(lines)

@@ -153,9 +153,10 @@ async def test_migrate_adds_shard_rows_when_the_shard_count_grows(backend: Backe
     assert rows == [(NUM_SHARDS * 2,)]
 
 
-async def test_initial_version_is_recorded_on_an_empty_history(backend: Backend) -> None:
+@pytest.mark.parametrize("value", ["6", " 6\n"])  # trimmed, as upstream does
+async def test_initial_version_is_recorded_on_an_empty_history(backend: Backend, value: str) -> None:
     await create_tables(backend, upstream_script(backend.kind, "0006_initial.sql"))
-    journal = await backend.open(migrations_initial_version="6")
+    journal = await backend.open(migrations_initial_version=value)
     assert await journal.migrate(NUM_SHARDS) == LATEST_VERSION
     assert await recorded_versions(backend) == [(6, True), (7, False), *ADDITIVE_AFTER_7]
     assert "cos_shard_locks" in await backend.raw.tables()
@@ -169,7 +170,7 @@ async def test_initial_version_empty_is_refused(backend: Backend) -> None:
     assert str(caught.value) == "COS_MIGRATIONS_INITIAL_VERSION: setting provided empty"
 
 
-@pytest.mark.parametrize("value", ["abc", "6.0", " 6", "1_0", "99999999999"])
+@pytest.mark.parametrize("value", ["abc", "6.0", "6 6", "1_0", "99999999999"])
 async def test_initial_version_not_an_integer_is_refused(backend: Backend, value: str) -> None:
     journal = await backend.open(migrations_initial_version=value)
     with pytest.raises(ConfigError) as caught:

@@ -73,6 +73,9 @@ class Env:
     def __init__(self, values: Mapping[str, str], reads: dict[str, VariableRead] | None = None) -> None:
         self.values = values
         self.reads: dict[str, VariableRead] = {} if reads is None else reads
+        # Values accepted as upstream accepts them but changed on the way (capped, clamped): said once
+        # at start-up, with the other configuration warnings.
+        self.adjusted: list[str] = []
 
     def _note(self, name: str, kind: str, default: object, accepted: str) -> None:
         if name not in self.reads:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from chiefofstate.config.cluster import (
     CLUSTER_OFF,
@@ -158,7 +159,30 @@ RETIRED_VARIABLES = (
     "COS_ENCRYPTION_CLASS",
     "COS_EVENTS_BATCH_THRESHOLD",
     "COS_DB_CREATE_TABLES",
+    # Namely-era releases (plugins, a separate read-side offset database, older names)
+    "COS_ENABLED_PLUGINS",
+    "COS_ENABLE_PLUGINS",
+    "COS_KUBERNETES_REPLICA_COUNT",
+    "COS_DOCKER_SERVICE_NAME",
+    "COS_DOCKER_REPLICA_COUNT",
+    "COS_JAEGER_ENABLED",
+    "COS_KAFKA_BROKER",
+    "COS_PROMETHEUS_ROUTE",
+    "COS_STORES_AUTO_CREATE",
+    "COS_EVENTS_TAG_NAME",
+    "COS_WRITE_PROPAGATED_HEADERS",
 )
+# Whole families of Namely-era variables: the read-side offset store's own database and the
+# pre-COS_DB_* PostgreSQL settings.
+RETIRED_PREFIXES = ("COS_READ_SIDE_OFFSET_", "COS_POSTGRES_")
+
+# Upstream's gRPC client pool accepts any size; more than this many channels to one handler buys
+# nothing, so a larger value is capped (and said) rather than refused.
+MAX_CHANNEL_POOL_SIZE = 64
+
+
+def is_retired(name: str) -> bool:
+    return name in RETIRED_VARIABLES or name.startswith(RETIRED_PREFIXES)
 
 
 def _breaker(env: Env, prefix: str, call_timeout_default: str) -> BreakerSettings | None:
@@ -216,10 +240,12 @@ def _store(env: Env) -> StoreSettings:
             startup_retries=env.integer("COS_DB_STARTUP_RETRIES", 5, minimum=0),
         )
         if postgres.pool_min_idle > postgres.pool_max_size:
-            raise ConfigError(
-                "COS_DB_POOL_MIN_IDLE_CONNECTIONS",
-                f"must not exceed COS_DB_POOL_MAX_SIZE ({postgres.pool_min_idle} > {postgres.pool_max_size})",
+            # as upstream's pool does: the idle minimum is clamped to the pool's size
+            env.adjusted.append(
+                f"COS_DB_POOL_MIN_IDLE_CONNECTIONS={postgres.pool_min_idle} exceeds "
+                f"COS_DB_POOL_MAX_SIZE={postgres.pool_max_size}; using {postgres.pool_max_size}"
             )
+            postgres = replace(postgres, pool_min_idle=postgres.pool_max_size)
     initial = env.values.get("COS_MIGRATIONS_INITIAL_VERSION")
     return StoreSettings(
         postgres=postgres,
@@ -243,17 +269,18 @@ def _write_side(env: Env, *, require_target: bool) -> WriteSideSettings:
         raise ConfigError("COS_WRITE_SIDE_HOST", "must name the write handler's host")
     if require_target and not 1 <= port <= 65535:
         raise ConfigError("COS_WRITE_SIDE_PORT", f"must be a port between 1 and 65535 (got {port})")
+    keepalive = _keepalive(env)
     return WriteSideSettings(
         protocol=protocol,
         host=host,
         port=port,
         use_tls=env.boolean("COS_WRITE_SIDE_USE_TLS", False),
         call_timeout_s=env.integer("COS_GRPC_CALLS_TIMEOUT", 60000, minimum=1) / 1000,
-        channel_pool_size=env.integer("COS_GRPC_CLIENT_POOL_SIZE", 1, minimum=1, maximum=64),
-        keepalive_enabled=env.boolean("COS_GRPC_KEEPALIVE_ENABLED", False),
-        keepalive_time_s=int(env.duration("COS_GRPC_KEEPALIVE_TIME", "120s")),
-        keepalive_timeout_s=int(env.duration("COS_GRPC_KEEPALIVE_TIMEOUT", "60s")),
-        keepalive_without_calls=env.boolean("COS_GRPC_KEEPALIVE_WITHOUT_CALLS", True),
+        channel_pool_size=_channel_pool_size(env),
+        keepalive_enabled=keepalive.enabled,
+        keepalive_time_s=keepalive.time_s,
+        keepalive_timeout_s=keepalive.timeout_s,
+        keepalive_without_calls=keepalive.without_calls,
         propagated_headers=parse_header_list(env.text("COS_WRITE_SIDE_PROPAGATED_HEADERS", "")),
         persisted_headers=parse_header_list(env.text("COS_WRITE_PERSISTED_HEADERS", "")),
         validation=ProtoValidation(
@@ -262,6 +289,37 @@ def _write_side(env: Env, *, require_target: bool) -> WriteSideSettings:
             state_names=frozenset(env.csv("COS_WRITE_SIDE_STATE_PROTOS")),
         ),
         breaker=_breaker(env, "COS_WRITE_SIDE_BREAKER", "60s"),
+    )
+
+
+def _channel_pool_size(env: Env) -> int:
+    size = env.integer("COS_GRPC_CLIENT_POOL_SIZE", 1, minimum=1)
+    if size > MAX_CHANNEL_POOL_SIZE:
+        env.adjusted.append(
+            f"COS_GRPC_CLIENT_POOL_SIZE={size} is more channels than help; using {MAX_CHANNEL_POOL_SIZE}"
+        )
+        return MAX_CHANNEL_POOL_SIZE
+    return size
+
+
+class _Keepalive(NamedTuple):
+    enabled: bool = False
+    time_s: int = 120
+    timeout_s: int = 60
+    without_calls: bool = True
+
+
+def _keepalive(env: Env) -> _Keepalive:
+    """The write-handler channels' keepalive. Its other values are read only when it is on: upstream
+    ignores them otherwise, so a value it would never parse must not stop this node either (it is then
+    named in the start-up line about variables set but not used)."""
+    if not env.boolean("COS_GRPC_KEEPALIVE_ENABLED", False):
+        return _Keepalive()
+    return _Keepalive(
+        enabled=True,
+        time_s=int(env.duration("COS_GRPC_KEEPALIVE_TIME", "120s")),
+        timeout_s=int(env.duration("COS_GRPC_KEEPALIVE_TIMEOUT", "60s")),
+        without_calls=env.boolean("COS_GRPC_KEEPALIVE_WITHOUT_CALLS", True),
     )
 
 
@@ -278,12 +336,17 @@ def _snapshots(env: Env) -> SnapshotPolicy:
 
 
 def _logging(env: Env) -> LoggingSettings:
-    level = env.choice("LOG_LEVEL", "warn", ("debug", "info", "warn", "warning", "error"))
+    # Upstream's logger also takes TRACE and ALL (both mean "everything": DEBUG here) and OFF.
+    level = env.choice(
+        "LOG_LEVEL", "warn", ("trace", "all", "debug", "info", "warn", "warning", "error", "off")
+    )
     service = env.text("COS_SERVICE_NAME", "chiefofstate")
     if not service or len(service) > 64:
         raise ConfigError("COS_SERVICE_NAME", f"must be 1 to 64 characters (got {len(service)})")
     return LoggingSettings(
-        level={"warn": "WARNING", "warning": "WARNING"}.get(level, level.upper()),
+        level={"warn": "WARNING", "warning": "WARNING", "trace": "DEBUG", "all": "DEBUG"}.get(
+            level, level.upper()
+        ),
         style=env.choice("LOG_STYLE", "json", ("json", "standard", "simple")).upper(),
         service_name=service,
     )
@@ -383,7 +446,7 @@ def _set_but_unused(environ: Mapping[str, str], looked_up: set[str]) -> tuple[st
         for name in sorted(environ)
         if (name.startswith("COS_") or name == "POD_IP")
         and name not in looked_up
-        and name not in RETIRED_VARIABLES
+        and not is_retired(name)
         and not name.startswith(ENV_PREFIX)
     )
 
@@ -404,8 +467,8 @@ def load_settings(
     env = Env(environ, reads)
     warnings = tuple(
         f"{name} is no longer read (docs/configuration.md lists what replaced it)"
-        for name in RETIRED_VARIABLES
-        if name in original
+        for name in sorted(original)
+        if is_retired(name)
     )
     read_side_enabled = env.boolean("COS_READ_SIDE_ENABLED", False)
     read_sides = load_read_sides(
@@ -451,7 +514,10 @@ def load_settings(
     )
     _refuse_unsupported(settings)
     settings = _with_workers(settings)
-    settings = replace(settings, warnings=(*settings.warnings, *_set_but_unused(original, environ.names)))
+    settings = replace(
+        settings,
+        warnings=(*settings.warnings, *env.adjusted, *_set_but_unused(original, environ.names)),
+    )
     if settings.subscription_enabled and settings.server.protocol == "http":
         # As upstream (docs/contract.md §14 #20): subscriptions are gRPC streams, and no gRPC server runs.
         settings = replace(

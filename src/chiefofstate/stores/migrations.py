@@ -90,7 +90,9 @@ def split_statements(script: str) -> list[str]:
 
 
 def parse_initial_version(value: str) -> int:
-    """COS_MIGRATIONS_INITIAL_VERSION, validated with upstream's messages (docs/contract.md §4.6 step 3)."""
+    """COS_MIGRATIONS_INITIAL_VERSION, validated with upstream's messages (docs/contract.md §4.6 step 3);
+    surrounding whitespace is trimmed first, as upstream does."""
+    value = value.strip()
     if value == "":
         raise ConfigError(INITIAL_VERSION_VARIABLE, "setting provided empty")
     if _JAVA_INT.fullmatch(value) is None or not _INT_MIN <= int(value) <= _INT_MAX:

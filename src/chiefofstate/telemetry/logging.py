@@ -77,11 +77,16 @@ def configure_logging(level: str, style: str, service_name: str, stream: TextIO 
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    threshold = _OFF if level == "OFF" else logging.getLevelName(level)
+    root.setLevel(threshold)
     # Our own start-up and store lines are worth seeing at INFO even when libraries stay quiet.
-    logging.getLogger("chiefofstate").setLevel(level)
+    logging.getLogger("chiefofstate").setLevel(threshold)
     for name in _LOGGERS_OF_VALUES:
-        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
+        logging.getLogger(name).setLevel(max(logging.INFO, threshold))
+
+
+# LOG_LEVEL=OFF (upstream's logger knows it): above every level anything logs at.
+_OFF = logging.CRITICAL + 10
 
 
 # Libraries whose DEBUG lines quote the values they handle: aiosqlite logs every call with its SQL

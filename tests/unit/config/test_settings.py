@@ -53,6 +53,7 @@ def test_durations_use_hocon_syntax_and_bare_numbers_are_milliseconds() -> None:
         COS_WRITE_SIDE_BREAKER_ENABLED="yes",
         COS_WRITE_SIDE_BREAKER_CALL_TIMEOUT="1500",
         COS_WRITE_SIDE_BREAKER_RESET_TIMEOUT="2m",
+        COS_GRPC_KEEPALIVE_ENABLED="true",
         COS_GRPC_KEEPALIVE_TIME="90 seconds",
     )
     assert settings.write_side.breaker is not None
