@@ -166,6 +166,12 @@ DESCRIBED: dict[str, Described] = {
         "Write handler", "metadata keys forwarded to HandleCommand"
     ),
     "COS_WRITE_PERSISTED_HEADERS": Described("Write handler", "metadata keys stored in `meta.headers`"),
+    "COS_LEGACY_PERSISTED_HEADERS": Described(
+        "Write handler",
+        'also return the persisted headers in `meta.data["persisted_headers.v1"]`, as Namely-era releases '
+        "did, for clients that still read them there (docs/contract.md §2.8); stored with each new event",
+        P,
+    ),
     "COS_GRPC_CALLS_TIMEOUT": Described("Write handler", "milliseconds; bound of every write-handler call"),
     "COS_GRPC_CLIENT_POOL_SIZE": Described(
         "Write handler",

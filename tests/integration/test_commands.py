@@ -5,15 +5,18 @@ Every test runs against both variants of the bank handler (gRPC and HTTP write-s
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import grpc
+import httpx
 import pytest
 from chiefofstate_examples.bank import client as bank
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
+from chiefofstate.gen.chief_of_state.plugins.persisted_headers.v1.headers_pb2 import Headers as LegacyHeaders
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 from tests.integration.conftest import both_write_protocols, grpc_write_side_only, handler_refusal
@@ -138,6 +141,35 @@ async def test_persisted_headers_are_stored_in_meta_with_bin_keys_as_bytes(node_
         # a later command without the headers stores none
         second = await process(cos, "acc-7", bank.deposit(1))
         assert len(second.meta.headers) == 0
+
+
+async def test_namely_era_clients_find_the_persisted_headers_in_meta_data_when_asked(node_factory) -> None:  # type: ignore[no-untyped-def]
+    node = node_factory(
+        COS_WRITE_PERSISTED_HEADERS="x-user", COS_LEGACY_PERSISTED_HEADERS="true", COS_SERVER_PROTOCOL="both"
+    )
+    async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
+        cos = ChiefOfStateServiceStub(channel)  # type: ignore[no-untyped-call]
+        reply = await process(cos, "acc-n", bank.open_account("Nia", 1), metadata=(("x-user", "nia"),))
+        state = await cos.GetState(pb.GetStateRequest(entity_id="acc-n"), timeout=10)
+    # read the way Namely's Python sample reads them
+    for meta in (reply.meta, state.meta):
+        persisted_headers = meta.data.get("persisted_headers.v1")
+        assert persisted_headers is not None, "missing persisted_headers.v1"
+        headers = LegacyHeaders()
+        assert persisted_headers.Unpack(headers)
+        header = headers.headers[0]
+        assert (header.key, header.string_value) == ("x-user", "nia")
+        assert [(h.key, h.string_value) for h in meta.headers] == [("x-user", "nia")]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.ports['http']}", timeout=10) as http:
+        body = (await http.get("/v1/entities/acc-n/state")).json()
+    # over HTTP every Any, meta.data's too, is the base64 of its bytes (docs/contract.md §8)
+    over_http = AnyProto.FromString(base64.b64decode(body["meta"]["data"]["persisted_headers.v1"]))
+    assert over_http == reply.meta.data["persisted_headers.v1"]
+
+
+async def test_meta_data_stays_empty_by_default(cos: ChiefOfStateServiceStub) -> None:
+    reply = await process(cos, "acc-d", bank.open_account("Dee", 1), metadata=(("x-user", "dee"),))
+    assert len(reply.meta.data) == 0
 
 
 async def test_commands_for_one_entity_run_in_arrival_order_without_gaps(

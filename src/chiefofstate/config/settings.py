@@ -77,6 +77,7 @@ class WriteSideSettings:
     persisted_headers: tuple[str, ...]
     validation: ProtoValidation
     breaker: BreakerSettings | None
+    legacy_headers_data: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +290,7 @@ def _write_side(env: Env, *, require_target: bool) -> WriteSideSettings:
             state_names=frozenset(env.csv("COS_WRITE_SIDE_STATE_PROTOS")),
         ),
         breaker=_breaker(env, "COS_WRITE_SIDE_BREAKER", "60s"),
+        legacy_headers_data=env.boolean("COS_LEGACY_PERSISTED_HEADERS", False),
     )
 
 

@@ -11,6 +11,7 @@ from google.protobuf.empty_pb2 import Empty
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from chiefofstate.core.errors import Internal, InvalidArgument
+from chiefofstate.gen.chief_of_state.plugins.persisted_headers.v1.headers_pb2 import Headers as LegacyHeaders
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import Header, MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandResponse
@@ -92,15 +93,37 @@ class ProtoValidation:
             raise InvalidArgument(f"invalid state: {state.type_url}")
 
 
-def next_event_meta(prior: MetaData, now_ns: int, headers: Sequence[Header]) -> MetaData:
-    """The meta of the event that follows `prior`: next revision, stamped now, empty data (D12)."""
+def next_event_meta(
+    prior: MetaData, now_ns: int, headers: Sequence[Header], *, legacy_headers_data: bool = False
+) -> MetaData:
+    """The meta of the event that follows `prior`: next revision, stamped now, empty data (D12) — unless
+    `legacy_headers_data` asks for the persisted headers in `data` as well, the way Namely-era releases
+    put them there for their clients (docs/contract.md §2.8)."""
     seconds, nanos = divmod(now_ns, 1_000_000_000)
-    return MetaData(
+    meta = MetaData(
         entity_id=prior.entity_id,
         revision_number=prior.revision_number + 1,
         revision_date=Timestamp(seconds=seconds, nanos=nanos),
         headers=headers,
     )
+    if legacy_headers_data:
+        meta.data[LEGACY_HEADERS_KEY].Pack(legacy_persisted_headers(headers))
+    return meta
+
+
+# The key of MetaData.data under which Namely-era releases returned the persisted headers.
+LEGACY_HEADERS_KEY = "persisted_headers.v1"
+
+
+def legacy_persisted_headers(headers: Sequence[Header]) -> LegacyHeaders:
+    """Persisted headers in the Namely-era plugin message (present even when there are none, as there)."""
+    legacy = LegacyHeaders()
+    for header in headers:
+        if header.WhichOneof("value") == "bytes_value":
+            legacy.headers.add(key=header.key, bytes_value=header.bytes_value)
+        else:
+            legacy.headers.add(key=header.key, string_value=header.string_value)
+    return legacy
 
 
 def resulting_state_or_fail(resulting_state: AnyProto | None) -> AnyProto:

@@ -71,6 +71,8 @@ class CommandSettings:
     persisted_headers: tuple[str, ...]
     validation: ProtoValidation
     call_timeout_s: float
+    # COS_LEGACY_PERSISTED_HEADERS: persisted headers also in meta.data, as Namely-era releases had them
+    legacy_headers_data: bool = False
 
 
 class CommandProcessor:
@@ -193,7 +195,12 @@ class CommandProcessor:
         state, meta = prior.state, prior.meta
         for event in events:
             # Decision D1: each event is folded into the state the previous one produced.
-            meta = next_event_meta(meta, self._wall_clock_ns(), persisted_headers)
+            meta = next_event_meta(
+                meta,
+                self._wall_clock_ns(),
+                persisted_headers,
+                legacy_headers_data=settings.legacy_headers_data,
+            )
             left = deadline.check("before HandleEvent")
             with self._tracing.span(SPAN_HANDLE_EVENT, attributes={"cos.revision": meta.revision_number}):
                 event_response = await self._handler.handle_event(

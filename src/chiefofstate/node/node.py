@@ -180,6 +180,7 @@ class Node:
                 persisted_headers=settings.write_side.persisted_headers,
                 validation=settings.write_side.validation,
                 call_timeout_s=settings.write_side.call_timeout_s,
+                legacy_headers_data=settings.write_side.legacy_headers_data,
             ),
             listeners=listeners,
             tracing=tracing,

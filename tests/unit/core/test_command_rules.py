@@ -15,6 +15,7 @@ from chiefofstate.core.command_rules import (
     validate_entity_id,
 )
 from chiefofstate.core.errors import Code, Internal, InvalidArgument
+from chiefofstate.gen.chief_of_state.plugins.persisted_headers.v1.headers_pb2 import Headers as LegacyHeaders
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import Header, MetaData
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandResponse
 
@@ -132,3 +133,25 @@ def test_a_missing_resulting_state_fails_with_upstreams_message() -> None:
         resulting_state_or_fail(None)
     with pytest.raises(InvalidArgument):
         resulting_state_or_fail(AnyProto())
+
+
+def test_legacy_headers_data_carries_the_persisted_headers_as_namely_releases_did() -> None:
+    headers = [Header(key="x-user", string_value="ada"), Header(key="x-trace-bin", bytes_value=b"\x01\x02")]
+    meta = next_event_meta(MetaData(entity_id="e"), 1, headers, legacy_headers_data=True)
+    assert list(meta.data) == ["persisted_headers.v1"]
+    packed = meta.data["persisted_headers.v1"]
+    assert packed.type_url == "type.googleapis.com/chief_of_state.plugins.persisted_headers.v1.Headers"
+    legacy = LegacyHeaders()
+    assert packed.Unpack(legacy)
+    assert [(h.key, h.WhichOneof("value")) for h in legacy.headers] == [
+        ("x-user", "string_value"),
+        ("x-trace-bin", "bytes_value"),
+    ]
+    assert legacy.headers[0].string_value == "ada" and legacy.headers[1].bytes_value == b"\x01\x02"
+    assert list(meta.headers) == headers
+
+
+def test_legacy_headers_data_is_present_even_without_persisted_headers() -> None:
+    meta = next_event_meta(MetaData(entity_id="e"), 1, [], legacy_headers_data=True)
+    legacy = LegacyHeaders()
+    assert meta.data["persisted_headers.v1"].Unpack(legacy) and len(legacy.headers) == 0
