@@ -4,8 +4,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.postgres import PgServer, fresh_database, test_server
+
+# The suite runs on busy two-core machines: hypothesis's wall-clock checks (a per-example deadline, "input
+# generation is slow") would fail tests for the machine's load, not for what they test.
+settings.register_profile("shared-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shared-machine")
 
 
 @pytest.fixture(scope="session")
