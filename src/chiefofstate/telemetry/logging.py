@@ -13,6 +13,9 @@ from opentelemetry import trace
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON.
 _STANDARD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _LEVEL_NAMES = {"WARNING": "WARN", "CRITICAL": "ERROR"}
+# Upstream's JSON lines come from a Logstash encoder, which also writes `@version` and the level's
+# number; pipelines that parse upstream's lines may filter on either.
+_LEVEL_VALUES = {"TRACE": 5000, "DEBUG": 10000, "INFO": 20000, "WARN": 30000, "ERROR": 40000}
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -30,9 +33,12 @@ class JsonFormatter(logging.Formatter):
         self._constant = {"service": service_name, "powered_by": "chiefofstate"}
 
     def format(self, record: logging.LogRecord) -> str:
+        level = _level(record)
         entry: dict[str, Any] = {
             "timestamp": _timestamp(record),
-            "level": _level(record),
+            "@version": "1",
+            "level": level,
+            "level_value": _LEVEL_VALUES.get(level, 0),
             "logger_name": record.name,
             "thread_name": record.threadName,
             "message": record.getMessage(),

@@ -31,6 +31,19 @@ def test_json_lines_carry_upstreams_fields() -> None:
     assert entry["service"] == "bank-cos" and entry["powered_by"] == "chiefofstate"
     assert entry["timestamp"].endswith("Z") and "thread_name" in entry
     assert entry["entity_id"] == "e-1"
+    # the fields upstream's Logstash encoder adds
+    assert entry["@version"] == "1" and entry["level_value"] == 30000
+
+
+@pytest.mark.parametrize(
+    ("level", "value"),
+    [("debug", 10000), ("info", 20000), ("warning", 30000), ("error", 40000), ("critical", 40000)],
+)
+def test_json_level_values_are_logbacks(level: str, value: int) -> None:
+    stream = io.StringIO()
+    configure_logging("DEBUG", "JSON", "cos", stream)
+    getattr(logging.getLogger("chiefofstate.levels"), level)("x")
+    assert json.loads(stream.getvalue())["level_value"] == value
 
 
 def test_standard_and_simple_styles() -> None:
