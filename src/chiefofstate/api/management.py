@@ -59,6 +59,10 @@ class SmallHttpServer:
             self._serve, self._host, self._port, reuse_port=self._reuse_port or None
         )
 
+    def add_route(self, path: str, route: Route) -> None:
+        """Serve `path` from now on (parts that start after the server, such as the cluster, add theirs)."""
+        self._routes[path] = route
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()

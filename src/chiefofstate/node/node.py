@@ -10,16 +10,19 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
+import uuid
 
 from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.api.auth import TokenMiddleware
+from chiefofstate.api.cluster_members import cluster_members_route
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
 from chiefofstate.api.http_api import create_http_app
 from chiefofstate.api.http_server import HttpServer
-from chiefofstate.api.management import ManagementServer, SmallHttpServer, metrics_route
+from chiefofstate.api.management import ManagementServer, Route, SmallHttpServer, metrics_route
 from chiefofstate.api.subscription_rpcs import UnsubscribeElsewhere
 from chiefofstate.api.tls import ServerTls, load_server_tls
 from chiefofstate.cluster.coordinator import Coordinator
@@ -44,6 +47,7 @@ from chiefofstate.node.read_sides import ReadSides, open_read_sides
 from chiefofstate.node.stores import exclusive_use, open_store, state_reads
 from chiefofstate.node.subscriptions import open_subscriptions
 from chiefofstate.node.write_side import create_write_handler
+from chiefofstate.ports.cluster import Member
 from chiefofstate.ports.journal import Journal
 from chiefofstate.ports.write_handler import WriteHandler
 from chiefofstate.subscription.hub import SubscriptionHub
@@ -77,6 +81,9 @@ class Node:
         self.tls: ServerTls | None = None
         self._closers = contextlib.AsyncExitStack()
         self._stopping = False
+        # who this process is when it answers alone for its "cluster" (GET /cluster/members)
+        self._incarnation = str(uuid.uuid4())
+        self._started_at_ms = time.time_ns() // 1_000_000
 
     async def start(self) -> None:
         try:
@@ -230,6 +237,7 @@ class Node:
         management = self.management = ManagementServer(
             server.management_address, server.management_port, self.readiness, reuse_port=server.reuse_port
         )
+        management.add_route("/cluster/members", self._cluster_members_route())
         await management.start()
         closers.push_async_callback(management.close)
         metrics_server = self.metrics_server = SmallHttpServer(
@@ -239,6 +247,22 @@ class Node:
         )
         await metrics_server.start()
         closers.push_async_callback(metrics_server.close)
+
+    def _cluster_members_route(self) -> Route:
+        """Upstream's GET /cluster/members: this cluster's live members as the coordinator last saw
+        them, or this node alone when it is not a cluster member (SQLite, or one node per journal)."""
+        coordinator, cluster = self.coordinator, self.settings.cluster
+        if coordinator is not None:
+            return cluster_members_route(cluster.advertised_address, lambda: coordinator.members)
+        address = f"{socket.gethostname()}:{cluster.port}"
+        alone = Member(
+            member_id=self._incarnation,
+            address=address,
+            num_shards=self.settings.num_shards,
+            started_at_ms=self._started_at_ms,
+            heartbeat_age_s=0.0,
+        )
+        return cluster_members_route(address, lambda: [alone])
 
     async def _start_api_servers(
         self, commands: CommandPath, unsubscribe_elsewhere: UnsubscribeElsewhere | None
