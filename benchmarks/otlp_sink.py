@@ -1,4 +1,5 @@
-"""A real OTLP/gRPC trace receiver in a process of its own that only counts spans, for benchmarks.
+"""A real OTLP/gRPC receiver in a process of its own that only counts spans (and metric exports), for
+benchmarks.
 
     python -m benchmarks.otlp_sink --count-file PATH
 
@@ -15,6 +16,7 @@ import signal
 from pathlib import Path
 
 from grpc import aio
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from chiefofstate.node.event_loop import run_on_event_loop
@@ -35,11 +37,27 @@ class CountingSink(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+class MetricsSink(metrics_service_pb2_grpc.MetricsServiceServicer):
+    """Accepts metric exports (counted with the spans: a benchmark wants to know they arrived)."""
+
+    def __init__(self, counter: CountingSink) -> None:
+        self._counter = counter
+
+    async def Export(
+        self,
+        request: metrics_service_pb2.ExportMetricsServiceRequest,
+        context: aio.ServicerContext[object, object],
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        self._counter.spans += 1
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
 async def serve() -> int:
     """Serves until SIGTERM or SIGINT; returns the number of spans received."""
     sink = CountingSink()
     server = aio.server()
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)  # type: ignore[no-untyped-call]
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsSink(sink), server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     stop = asyncio.Event()

@@ -5,7 +5,8 @@
 Each round starts a fresh bank handler and node for each variant (SQLite, or PostgreSQL when COS_DB_HOST
 is set), drives ProcessCommand over gRPC with a closed loop, and reports the median over rounds. The
 receiver is a real OTLP/gRPC server in a process of its own (benchmarks/otlp_sink.py) that counts the
-spans it is sent. A third variant samples 10 % of traces (OTEL_TRACES_SAMPLER=parentbased_traceidratio).
+spans it is sent. A third variant samples 10 % of traces (OTEL_TRACES_SAMPLER=parentbased_traceidratio); a
+fourth pushes metrics over OTLP every second instead of tracing (OTEL_METRICS_EXPORTER=otlp).
 """
 
 from __future__ import annotations
@@ -47,14 +48,35 @@ async def _drive(grpc_port: int, name: str, seconds: float, concurrency: int) ->
         return await closed_loop(name, call, concurrency, seconds)
 
 
-# (label, node and handler environment beyond the OTLP endpoint); None: tracing off
-VARIANTS: tuple[tuple[str, dict[str, str] | None], ...] = (
+def _traces(port: int, **extra: str) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        **extra,
+    }
+
+
+def _metrics(port: int) -> dict[str, str]:
+    # pushed every second (the default is every minute), so the export's own cost shows too
+    return {
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_METRICS_INSECURE": "true",
+        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+    }
+
+
+# (label, the node and handler environment for the receiver's port); None: no telemetry pushed
+VARIANTS: tuple[tuple[str, Callable[[int], dict[str, str]] | None], ...] = (
     ("off", None),
-    ("on", {}),
+    ("on", _traces),
     (
         "on, 10 % sampled",
-        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+        lambda port: _traces(
+            port, OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0.1"
+        ),
     ),
+    ("metrics over OTLP, no traces", _metrics),
 )
 
 
@@ -90,14 +112,8 @@ async def run(seconds: float, concurrency: int, rounds: int, port: int) -> dict[
     """Every variant once per round, in turn, so background load lands on all of them alike."""
     results: dict[str, list[LoadResult]] = {label: [] for label, _ in VARIANTS}
     for round_number in range(rounds):
-        for label, extra in VARIANTS:
-            env = {}
-            if extra is not None:
-                env = {
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-                    "OTEL_EXPORTER_OTLP_INSECURE": "true",
-                    **extra,
-                }
+        for label, environment in VARIANTS:
+            env = environment(port) if environment is not None else {}
             with bank_and_node(**env) as (_, node):
                 name = f"{label} #{round_number + 1}"
                 results[label].append(await _drive(node.ports["grpc"], name, seconds, concurrency))
@@ -120,14 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         for result in results[label]:
             print(result.row())
     off_rate = median([result.throughput for result in results["off"]])
-    print(f"\nmedian ProcessCommand/s, tracing off: {off_rate:,.0f}")
+    print(f"\nmedian ProcessCommand/s, no telemetry pushed: {off_rate:,.0f}")
     for label, _ in VARIANTS[1:]:
         rate = median([result.throughput for result in results[label]])
         ratio = rate / off_rate
-        print(
-            f"tracing {label}: {rate:,.0f}/s, ratio to off {ratio:.3f} (overhead {100 * (1 - ratio):.1f} %)"
-        )
-    print(f"spans received by the OTLP receiver (its own process): {spans}")
+        print(f"{label}: {rate:,.0f}/s, ratio to off {ratio:.3f} (overhead {100 * (1 - ratio):.1f} %)")
+    print(f"spans and metric exports received by the OTLP receiver (its own process): {spans}")
     return 0
 
 

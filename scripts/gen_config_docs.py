@@ -340,7 +340,41 @@ DESCRIBED: dict[str, Described] = {
     "OTEL_SERVICE_NAME": Described(
         "Logging and telemetry", "service name on spans", default="COS_SERVICE_NAME"
     ),
-    "OTEL_SDK_DISABLED": Described("Logging and telemetry", "`true` switches tracing off", default="unset"),
+    "OTEL_SDK_DISABLED": Described(
+        "Logging and telemetry", "`true` switches tracing and OTLP metrics off", default="unset"
+    ),
+    "OTEL_METRICS_EXPORTER": Described(
+        "Logging and telemetry",
+        "`otlp` (in a comma-separated list) also pushes metrics over OTLP, beside `/metrics` "
+        '(docs/operations.md, "Metrics over OTLP"); endpoint, headers and `OTEL_METRIC_EXPORT_INTERVAL` '
+        "(60 s) are the SDK's standard variables",
+        "the agent pushes metrics over OTLP by default",
+        default="unset",
+    ),
+    "OTEL_METRIC_EXPORT_INTERVAL": Described(
+        "Logging and telemetry",
+        "milliseconds between pushes of metrics over OTLP (100 to 3600000)",
+        default="60000",
+    ),
+    "OTEL_METRIC_EXPORT_TIMEOUT": Described(
+        "Logging and telemetry", "milliseconds one push of metrics over OTLP may take", default="30000"
+    ),
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": Described(
+        "Logging and telemetry",
+        "`grpc` or `http/protobuf` for the metrics exporter; falls back to `OTEL_EXPORTER_OTLP_PROTOCOL`",
+        default="grpc",
+    ),
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": Described(
+        "Logging and telemetry",
+        "`grpc` or `http/protobuf` for the span exporter; falls back to `OTEL_EXPORTER_OTLP_PROTOCOL`",
+        default="grpc",
+    ),
+    "OTEL_EXPORTER_OTLP_PROTOCOL": Described(
+        "Logging and telemetry",
+        "`grpc` or `http/protobuf` for the span and metric exporters (each also has its own "
+        "`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `_METRICS_PROTOCOL`)",
+        default="grpc",
+    ),
     "OTEL_JAVAAGENT_ENABLED": Described(
         "Logging and telemetry", "upstream's switch: `false` switches tracing off", default="unset"
     ),

@@ -74,3 +74,11 @@ def test_subscription_fanout_reports_delivery_against_bare_grpc_and_the_cost_to_
     assert [row[0] for row in commands] == ["0", "1", "3", "0"], out
     assert "1.00" in (commands[0][2], commands[3][2]), out  # the better run alone is the baseline
     assert all(int(row[1].replace(",", "")) > 0 for row in commands), out
+
+
+@pytest.mark.timeout(60)
+def test_otlp_metrics_cost_reports_the_node_against_the_sdk() -> None:
+    out = run("benchmarks.otlp_metrics_cost", "--calls", "2000", "--repeats", "2")
+    found = re.search(r"node ([0-9.]+) µs, OpenTelemetry SDK instrument ([0-9.]+) µs", out)
+    assert found is not None and float(found.group(1)) > 0 and float(found.group(2)) > 0
+    assert re.search(r"node ÷ SDK: [0-9.]+", out)

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from grpc import aio
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -73,3 +74,111 @@ async def start_receiver() -> tuple[aio.Server, int, SpanCollector]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port, collector
+
+
+@dataclass(frozen=True)
+class ReceivedPoint:
+    """One data point of a metric as a collector receives it."""
+
+    service: str
+    metric: str
+    unit: str
+    attributes: dict[str, object]
+    value: float  # the sum for a histogram, else the point's value
+    count: int  # a histogram's count; 0 for other kinds
+
+
+@dataclass
+class MetricCollector(metrics_service_pb2_grpc.MetricsServiceServicer):
+    points: list[ReceivedPoint] = field(default_factory=list)
+
+    def take(self, request: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
+        for resource_metrics in request.resource_metrics:
+            resource = {a.key: _plain(a.value) for a in resource_metrics.resource.attributes}
+            service = str(resource.get("service.name", ""))
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    kind = metric.WhichOneof("data")
+                    for point in getattr(metric, kind).data_points:
+                        attributes = {a.key: _plain(a.value) for a in point.attributes}
+                        if kind == "histogram":
+                            value, count = point.sum, point.count
+                        else:
+                            value = point.as_double if point.HasField("as_double") else point.as_int
+                            count = 0
+                        self.points.append(
+                            ReceivedPoint(service, metric.name, metric.unit, attributes, value, count)
+                        )
+
+    async def Export(
+        self,
+        request: metrics_service_pb2.ExportMetricsServiceRequest,
+        context: aio.ServicerContext[object, object],
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        self.take(request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    def named(self, metric: str, **attributes: object) -> list[ReceivedPoint]:
+        return [
+            point
+            for point in self.points
+            if point.metric == metric and all(point.attributes.get(k) == v for k, v in attributes.items())
+        ]
+
+    async def wait_for_metric(
+        self, metric: str, timeout_s: float = 30.0, **attributes: object
+    ) -> ReceivedPoint:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = self.named(metric, **attributes)
+            if found:
+                return found[-1]
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"no {metric} {attributes}; received: {sorted({p.metric for p in self.points})}")
+
+
+async def start_metrics_receiver() -> tuple[aio.Server, int, MetricCollector]:
+    """An OTLP/gRPC metrics receiver on a free port."""
+    collector = MetricCollector()
+    server = aio.server()
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(collector, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port, collector
+
+
+async def start_metrics_http_receiver() -> tuple[asyncio.Server, int, MetricCollector]:
+    """An OTLP/HTTP (protobuf) metrics receiver: POST /v1/metrics, one request per connection or
+    kept alive, answered 200 with an empty export response."""
+    collector = MetricCollector()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                length = next(
+                    (
+                        int(line.split(":", 1)[1])
+                        for line in lines
+                        if line.lower().startswith("content-length:")
+                    ),
+                    0,
+                )
+                body = await reader.readexactly(length)
+                if lines[0].startswith("POST /v1/metrics"):
+                    collector.take(metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))
+                reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\n"
+                    + f"Content-Length: {len(reply)}\r\n\r\n".encode()
+                    + reply
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1]), collector

@@ -21,6 +21,7 @@ from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
 from chiefofstate.api.http_api import create_http_app
+from chiefofstate.api.http_metrics import HttpServerMetrics
 from chiefofstate.api.http_server import HttpServer
 from chiefofstate.api.management import ManagementServer, Route, SmallHttpServer, metrics_route
 from chiefofstate.api.subscription_rpcs import UnsubscribeElsewhere
@@ -53,6 +54,7 @@ from chiefofstate.ports.write_handler import WriteHandler
 from chiefofstate.subscription.hub import SubscriptionHub
 from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics
 from chiefofstate.telemetry.metrics import NodeMetrics
+from chiefofstate.telemetry.otlp_metrics import OtlpMetrics
 from chiefofstate.telemetry.tracing import Tracing
 from chiefofstate.writeside.instrumented import InstrumentedWriteHandler
 
@@ -138,6 +140,7 @@ class Node:
         # Closed first on stop: new calls are refused while in-flight ones get the grace period.
         self._closers.push_async_callback(self._stop_api_servers)
         serving = await self._start_api_servers(commands, unsubscribe_elsewhere)
+        self._start_otlp_metrics()
         self._serving = True
         await self._follow_readiness_on_grpc_health()
         server = self.settings.server
@@ -174,6 +177,7 @@ class Node:
             tracing,
             metrics,
             settings.write_side.protocol,
+            (settings.write_side.host, settings.write_side.port),
         )
         closers.push_async_callback(handler.close)
         listeners = await self._start_commit_listeners(journal, tracing)
@@ -248,6 +252,23 @@ class Node:
         await metrics_server.start()
         closers.push_async_callback(metrics_server.close)
 
+    def _start_otlp_metrics(self) -> None:
+        """Metrics over OTLP too, once every part has registered its Prometheus series (the node's own
+        metrics are pushed from that registry); stopped, with a last push, before the tracer."""
+        tracing = self.settings.tracing
+        if not tracing.otlp_metrics:
+            return
+        otlp = OtlpMetrics.exporting(
+            tracing.service_name,
+            self.metrics.registry,
+            tracing.otlp_metrics_protocol,
+            tracing.otlp_metrics_interval_s,
+            tracing.otlp_metrics_timeout_s,
+        )
+        self.metrics.otlp = otlp
+        otlp.start()
+        self._closers.push_async_callback(otlp.close)
+
     def _cluster_members_route(self) -> Route:
         """Upstream's GET /cluster/members: this cluster's live members as the coordinator last saw
         them, or this node alone when it is not a cluster member (SQLite, or one node per journal)."""
@@ -295,8 +316,9 @@ class Node:
                 body_timeout_s=self.settings.http_limits.body_timeout_s,
             )
             tokens = self.settings.security.tokens
+            measured = HttpServerMetrics(app, self.metrics) if self.settings.tracing.otlp_metrics else app
             http_server = self.http = HttpServer(
-                TokenMiddleware(app, tokens) if tokens is not None else app,
+                TokenMiddleware(measured, tokens) if tokens is not None else measured,
                 server.http_address,
                 server.http_port,
                 server.shutdown_timeout_s,

@@ -75,11 +75,21 @@ def split_method(full_method: str) -> tuple[str, str]:
 class MethodSeries:
     """The bound series of one method; a status code's `handled` series is bound on its first use."""
 
-    __slots__ = ("_handled", "_handled_family", "_handled_ok", "_labels", "seconds", "sent", "started")
+    __slots__ = (
+        "_handled",
+        "_handled_family",
+        "_handled_ok",
+        "_labels",
+        "_node",
+        "seconds",
+        "sent",
+        "started",
+    )
 
     def __init__(self, metrics: GrpcServerMetrics, grpc_type: str, service: str, method: str) -> None:
         labels = (grpc_type, service, method)
         self._labels = labels
+        self._node = metrics.node
         self._handled_family = metrics.handled
         self._handled: dict[grpc.StatusCode, CounterSeries] = {}
         self.started = metrics.started.labels(*labels)
@@ -98,10 +108,14 @@ class MethodSeries:
             handled = self._handled_series(code)
         handled.inc()
         self.seconds.observe(seconds)
+        otlp = self._node.otlp
+        if otlp is not None:  # also pushed over OTLP as rpc.server.duration
+            otlp.rpc_server(self._labels[1], self._labels[2], code.name, seconds)
 
 
 class GrpcServerMetrics:
     def __init__(self, metrics: NodeMetrics) -> None:
+        self.node = metrics
         registry = metrics.registry
         labels = ["grpc_type", "grpc_service", "grpc_method"]
         self.started = LoopCounter(

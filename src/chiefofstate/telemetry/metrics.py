@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from chiefofstate.telemetry.loop_metrics import CounterSeries, HistogramSeries, LoopCounter, LoopHistogram
+from chiefofstate.telemetry.otlp_metrics import OtlpMetrics
 
 # Bounded label values: a client can send any type URL, and every distinct label value is a new
 # time series kept forever. Past this many distinct values the rest are counted as "other".
@@ -93,6 +94,8 @@ class _ReadAtScrape(Collector):
 class NodeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # set once the node pushes metrics over OTLP too (docs/operations.md, "Metrics over OTLP")
+        self.otlp: OtlpMetrics | None = None
         self._command_type = BoundedLabel(MAX_COMMAND_TYPES)
         registry = self.registry
         self.requests = LoopCounter(

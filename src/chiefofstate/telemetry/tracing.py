@@ -55,13 +55,21 @@ class Tracing:
             self.tracer: trace.Tracer = trace.NoOpTracer()
             return
         # Imported only when on, so a node without tracing never loads the exporter machinery.
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+        exporter: SpanExporter
+        if settings.traces_protocol == "http/protobuf":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+            exporter = HttpExporter()
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter()
         provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
         self._provider = provider
         self.tracer = provider.get_tracer("chiefofstate")
 

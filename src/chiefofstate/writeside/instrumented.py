@@ -25,8 +25,16 @@ from chiefofstate.telemetry.tracing import NO_SPAN, Tracing
 
 
 class InstrumentedWriteHandler:
-    def __init__(self, inner: WriteHandler, tracing: Tracing, metrics: NodeMetrics, protocol: str) -> None:
+    def __init__(
+        self,
+        inner: WriteHandler,
+        tracing: Tracing,
+        metrics: NodeMetrics,
+        protocol: str,
+        target: tuple[str, int] = ("", 0),
+    ) -> None:
         self._inner = inner
+        self._target = target  # the handler's host and port, named in the OTLP client metrics
         self._tracing = tracing
         self._metrics = metrics
         # upstream names the client spans after its handler classes, one pair per protocol
@@ -71,7 +79,7 @@ class InstrumentedWriteHandler:
             code = _code_name(error)
             raise
         finally:
-            self._metrics.observe_handler_call("HandleCommand", code, time.perf_counter() - started)
+            self._observe("HandleCommand", code, time.perf_counter() - started)
 
     async def handle_event(
         self,
@@ -88,7 +96,13 @@ class InstrumentedWriteHandler:
             code = _code_name(error)
             raise
         finally:
-            self._metrics.observe_handler_call("HandleEvent", code, time.perf_counter() - started)
+            self._observe("HandleEvent", code, time.perf_counter() - started)
+
+    def _observe(self, rpc: str, code: str, seconds: float) -> None:
+        metrics = self._metrics
+        metrics.observe_handler_call(rpc, code, seconds)
+        if metrics.otlp is not None:
+            metrics.otlp.write_handler_call(self._system, rpc, code, seconds, *self._target)
 
     async def close(self) -> None:
         await self._inner.close()
