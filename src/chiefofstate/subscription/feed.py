@@ -77,7 +77,7 @@ class JournalFeed:
         self._generation = 0
         self._activating = asyncio.Lock()
         self.delivered = 0
-        self.reads = 0  # journal reads made (shard heads and events), for tests and metrics
+        self._reads = 0  # journal reads made (shard heads and events)
 
     async def start(self) -> None:
         """Paused until the first subscriber `activate`s it."""
@@ -87,6 +87,10 @@ class JournalFeed:
     def active(self) -> bool:
         return self._active
 
+    @property
+    def reads(self) -> int:
+        return self._reads
+
     async def activate(self) -> None:
         """Hand on every event committed from now on: reads each shard's newest event, unless active
         already. Returns once started, so a subscriber may be told it is subscribed."""
@@ -95,7 +99,7 @@ class JournalFeed:
                 return
             offsets = {}
             for shard in range(self._num_shards):
-                self.reads += 1
+                self._reads += 1
                 offsets[shard] = (await self._journal.shard_progress(shard, 0, 0)).head
             self._offsets = offsets
             self._generation += 1
@@ -136,7 +140,7 @@ class JournalFeed:
                 del self._pending[shard]
                 generation = self._generation
                 try:
-                    self.reads += 1
+                    self._reads += 1
                     rows = await self._journal.read_shard(shard, self._offsets[shard], self._batch_size)
                 except CosError as error:
                     log.warning(

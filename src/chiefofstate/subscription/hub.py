@@ -124,6 +124,11 @@ class EventSource(Protocol):
 
     def pause(self) -> None: ...
 
+    @property
+    def reads(self) -> int:
+        """Journal reads made so far."""
+        ...
+
 
 class SubscriptionHub:
     """Registry of the node's subscriptions; implements the CommitListener protocol."""
