@@ -331,3 +331,13 @@ def test_a_whole_read_side_operation_changes_every_shard_or_none(
     assert code is grpc.StatusCode.OK, details
     assert trailer_shards(trailers["x-cos-read-side-state"]) == {"running": set(range(SHARDS))}
     deliveries.wait_until(lambda log: all_delivered(log, lasts), DEADLINE_S, "every shard after the resume")
+
+    # A whole restart replays every shard from its first event, wherever each projection runs.
+    third = next(node for node in cluster.nodes if node is not caller and node is not victim)
+    code, details, _ = whole_call(third, "RestartReadSide")
+    assert code is grpc.StatusCode.OK, details
+    deliveries.wait_until(
+        lambda log: all(log.revisions(READ_SIDE, entity).count(1) >= 2 for entity in lasts),
+        DEADLINE_S,
+        "every shard replayed after the restart",
+    )

@@ -126,9 +126,8 @@ class ClusterReadSides:
             holds.extend(
                 self._remote_hold(read_side_id, number, address, hold_s) for number, address in remote
             )
-            return await runtime.change_all(
-                read_side_id, operation, sorted(holds, key=lambda hold: hold.shard)
-            )
+            holds.sort(key=lambda hold: hold.shard)
+            return await runtime.change_all(read_side_id, operation, holds, hold_s)
         done: list[tuple[int, int]] = []
         for number in local:
             outcome = await getattr(runtime, operation)(read_side_id, number)

@@ -48,9 +48,12 @@ async def change_all_shards(
     holds: Sequence[ShardHold],
     store: OffsetStore,
     journal: ShardReader,
+    hold_s: float,
 ) -> list[tuple[int, int]]:
     """Apply `operation` to every shard in `holds` or to none; returns (shard, ordering skipped) for
-    skip, as `ReadSideRuntime.skip` does."""
+    skip, as `ReadSideRuntime.skip` does. `hold_s`: how long the holds last unreleased."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     outcomes = await asyncio.gather(*(shard.hold() for shard in holds), return_exceptions=True)
     held = [
         shard
@@ -68,6 +71,13 @@ async def change_all_shards(
         }
         shards = tuple(shard.shard for shard in holds)
         change, skipped = await _change(operation, read_side_id, shards, store, journal)
+        if loop.time() - started > hold_s / 2:
+            # A hold may end by itself soon, its projection carrying on from the unchanged record:
+            # storing the change now could leave that projection running on what it read before.
+            raise Unavailable(
+                f"read side {read_side_id!r}: holding its projections took more than {hold_s / 2:g}s; "
+                "nothing was changed, retry in a few seconds"
+            )
         refused = await store.apply_change(read_side_id, change, lease_tokens=tokens or None)
         if refused:
             raise _moved(read_side_id, refused)

@@ -369,21 +369,21 @@ class ReadSideRuntime:
 
     async def pause(self, read_side_id: str, shard: int | None = None) -> None:
         if shard is None:
-            await self.change_all(read_side_id, "pause", self.local_holds(read_side_id, LOCAL_HOLD_S))
+            await self._change_here(read_side_id, "pause")
             return
         for projection in self._targets(read_side_id, shard):
             await projection.pause()
 
     async def resume(self, read_side_id: str, shard: int | None = None) -> None:
         if shard is None:
-            await self.change_all(read_side_id, "resume", self.local_holds(read_side_id, LOCAL_HOLD_S))
+            await self._change_here(read_side_id, "resume")
             return
         for projection in self._targets(read_side_id, shard):
             await projection.resume()
 
     async def restart(self, read_side_id: str, shard: int | None = None) -> None:
         if shard is None:
-            await self.change_all(read_side_id, "restart", self.local_holds(read_side_id, LOCAL_HOLD_S))
+            await self._change_here(read_side_id, "restart")
             return
         for projection in self._targets(read_side_id, shard):
             await projection.restart()
@@ -391,7 +391,7 @@ class ReadSideRuntime:
     async def skip(self, read_side_id: str, shard: int | None = None) -> list[tuple[int, int]]:
         """(shard, ordering skipped) for each shard that had an unprocessed event."""
         if shard is None:
-            return await self.change_all(read_side_id, "skip", self.local_holds(read_side_id, LOCAL_HOLD_S))
+            return await self._change_here(read_side_id, "skip")
         skipped = []
         for projection in self._targets(read_side_id, shard):
             ordering = await projection.skip()
@@ -402,19 +402,20 @@ class ReadSideRuntime:
     # ------------------------------------------------------------ whole-read-side operations, held
 
     async def change_all(
-        self, read_side_id: str, operation: Operation, holds: Sequence[ShardHold]
+        self, read_side_id: str, operation: Operation, holds: Sequence[ShardHold], hold_s: float
     ) -> list[tuple[int, int]]:
         """`operation` on every shard of the read side or on none (readside/operations.py); `holds`
-        reach each shard's projection wherever it runs."""
+        reach each shard's projection wherever it runs, and last `hold_s` unreleased."""
         self.check_target(read_side_id, None)
         if self._closed:
             raise Unavailable("the node is shutting down: its read sides are stopped")
         context = self._context
-        return await change_all_shards(operation, read_side_id, holds, context.store, context.journal)
+        return await change_all_shards(operation, read_side_id, holds, context.store, context.journal, hold_s)
 
-    def local_holds(self, read_side_id: str, hold_s: float) -> list[ShardHold]:
-        """Holds of every shard of the read side, each projection running here."""
-        return [self.local_hold(read_side_id, shard, hold_s) for shard in range(self._num_shards)]
+    async def _change_here(self, read_side_id: str, operation: Operation) -> list[tuple[int, int]]:
+        """A lone node's whole-read-side operation: every projection runs here."""
+        holds = [self.local_hold(read_side_id, shard, LOCAL_HOLD_S) for shard in range(self._num_shards)]
+        return await self.change_all(read_side_id, operation, holds, LOCAL_HOLD_S)
 
     def local_hold(self, read_side_id: str, shard: int, hold_s: float) -> ShardHold:
         async def hold() -> int | None:
