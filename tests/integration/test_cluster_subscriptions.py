@@ -180,7 +180,13 @@ async def test_a_member_without_subscribers_reads_no_events_from_the_journal(
         assert await feed_reads(second) == 0.0  # still no subscriber there
 
         watcher.cancel()  # the last subscriber leaves: the feed stops reading
-        await asyncio.sleep(1.0)
+        async with asyncio.timeout(30):
+            for _ in range(300):  # until its stream is released (the feed pauses as it is)
+                if await asyncio.to_thread(first.metric, "cos_subscriptions") == 0.0:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the cancelled subscription's stream was never released")
         before = await feed_reads(first)
         await write_to_all(stub(to_second), "after")
         await asyncio.sleep(1.0)
