@@ -12,7 +12,7 @@ import pytest
 
 from chiefofstate.core.errors import Internal
 from chiefofstate.ports.cluster import ClusterStore, LeaseKey
-from chiefofstate.ports.offsets import Halt, OffsetStore, ShardRecord
+from chiefofstate.ports.offsets import Halt, OffsetStore, ProjectionChange, ShardRecord
 from chiefofstate.stores.memory.cluster import MemoryClusterDatabase, MemoryClusterStore
 from chiefofstate.stores.memory.offsets import MemoryOffsetStore
 from chiefofstate.stores.postgres.cluster import PostgresClusterStore
@@ -111,6 +111,37 @@ async def test_a_halt_is_stored_only_under_the_current_token(stores: Fenced) -> 
     assert await stores.offsets.load("balances") == {2: ShardRecord(offset=8, halt=halt)}
 
 
+async def test_a_manager_operation_is_stored_for_every_shard_or_for_none(stores: Fenced) -> None:
+    token_2 = await stores.cluster.acquire(BALANCES_2, "member-a", TTL_S)
+    token_3 = await stores.cluster.acquire(BALANCES_3, "member-b", TTL_S)
+    assert token_2 is not None and token_3 is not None
+    await stores.offsets.save_offsets([("balances", 2, 20), ("balances", 3, 30)])
+    restart = ProjectionChange((2, 3), forget_offsets=True, clear_halts=True)
+    # shard 3 moved to member-c after its projection was held under token_3: nothing is stored
+    await stores.cluster.release(BALANCES_3, "member-b", token_3)
+    moved = await stores.cluster.acquire(BALANCES_3, "member-c", TTL_S)
+    assert moved is not None
+
+    refused = await stores.offsets.apply_change(
+        "balances", restart, lease_tokens={("balances", 2): token_2, ("balances", 3): token_3}
+    )
+
+    assert refused == {("balances", 3)}
+    assert await offset_of(stores.offsets, "balances", 2) == 20  # not even the shard whose token held
+    assert await offset_of(stores.offsets, "balances", 3) == 30
+    pause = ProjectionChange((2, 3), paused=True)
+    assert (
+        await stores.offsets.apply_change(
+            "balances", pause, lease_tokens={("balances", 2): token_2, ("balances", 3): moved}
+        )
+        == set()
+    )
+    assert {shard: record.paused for shard, record in (await stores.offsets.load("balances")).items()} == {
+        2: True,
+        3: True,
+    }
+
+
 async def test_sqlite_runs_alone_and_refuses_lease_tokens(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -119,5 +150,9 @@ async def test_sqlite_runs_alone_and_refuses_lease_tokens(
             await opened.offsets.save_offsets([("balances", 0, 1)], lease_tokens={("balances", 0): 1})
         with pytest.raises(Internal, match="runs alone"):
             await opened.offsets.save_halt("balances", 0, None, Halt(1, "failed", 1), lease_token=1)
+        with pytest.raises(Internal, match="runs alone"):
+            await opened.offsets.apply_change(
+                "balances", ProjectionChange((0,), paused=True), lease_tokens={("balances", 0): 1}
+            )
         assert await opened.offsets.load("balances") == {}
         assert await opened.offsets.save_offsets([("balances", 0, 1)]) == set()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from chiefofstate.core.errors import StoreUnavailable
-from chiefofstate.ports.offsets import Halt, ShardRecord
+from chiefofstate.ports.offsets import Halt, ProjectionChange, ShardRecord
 from tests.contract.conftest import STORES, Stores, opened_stores
 
 
@@ -89,3 +89,48 @@ async def test_a_closed_store_refuses_writes_too(stores: Stores) -> None:
         await stores.offsets.save_offsets([("accounts", 0, 1)])
     with pytest.raises(StoreUnavailable):
         await stores.offsets.set_paused("accounts", [0], True)
+
+
+async def test_a_manager_operation_changes_every_shard_in_one_call(stores: Stores) -> None:
+    offsets = stores.offsets
+    halt = Halt(event_offset=12, reason="failed", halted_at_ms=99)
+    await offsets.save_offsets([("accounts", 0, 5), ("accounts", 1, 6), ("accounts", 2, 7)])
+    await offsets.save_halt("accounts", 1, None, halt)
+
+    await offsets.apply_change("accounts", ProjectionChange((0, 1, 2), paused=True))
+    assert {shard: record.paused for shard, record in (await offsets.load("accounts")).items()} == {
+        0: True,
+        1: True,
+        2: True,
+    }
+    # resume: every flag cleared, and the halt with it
+    assert (
+        await offsets.apply_change("accounts", ProjectionChange((0, 1, 2), paused=False, clear_halts=True))
+        == set()
+    )
+    assert await offsets.load("accounts") == {
+        0: ShardRecord(offset=5),
+        1: ShardRecord(offset=6),
+        2: ShardRecord(offset=7),
+    }
+    # skip: new offsets for the shards that had an event, halts forgotten on all
+    await offsets.save_halt("accounts", 2, None, halt)
+    await offsets.apply_change(
+        "accounts", ProjectionChange((0, 1, 2), clear_halts=True, offsets={0: 9, 2: 12})
+    )
+    loaded = await offsets.load("accounts")
+    assert (loaded[0].offset, loaded[1].offset, loaded[2].offset, loaded[2].halt) == (9, 6, 12, None)
+    # restart: offsets and halts forgotten, pause flags kept, other read sides untouched
+    await offsets.save_offsets([("other", 0, 3)])
+    await offsets.apply_change("accounts", ProjectionChange((0, 1), paused=True))
+    await offsets.apply_change("accounts", ProjectionChange((0, 1, 2), forget_offsets=True, clear_halts=True))
+    loaded = await offsets.load("accounts")
+    assert [
+        (loaded.get(shard, ShardRecord()).offset, loaded.get(shard, ShardRecord()).paused)
+        for shard in range(3)
+    ] == [
+        (None, True),
+        (None, True),
+        (None, False),
+    ]
+    assert await offsets.load("other") == {0: ShardRecord(offset=3)}

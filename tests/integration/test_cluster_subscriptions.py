@@ -138,3 +138,56 @@ async def test_an_unsubscribe_carries_the_callers_token_to_the_member_holding_th
                 # The first member checked the same token on its internal port and ended the stream.
                 assert await asyncio.wait_for(held.read(), 20) is aio.EOF
                 assert await held.code() == grpc.StatusCode.OK
+
+
+async def test_a_member_without_subscribers_reads_no_events_from_the_journal(
+    two_members: tuple[Node, Node],
+) -> None:
+    first, second = two_members
+    owners = entities_owned_by_each(await settled(first), two_members)
+
+    async def write_to_all(cos: ChiefOfStateServiceStub, name: str) -> None:
+        for entity in owners:
+            await cos.ProcessCommand(
+                pb.ProcessCommandRequest(entity_id=f"{name}-{entity}", command=bank.open_account("A", 0)),
+                timeout=20,
+            )
+
+    async def feed_reads(node: Node) -> float:
+        value = await asyncio.to_thread(node.metric, "cos_subscription_feed_reads_total")
+        assert value is not None
+        return value
+
+    async with (
+        aio.insecure_channel(second.target) as to_second,
+        aio.insecure_channel(first.target) as to_first,
+    ):
+        await write_to_all(stub(to_second), "quiet")  # commits on both members' shards, every NOTIFY sent
+        await asyncio.sleep(1.0)
+        assert (await feed_reads(first), await feed_reads(second)) == (0.0, 0.0)
+
+        watcher = stub(to_first).SubscribeAll(pb.SubscribeAllRequest(subscription_id="watcher"))
+        await registered(watcher)
+        await write_to_all(stub(to_second), "heard")
+        async with asyncio.timeout(30):
+            heard = set()
+            while len(heard) < len(owners):
+                message = await watcher.read()
+                assert isinstance(message, pb.SubscribeAllResponse)
+                assert message.meta.entity_id.startswith("heard-")  # nothing from before it subscribed
+                heard.add(message.meta.entity_id)
+        assert await feed_reads(first) > 0
+        assert await feed_reads(second) == 0.0  # still no subscriber there
+
+        watcher.cancel()  # the last subscriber leaves: the feed stops reading
+        async with asyncio.timeout(30):
+            for _ in range(300):  # until its stream is released (the feed pauses as it is)
+                if await asyncio.to_thread(first.metric, "cos_subscriptions") == 0.0:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the cancelled subscription's stream was never released")
+        before = await feed_reads(first)
+        await write_to_all(stub(to_second), "after")
+        await asyncio.sleep(1.0)
+        assert await feed_reads(first) == before

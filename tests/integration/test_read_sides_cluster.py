@@ -249,3 +249,95 @@ def test_a_projection_paused_through_one_member_stops_on_the_member_running_it(
         "the paused shard's events after the resume",
     )
     assert shard_members(caller)[shard][1] == "running"
+
+
+def whole_call(node: Node, method: str) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    """A whole-read-side manager call through `node`: (status, details, trailers)."""
+    with grpc.insecure_channel(node.target) as channel:
+        stub = ReadSideManagerServiceStub(channel)  # type: ignore[no-untyped-call]
+        request = getattr(mpb, f"{method}Request")(read_side_id=READ_SIDE)
+        try:
+            _, call = getattr(stub, method).with_call(request, timeout=60)
+        except grpc.RpcError as error:
+            return error.code(), error.details() or "", {}  # type: ignore[attr-defined]
+    return grpc.StatusCode.OK, "", {key: value for key, value in call.trailing_metadata()}
+
+
+def trailer_shards(trailer: str) -> dict[str, set[int]]:
+    """`running=0-2,4;paused=3` → {"running": {0, 1, 2, 4}, "paused": {3}}."""
+    states: dict[str, set[int]] = {}
+    for group in trailer.split(";"):
+        state, runs = group.split("=")
+        for run in runs.split(","):
+            first, _, last = run.partition("-")
+            states.setdefault(state, set()).update(range(int(first), int(last or first) + 1))
+    return states
+
+
+def test_a_whole_read_side_operation_changes_every_shard_or_none(
+    cluster: Cluster, deliveries: DeliveryLog
+) -> None:
+    wait_for(lambda: settled(cluster.nodes[0], cluster.nodes), DEADLINE_S, "every projection placed")
+    placement = shard_members(cluster.nodes[0])
+    runs = {
+        node.name: [s for s, (member, _) in placement.items() if member == address(node)]
+        for node in cluster.nodes
+    }
+    # the caller runs projections of its own (held locally) and the stopped member runs others
+    caller = next(node for node in cluster.nodes if runs[node.name])
+    victim = next(node for node in cluster.nodes if node is not caller and runs[node.name])
+
+    # Every member's answer lists every projection of the cluster, not only those it runs.
+    for node in cluster.nodes:
+        code, details, trailers = whole_call(node, "GetLatestOffset")
+        assert code is grpc.StatusCode.OK, details
+        assert trailer_shards(trailers["x-cos-read-side-state"]) == {"running": set(range(SHARDS))}
+
+    victim.pause()  # SIGSTOP: its projections can be neither held nor reached
+    try:
+        code, details, _ = whole_call(caller, "PauseReadSide")
+    finally:
+        victim.resume()
+    assert code is grpc.StatusCode.UNAVAILABLE, details
+    assert "nothing was changed" in details and "shard" in details
+    # Not one shard was paused: neither the caller's own nor a third member's.
+    assert all(state != "paused" for _, state in shard_members(caller).values())
+    entity_id = entity_in_shard(runs[caller.name][0], "after-refusal")
+    last = write(caller, entity_id, 1)
+    deliveries.wait_until(
+        lambda log: set(range(1, last + 1)) <= set(log.revisions(READ_SIDE, entity_id)),
+        DEADLINE_S,
+        "the caller's own shard delivering after the refused pause",
+    )
+
+    # With every member answering, the whole read side is paused at once, and the answer says so.
+    wait_for(lambda: settled(caller, cluster.nodes), DEADLINE_S, "every projection placed again")
+    give_up_at = time.monotonic() + DEADLINE_S
+    while True:
+        code, details, trailers = whole_call(caller, "PauseReadSide")
+        if code is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > give_up_at:
+            break
+        time.sleep(0.5)  # a lease still moving after the stopped member came back: retry, as told
+    assert code is grpc.StatusCode.OK, details
+    assert trailer_shards(trailers["x-cos-read-side-state"]) == {"paused": set(range(SHARDS))}
+    for node in cluster.nodes:
+        assert {state for _, state in shard_members(node).values()} == {"paused"}
+    paused = {shard: entity_in_shard(shard, "while-paused") for shard in range(SHARDS)}
+    lasts = {entity: write(cluster.nodes[shard % 3], entity, 1) for shard, entity in paused.items()}
+    time.sleep(1.0)  # a running projection would have delivered by now (commits wake it at once)
+    assert all(deliveries.revisions(READ_SIDE, entity) == [] for entity in paused.values())
+
+    code, details, trailers = whole_call(victim, "ResumeReadSide")
+    assert code is grpc.StatusCode.OK, details
+    assert trailer_shards(trailers["x-cos-read-side-state"]) == {"running": set(range(SHARDS))}
+    deliveries.wait_until(lambda log: all_delivered(log, lasts), DEADLINE_S, "every shard after the resume")
+
+    # A whole restart replays every shard from its first event, wherever each projection runs.
+    third = next(node for node in cluster.nodes if node is not caller and node is not victim)
+    code, details, _ = whole_call(third, "RestartReadSide")
+    assert code is grpc.StatusCode.OK, details
+    deliveries.wait_until(
+        lambda log: all(log.revisions(READ_SIDE, entity).count(1) >= 2 for entity in lasts),
+        DEADLINE_S,
+        "every shard replayed after the restart",
+    )

@@ -16,7 +16,7 @@ from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
 from chiefofstate.ports.journal import AppendRequest, Journal, JournalRow, ShardProgress
-from chiefofstate.ports.offsets import Halt, OffsetStore, ShardRecord
+from chiefofstate.ports.offsets import Halt, OffsetStore, ProjectionChange, ShardRecord
 from chiefofstate.ports.read_handler import DeliveryFailed, ReadSideCall
 from chiefofstate.stores.memory.journal import MemoryJournal
 from chiefofstate.stores.memory.offsets import MemoryOffsetStore
@@ -134,6 +134,16 @@ class FailingOffsetStore:
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         self._maybe_fail()
         await self.inner.clear_halt(read_side_id, shard)
+
+    async def apply_change(
+        self,
+        read_side_id: str,
+        change: ProjectionChange,
+        *,
+        lease_tokens: Mapping[tuple[str, int], int] | None = None,
+    ) -> set[tuple[str, int]]:
+        self._maybe_fail()
+        return await self.inner.apply_change(read_side_id, change, lease_tokens=lease_tokens)
 
     async def close(self) -> None:
         await self.inner.close()

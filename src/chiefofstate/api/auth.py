@@ -21,11 +21,12 @@ from grpc_health.v1 import health
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chiefofstate.api.http_errors import error_body
-from chiefofstate.api.readside_manager import ADMIN_SERVICE, MANAGER_SERVICE
+from chiefofstate.api.readside_manager import ADMIN_SERVICE, HOLD_SERVICE, MANAGER_SERVICE
 from chiefofstate.core.auth import Role, TokenBook, Verdict
 from chiefofstate.core.errors import Code
 
-ADMIN_SERVICES = (MANAGER_SERVICE, ADMIN_SERVICE)  # upstream's manager and `cos readside list`'s
+# upstream's manager, `cos readside list`'s, and the holds a member's manager call sends to the others
+ADMIN_SERVICES = (MANAGER_SERVICE, ADMIN_SERVICE, HOLD_SERVICE)
 _OPEN_SERVICES = (health.SERVICE_NAME,)
 
 if TYPE_CHECKING:

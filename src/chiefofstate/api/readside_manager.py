@@ -5,11 +5,12 @@ is NOT_FOUND at once, a shard out of range is INVALID_ARGUMENT in every by-shard
 next unprocessed event of the shard and answers once the new offset is stored, and offsets are read from
 the store. Upstream's messages cannot say that a projection is halted (decision D7), so every answer
 carries the targeted projections' states in the `x-cos-read-side-state` trailer, e.g.
-`running=0-2,4-15;halted=3`.
+`running=0-2,4-15;halted=3`: in cluster mode, every projection of the cluster, wherever it runs.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -17,7 +18,7 @@ from grpc import aio
 
 from chiefofstate.api.grpc_errors import abort_with
 from chiefofstate.api.grpc_server import ServiceRegistration
-from chiefofstate.core.errors import as_cos_error
+from chiefofstate.core.errors import CosError, as_cos_error
 from chiefofstate.core.headers import admin_caller
 from chiefofstate.core.readside_rules import ProjectionState
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as pb
@@ -28,12 +29,16 @@ from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import (
 )
 from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2 as admin
 from chiefofstate.gen.chiefofstate.internal.v1.readside_admin_pb2_grpc import (
+    ProjectionHoldServiceServicer,
     ReadSideAdminServiceServicer,
+    add_ProjectionHoldServiceServicer_to_server,
     add_ReadSideAdminServiceServicer_to_server,
 )
-from chiefofstate.readside.runtime import ReadSideView
+from chiefofstate.readside.runtime import ReadSideRuntime, ReadSideView
 
 STATE_TRAILER = "x-cos-read-side-state"
+
+log = logging.getLogger("chiefofstate.readside")
 
 Context = aio.ServicerContext[object, object]
 Result = TypeVar("Result")
@@ -72,7 +77,9 @@ class ReadSideOperations(Protocol):
         self, read_side_id: str | None = None, shard: int | None = None
     ) -> list[ReadSideView]: ...
 
-    def states(self, read_side_id: str, shard: int | None = None) -> dict[int, ProjectionState]: ...
+    async def trailer_states(
+        self, read_side_id: str, shard: int | None = None
+    ) -> dict[int, ProjectionState]: ...
 
 
 def summarise_states(states: dict[int, ProjectionState]) -> str:
@@ -110,7 +117,11 @@ class ReadSideManagerService(ReadSideManagerServiceServicer):
         except Exception as error:  # CosErrors keep their status; anything else is INTERNAL (§6)
             await abort_with(context, as_cos_error(error))
             raise
-        states = self._runtime.states(read_side_id, shard)
+        try:
+            states = await self._runtime.trailer_states(read_side_id, shard)
+        except CosError as error:  # the answer stands; only its trailer is left out
+            log.warning("read side %s: states for the answer's trailer unavailable (%s)", read_side_id, error)
+            states = {}
         if states:
             context.set_trailing_metadata(((STATE_TRAILER, summarise_states(states)),))
         return result
@@ -251,8 +262,45 @@ class ReadSideAdminService(ReadSideAdminServiceServicer):
         )
 
 
+class ProjectionHoldService(ProjectionHoldServiceServicer):
+    """A cluster member's internal port: holds and releases the projections it runs for a
+    whole-read-side operation asked by another member (readside/operations.py)."""
+
+    def __init__(self, runtime: ReadSideRuntime) -> None:
+        self._runtime = runtime
+
+    async def Hold(self, request: admin.HoldRequest, context: Context) -> admin.HoldResponse:
+        try:
+            token = await self._runtime.hold(
+                request.read_side_id, request.cluster_shard_number, request.hold_seconds
+            )
+        except Exception as error:
+            await abort_with(context, as_cos_error(error))
+            raise
+        return admin.HoldResponse(lease_token=token or 0)
+
+    async def Release(self, request: admin.ReleaseRequest, context: Context) -> admin.ReleaseResponse:
+        try:
+            await self._runtime.release(request.read_side_id, request.cluster_shard_number)
+        except Exception as error:
+            await abort_with(context, as_cos_error(error))
+            raise
+        return admin.ReleaseResponse()
+
+
 MANAGER_SERVICE = pb.DESCRIPTOR.services_by_name["ReadSideManagerService"].full_name
 ADMIN_SERVICE = admin.DESCRIPTOR.services_by_name["ReadSideAdminService"].full_name
+HOLD_SERVICE = admin.DESCRIPTOR.services_by_name["ProjectionHoldService"].full_name
+
+
+def hold_service(runtime: ReadSideRuntime) -> ServiceRegistration:
+    """The internal port's hold service (cluster mode only)."""
+    service = ProjectionHoldService(runtime)
+
+    def add(server: aio.Server) -> None:
+        add_ProjectionHoldServiceServicer_to_server(service, server)
+
+    return (HOLD_SERVICE, add)
 
 
 def read_side_services(runtime: ReadSideOperations) -> tuple[ServiceRegistration, ...]:

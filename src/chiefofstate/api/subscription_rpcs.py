@@ -81,6 +81,7 @@ class SubscriptionRpcs:
             raise
         subscription.writer = asyncio.current_task()
         try:
+            await hub.ready()  # events committed from here on reach it, wherever they were written
             await context.send_initial_metadata(((SUBSCRIPTION_ID_HEADER, subscription.subscription_id),))
             while True:
                 bodies = await subscription.take()

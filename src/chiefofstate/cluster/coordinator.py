@@ -110,15 +110,13 @@ class Coordinator:
                 self._settings.advertised_address,
             )
         self._next_heartbeat = self._clock() + self._settings.members.heartbeat_interval_s
+        members = None
         if self._projections is not None:
-            others = [
-                member
-                for member in await self._store.live_members(self._settings.members.ttl_s)
-                if member.member_id != self.member_id
-            ]
+            members = await self._store.live_members(self._settings.members.ttl_s)
+            others = [member for member in members if member.member_id != self.member_id]
             # autoStart is applied by the first member only: the others' projections already run.
             await self._projections.prepare(apply_auto_start=not others)
-        await self.round()
+        await self.round(members)
         self._task = asyncio.create_task(self._run(), name="cluster-coordinator")
 
     async def close(self) -> None:
@@ -167,14 +165,16 @@ class Coordinator:
                     )
                     self._failing_since = None
 
-    async def round(self) -> None:
+    async def round(self, members: list[Member] | None = None) -> None:
         """One round: heartbeat, members, renewals, handovers, acquisitions, routes (the task runs one
-        every round interval; tests run them one by one)."""
+        every round interval; tests run them one by one). `members`: the live members when the caller
+        has just listed them (the first round, right after joining)."""
         now = self._clock()
         if now >= self._next_heartbeat:
             await self._store.heartbeat(self.member_id)
             self._next_heartbeat = now + self._settings.members.heartbeat_interval_s
-        members = await self._store.live_members(self._settings.members.ttl_s)
+        if members is None:
+            members = await self._store.live_members(self._settings.members.ttl_s)
         self.members = members
         await self._renew_if_due()
         self._drop_lapsed()

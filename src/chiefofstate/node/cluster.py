@@ -17,7 +17,7 @@ from chiefofstate.api.auth import TokenInterceptor
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
-from chiefofstate.api.readside_manager import read_side_services
+from chiefofstate.api.readside_manager import hold_service, read_side_services
 from chiefofstate.api.tls import ServerTls
 from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.cluster.forwarding import Forwarder
@@ -140,7 +140,12 @@ async def start_cluster(
     # for unsubscribes: a member's Unsubscribe reaches the others here, and goes no further.
     local_only = CommandPath(host, server.command_timeout_s, tracing=tracing, metrics=None)
     # Read-side manager calls sent on by other members act only on the projections this member runs.
-    peer_services = read_side_services(HereOnly(read_sides.runtime)) if read_sides is not None else ()
+    # Whole-read-side operations hold this member's projections through the hold service.
+    peer_services = (
+        (*read_side_services(HereOnly(read_sides.runtime)), hold_service(read_sides.runtime))
+        if read_sides is not None
+        else ()
+    )
     peer_server = GrpcServer(
         ChiefOfStateService(local_only, subscriptions=subscriptions),
         server.address,

@@ -53,6 +53,14 @@ def register_node_readings(
             lambda: hub.overflows,
             monotonic=True,
         )
+        source = hub.source
+        if source is not None:
+            metrics.read_scalar(
+                "cos_subscription_feed_reads",
+                "Journal reads of the cluster subscription feed (none while the member has no subscriber).",
+                lambda: source.reads,
+                monotonic=True,
+            )
 
 
 def register_cluster_readings(

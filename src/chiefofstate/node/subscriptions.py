@@ -30,6 +30,7 @@ async def open_subscriptions(
     if not settings.cluster.enabled or connection is None:
         return hub, [hub]
     feed = JournalFeed(journal, settings.num_shards, hub)
+    hub.source = feed  # reads the journal only while the member has subscribers
     await feed.start()
     closers.push_async_callback(feed.close)
     listener = AppendListener(connection, feed.wake_shards, feed.wake_all, purpose="subscription")

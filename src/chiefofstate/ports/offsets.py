@@ -15,7 +15,7 @@ refuses the request. How far the journal has got in a shard is the journal's to 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -39,6 +39,19 @@ class ShardRecord:
 
 # (read side id, shard): one projection
 ProjectionKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionChange:
+    """An operator's change to some shards of one read side (a manager operation), stored in one
+    transaction so that either every shard changes or none does."""
+
+    shards: tuple[int, ...]
+    paused: bool | None = None  # the pause flag to store (None: leave it)
+    forget_offsets: bool = False  # restart: the shards replay from their oldest event
+    clear_halts: bool = False
+    # skip: the new offset of some of the shards (a shard left out keeps its offset)
+    offsets: Mapping[int, int] = field(default_factory=dict)
 
 
 class OffsetStore(Protocol):
@@ -91,5 +104,18 @@ class OffsetStore(Protocol):
         ...
 
     async def clear_halt(self, read_side_id: str, shard: int) -> None: ...
+
+    async def apply_change(
+        self,
+        read_side_id: str,
+        change: ProjectionChange,
+        *,
+        lease_tokens: Mapping[ProjectionKey, int] | None = None,
+    ) -> set[ProjectionKey]:
+        """Store `change` in one transaction. With `lease_tokens` (cluster mode) it is stored only if
+        every token is still its projection lease's, checked in that transaction; otherwise nothing is
+        stored and the projections whose tokens moved on are returned (empty when stored). SQLite
+        refuses tokens (`Internal`)."""
+        ...
 
     async def close(self) -> None: ...

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.config.read_sides import DeliverySettings, ReadSideSettings
-from chiefofstate.core.errors import CosError, Unavailable
+from chiefofstate.core.errors import Code, CosError, Unavailable
 from chiefofstate.core.readside_rules import (
     REPLAY_RETRIES,
     AfterFailure,
@@ -109,6 +109,8 @@ class Projection:
         self._restarting_reason = ""
         self._restarts = 0
         self._closed = False
+        # held by a whole-read-side manager operation: not delivering until `reload`
+        self.held = False
         self.delivered = 0
         self.skipped = 0
 
@@ -242,10 +244,35 @@ class Projection:
             )
             return rows[0].ordering
 
+    async def hold(self) -> None:
+        """Stop delivering and store what was finished, and stay so until `reload`: a manager
+        operation on many shards changes their stored records while they are held (readside/
+        operations.py), so no projection writes an offset over the change."""
+        async with self._control:
+            if self._closed:
+                raise Unavailable(f"{self.name} is shutting down")
+            if self.held:
+                raise CosError(
+                    f"{self.name}: another manager operation on it is in progress; retry once it is done",
+                    code=Code.FAILED_PRECONDITION,
+                )
+            await self._stop()
+            self.held = True
+
+    async def reload(self, record: ShardRecord) -> None:
+        """End a hold: carry on from `record`, the stored state after the operation (or the unchanged
+        one when it did not go through)."""
+        async with self._control:
+            self.position = record.offset or 0
+            self._paused = record.paused
+            self._halt = record.halt
+            self.held = False
+            self._launch_if_due()
+
     # ------------------------------------------------------------------------------------- internals
 
     def _launch_if_due(self) -> None:
-        if self._closed or self._task is not None:
+        if self._closed or self._task is not None or self.held:
             return
         self._stopped_reason = ""
         self._restarting_reason = ""

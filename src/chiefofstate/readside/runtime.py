@@ -36,6 +36,7 @@ from chiefofstate.core.readside_rules import (
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.ports.offsets import Halt, ProjectionKey, ShardRecord
 from chiefofstate.readside.delivery import GuardedReadHandler
+from chiefofstate.readside.operations import Operation, ShardHold, change_all_shards
 from chiefofstate.readside.projection import Projection, ProjectionContext
 
 log = logging.getLogger("chiefofstate.readside")
@@ -43,6 +44,8 @@ log = logging.getLogger("chiefofstate.readside")
 # A status query counts a shard's pending events up to this many, so it stays cheap however far
 # behind a projection is.
 LAG_COUNT_LIMIT = 1_000_000
+# How long a projection held by a whole-read-side operation on this node waits for its release.
+LOCAL_HOLD_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,13 @@ class ReadSideRuntime:
         self.lease_usable: Callable[[ProjectionKey], bool] = lambda key: True
         # events counted by projections that have moved away, so the metrics' counters never go back
         self._moved_counts: dict[tuple[str, str], int] = {}
+        # cluster mode: grants counted, the count at each projection's grant, and the record load in
+        # flight per read side with the count when it began (projections granted together share one)
+        self._grants = 0
+        self._granted_at: dict[ProjectionKey, int] = {}
+        self._loads: dict[str, tuple[int, asyncio.Task[dict[int, ShardRecord]]]] = {}
+        # projections held by a whole-read-side operation: the task that releases each if nobody does
+        self._hold_timers: dict[ProjectionKey, asyncio.Task[None]] = {}
 
     @property
     def num_shards(self) -> int:
@@ -174,6 +184,8 @@ class ReadSideRuntime:
 
     async def close(self) -> None:
         self._closed = True
+        await cancel_and_wait(*self._hold_timers.values())
+        self._hold_timers.clear()
         await cancel_and_wait(*self._transitions.values())
         self._transitions.clear()
         for projections in list(self._local.values()):
@@ -189,6 +201,8 @@ class ReadSideRuntime:
         """This member now holds the projection's lease under `token`: start it from its stored record
         (offset, pause flag, halt), once any earlier start or stop of it has been applied."""
         self._wanted[key] = token
+        self._grants += 1
+        self._granted_at[key] = self._grants
         self._chain(key, lambda: self._start_leased(key, token))
 
     async def stop_projection(self, key: ProjectionKey) -> None:
@@ -234,7 +248,7 @@ class ReadSideRuntime:
         attempts = 0
         while True:
             try:
-                records = await self._context.store.load(read_side_id)
+                records = await self._records_since(read_side_id, self._granted_at.get(key, self._grants))
                 break
             except CosError as error:
                 # The lease is held meanwhile, so nobody else runs it: keep trying while it is ours.
@@ -253,6 +267,27 @@ class ReadSideRuntime:
         self._context.committer.lease(key, token)
         await self._launch(read_side_id, shard, records.get(shard, ShardRecord()))
         log.info("read side %s shard %d runs here (lease token %d)", read_side_id, shard, token)
+
+    async def _records_since(self, read_side_id: str, grant: int) -> dict[int, ShardRecord]:
+        """The read side's records, read after the `grant`-th lease grant: a load already in flight is
+        shared when it began after that grant (so it sees what the projection's previous owner stored
+        before releasing it), else a new one starts. Many projections taken in one round read once."""
+        loading = self._loads.get(read_side_id)
+        if loading is None or loading[0] < grant:
+            task = asyncio.create_task(
+                self._context.store.load(read_side_id), name=f"records of {read_side_id}"
+            )
+            loading = (self._grants, task)
+            self._loads[read_side_id] = loading
+
+            def forget(done: asyncio.Task[dict[int, ShardRecord]], read_side_id: str = read_side_id) -> None:
+                if self._loads.get(read_side_id, (0, None))[1] is done:
+                    del self._loads[read_side_id]
+                if not done.cancelled():
+                    done.exception()  # seen by every sharer; retrieved here so none goes unreported
+
+            task.add_done_callback(forget)
+        return await asyncio.shield(loading[1])
 
     async def _stop_leased(self, key: ProjectionKey, *, store_offset: bool) -> None:
         read_side_id, shard = key
@@ -333,25 +368,110 @@ class ReadSideRuntime:
         return records.get(shard, ShardRecord()).offset or 0
 
     async def pause(self, read_side_id: str, shard: int | None = None) -> None:
+        if shard is None:
+            await self._change_here(read_side_id, "pause")
+            return
         for projection in self._targets(read_side_id, shard):
             await projection.pause()
 
     async def resume(self, read_side_id: str, shard: int | None = None) -> None:
+        if shard is None:
+            await self._change_here(read_side_id, "resume")
+            return
         for projection in self._targets(read_side_id, shard):
             await projection.resume()
 
     async def restart(self, read_side_id: str, shard: int | None = None) -> None:
+        if shard is None:
+            await self._change_here(read_side_id, "restart")
+            return
         for projection in self._targets(read_side_id, shard):
             await projection.restart()
 
     async def skip(self, read_side_id: str, shard: int | None = None) -> list[tuple[int, int]]:
         """(shard, ordering skipped) for each shard that had an unprocessed event."""
+        if shard is None:
+            return await self._change_here(read_side_id, "skip")
         skipped = []
         for projection in self._targets(read_side_id, shard):
             ordering = await projection.skip()
             if ordering is not None:
                 skipped.append((projection.shard, ordering))
         return skipped
+
+    # ------------------------------------------------------------ whole-read-side operations, held
+
+    async def change_all(
+        self, read_side_id: str, operation: Operation, holds: Sequence[ShardHold], hold_s: float
+    ) -> list[tuple[int, int]]:
+        """`operation` on every shard of the read side or on none (readside/operations.py); `holds`
+        reach each shard's projection wherever it runs, and last `hold_s` unreleased."""
+        self.check_target(read_side_id, None)
+        if self._closed:
+            raise Unavailable("the node is shutting down: its read sides are stopped")
+        context = self._context
+        return await change_all_shards(operation, read_side_id, holds, context.store, context.journal, hold_s)
+
+    async def _change_here(self, read_side_id: str, operation: Operation) -> list[tuple[int, int]]:
+        """A lone node's whole-read-side operation: every projection runs here."""
+        holds = [self.local_hold(read_side_id, shard, LOCAL_HOLD_S) for shard in range(self._num_shards)]
+        return await self.change_all(read_side_id, operation, holds, LOCAL_HOLD_S)
+
+    def local_hold(self, read_side_id: str, shard: int, hold_s: float) -> ShardHold:
+        async def hold() -> int | None:
+            return await self.hold(read_side_id, shard, hold_s)
+
+        async def release() -> None:
+            await self.release(read_side_id, shard)
+
+        return ShardHold(shard, hold, release)
+
+    async def hold(self, read_side_id: str, shard: int, hold_s: float) -> int | None:
+        """Hold the projection running here for a whole-read-side operation: it stops, stores what
+        it finished and waits for `release`, or for `hold_s` to pass; returns the lease token it runs
+        under (None on a lone node)."""
+        self.check_target(read_side_id, shard)
+        key = (read_side_id, shard)
+        projection = None if self._closed else self._local[read_side_id].get(shard)
+        token = self._context.committer.token(key)
+        if projection is None or (self._context.committer.fenced and token is None):
+            raise Unavailable(
+                f"read side {read_side_id!r} shard {shard} is not run by this member right now (its lease "
+                "is moving between members); nothing was changed, retry in a few seconds"
+            )
+        await projection.hold()
+        self._hold_timers[key] = asyncio.create_task(
+            self._release_after(key, hold_s), name=f"hold of projection {key}"
+        )
+        return token
+
+    async def release(self, read_side_id: str, shard: int) -> None:
+        """End a hold: the projection carries on from its stored record."""
+        key = (read_side_id, shard)
+        timer = self._hold_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        await self._reload_held(key)
+
+    async def _release_after(self, key: ProjectionKey, hold_s: float) -> None:
+        await self._context.sleep(hold_s)
+        self._hold_timers.pop(key, None)
+        log.warning("read side %s shard %d: held %.0fs without a release; carrying on", *key, hold_s)
+        while True:
+            try:
+                await self._reload_held(key)
+                return
+            except CosError as error:
+                log.warning("read side %s shard %d cannot carry on yet (%s)", *key, error)
+                await self._context.sleep(1.0)
+
+    async def _reload_held(self, key: ProjectionKey) -> None:
+        read_side_id, shard = key
+        projection = self._local.get(read_side_id, {}).get(shard)
+        if projection is None or not projection.held:
+            return  # it moved away meanwhile: its next owner starts from the stored record anyway
+        records = await self._context.store.load(read_side_id)
+        await projection.reload(records.get(shard, ShardRecord()))
 
     # ------------------------------------------------------------------------------------ status
 
@@ -432,6 +552,27 @@ class ReadSideRuntime:
             number: projection.status().state
             for number, projection in projections.items()
             if shard is None or number == shard
+        }
+
+    async def trailer_states(self, read_side_id: str, shard: int | None = None) -> dict[int, ProjectionState]:
+        """What a lone node's manager answers carry: every projection runs here."""
+        return self.states(read_side_id, shard)
+
+    async def cluster_states(
+        self, read_side_id: str, shard: int | None, owners: Mapping[ProjectionKey, str]
+    ) -> dict[int, ProjectionState]:
+        """Every projection of the cluster (decision D7): those running here by their state in memory,
+        the others by their stored record and the member the lease table names (UNASSIGNED when none)."""
+        local = self._local.get(read_side_id)
+        if local is None:
+            return {}  # unknown or disabled: the answer says so already
+        records = await self._context.store.load(read_side_id)
+        shards = range(self._num_shards) if shard is None else [shard]
+        return {
+            number: local[number].status().state
+            if number in local
+            else _stored_state(records.get(number, ShardRecord()), owners.get((read_side_id, number), ""))
+            for number in shards
         }
 
     def running_here(self) -> list[ProjectionKey]:

@@ -9,6 +9,11 @@ is handed on once, in commit order per entity, whichever member wrote it and how
 changed hands. This member's own commits take the same road, which is what keeps that order across a
 handover; they arrive a database round trip after the commit instead of at once.
 
+Idle without subscribers: the feed reads nothing while the member has none (`pause`, by the hub when
+its last subscriber goes). The first subscriber `activate`s it before its Subscribe answers: the feed
+then starts again from each shard's newest event, so every event committed after that answer is
+handed on, and none committed while nobody listened is read.
+
 Bounded: at most `batch_size` events are read and held per step, and the set of shards waiting to be
 read has at most one entry per shard. Subscribers that cannot keep up are the hub's business.
 """
@@ -66,20 +71,58 @@ class JournalFeed:
         self._pending: dict[int, None] = {}
         self._woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Reads only while active; every activation or pause starts a new generation, so a read in
+        # flight across one is dropped instead of handing on what came before the new start.
+        self._active = False
+        self._generation = 0
+        self._activating = asyncio.Lock()
         self.delivered = 0
+        self._reads = 0  # journal reads made (shard heads and events)
 
     async def start(self) -> None:
-        """Start from each shard's newest event: events committed from now on are handed on."""
-        for shard in range(self._num_shards):
-            progress = await self._journal.shard_progress(shard, 0, 0)
-            self._offsets[shard] = progress.head
+        """Paused until the first subscriber `activate`s it."""
         self._task = asyncio.create_task(self._run(), name="subscription feed")
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @property
+    def reads(self) -> int:
+        return self._reads
+
+    async def activate(self) -> None:
+        """Hand on every event committed from now on: reads each shard's newest event, unless active
+        already. Returns once started, so a subscriber may be told it is subscribed."""
+        async with self._activating:
+            if self._active:
+                return
+            offsets = {}
+            for shard in range(self._num_shards):
+                self._reads += 1
+                offsets[shard] = (await self._journal.shard_progress(shard, 0, 0)).head
+            self._offsets = offsets
+            self._generation += 1
+            self._active = True
+            self.wake_all()  # anything committed while the heads were read
+            log.info("subscription feed started: a subscriber is here")
+
+    def pause(self) -> None:
+        """No subscriber is left: read nothing until the next `activate`."""
+        if not self._active:
+            return
+        self._active = False
+        self._generation += 1
+        self._pending.clear()
+        log.info("subscription feed paused: no subscriber left")
 
     async def close(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
 
     def wake_shards(self, shards: Iterable[int]) -> None:
+        if not self._active:
+            return  # nobody to hand events to; `activate` starts from the heads then
         for shard in shards:
             if 0 <= shard < self._num_shards:
                 self._pending[shard] = None
@@ -92,10 +135,12 @@ class JournalFeed:
         while True:
             await self._woken.wait()
             self._woken.clear()
-            while self._pending:
+            while self._pending and self._active:
                 shard = next(iter(self._pending))
                 del self._pending[shard]
+                generation = self._generation
                 try:
+                    self._reads += 1
                     rows = await self._journal.read_shard(shard, self._offsets[shard], self._batch_size)
                 except CosError as error:
                     log.warning(
@@ -107,8 +152,8 @@ class JournalFeed:
                     self._pending[shard] = None
                     await asyncio.sleep(self._retry_delay_s)
                     continue
-                if not rows:
-                    continue
+                if not rows or generation != self._generation:
+                    continue  # nothing new, or paused / started again while reading
                 self._offsets[shard] = rows[-1].ordering
                 self._hand_on(shard, rows)
                 if len(rows) == self._batch_size:

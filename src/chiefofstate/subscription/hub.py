@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Sequence
+from typing import Protocol
 
 from chiefofstate.core.errors import AlreadyExists, CosError, ResourceExhausted, Unavailable
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
@@ -116,6 +117,19 @@ class Subscription:
             await self._wakeup.wait()
 
 
+class EventSource(Protocol):
+    """Where a cluster member's events come from (the journal feed): read only while it has subscribers."""
+
+    async def activate(self) -> None: ...
+
+    def pause(self) -> None: ...
+
+    @property
+    def reads(self) -> int:
+        """Journal reads made so far."""
+        ...
+
+
 class SubscriptionHub:
     """Registry of the node's subscriptions; implements the CommitListener protocol."""
 
@@ -137,6 +151,8 @@ class SubscriptionHub:
         self._open_streams = 0
         self._closed = False
         self.overflows = 0  # subscribers ended for falling behind, by either bound
+        # cluster mode: the journal feed, started by the first subscriber and paused after the last
+        self.source: EventSource | None = None
 
     @property
     def live(self) -> int:
@@ -171,6 +187,12 @@ class SubscriptionHub:
             self._by_entity.setdefault(entity_id, {})[subscription_id] = subscription
         self._open_streams += 1
         return subscription
+
+    async def ready(self) -> None:
+        """Called after `open`, before the subscriber is told it is subscribed: once this returns, every
+        event committed afterwards reaches it (the journal feed has started, if it was paused)."""
+        if self.source is not None:
+            await self.source.activate()
 
     def release(self, subscription: Subscription) -> None:
         """The stream has ended (completed, failed or cancelled by the client); idempotent."""
@@ -265,8 +287,10 @@ class SubscriptionHub:
         del self._live[subscription_id]
         if subscription.entity_id is None:
             del self._all_entities[subscription_id]
-            return
-        watchers = self._by_entity[subscription.entity_id]
-        del watchers[subscription_id]
-        if not watchers:
-            del self._by_entity[subscription.entity_id]
+        else:
+            watchers = self._by_entity[subscription.entity_id]
+            del watchers[subscription_id]
+            if not watchers:
+                del self._by_entity[subscription.entity_id]
+        if not self._live and self.source is not None:
+            self.source.pause()  # nobody left to hand events to: stop reading the journal

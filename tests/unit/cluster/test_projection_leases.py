@@ -15,6 +15,7 @@ from chiefofstate.cluster.routes import RoutingTable
 from chiefofstate.config.cluster import CLUSTER_OFF, ClusterSettings
 from chiefofstate.core.errors import StoreUnavailable
 from chiefofstate.core.placement import assign, read_side_key
+from chiefofstate.ports.cluster import Member
 from chiefofstate.stores.memory.cluster import MemoryClusterDatabase
 from tests.unit.cluster.test_coordinator import Clock, FlakyStore, HostStandIn
 
@@ -210,3 +211,34 @@ async def test_a_member_cut_off_from_the_database_drops_its_projections_before_t
     await world.rounds(6, step_s=0.5)  # 9 s: past it, 1 s before the database would let it expire
     assert node.runner.running == {}
     assert len(node.runner.dropped) == SHARDS
+
+
+class CountingStore(FlakyStore):
+    listed = 0
+
+    async def live_members(self, ttl_s: float) -> list[Member]:
+        self.listed += 1
+        return await super().live_members(ttl_s)
+
+
+async def test_starting_lists_the_live_members_once(world: World) -> None:
+    await world.join("m1", "a")
+    store = CountingStore(world.database)
+    settings = replace(world.settings, host="m2")
+    runner = RunnerStandIn(["a"])
+    coordinator = Coordinator(
+        settings,
+        SHARDS,
+        "m2",
+        store,
+        LeaseBook(settings.leases, Clock(world.db_clock.now)),
+        RoutingTable("m2:25520"),
+        HostStandIn(),  # type: ignore[arg-type]
+        drain_timeout_s=1.0,
+        projections=runner,
+    )
+    await coordinator.start()  # the autoStart decision and the first round share one listing
+    await coordinator.close()
+    assert store.listed == 1
+    assert runner.auto_start == [False]  # m1 was live: autoStart is not applied again
+    assert {member.member_id for member in coordinator.members} == {"m1", "m2"}

@@ -227,3 +227,49 @@ def test_lag_seconds_is_unknown_without_a_write_time_and_never_negative() -> Non
     assert math.isnan(lag_seconds(behind(None), 100.0))  # rows written without write_timestamp
     assert lag_seconds(behind(101_000), 100.0) == 0.0  # the writer's clock runs ahead of ours
     assert lag_seconds(behind(99_500), 100.0) == 0.5
+
+
+async def test_a_whole_read_side_operation_changes_no_shard_when_one_refuses(
+    closers: list[ReadSideRuntime],
+) -> None:
+    rig = await started(Rig(side("a")), closers)
+    await rig.runtime.hold("a", 2, 60.0)  # another operation holds shard 2
+
+    with pytest.raises(CosError, match="shard 2") as refused:
+        await rig.runtime.pause("a")
+
+    assert refused.value.code is Code.FAILED_PRECONDITION
+    assert await paused_flags(rig.store, "a") == {}  # no shard was paused, not even the first ones
+    assert rig.runtime.states("a")[0] is ProjectionState.RUNNING
+    await rig.runtime.release("a", 2)
+    await append_events(rig.journal, "x", 0, 1)
+    await append_events(rig.journal, "y", 2, 1)
+    rig.runtime.wake_all()
+    await eventually_equal(lambda: stored_offset(rig.store, "a", 0), 1)
+    await eventually_equal(lambda: stored_offset(rig.store, "a", 2), 2)  # released: it delivers again
+
+
+async def test_a_whole_read_side_restart_replays_every_shard_and_skip_moves_each_past_one_event(
+    closers: list[ReadSideRuntime],
+) -> None:
+    rig = await started(Rig(side("a")), closers)
+    await append_events(rig.journal, "x", 0, 2)
+    await append_events(rig.journal, "y", 3, 1)
+    rig.runtime.wake_all()
+    await eventually(lambda: len(rig.handlers["a"].calls) == 3)
+    await rig.runtime.pause("a")
+    await rig.runtime.restart("a")
+    assert await rig.runtime.offsets("a") == [(0, 0), (1, 0), (2, 0), (3, 0)]
+    assert set(rig.runtime.states("a").values()) == {ProjectionState.PAUSED}  # a restart keeps the flag
+    assert await rig.runtime.skip("a") == [(0, 1), (3, 3)]  # the first event of each non-empty shard
+    await rig.runtime.resume("a")
+    await eventually(lambda: len(rig.handlers["a"].calls) == 4)  # only shard 0's second event is left
+    assert rig.handlers["a"].calls[-1][:2] == ("x", 2)
+
+
+async def test_a_hold_nobody_releases_ends_by_itself(closers: list[ReadSideRuntime]) -> None:
+    rig = await started(Rig(side("a")), closers)
+    await rig.runtime.hold("a", 1, 0.2)
+    await append_events(rig.journal, "x", 1, 1)
+    rig.runtime.wake_all()
+    await eventually_equal(lambda: stored_offset(rig.store, "a", 1), 1)

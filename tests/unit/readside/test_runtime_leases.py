@@ -11,7 +11,7 @@ import pytest
 from chiefofstate.config.read_sides import DeliverySettings, ReadSideSettings, ReadSidesSettings
 from chiefofstate.core.readside_rules import Backoff, ProjectionState
 from chiefofstate.ports.cluster import LeaseKey
-from chiefofstate.ports.offsets import Halt, OffsetStore
+from chiefofstate.ports.offsets import Halt, OffsetStore, ShardRecord
 from chiefofstate.readside.delivery import GuardedReadHandler
 from chiefofstate.readside.offset_committer import OffsetCommitter
 from chiefofstate.readside.projection import ProjectionContext
@@ -198,3 +198,38 @@ async def test_a_former_owner_cannot_store_a_halt(rig: Rig) -> None:
     await eventually(lambda: former.runtime.running_here() == [])
     assert len(former.handler.calls) == 1
     assert await rig.store.load("a") == {}  # no halt: the projection's next owner delivers the event
+
+
+class CountingStore(FailingOffsetStore):
+    """Counts the record loads of each read side."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    async def load(self, read_side_id: str) -> dict[int, ShardRecord]:
+        self.loads += 1
+        await asyncio.sleep(0.01)  # a database round trip: the grants of one round arrive meanwhile
+        return await super().load(read_side_id)
+
+
+async def test_projections_granted_together_read_their_read_sides_records_once(rig: Rig) -> None:
+    store = CountingStore()
+    store.inner = rig.store  # fenced by the rig's leases
+    member = await rig.member(store)
+    await store.inner.set_paused("a", [3], True)
+    loads = store.loads
+    tokens = [await rig.lease("m1", shard) for shard in range(SHARDS)]
+    for shard, token in enumerate(tokens):  # one coordinator round taking four leases
+        member.runtime.run_projection(("a", shard), token)
+    await eventually(lambda: len(member.runtime.running_here()) == SHARDS)
+    assert store.loads - loads == 1
+    assert member.runtime.states("a")[3] is ProjectionState.PAUSED  # each starts from its own record
+
+    # A grant after that load began reads again: the record may have changed since (its former owner
+    # stored it before releasing the lease).
+    await member.runtime.stop_projection(("a", 3))
+    await store.inner.set_paused("a", [3], False)
+    member.runtime.run_projection(("a", 3), await rig.lease("m1", 3))
+    await eventually(lambda: member.runtime.states("a").get(3) is ProjectionState.RUNNING)
+    assert store.loads - loads == 2

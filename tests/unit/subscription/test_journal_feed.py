@@ -11,6 +11,7 @@ from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
 from chiefofstate.ports.journal import JournalRow, ShardProgress
 from chiefofstate.subscription.feed import JournalFeed
+from chiefofstate.subscription.hub import SubscriptionHub
 
 
 class FakeJournal:
@@ -61,6 +62,7 @@ async def test_events_before_the_start_are_not_streamed_and_later_ones_are_in_or
     journal.append(0, "old", 1)
     feed = JournalFeed(journal, 2, sink)
     await feed.start()
+    await feed.activate()  # a subscriber is here
     try:
         for revision in (1, 2):
             journal.append(0, "a", revision)
@@ -87,6 +89,7 @@ async def test_a_long_backlog_is_read_in_bounded_batches_taking_turns_with_other
     journal, sink = FakeJournal(), Sink()
     feed = JournalFeed(journal, 2, sink, batch_size=3)
     await feed.start()
+    await feed.activate()  # a subscriber is here
     try:
         for revision in range(1, 8):
             journal.append(0, "busy", revision)
@@ -105,6 +108,7 @@ async def test_a_failed_read_is_retried_from_the_same_place() -> None:
     journal, sink = FakeJournal(), Sink()
     feed = JournalFeed(journal, 1, sink, retry_delay_s=0.01)
     await feed.start()
+    await feed.activate()  # a subscriber is here
     try:
         journal.append(0, "a", 1)
         journal.failures = 2
@@ -112,5 +116,44 @@ async def test_a_failed_read_is_retried_from_the_same_place() -> None:
         await until(lambda: feed.delivered == 1)
         assert sink.calls == [("a", 0, [1])]
         assert [after for _, after, _ in journal.reads] == [0, 0, 0]
+    finally:
+        await feed.close()
+
+
+async def test_without_subscribers_the_feed_reads_nothing_and_the_first_one_misses_nothing() -> None:
+    journal, hub = FakeJournal(), SubscriptionHub(100, 10)
+    feed = JournalFeed(journal, 2, hub)
+    hub.source = feed
+    await feed.start()
+    try:
+        for revision in (1, 2, 3):
+            journal.append(0, "a", revision)
+            feed.wake_all()  # every append's NOTIFY
+        await asyncio.sleep(0.05)
+        assert (journal.reads, feed.reads) == ([], 0)  # not one query while nobody listens
+
+        subscription = hub.open("s-1", None)
+        await hub.ready()  # what Subscribe waits for before answering
+        journal.append(0, "a", 4)  # committed right after the subscriber was told it is subscribed
+        journal.append(1, "b", 1)
+        feed.wake_all()
+        assert await subscription.take() != []
+        await until(lambda: feed.delivered == 2)  # only what came after: 3 events before are not read
+        assert feed.reads >= 2
+
+        hub.unsubscribe("s-1")  # the last subscriber leaves: the feed pauses
+        hub.release(subscription)
+        reads = feed.reads
+        journal.append(0, "a", 5)
+        feed.wake_all()
+        await asyncio.sleep(0.05)
+        assert feed.reads == reads and not feed.active
+
+        again = hub.open("s-2", "a")
+        await hub.ready()  # starts again from the heads: revision 5 came before it
+        journal.append(0, "a", 6)
+        feed.wake_shards([0])
+        await until(lambda: feed.delivered == 3)
+        assert len(await again.take()) == 1
     finally:
         await feed.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from chiefofstate.ports.offsets import Halt, ProjectionKey, ShardRecord
+from chiefofstate.ports.offsets import Halt, ProjectionChange, ProjectionKey, ShardRecord
 from chiefofstate.stores.memory.datastore import MemoryDatastore
 from chiefofstate.stores.offset_rows import merge_records
 
@@ -107,6 +107,33 @@ class MemoryOffsetStore:
             self._halts.get(read_side_id, {}).pop(shard, None)
 
         await self._datastore.run(clear)
+
+    async def apply_change(
+        self,
+        read_side_id: str,
+        change: ProjectionChange,
+        *,
+        lease_tokens: Mapping[ProjectionKey, int] | None = None,
+    ) -> set[ProjectionKey]:
+        tokens = lease_tokens or {}
+
+        def apply() -> set[ProjectionKey]:
+            refused = {key for key, token in tokens.items() if not self._holds(key, token)}
+            if refused:
+                return refused
+            offsets = self._offsets.setdefault(read_side_id, {})
+            halts = self._halts.setdefault(read_side_id, {})
+            for shard in change.shards:
+                if change.paused is not None:
+                    self._paused.setdefault(read_side_id, {})[shard] = change.paused
+                if change.forget_offsets:
+                    offsets.pop(shard, None)
+                if change.clear_halts:
+                    halts.pop(shard, None)
+            offsets.update(change.offsets)
+            return set()
+
+        return await self._datastore.run(apply)
 
     async def close(self) -> None:
         def forget() -> None:

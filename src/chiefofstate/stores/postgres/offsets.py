@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from chiefofstate.ports.journal import OFFSET_MANIFEST
-from chiefofstate.ports.offsets import Halt, ProjectionKey, ShardRecord
+from chiefofstate.ports.offsets import Halt, ProjectionChange, ProjectionKey, ShardRecord
 from chiefofstate.stores.offset_rows import merge_records, parse_offset, shard_key
 from chiefofstate.stores.postgres.datastore import ConnectionSettings, PostgresDatastore
 
@@ -53,6 +53,12 @@ ON CONFLICT (projection_name, projection_key) DO UPDATE SET
 """
 _DELETE_OFFSET = "DELETE FROM read_side_offsets WHERE projection_name = $1 AND projection_key = $2"
 _DELETE_HALT = "DELETE FROM cos_read_side_halts WHERE projection_name = $1 AND projection_key = $2"
+_DELETE_OFFSETS = (
+    "DELETE FROM read_side_offsets WHERE projection_name = $1 AND projection_key = ANY($2::text[])"
+)
+_DELETE_HALTS = (
+    "DELETE FROM cos_read_side_halts WHERE projection_name = $1 AND projection_key = ANY($2::text[])"
+)
 _LOAD_OFFSETS = (
     "SELECT projection_key, current_offset, manifest FROM read_side_offsets WHERE projection_name = $1"
 )
@@ -172,6 +178,45 @@ class PostgresOffsetStore:
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         async with self._datastore.connection("clear a halt") as connection:
             await connection.execute(_DELETE_HALT, read_side_id, str(shard))
+
+    async def apply_change(
+        self,
+        read_side_id: str,
+        change: ProjectionChange,
+        *,
+        lease_tokens: Mapping[ProjectionKey, int] | None = None,
+    ) -> set[ProjectionKey]:
+        now = self._now_ms()
+        keys = [str(shard) for shard in change.shards]
+        fenced = sorted(lease_tokens.items()) if lease_tokens else []
+        async with (
+            self._datastore.connection("store a manager operation") as connection,
+            connection.transaction(),
+        ):
+            if fenced:
+                rows = await connection.fetch(
+                    _LOCK_LEASES, [key[0] for key, _ in fenced], [key[1] for key, _ in fenced]
+                )
+                current = {(row["read_side_id"], int(row["shard"])): int(row["lease_token"]) for row in rows}
+                refused = {key for key, token in fenced if current.get(key) != token}
+                if refused:
+                    return refused  # nothing was written: the commit only frees the locks
+            if change.paused is not None:
+                await connection.execute(_SET_PAUSED, read_side_id, keys, change.paused, now)
+            if change.forget_offsets:
+                await connection.execute(_DELETE_OFFSETS, read_side_id, keys)
+            if change.clear_halts:
+                await connection.execute(_DELETE_HALTS, read_side_id, keys)
+            if change.offsets:
+                moved = sorted(change.offsets.items())
+                await connection.execute(
+                    _SAVE_OFFSETS,
+                    [read_side_id] * len(moved),
+                    [str(shard) for shard, _ in moved],
+                    [str(offset) for _, offset in moved],
+                    now,
+                )
+        return set()
 
     async def close(self) -> None:
         await self._datastore.close()

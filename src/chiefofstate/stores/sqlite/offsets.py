@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from chiefofstate.core.errors import Internal
 from chiefofstate.ports.journal import OFFSET_MANIFEST
-from chiefofstate.ports.offsets import Halt, ProjectionKey, ShardRecord
+from chiefofstate.ports.offsets import Halt, ProjectionChange, ProjectionKey, ShardRecord
 from chiefofstate.stores.offset_rows import merge_records, parse_offset, shard_key
 from chiefofstate.stores.sqlite.datastore import DEFAULT_BUSY_TIMEOUT_MS, SqliteDatastore
 
@@ -147,6 +147,30 @@ class SqliteOffsetStore:
     async def clear_halt(self, read_side_id: str, shard: int) -> None:
         async with self._datastore.session("clear a halt") as connection:
             await connection.execute(_DELETE_HALT, (read_side_id, str(shard)))
+
+    async def apply_change(
+        self,
+        read_side_id: str,
+        change: ProjectionChange,
+        *,
+        lease_tokens: Mapping[ProjectionKey, int] | None = None,
+    ) -> set[ProjectionKey]:
+        if lease_tokens:
+            raise Internal("an SQLite node runs alone: its manager operations carry no lease token")
+        now = self._now_ms()
+        keys = [(read_side_id, str(shard)) for shard in change.shards]
+        async with self._datastore.transaction("store a manager operation") as connection:
+            if change.paused is not None:
+                await connection.executemany(_SET_PAUSED, [(*key, change.paused, now) for key in keys])
+            if change.forget_offsets:
+                await connection.executemany(_DELETE_OFFSET, keys)
+            if change.clear_halts:
+                await connection.executemany(_DELETE_HALT, keys)
+            await connection.executemany(
+                _SAVE_OFFSET,
+                [(read_side_id, str(shard), str(offset), now) for shard, offset in change.offsets.items()],
+            )
+        return set()
 
     async def close(self) -> None:
         await self._datastore.close()

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-chiefofstate/internal/v1/readside_admin.proto\x12\x18\x63hiefofstate.internal.v1\"h\n\x14ListReadSidesRequest\x12\x14\n\x0cread_side_id\x18\x01 \x01(\t\x12!\n\x14\x63luster_shard_number\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x17\n\x15_cluster_shard_number\"i\n\x15ListReadSidesResponse\x12<\n\nread_sides\x18\x01 \x03(\x0b\x32(.chiefofstate.internal.v1.ReadSideStatus\x12\x12\n\nnum_shards\x18\x02 \x01(\x04\"\xbc\x01\n\x0eReadSideStatus\x12\x14\n\x0cread_side_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_policy\x18\x04 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x12\n\nauto_start\x18\x06 \x01(\x08\x12\x35\n\x06shards\x18\x07 \x03(\x0b\x32%.chiefofstate.internal.v1.ShardStatus\"\xa5\x02\n\x0bShardStatus\x12\x1c\n\x14\x63luster_shard_number\x18\x01 \x01(\x04\x12\x13\n\x06offset\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0ejournal_offset\x18\x03 \x01(\x04\x12\x0b\n\x03lag\x18\x04 \x01(\x04\x12\x12\n\nlag_capped\x18\x05 \x01(\x08\x12\x38\n\x05state\x18\x06 \x01(\x0e\x32).chiefofstate.internal.v1.ProjectionState\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x1d\n\x10halted_on_offset\x18\x08 \x01(\x04H\x01\x88\x01\x01\x12\x11\n\thalted_at\x18\t \x01(\x03\x12\x0e\n\x06member\x18\n \x01(\tB\t\n\x07_offsetB\x13\n\x11_halted_on_offset*\x8a\x02\n\x0fProjectionState\x12 \n\x1cPROJECTION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROJECTION_STATE_RUNNING\x10\x01\x12\x1b\n\x17PROJECTION_STATE_PAUSED\x10\x02\x12\x1b\n\x17PROJECTION_STATE_HALTED\x10\x03\x12\x1c\n\x18PROJECTION_STATE_STOPPED\x10\x04\x12\x1f\n\x1bPROJECTION_STATE_RESTARTING\x10\x05\x12\x1d\n\x19PROJECTION_STATE_DISABLED\x10\x06\x12\x1f\n\x1bPROJECTION_STATE_UNASSIGNED\x10\x07\x32\x88\x01\n\x14ReadSideAdminService\x12p\n\rListReadSides\x12..chiefofstate.internal.v1.ListReadSidesRequest\x1a/.chiefofstate.internal.v1.ListReadSidesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-chiefofstate/internal/v1/readside_admin.proto\x12\x18\x63hiefofstate.internal.v1\"h\n\x14ListReadSidesRequest\x12\x14\n\x0cread_side_id\x18\x01 \x01(\t\x12!\n\x14\x63luster_shard_number\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x17\n\x15_cluster_shard_number\"i\n\x15ListReadSidesResponse\x12<\n\nread_sides\x18\x01 \x03(\x0b\x32(.chiefofstate.internal.v1.ReadSideStatus\x12\x12\n\nnum_shards\x18\x02 \x01(\x04\"\xbc\x01\n\x0eReadSideStatus\x12\x14\n\x0cread_side_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_policy\x18\x04 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x12\n\nauto_start\x18\x06 \x01(\x08\x12\x35\n\x06shards\x18\x07 \x03(\x0b\x32%.chiefofstate.internal.v1.ShardStatus\"\xa5\x02\n\x0bShardStatus\x12\x1c\n\x14\x63luster_shard_number\x18\x01 \x01(\x04\x12\x13\n\x06offset\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0ejournal_offset\x18\x03 \x01(\x04\x12\x0b\n\x03lag\x18\x04 \x01(\x04\x12\x12\n\nlag_capped\x18\x05 \x01(\x08\x12\x38\n\x05state\x18\x06 \x01(\x0e\x32).chiefofstate.internal.v1.ProjectionState\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x1d\n\x10halted_on_offset\x18\x08 \x01(\x04H\x01\x88\x01\x01\x12\x11\n\thalted_at\x18\t \x01(\x03\x12\x0e\n\x06member\x18\n \x01(\tB\t\n\x07_offsetB\x13\n\x11_halted_on_offset\"W\n\x0bHoldRequest\x12\x14\n\x0cread_side_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63luster_shard_number\x18\x02 \x01(\x04\x12\x14\n\x0chold_seconds\x18\x03 \x01(\x01\"#\n\x0cHoldResponse\x12\x13\n\x0blease_token\x18\x01 \x01(\x04\"D\n\x0eReleaseRequest\x12\x14\n\x0cread_side_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63luster_shard_number\x18\x02 \x01(\x04\"\x11\n\x0fReleaseResponse*\x8a\x02\n\x0fProjectionState\x12 \n\x1cPROJECTION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROJECTION_STATE_RUNNING\x10\x01\x12\x1b\n\x17PROJECTION_STATE_PAUSED\x10\x02\x12\x1b\n\x17PROJECTION_STATE_HALTED\x10\x03\x12\x1c\n\x18PROJECTION_STATE_STOPPED\x10\x04\x12\x1f\n\x1bPROJECTION_STATE_RESTARTING\x10\x05\x12\x1d\n\x19PROJECTION_STATE_DISABLED\x10\x06\x12\x1f\n\x1bPROJECTION_STATE_UNASSIGNED\x10\x07\x32\x88\x01\n\x14ReadSideAdminService\x12p\n\rListReadSides\x12..chiefofstate.internal.v1.ListReadSidesRequest\x1a/.chiefofstate.internal.v1.ListReadSidesResponse2\xce\x01\n\x15ProjectionHoldService\x12U\n\x04Hold\x12%.chiefofstate.internal.v1.HoldRequest\x1a&.chiefofstate.internal.v1.HoldResponse\x12^\n\x07Release\x12(.chiefofstate.internal.v1.ReleaseRequest\x1a).chiefofstate.internal.v1.ReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chiefofstate.internal.v1.readside_admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROJECTIONSTATE']._serialized_start=776
-  _globals['_PROJECTIONSTATE']._serialized_end=1042
+  _globals['_PROJECTIONSTATE']._serialized_start=991
+  _globals['_PROJECTIONSTATE']._serialized_end=1257
   _globals['_LISTREADSIDESREQUEST']._serialized_start=75
   _globals['_LISTREADSIDESREQUEST']._serialized_end=179
   _globals['_LISTREADSIDESRESPONSE']._serialized_start=181
@@ -41,6 +41,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_READSIDESTATUS']._serialized_end=477
   _globals['_SHARDSTATUS']._serialized_start=480
   _globals['_SHARDSTATUS']._serialized_end=773
-  _globals['_READSIDEADMINSERVICE']._serialized_start=1045
-  _globals['_READSIDEADMINSERVICE']._serialized_end=1181
+  _globals['_HOLDREQUEST']._serialized_start=775
+  _globals['_HOLDREQUEST']._serialized_end=862
+  _globals['_HOLDRESPONSE']._serialized_start=864
+  _globals['_HOLDRESPONSE']._serialized_end=899
+  _globals['_RELEASEREQUEST']._serialized_start=901
+  _globals['_RELEASEREQUEST']._serialized_end=969
+  _globals['_RELEASERESPONSE']._serialized_start=971
+  _globals['_RELEASERESPONSE']._serialized_end=988
+  _globals['_READSIDEADMINSERVICE']._serialized_start=1260
+  _globals['_READSIDEADMINSERVICE']._serialized_end=1396
+  _globals['_PROJECTIONHOLDSERVICE']._serialized_start=1399
+  _globals['_PROJECTIONHOLDSERVICE']._serialized_end=1605
 # @@protoc_insertion_point(module_scope)

@@ -95,3 +95,133 @@ class ReadSideAdminService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ProjectionHoldServiceStub:
+    """Between cluster members only, on the internal port (COS_CLUSTER_PORT): a whole-read-side manager
+    operation holds the projection of every shard wherever it runs, stores its change for all shards in
+    one transaction fenced by the lease tokens the holds returned, then releases them, so that either
+    every shard changes or none does (docs/cluster.md, "Read sides").
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Hold = channel.unary_unary(
+                '/chiefofstate.internal.v1.ProjectionHoldService/Hold',
+                request_serializer=chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.HoldRequest.SerializeToString,
+                response_deserializer=chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.HoldResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/chiefofstate.internal.v1.ProjectionHoldService/Release',
+                request_serializer=chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
+
+
+class ProjectionHoldServiceServicer:
+    """Between cluster members only, on the internal port (COS_CLUSTER_PORT): a whole-read-side manager
+    operation holds the projection of every shard wherever it runs, stores its change for all shards in
+    one transaction fenced by the lease tokens the holds returned, then releases them, so that either
+    every shard changes or none does (docs/cluster.md, "Read sides").
+    """
+
+    def Hold(self, request, context):
+        """Stop the projection (storing what it finished) and keep it stopped until Release, or until
+        hold_seconds have passed without one; answers with the lease token it runs under.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Carry on from the stored record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ProjectionHoldServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Hold': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hold,
+                    request_deserializer=chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.HoldRequest.FromString,
+                    response_serializer=chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.HoldResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.ReleaseRequest.FromString,
+                    response_serializer=chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.ReleaseResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'chiefofstate.internal.v1.ProjectionHoldService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('chiefofstate.internal.v1.ProjectionHoldService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ProjectionHoldService:
+    """Between cluster members only, on the internal port (COS_CLUSTER_PORT): a whole-read-side manager
+    operation holds the projection of every shard wherever it runs, stores its change for all shards in
+    one transaction fenced by the lease tokens the holds returned, then releases them, so that either
+    every shard changes or none does (docs/cluster.md, "Read sides").
+    """
+
+    @staticmethod
+    def Hold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chiefofstate.internal.v1.ProjectionHoldService/Hold',
+            chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.HoldRequest.SerializeToString,
+            chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.HoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chiefofstate.internal.v1.ProjectionHoldService/Release',
+            chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.ReleaseRequest.SerializeToString,
+            chiefofstate_dot_internal_dot_v1_dot_readside__admin__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -51,3 +51,64 @@ class ReadSideAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_readside_admin_pb2.ListReadSidesResponse, _abc.Awaitable[_readside_admin_pb2.ListReadSidesResponse]]: ...
 
 def add_ReadSideAdminServiceServicer_to_server(servicer: ReadSideAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ProjectionHoldServiceStub:
+    """Between cluster members only, on the internal port (COS_CLUSTER_PORT): a whole-read-side manager
+    operation holds the projection of every shard wherever it runs, stores its change for all shards in
+    one transaction fenced by the lease tokens the holds returned, then releases them, so that either
+    every shard changes or none does (docs/cluster.md, "Read sides").
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ProjectionHoldServiceAsyncStub: ...
+    Hold: _grpc.UnaryUnaryMultiCallable[_readside_admin_pb2.HoldRequest, _readside_admin_pb2.HoldResponse]
+    """Stop the projection (storing what it finished) and keep it stopped until Release, or until
+    hold_seconds have passed without one; answers with the lease token it runs under.
+    """
+    Release: _grpc.UnaryUnaryMultiCallable[_readside_admin_pb2.ReleaseRequest, _readside_admin_pb2.ReleaseResponse]
+    """Carry on from the stored record."""
+
+@_typing.type_check_only
+class ProjectionHoldServiceAsyncStub(ProjectionHoldServiceStub):
+    """Between cluster members only, on the internal port (COS_CLUSTER_PORT): a whole-read-side manager
+    operation holds the projection of every shard wherever it runs, stores its change for all shards in
+    one transaction fenced by the lease tokens the holds returned, then releases them, so that either
+    every shard changes or none does (docs/cluster.md, "Read sides").
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Hold: _aio.UnaryUnaryMultiCallable[_readside_admin_pb2.HoldRequest, _readside_admin_pb2.HoldResponse]  # type: ignore[assignment]
+    """Stop the projection (storing what it finished) and keep it stopped until Release, or until
+    hold_seconds have passed without one; answers with the lease token it runs under.
+    """
+    Release: _aio.UnaryUnaryMultiCallable[_readside_admin_pb2.ReleaseRequest, _readside_admin_pb2.ReleaseResponse]  # type: ignore[assignment]
+    """Carry on from the stored record."""
+
+class ProjectionHoldServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Between cluster members only, on the internal port (COS_CLUSTER_PORT): a whole-read-side manager
+    operation holds the projection of every shard wherever it runs, stores its change for all shards in
+    one transaction fenced by the lease tokens the holds returned, then releases them, so that either
+    every shard changes or none does (docs/cluster.md, "Read sides").
+    """
+
+    @_abc_1.abstractmethod
+    def Hold(
+        self,
+        request: _readside_admin_pb2.HoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_readside_admin_pb2.HoldResponse, _abc.Awaitable[_readside_admin_pb2.HoldResponse]]:
+        """Stop the projection (storing what it finished) and keep it stopped until Release, or until
+        hold_seconds have passed without one; answers with the lease token it runs under.
+        """
+
+    @_abc_1.abstractmethod
+    def Release(
+        self,
+        request: _readside_admin_pb2.ReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_readside_admin_pb2.ReleaseResponse, _abc.Awaitable[_readside_admin_pb2.ReleaseResponse]]:
+        """Carry on from the stored record."""
+
+def add_ProjectionHoldServiceServicer_to_server(servicer: ProjectionHoldServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
