@@ -15,7 +15,6 @@ from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from chiefofstate.cli.connection import (
@@ -28,6 +27,7 @@ from chiefofstate.cli.connection import (
     current_connection,
     use_connection,
 )
+from chiefofstate.cli.output import make_console
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerServiceStub
 from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2 as admin
@@ -50,7 +50,7 @@ def connect(
     use_connection(Connection(token, tls, ca_file, cert_file, key_file))
 
 
-console = Console()
+console = make_console()
 Reply = TypeVar("Reply")
 
 ReadSideId = Annotated[str, typer.Argument(help="the read side's id (readSideId)")]
