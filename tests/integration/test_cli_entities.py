@@ -27,6 +27,7 @@ def cos(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.Comp
         [sys.executable, "-m", "chiefofstate", *args],
         env=env,
         capture_output=True,
+        stdin=subprocess.DEVNULL,
         text=True,
         timeout=timeout,
     )
