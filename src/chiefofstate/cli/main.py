@@ -120,6 +120,7 @@ def serve(workers: Workers = None) -> None:
     --workers N, N of them sharing the client-facing ports."""
     overrides = {"COS_WORKERS": workers} if workers is not None else {}
     settings = _settings(require_write_side=True, overrides=overrides)
+    _check_ports(settings)
     if settings.workers.count > 1:
         from chiefofstate.cli.workers import supervise
 
@@ -134,6 +135,22 @@ def serve(workers: Workers = None) -> None:
     from chiefofstate.node.node import run_until_signalled
 
     _run(lambda: run_until_signalled(settings), settings.server.event_loop)
+
+
+def _check_ports(settings: Settings) -> None:
+    """Two servers on one port, or a port another process holds, is one line and exit 2 before the
+    node opens anything (docs/operations.md, "Start-up failures")."""
+    from chiefofstate.cli.port_check import check_free
+    from chiefofstate.config.ports import check_distinct_ports, listeners
+
+    found = listeners(settings)
+    try:
+        check_distinct_ports(found)
+        # A worker's client-facing ports are shared with its siblings, which may hold them already.
+        check_free(found, skip_shared=settings.workers.is_worker)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise typer.Exit(CONFIG_ERROR_EXIT) from None
 
 
 @app.command()
