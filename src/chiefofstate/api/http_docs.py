@@ -1,6 +1,6 @@
 """The HTTP API's own description: an OpenAPI document that lists exactly what the server answers,
 and Swagger UI at /docs served from the installed `swagger-ui-bundle-v2` package, so the page works
-on a machine without internet access (docs/http-api.md).
+on a machine without internet access (docs/operations.md, "HTTP API documentation").
 
 FastAPI would advertise a 422 `HTTPValidationError` for every route with a parameter, a body the
 server never sends (a bad request is 400 with `{"error", "code"}`, decision D5), and would load Swagger

@@ -1,7 +1,7 @@
 """Reading what the journal holds for one entity, for `cos events` and `cos state`.
 
 Read-only: a SQLite file that does not exist is reported, never created, and a store without the
-journal's tables is named in the error (docs/cli.md, "Reading the journal").
+journal's tables is named in the error (docs/cli.md, "Commands").
 """
 
 from __future__ import annotations

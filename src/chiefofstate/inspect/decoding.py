@@ -1,5 +1,5 @@
 """Events and states as a person reads them: `google.protobuf.Any` to the proto3 JSON form, and back
-for a command typed on the command line (docs/cli.md, "JSON output").
+for a command typed on the command line (docs/cli.md, "JSON fields").
 
 An Any whose type the descriptors do not know is never an error here: it is shown by its type URL and
 its bytes in base64, so a listing still works without descriptors.
