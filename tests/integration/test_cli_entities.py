@@ -179,3 +179,54 @@ def test_reading_commands_name_a_missing_database_and_create_nothing(tmp_path: P
         assert str(tmp_path / "missing.db") in result.stderr and "COS_DB_PATH" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _at_a_terminal(args: list[str], answer: str, env: dict[str, str]) -> tuple[int, str]:
+    """Runs `cos` with a pseudo-terminal as stdin and stdout, types `answer`, returns (exit, output)."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chiefofstate", *args],
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    output = b""
+    try:
+        while b"?" not in output:  # the question, then the answer
+            output += os.read(controller, 4096)
+        os.write(controller, answer.encode() + b"\n")
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the process closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        return process.wait(timeout=60), output.decode(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(controller)
+
+
+def test_restart_and_skip_ask_at_a_terminal_and_a_no_does_nothing() -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COS_")}
+    nowhere = ["--port", str(free_port()), "--timeout", "3"]
+    code, output = _at_a_terminal(["readside", "restart", "ledger", *nowhere], "n", env)
+    assert code == 1 and "replay every event" in output and "nothing done" in output
+    assert "UNAVAILABLE" not in output  # the node was never called
+    code, output = _at_a_terminal(["readside", "skip", "ledger", "--shard", "2", *nowhere], "y", env)
+    assert "shard 2" in output and "UNAVAILABLE" in output and code == 1  # a yes goes on to call the node
+
+
+def test_shell_completion_is_offered() -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COS_")}
+    script = ok(cos("--show-completion", "bash", env=env))
+    assert "_COS_COMPLETE" in script
+    assert ok(cos("--version", env=env)).startswith("cos ")

@@ -442,4 +442,6 @@ def cluster_status(as_json: AsJson = False) -> None:
 
 
 def main() -> None:
-    app()
+    # One name however it is started (`python -m chiefofstate` too): usage lines and the completion
+    # script name `cos`, the command a shell completes.
+    app(prog_name="cos")
