@@ -202,7 +202,7 @@ def _types_or_exit(
         raise fail(str(error)) from None
 
 
-def _note_undecoded(views: list[dict[str, object]], types: MessageTypes) -> None:
+def _note_undecoded(views: list[dict[str, object]]) -> None:
     """Once per command: why the events or state are shown as bytes."""
     for view in views:
         reason = view.get("undecoded_reason")
@@ -266,7 +266,7 @@ def events(
     with contextlib.ExitStack() as stack:
         types = _types_or_exit(stack, descriptors, handler)
         rows = _run_read(lambda: read_events(settings, entity_id, limit, types))
-    _note_undecoded([row["event"] for row in rows], types)
+    _note_undecoded([row["event"] for row in rows])
     if as_json:
         print_json({"entity_id": entity_id, "events": rows})
         if not rows:
@@ -319,7 +319,7 @@ def state(
         else:
             console().print(f"entity [bold]{entity_id}[/bold] has no stored state")
         raise typer.Exit(1)
-    _note_undecoded([found["state"]], types)
+    _note_undecoded([found["state"]])
     if as_json:
         print_json(found)
         return
@@ -414,7 +414,7 @@ def get(
         else:
             print(f"entity {entity_id} has no state", file=sys.stderr)
         raise typer.Exit(1)
-    _note_undecoded([view["state"]], types)
+    _note_undecoded([view["state"]])
     print_state(view, as_json, console())
 
 

@@ -48,7 +48,7 @@ def decode_any(value: AnyProto, types: MessageTypes) -> tuple[JsonObject | None,
         decoded = json_format.MessageToDict(
             message, preserving_proto_field_name=False, descriptor_pool=types.pool
         )
-    except (TypeError, KeyError) as error:  # an Any inside whose type is unknown
+    except (TypeError, KeyError, json_format.SerializeToJsonError) as error:  # an unknown Any inside
         return None, f"cannot render {type_name(value.type_url)} as JSON ({error})"
     return decoded, None
 
