@@ -385,8 +385,6 @@ def _set_but_unused(environ: Mapping[str, str], looked_up: set[str]) -> tuple[st
         and name not in looked_up
         and name not in RETIRED_VARIABLES
         and not name.startswith(ENV_PREFIX)
-        # the command line's own (docs/cli.md): an operator's shell may hold them beside a node's
-        and not name.startswith("COS_CLI_")
     )
 
 
