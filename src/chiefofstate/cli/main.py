@@ -183,7 +183,7 @@ Headers = Annotated[
         "--header",
         metavar="KEY=VALUE",
         help="gRPC metadata sent with the call, e.g. a header the node propagates or persists "
-        "(COS_WRITE_PROPAGATED_HEADERS, COS_WRITE_PERSISTED_HEADERS); repeatable; a KEY ending in -bin "
+        "(COS_WRITE_SIDE_PROPAGATED_HEADERS, COS_WRITE_PERSISTED_HEADERS); repeatable; a KEY ending in -bin "
         "takes base64",
         show_default=False,
     ),
