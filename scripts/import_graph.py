@@ -33,7 +33,7 @@ LAYERS: list[list[str]] = [
     ["node"],
     ["api"],
     ["cluster"],
-    ["entities", "readside", "subscription"],
+    ["entities", "readside", "subscription", "inspect"],
     ["journal", "writeside"],
     ["stores"],
     ["ports"],

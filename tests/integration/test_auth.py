@@ -3,6 +3,9 @@ and HTTP, client and admin roles, the health service open to probes, and no toke
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -158,3 +161,76 @@ def test_cos_readside_speaks_mutual_tls_and_sends_its_token(
     assert half.returncode == 2 and "--key-file" in half.stdout + half.stderr
     log = node.log_text()
     assert ADMIN_TOKEN not in log and CLIENT_TOKEN not in log
+
+
+@sqlite_only
+def test_cos_send_get_and_follow_speak_tls_and_send_their_token(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    ca = CertificateAuthority(tmp_path / "pki")
+    served = ca.issue("node")
+    node = node_factory(
+        COS_AUTH_TOKENS_FILE=str(tokens_file(tmp_path)),
+        COS_TLS_CERT_FILE=str(served.cert_file),
+        COS_TLS_KEY_FILE=str(served.key_file),
+        COS_SUBSCRIPTION_ENABLED="true",
+    )
+    # the bank handler's reflection, as the node's own settings name it
+    handler = {name: node.env[name] for name in ("COS_WRITE_SIDE_HOST", "COS_WRITE_SIDE_PORT")}
+    reach = ["--port", str(node.ports["grpc"]), "--ca-file", str(ca.cert_file)]
+
+    sent = cos_cli(
+        "send", "tls-1", "bank.v1.OpenAccount", '{"owner": "T"}', *reach, "--token", CLIENT_TOKEN, env=handler
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert '"owner": "T"' in sent.stdout
+    got = cos_cli("get", "tls-1", "--json", *reach, env={**handler, "COS_CLI_TOKEN": CLIENT_TOKEN})
+    assert got.returncode == 0 and '"owner": "T"' in got.stdout
+    # a server stream: the token must go with it too
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chiefofstate",
+            "events",
+            "--follow",
+            "tls-1",
+            "--count",
+            "1",
+            "--json",
+            *reach,
+        ],
+        env={**os.environ, **handler, "COS_CLI_TOKEN": CLIENT_TOKEN},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        said = follower.stderr.readline() if follower.stderr else ""  # "following …" once registered
+        assert said.startswith("following events of tls-1"), said
+        deposit = cos_cli(
+            "send",
+            "tls-1",
+            "bank.v1.Deposit",
+            '{"amount": "3"}',
+            *reach,
+            "--token",
+            CLIENT_TOKEN,
+            env=handler,
+        )
+        assert deposit.returncode == 0, deposit.stderr
+        out, _ = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+        follower.wait()
+    assert follower.returncode == 0 and '"amount":"3"' in out
+    refused = cos_cli("events", "--follow", "--all", *reach, env=handler)
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+    tokenless = cos_cli("get", "tls-1", *reach, env=handler)
+    assert tokenless.returncode == 1 and tokenless.stderr.startswith("error: UNAUTHENTICATED")
+    plaintext = cos_cli(
+        "get", "tls-1", "--port", str(node.ports["grpc"]), "--token", CLIENT_TOKEN, env=handler
+    )
+    assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr

@@ -2,15 +2,19 @@
 
 A fenced block preceded by `<!-- doc-test: expect TEXT -->` is a shell script run with the real
 `curl` (with `COS_HTTP` set to the node's HTTP API); its output must contain TEXT. A python block
-preceded by `<!-- doc-test: python NAME -->` defines the coroutine NAME(cos_target), which is called.
+preceded by `<!-- doc-test: python NAME -->` defines the coroutine NAME(cos_target), which is called. A
+block preceded by `<!-- doc-test: cos-expect TEXT -->` runs with this project's `cos` on the PATH against
+a node whose write handler is the bank's; its output must contain TEXT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,8 @@ async def test_the_documented_curl_and_subscription_examples_work(node: Process)
         pytest.skip("the curl binary is not installed")
     env = {"PATH": str(Path(curl).parent), "COS_HTTP": f"http://127.0.0.1:{node.ports['http']}"}
     for document, directive, script in marked_blocks("sh"):
+        if not directive.startswith("expect "):
+            continue  # a `cos` example: test_the_documented_cos_session_works
         expected = directive.removeprefix("expect ")
         result = await asyncio.to_thread(
             subprocess.run,
@@ -74,3 +80,29 @@ async def test_the_documented_curl_and_subscription_examples_work(node: Process)
         example: Callable[[str], Coroutine[Any, Any, int]] = namespace[name]
         balance = await asyncio.wait_for(example(f"127.0.0.1:{node.ports['grpc']}"), 20)
         assert balance == 10_000 + 2_500, document
+
+
+@pytest.mark.parametrize("store_env", ["sqlite"], indirect=True)
+def test_the_documented_cos_session_works(node: Process, bank_handler: Process) -> None:
+    blocks = [
+        (doc, directive, code) for doc, directive, code in marked_blocks("sh") if "cos-expect" in directive
+    ]
+    assert blocks, "the README's Running it shows a cos session"
+    handler_port = str(bank_handler.ports["write_side"])
+    for document, directive, script in blocks:
+        # The README's handler listens on 50051; the test's on a free port.
+        script = script.replace("50051", handler_port)
+        env = {
+            **{key: value for key, value in node.env.items() if key.startswith("COS_")},
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            env=env,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, f"{document}: {script}\n{result.stdout}\n{result.stderr}"
+        assert directive.removeprefix("cos-expect ") in result.stdout, f"{document}: got {result.stdout}"

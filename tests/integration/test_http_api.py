@@ -289,12 +289,37 @@ async def test_oversized_headers_and_type_urls_are_refused_early_and_logged_brie
 
 
 @sqlite_only
-async def test_openapi_and_interactive_docs_are_served(http: httpx.AsyncClient) -> None:
+async def test_openapi_lists_the_statuses_the_server_answers_and_docs_need_no_cdn(
+    http: httpx.AsyncClient,
+) -> None:
     spec = (await http.get("/openapi.json")).json()
-    assert {"/v1/commands/{entityId}/process", "/v1/entities/{entityId}/state"} <= set(spec["paths"])
-    assert "ErrorReply" in spec["components"]["schemas"]
+    process = spec["paths"]["/v1/commands/{entityId}/process"]["post"]
+    state = spec["paths"]["/v1/entities/{entityId}/state"]["get"]
+    # 400 for a bad body, never FastAPI's 422 HTTPValidationError
+    assert "422" not in process["responses"] and "422" not in state["responses"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    assert {"200", "400", "404", "409", "412", "413", "415", "429", "500", "503", "504"} <= set(
+        process["responses"]
+    )
+    assert {"200", "400", "404", "500", "503", "504"} <= set(state["responses"])
+    assert {"413", "415", "409", "412"}.isdisjoint(state["responses"])  # GetState has no body to refuse
+    not_found = process["responses"]["404"]["content"]["application/json"]
+    assert not_found["schema"] == {"$ref": "#/components/schemas/ErrorReply"}
+    assert set(spec["components"]["schemas"]["ErrorReply"]["required"]) == {"error", "code"}
+
+    # The documented example command is a real one: sent as is, the bank opens the account.
+    example = process["requestBody"]["content"]["application/json"]["example"]
+    opened = await http.post("/v1/commands/openapi-example/process", json=example)
+    assert opened.status_code == 200, opened.text
+    # And a refusal really has the documented shape.
+    refused = await http.post("/v1/commands/openapi-example/process", json={"command": "%%%"})
+    assert error_of(refused)[:2] == (400, "INVALID_ARGUMENT")
+
     docs = await http.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert "cdn" not in docs.text.lower() and "https://" not in docs.text
+    script = await http.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
 
 
 @sqlite_only

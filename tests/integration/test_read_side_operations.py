@@ -5,6 +5,7 @@ autoStart, pause/restart/skip while events flow, a bad configuration, and kill -
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -191,8 +192,18 @@ def test_cos_readside_commands_and_auto_start_false(
     cells = [cell.strip() for cell in row.strip("│ ").split("│")]
     assert cells[0] == shard and cells[1] == cells[2] and cells[3] == "0"  # caught up: offset = head, lag 0
 
+    listed = json.loads(cos_cli("readside", "list", "ledger", "--shard", shard, "--json", *port).stdout)
+    [status] = listed["read_sides"]
+    assert status["read_side_id"] == "ledger"
+    [shard_status] = status["shards"]
+    assert shard_status["state"] == "running" and shard_status["lag"] == 0
+    assert shard_status["offset"] == shard_status["journal_offset"]
+
+    # Replaying everything cannot be undone: without a terminal to ask on, --yes is required.
+    unconfirmed = cos_cli("readside", "restart", "ledger", "--shard", shard, *port)
+    assert unconfirmed.returncode == 1 and "--yes" in unconfirmed.stderr
     before_restart = len(deliveries.revisions("ledger", "acc"))
-    restarted = cos_cli("readside", "restart", "ledger", "--shard", shard, *port)
+    restarted = cos_cli("readside", "restart", "ledger", "--shard", shard, "--yes", *port)
     assert restarted.returncode == 0, restarted.stderr
 
     def replayed_from_the_start(log: DeliveryLog) -> bool:
@@ -206,7 +217,7 @@ def test_cos_readside_commands_and_auto_start_false(
 
     missing = cos_cli("readside", "pause", "nope", *port)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stdout
-    wrong_shard = cos_cli("readside", "skip", "ledger", "--shard", "16", *port)
+    wrong_shard = cos_cli("readside", "skip", "ledger", "--shard", "16", "--yes", *port)
     assert wrong_shard.returncode == 1 and "INVALID_ARGUMENT" in wrong_shard.stdout
 
 

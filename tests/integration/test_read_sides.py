@@ -216,7 +216,7 @@ def test_every_failure_policy_on_an_event_that_always_fails_and_halts_survive_a_
 
     # The operator skips the stuck event with the CLI; delivery goes on with revision 3.
     result = cos_cli(
-        "readside", "skip", "stop", "--shard", str(shard), "--port", str(restarted.ports["grpc"])
+        "readside", "skip", "stop", "--shard", str(shard), "--yes", "--port", str(restarted.ports["grpc"])
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "skipped the next event of read side stop on shard" in result.stdout

@@ -38,7 +38,7 @@ from tests.support.proxy import Proxy
 # Start-up on a busy two-core machine can take many seconds; these are ceilings, not waits.
 READY_TIMEOUT_S = 90.0
 _RESTART_ATTEMPTS = 5
-_BIND_FAILURES = ("address already in use", "cannot bind", "failed to bind", "cannot listen")
+_BIND_FAILURES = ("already in use", "cannot bind", "failed to bind", "cannot listen")
 
 
 def _bind_failure(error: BaseException) -> bool:

@@ -209,6 +209,8 @@ def cos_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return subprocess.run(
         [sys.executable, "-m", "chiefofstate", *args],
         capture_output=True,
+        # no terminal to answer a confirmation on, whoever runs the tests
+        stdin=subprocess.DEVNULL,
         text=True,
         timeout=60,
         env={**os.environ, **(env or {}), "COLUMNS": "200"},

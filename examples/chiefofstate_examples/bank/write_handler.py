@@ -3,7 +3,8 @@
 Run it with `python -m chiefofstate_examples.bank.write_handler [--host 127.0.0.1] [--port 50051]`. Once it
 accepts calls it prints one line, `bank write handler listening on HOST:PORT`, to stdout; SIGTERM or SIGINT
 stops it (exit 0). `--port 0` picks a free port, which the line reports. It also serves the standard gRPC
-health service (`grpc.health.v1.Health`) for the whole server ("") and for the write-side service.
+health service (`grpc.health.v1.Health`) for the whole server ("") and for the write-side service, and
+gRPC server reflection, through which `cos` decodes the bank's events and states (docs/cli.md).
 
 Refused commands become gRPC statuses (docs/contract.md §3.10 passes them to the CoS caller unchanged).
 Insufficient
@@ -51,6 +52,7 @@ from google.protobuf.message import DecodeError
 # googleapis-common-protos ships .pyi files but no py.typed marker, so mypy will not read them
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped, unused-ignore]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from opentelemetry.trace import SpanKind
 
@@ -252,6 +254,10 @@ async def serve(host: str, port: int, *, faults: FaultInjection | None = None) -
     writeside_pb2_grpc.add_WriteSideHandlerServiceServicer_to_server(handler, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # Server reflection lets tools that hold none of the bank's generated code (`cos events`, `cos send`,
+    # grpcurl) find its message types: bank.v1 is in this process's descriptor pool, so every type the
+    # handler reads or writes can be asked for by name.
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     target = _target(host, port)
     try:
         bound_port = server.add_insecure_port(target)

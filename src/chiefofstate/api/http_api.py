@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi import Path as PathParameter
@@ -21,7 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
+from chiefofstate.api import http_docs
 from chiefofstate.api.command_path import CommandPath
+from chiefofstate.api.http_docs import EXAMPLE_COMMAND, EXAMPLE_STATE, connection_responses
 from chiefofstate.api.http_errors import failure_response, rejection_response
 from chiefofstate.core.errors import CosError
 from chiefofstate.core.headers import HeaderValue
@@ -36,18 +38,18 @@ STATE_ROUTE = "/v1/entities/{entityId}/state"
 _ROUTES_HINT = f"the API serves POST {PROCESS_ROUTE} and GET {STATE_ROUTE}"
 
 
-class _Header(BaseModel):
+class StateHeader(BaseModel):
     key: str
     string_value: str | None = None
     bytes_value: str | None = Field(None, description="base64")
 
 
-class _Meta(BaseModel):
+class StateMeta(BaseModel):
     entity_id: str | None = None
     revision_number: int | None = Field(None, description="omitted when 0")
     revision_date: str | None = Field(None, description="ISO-8601 UTC instant, e.g. 2025-01-31T10:00:00.120Z")
     data: dict[str, str] | None = Field(None, description="key → base64 of a serialized Any")
-    headers: list[_Header] | None = None
+    headers: list[StateHeader] | None = None
 
 
 class ProcessCommandBody(BaseModel):
@@ -57,7 +59,7 @@ class ProcessCommandBody(BaseModel):
 
 class StateReply(BaseModel):
     state: str | None = Field(None, description="base64 of the serialized google.protobuf.Any")
-    meta: _Meta
+    meta: StateMeta
 
 
 class ErrorReply(BaseModel):
@@ -65,19 +67,71 @@ class ErrorReply(BaseModel):
     code: str = Field(description="the gRPC status code name, e.g. NOT_FOUND")
 
 
-_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorReply, "description": description}
-    for status, description in (
-        (400, "INVALID_ARGUMENT: bad JSON, base64 or Any, or refused by the write handler"),
-        (404, "NOT_FOUND: no such entity (GetState) or route"),
-        (409, "ALREADY_EXISTS / ABORTED"),
-        (412, "FAILED_PRECONDITION"),
-        (429, "RESOURCE_EXHAUSTED: too many requests queued"),
-        (500, "INTERNAL and every other code"),
-        (503, "UNAVAILABLE: write handler or database unreachable"),
-        (504, "DEADLINE_EXCEEDED: nothing was written"),
-    )
+def _error(description: str, code: str, example: str) -> dict[str, Any]:
+    return {
+        "model": ErrorReply,
+        "description": description,
+        "content": {"application/json": {"example": {"error": example, "code": code}}},
+    }
+
+
+# Every status a route answers (decision D5 maps the gRPC codes; api/http_errors.py is that map).
+_COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error(
+        "INVALID_ARGUMENT: a bad entity id, JSON, base64 or Any, or a command the write handler refused "
+        "as invalid",
+        "INVALID_ARGUMENT",
+        "entity_id must not contain control characters",
+    ),
+    401: _error(
+        "UNAUTHENTICATED: no valid bearer token (only when the node has COS_AUTH_TOKENS_FILE)",
+        "UNAUTHENTICATED",
+        "a valid bearer token is required",
+    ),
+    403: _error(
+        "PERMISSION_DENIED: the token's role may not call this",
+        "PERMISSION_DENIED",
+        "this token may not do that",
+    ),
+    **connection_responses(),
+    429: _error("RESOURCE_EXHAUSTED: too many requests queued for the entity", "RESOURCE_EXHAUSTED", "busy"),
+    431: {
+        **_error(
+            "the headers are too large (also sent as plain text by the connection layer)",
+            "INVALID_ARGUMENT",
+            "headers exceed 8192 bytes",
+        ),
+    },
+    500: _error("INTERNAL, and every gRPC code without a status of its own", "INTERNAL", "internal error"),
+    503: _error(
+        "UNAVAILABLE: the write handler or the database cannot be reached, or the node holds its maximum of "
+        "connections (then as plain text)",
+        "UNAVAILABLE",
+        "the store is unavailable",
+    ),
+    504: _error(
+        "DEADLINE_EXCEEDED: no answer in time; nothing was written", "DEADLINE_EXCEEDED", "timed out"
+    ),
 }
+_PROCESS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_COMMON_RESPONSES,
+    404: _error("NOT_FOUND, as the write handler answered it", "NOT_FOUND", "account acct-9 does not exist"),
+    409: _error(
+        "ALREADY_EXISTS or ABORTED, as the write handler answered it", "ALREADY_EXISTS", "already open"
+    ),
+    412: _error(
+        "FAILED_PRECONDITION, as the write handler answered it", "FAILED_PRECONDITION", "insufficient funds"
+    ),
+    413: _error("the body is larger than the node accepts", "RESOURCE_EXHAUSTED", "the body is too large"),
+    415: _error(
+        "Content-Type is not application/json", "INVALID_ARGUMENT", "Content-Type must be application/json"
+    ),
+}
+_STATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_COMMON_RESPONSES,
+    404: _error("NOT_FOUND: the entity has no state", "NOT_FOUND", "NOT_FOUND"),
+}
+_STATE_EXAMPLE = {"state": EXAMPLE_STATE, "meta": {"entity_id": "acct-1", "revision_number": 2}}
 
 EntityId = Annotated[str, PathParameter(alias="entityId", description="the entity id")]
 
@@ -112,7 +166,9 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
         description="ProcessCommand and GetState over HTTP/JSON. Every protobuf Any is the base64 "
         "encoding of the serialized Any message; errors are {error, code} with the gRPC code name.",
         redoc_url=None,
+        docs_url=None,  # api/http_docs.py serves /docs from the installed Swagger UI package
     )
+    http_docs.install(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def route_rejected(request: Request, error: StarletteHTTPException) -> Response:
@@ -140,14 +196,19 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
         summary="ProcessCommand",
         response_model=StateReply,
         responses={
-            **_ERROR_RESPONSES,
-            413: {"model": ErrorReply, "description": "body too large"},
-            415: {"model": ErrorReply, "description": "Content-Type is not application/json"},
+            **_PROCESS_RESPONSES,
+            200: {"content": {"application/json": {"example": _STATE_EXAMPLE}}},
         },
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": ProcessCommandBody.model_json_schema()}},
+                "content": {
+                    "application/json": {
+                        "schema": ProcessCommandBody.model_json_schema(),
+                        # the bank example's OpenAccount{owner: "Vi", initial_balance: 1000}
+                        "example": {"command": EXAMPLE_COMMAND},
+                    }
+                },
             }
         },
     )
@@ -176,7 +237,7 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
         "/v1/entities/{entityId:entity_id}/state",
         summary="GetState",
         response_model=StateReply,
-        responses=_ERROR_RESPONSES,
+        responses={**_STATE_RESPONSES, 200: {"content": {"application/json": {"example": _STATE_EXAMPLE}}}},
     )
     async def get_state(entity_id: EntityId, request: Request) -> Response:
         try:

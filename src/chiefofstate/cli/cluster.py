@@ -6,18 +6,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from chiefofstate.cli.output import make_console
 from chiefofstate.config.settings import Settings
 from chiefofstate.node.stores import open_cluster_store
 from chiefofstate.ports.cluster import LeaseView, Member
 
 app = typer.Typer(no_args_is_help=True, help="Inspect the cluster of nodes sharing this database.")
-console = Console()
+console = make_console()
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,3 @@ def print_status(status: ClusterStatus, as_json: bool) -> None:
         console.print(table)
     unowned = status.unowned_shards()
     console.print(f"shards without an owner: {', '.join(map(str, unowned)) if unowned else 'none'}")
-
-
-AsJson = Annotated[bool, typer.Option("--json", help="print the status as JSON")]

@@ -1,5 +1,6 @@
-"""How `cos readside` reaches a node: plaintext, TLS or mutual TLS, with or without a bearer token
-(docs/operations.md, "Security"). Options go before the subcommand; each has an environment variable."""
+"""How `cos readside`, `cos send`, `cos get` and `cos events --follow` reach a node: plaintext, TLS or
+mutual TLS, with or without a bearer token (docs/operations.md, "Security"). For `cos readside` the
+options go before the subcommand; each has an environment variable."""
 
 from __future__ import annotations
 
@@ -81,12 +82,20 @@ def current_connection() -> Connection:
     return _chosen[0]
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor):
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self._header])
 
     def intercept_unary_unary(
         self, continuation: Callable[[grpc.ClientCallDetails, Any], Any], details: Any, request: Any
     ) -> Any:
-        metadata = [*(details.metadata or ()), self._header]
-        return continuation(details._replace(metadata=metadata), request)
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[[grpc.ClientCallDetails, Any], Any], details: Any, request: Any
+    ) -> Any:
+        # `cos events --follow`: a subscription is a server stream
+        return continuation(self._with_token(details), request)

@@ -30,6 +30,8 @@ from chiefofstate.cli.processes import (
 from chiefofstate.config.settings import load_settings
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
+from chiefofstate.inspect.decoding import compact, type_name
+from chiefofstate.inspect.descriptors import from_this_process
 
 
 @dataclass
@@ -116,12 +118,17 @@ def _session(script: Script) -> None:
 
 def _show_journal(console: Console, env: dict[str, str], entity_id: str) -> None:
     settings = load_settings(env, require_write_side=False)
-    rows = asyncio.run(read_events(settings, entity_id, 100))
+    # The bank's generated code is imported here, so its types decode without asking the handler.
+    events = asyncio.run(read_events(settings, entity_id, 100, from_this_process()))
     console.print(f"\n[bold]journal rows of {entity_id}[/bold] (what `cos events {entity_id}` prints)")
-    for revision, date, event_type, headers, ordering, shard in rows:
+    for event in events:
+        headers = ", ".join(
+            f"{h['key']}={h.get('string_value', h.get('bytes_value'))}" for h in event["headers"]
+        )
         console.print(
-            f"   revision {revision:<3} {date}  {event_type.rsplit('/', 1)[-1]:<22}"
-            f" ordering {ordering:<3} shard {shard}  headers: {headers}",
+            f"   revision {event['revision']:<3} {event['revision_date']}"
+            f"  {type_name(event['event']['type']):<22} {compact(event['event']['json'])}"
+            f"  ordering {event['ordering']:<3} shard {event['shard']}  headers: {headers or '-'}",
             highlight=False,
             soft_wrap=True,
         )

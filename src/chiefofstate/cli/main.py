@@ -2,31 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from chiefofstate.cli.cluster import AsJson, print_status, read_status
 from chiefofstate.cli.cluster import app as cluster_app
+from chiefofstate.cli.cluster import print_status, read_status
+from chiefofstate.cli.connection import CaFile, CertFile, Connection, KeyFile, Tls, Token
+from chiefofstate.cli.descriptors import DescriptorsFile, HandlerAddress
+from chiefofstate.cli.inspect import NothingStored
+from chiefofstate.cli.output import AsJson, fail, make_console, print_json
 from chiefofstate.cli.readside import app as readside_app
 from chiefofstate.cli.workers import CONFIG_ERROR_EXIT
 from chiefofstate.config.settings import Settings, load_logging_settings, load_settings
 from chiefofstate.core.errors import ConfigError, CosError, MigrationError
+from chiefofstate.inspect.decoding import compact
+from chiefofstate.inspect.descriptors import DescriptorsUnavailable, MessageTypes, UnknownType
 from chiefofstate.node.event_loop import run_on_event_loop
 from chiefofstate.telemetry.logging import configure_logging
 
+# typer's completion options: `cos --install-completion` adds completion to the user's shell.
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Chief of State: event sourcing as a service."
+    add_completion=True, no_args_is_help=True, help="Chief of State: event sourcing as a service."
 )
 app.add_typer(readside_app, name="readside")
 app.add_typer(cluster_app, name="cluster")
-console = Console()
 T = TypeVar("T")
+
+
+def console() -> Console:
+    return make_console()
 
 
 def _print_version(value: bool) -> None:
@@ -82,6 +94,14 @@ def _run(coroutine_factory: Callable[[], Awaitable[T]], event_loop: str = "async
         raise typer.Exit(1) from None
 
 
+def _run_read(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
+    """`_run` for a command that only reads the journal: a store without one is one line and exit 1."""
+    try:
+        return _run(coroutine_factory)
+    except NothingStored as error:
+        raise fail(str(error)) from None
+
+
 Workers = Annotated[
     str | None,
     typer.Option(
@@ -100,6 +120,7 @@ def serve(workers: Workers = None) -> None:
     --workers N, N of them sharing the client-facing ports."""
     overrides = {"COS_WORKERS": workers} if workers is not None else {}
     settings = _settings(require_write_side=True, overrides=overrides)
+    _check_ports(settings)
     if settings.workers.count > 1:
         from chiefofstate.cli.workers import supervise
 
@@ -116,8 +137,24 @@ def serve(workers: Workers = None) -> None:
     _run(lambda: run_until_signalled(settings), settings.server.event_loop)
 
 
+def _check_ports(settings: Settings) -> None:
+    """Two servers on one port, or a port another process holds, is one line and exit 2 before the
+    node opens anything (docs/operations.md, "Start-up failures")."""
+    from chiefofstate.cli.port_check import check_free
+    from chiefofstate.config.ports import check_distinct_ports, listeners
+
+    found = listeners(settings)
+    try:
+        check_distinct_ports(found)
+        # A worker's client-facing ports are shared with its siblings, which may hold them already.
+        check_free(found, skip_shared=settings.workers.is_worker)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise typer.Exit(CONFIG_ERROR_EXIT) from None
+
+
 @app.command()
-def migrate() -> None:
+def migrate(as_json: AsJson = False) -> None:
     """Create or upgrade the journal schema, then exit."""
     settings = _settings(require_write_side=False)
     from chiefofstate.node.stores import exclusive_use, open_store
@@ -131,44 +168,254 @@ def migrate() -> None:
         return journal.description
 
     description = _run(migrate_and_close)
-    console.print(f"schema is up to date in {description}")
+    if as_json:
+        print_json({"schema": "up to date", "store": description})
+    else:
+        console().print(f"schema is up to date in {description}")
+
+
+EntityId = Annotated[str, typer.Argument(help="the entity's id", show_default=False)]
+Host = Annotated[str, typer.Option(help="the node's gRPC address")]
+Port = Annotated[int, typer.Option(help="the node's gRPC port", envvar="COS_PORT")]
+Headers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--header",
+        metavar="KEY=VALUE",
+        help="gRPC metadata sent with the call, e.g. a header the node propagates or persists "
+        "(COS_WRITE_SIDE_PROPAGATED_HEADERS, COS_WRITE_PERSISTED_HEADERS); repeatable; a KEY ending in -bin "
+        "takes base64",
+        show_default=False,
+    ),
+]
+Timeout = Annotated[float, typer.Option(help="seconds to wait for the node's answer")]
+
+
+def _types_or_exit(
+    stack: contextlib.ExitStack, descriptors: Path | None, handler: str | None
+) -> MessageTypes:
+    from chiefofstate.cli.descriptors import message_types
+
+    try:
+        return stack.enter_context(message_types(descriptors, handler))
+    except DescriptorsUnavailable as error:
+        raise fail(str(error)) from None
+
+
+def _note_undecoded(views: list[dict[str, object]]) -> None:
+    """Once per command: why the events or state are shown as bytes."""
+    for view in views:
+        reason = view.get("undecoded_reason")
+        if reason:
+            print(f"note: shown undecoded: {reason}", file=sys.stderr)
+            return
+
+
+def _connection(
+    token: str | None, tls: bool, ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+) -> Connection:
+    connection = Connection(token, tls, ca_file, cert_file, key_file)
+    connection.check()
+    return connection
 
 
 @app.command()
 def events(
-    entity_id: Annotated[str, typer.Argument(help="the entity whose events to list")],
-    limit: Annotated[int, typer.Option(help="at most this many events")] = 1000,
+    entity_id: Annotated[
+        str | None, typer.Argument(help="the entity whose events to list or follow", show_default=False)
+    ] = None,
+    limit: Annotated[int, typer.Option(help="at most this many stored events", min=1)] = 1000,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="tail new events through the node's subscription API")
+    ] = False,
+    every_entity: Annotated[bool, typer.Option("--all", help="with --follow: every entity's events")] = False,
+    count: Annotated[
+        int | None, typer.Option(help="with --follow: stop after this many events", min=1, show_default=False)
+    ] = None,
+    descriptors: DescriptorsFile = None,
+    handler: HandlerAddress = None,
+    as_json: AsJson = False,
+    host: Host = "127.0.0.1",
+    port: Port = 9000,
+    headers: Headers = None,
+    token: Token = None,
+    tls: Tls = False,
+    ca_file: CaFile = None,
+    cert_file: CertFile = None,
+    key_file: KeyFile = None,
 ) -> None:
-    """Print an entity's stored events: revision, date, event type and headers."""
+    """An entity's stored events read from the journal (COS_DB_*), decoded with the write handler's
+    descriptors; with --follow, new events live from a running node (--all: of every entity)."""
+    if follow:
+        if (entity_id is None) == (not every_entity):
+            raise typer.BadParameter("--follow takes an ENTITY_ID or --all (one of them)")
+        connection = _connection(token, tls, ca_file, cert_file, key_file)
+        from chiefofstate.cli.entities import follow as follow_events
+        from chiefofstate.cli.entities import parse_headers
+
+        metadata = parse_headers(headers or ())
+        with contextlib.ExitStack() as stack:
+            types = _types_or_exit(stack, descriptors, handler)
+            follow_events(connection, f"{host}:{port}", entity_id, metadata, count, as_json, types, console())
+        return
+    if entity_id is None or every_entity or count is not None:
+        raise typer.BadParameter("without --follow, give one ENTITY_ID (--all and --count go with --follow)")
     from chiefofstate.cli.inspect import read_events
 
     settings = _settings(require_write_side=False)
-    rows = _run(lambda: read_events(settings, entity_id, limit))
+    with contextlib.ExitStack() as stack:
+        types = _types_or_exit(stack, descriptors, handler)
+        rows = _run_read(lambda: read_events(settings, entity_id, limit, types))
+    _note_undecoded([row["event"] for row in rows])
+    if as_json:
+        print_json({"entity_id": entity_id, "events": rows})
+        if not rows:
+            raise typer.Exit(1)
+        return
+    out = console()
     if not rows:
-        console.print(f"no events stored for entity [bold]{entity_id}[/bold]")
+        out.print(f"no events stored for entity [bold]{entity_id}[/bold]")
         raise typer.Exit(1)
-    table = Table(title=f"events of {entity_id}")
-    for column in ("revision", "revision date", "event type", "headers", "ordering", "shard"):
-        table.add_column(column)
+    table = Table(title=f"events of {entity_id}", title_justify="left")
+    for column in ("revision", "revision date", "event type", "event", "headers", "ordering", "shard"):
+        # fold: a type name is one long word, and cutting it would make two types look alike
+        table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*row)
-    console.print(table)
+        event = row["event"]
+        table.add_row(
+            str(row["revision"]) + (" (deleted)" if row["deleted"] else ""),
+            row["revision_date"] or "-",
+            event["type"],
+            compact(event["json"]) if event["json"] is not None else "(undecoded)",
+            ", ".join(_header_text(h) for h in row["headers"]) or "-",
+            str(row["ordering"]),
+            str(row["shard"]),
+        )
+    out.print(table)
+
+
+def _header_text(header: dict[str, str]) -> str:
+    return f"{header['key']}={header.get('string_value', header.get('bytes_value'))}"
 
 
 @app.command()
-def state(entity_id: Annotated[str, typer.Argument(help="the entity whose state to show")]) -> None:
-    """Print an entity's current stored state: type, revision and size."""
+def state(
+    entity_id: Annotated[str, typer.Argument(help="the entity whose state to show")],
+    descriptors: DescriptorsFile = None,
+    handler: HandlerAddress = None,
+    as_json: AsJson = False,
+) -> None:
+    """An entity's current state read from the journal (COS_DB_*): type, revision and the state itself,
+    decoded with the write handler's descriptors."""
     from chiefofstate.cli.inspect import read_state
 
     settings = _settings(require_write_side=False)
-    found = _run(lambda: read_state(settings, entity_id))
+    with contextlib.ExitStack() as stack:
+        types = _types_or_exit(stack, descriptors, handler)
+        found = _run_read(lambda: read_state(settings, entity_id, types))
     if found is None:
-        console.print(f"entity [bold]{entity_id}[/bold] has no stored state")
+        if as_json:
+            print_json({"entity_id": entity_id, "state": None})
+        else:
+            console().print(f"entity [bold]{entity_id}[/bold] has no stored state")
         raise typer.Exit(1)
-    table = Table(title=f"state of {entity_id}", show_header=False)
-    for key, value in found.items():
+    _note_undecoded([found["state"]])
+    if as_json:
+        print_json(found)
+        return
+    table = Table(title=f"state of {entity_id}", show_header=False, title_justify="left")
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    shown = found["state"]
+    for key, value in (
+        ("entity id", entity_id),
+        ("state type", shown["type"]),
+        ("revision", str(found["revision"])),
+        ("revision date", found["revision_date"] or "-"),
+        ("state", compact(shown["json"]) if shown["json"] is not None else "(undecoded)"),
+        ("state size", f"{found['state_size_bytes']} bytes"),
+        ("read from", f"{found['read_from']['kind']} at sequence {found['read_from']['sequence_number']}"),
+        ("headers", ", ".join(_header_text(h) for h in found["headers"]) or "-"),
+    ):
         table.add_row(key, value)
-    console.print(table)
+    console().print(table)
+
+
+@app.command()
+def send(
+    entity_id: EntityId,
+    command_type: Annotated[
+        str,
+        typer.Argument(
+            metavar="TYPE", help="the command's message type, e.g. bank.v1.Deposit", show_default=False
+        ),
+    ],
+    body: Annotated[
+        str, typer.Argument(metavar="JSON", help='the command in proto3 JSON, e.g. \'{"amount": "500"}\'')
+    ] = "{}",
+    descriptors: DescriptorsFile = None,
+    handler: HandlerAddress = None,
+    as_json: AsJson = False,
+    host: Host = "127.0.0.1",
+    port: Port = 9000,
+    headers: Headers = None,
+    timeout: Timeout = 30.0,
+    token: Token = None,
+    tls: Tls = False,
+    ca_file: CaFile = None,
+    cert_file: CertFile = None,
+    key_file: KeyFile = None,
+) -> None:
+    """Send a command to ENTITY_ID through a running node (ProcessCommand) and print the resulting state."""
+    from chiefofstate.cli.entities import parse_headers, print_state
+    from chiefofstate.cli.entities import send as send_command
+    from chiefofstate.inspect.decoding import CommandJsonError, encode_command
+
+    connection = _connection(token, tls, ca_file, cert_file, key_file)
+    metadata = parse_headers(headers or ())
+    with contextlib.ExitStack() as stack:
+        types = _types_or_exit(stack, descriptors, handler)
+        try:
+            command = encode_command(command_type, body, types)
+        except (UnknownType, DescriptorsUnavailable, CommandJsonError) as error:
+            raise fail(str(error)) from None
+        view = send_command(connection, f"{host}:{port}", entity_id, command, metadata, timeout, types)
+    print_state(view, as_json, console())
+
+
+@app.command()
+def get(
+    entity_id: EntityId,
+    descriptors: DescriptorsFile = None,
+    handler: HandlerAddress = None,
+    as_json: AsJson = False,
+    host: Host = "127.0.0.1",
+    port: Port = 9000,
+    headers: Headers = None,
+    timeout: Timeout = 30.0,
+    token: Token = None,
+    tls: Tls = False,
+    ca_file: CaFile = None,
+    cert_file: CertFile = None,
+    key_file: KeyFile = None,
+) -> None:
+    """Read ENTITY_ID's current state through a running node (GetState)."""
+    from chiefofstate.cli.entities import get as get_state
+    from chiefofstate.cli.entities import parse_headers, print_state
+
+    connection = _connection(token, tls, ca_file, cert_file, key_file)
+    metadata = parse_headers(headers or ())
+    with contextlib.ExitStack() as stack:
+        types = _types_or_exit(stack, descriptors, handler)
+        view = get_state(connection, f"{host}:{port}", entity_id, metadata, timeout, types)
+    if view is None:
+        if as_json:
+            print_json({"entity_id": entity_id, "state": None})
+        else:
+            print(f"entity {entity_id} has no state", file=sys.stderr)
+        raise typer.Exit(1)
+    _note_undecoded([view["state"]])
+    print_state(view, as_json, console())
 
 
 @app.command()
@@ -176,7 +423,7 @@ def demo() -> None:
     """Run the whole product on SQLite with the example bank handler and a scripted session."""
     from chiefofstate.cli.demo import run_demo
 
-    raise typer.Exit(run_demo(console))
+    raise typer.Exit(run_demo(console()))
 
 
 @cluster_app.command("status")
@@ -195,4 +442,6 @@ def cluster_status(as_json: AsJson = False) -> None:
 
 
 def main() -> None:
-    app()
+    # One name however it is started (`python -m chiefofstate` too): usage lines and the completion
+    # script name `cos`, the command a shell completes.
+    app(prog_name="cos")

@@ -243,7 +243,7 @@ def start_node(
     return process
 
 
-_BIND_FAILURES = ("address already in use", "cannot bind", "failed to bind")  # compared in lower case
+_BIND_FAILURES = ("already in use", "cannot bind", "failed to bind")  # compared in lower case
 
 
 def start_node_on_free_ports(

@@ -9,13 +9,13 @@ the command choose TLS and a bearer token (cli/connection.py).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from chiefofstate.cli.connection import (
@@ -28,6 +28,7 @@ from chiefofstate.cli.connection import (
     current_connection,
     use_connection,
 )
+from chiefofstate.cli.output import AsJson, make_console, print_json
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.manager_pb2_grpc import ReadSideManagerServiceStub
 from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2 as admin
@@ -50,7 +51,7 @@ def connect(
     use_connection(Connection(token, tls, ca_file, cert_file, key_file))
 
 
-console = Console()
+console = make_console()
 Reply = TypeVar("Reply")
 
 ReadSideId = Annotated[str, typer.Argument(help="the read side's id (readSideId)")]
@@ -131,13 +132,55 @@ def _shard_table(status: admin.ReadSideStatus) -> Table:
     return table
 
 
-def _show(host: str, port: int, read_side_id: str | None, shard: int | None, timeout: float) -> None:
+def _shard_json(shard: admin.ShardStatus) -> dict[str, Any]:
+    return {
+        "shard": shard.cluster_shard_number,
+        "offset": shard.offset if shard.HasField("offset") else None,
+        "journal_offset": shard.journal_offset,
+        "lag": shard.lag,
+        "lag_capped": shard.lag_capped,
+        "state": _STATE_STYLES.get(shard.state, ("unknown", ""))[0],
+        "detail": shard.detail,
+        "halted_on_offset": shard.halted_on_offset if shard.HasField("halted_on_offset") else None,
+        "halted_at": (
+            datetime.fromtimestamp(shard.halted_at / 1000, UTC).isoformat(timespec="milliseconds")
+            if shard.HasField("halted_on_offset")
+            else None
+        ),
+        "member": shard.member or None,
+    }
+
+
+def _status_json(status: admin.ReadSideStatus) -> dict[str, Any]:
+    return {
+        "read_side_id": status.read_side_id,
+        "protocol": status.protocol,
+        "target": status.target,
+        "failure_policy": status.failure_policy,
+        "enabled": status.enabled,
+        "shards": [_shard_json(shard) for shard in status.shards],
+    }
+
+
+def _list(
+    host: str, port: int, read_side_id: str | None, shard: int | None, timeout: float
+) -> admin.ListReadSidesResponse:
     request = admin.ListReadSidesRequest(read_side_id=read_side_id or "")
     if shard is not None:
         request.cluster_shard_number = shard
     reply: admin.ListReadSidesResponse = _call(
         host, port, lambda channel: ReadSideAdminServiceStub(channel).ListReadSides(request, timeout=timeout)
     )
+    return reply
+
+
+def _show(
+    host: str, port: int, read_side_id: str | None, shard: int | None, timeout: float, as_json: bool = False
+) -> None:
+    reply = _list(host, port, read_side_id, shard, timeout)
+    if as_json:
+        print_json({"read_sides": [_status_json(status) for status in reply.read_sides]})
+        return
     if not reply.read_sides:
         console.print("no read side is configured on this node")
     for status in reply.read_sides:
@@ -151,9 +194,10 @@ def list_read_sides(
     host: Host = "127.0.0.1",
     port: Port = 9000,
     timeout: Timeout = 10.0,
+    as_json: AsJson = False,
 ) -> None:
     """Every read side and shard: offset, newest journal offset of the shard, lag and state."""
-    _show(host, port, read_side_id, shard, timeout)
+    _show(host, port, read_side_id, shard, timeout, as_json)
 
 
 @app.command()
@@ -163,6 +207,7 @@ def offsets(
     host: Host = "127.0.0.1",
     port: Port = 9000,
     timeout: Timeout = 10.0,
+    as_json: AsJson = False,
 ) -> None:
     """The stored offsets (GetLatestOffset / GetLatestOffsetByShard); 0 means none stored yet."""
 
@@ -180,6 +225,10 @@ def offsets(
         return [(by_shard.offsets.cluster_shard_number, by_shard.offsets.offset)], _state_summary(call)
 
     rows, states = _call(host, port, ask)
+    if as_json:
+        offsets_json = [{"shard": number, "offset": offset} for number, offset in rows]
+        print_json({"read_side_id": read_side_id, "offsets": offsets_json, "states": states or None})
+        return
     title = f"offsets of read side {read_side_id}"
     table = Table(title=title, title_justify="left", min_width=len(title))
     table.add_column("shard", justify="right")
@@ -192,13 +241,26 @@ def offsets(
 
 
 def _act(
-    verb: str, rpc: str, read_side_id: str, shard: int | None, host: str, port: int, timeout: float
+    verb: str,
+    rpc: str,
+    read_side_id: str,
+    shard: int | None,
+    host: str,
+    port: int,
+    timeout: float,
+    as_json: bool,
+    confirm: str | None = None,
 ) -> None:
     """Call `rpc` (all shards) or `rpc + "ByShard"` (one shard) of the manager, then show the result.
 
     The four actions' messages follow one naming pattern (`<Rpc>Request`, `<Rpc>ByShardRequest`,
     docs/contract.md §2.5), so the call is looked up by name rather than written out four times.
+    `confirm`, for an action that cannot be undone, is the question asked first; without a terminal to
+    ask on, the action is refused unless --yes was given.
     """
+    where = "every shard" if shard is None else f"shard {shard}"
+    if confirm is not None:
+        _confirm(f"{confirm} of read side {read_side_id} on {where}?")
 
     def send(channel: grpc.Channel) -> Any:
         stub = ReadSideManagerServiceStub(channel)
@@ -209,9 +271,31 @@ def _act(
         return getattr(stub, f"{rpc}ByShard")(request, timeout=timeout)
 
     _call(host, port, send)
-    where = "every shard" if shard is None else f"shard {shard}"
+    if as_json:
+        reply = _list(host, port, read_side_id, shard, timeout)
+        print_json(
+            {
+                "action": rpc,
+                "read_side_id": read_side_id,
+                "shard": shard,
+                "read_sides": [_status_json(status) for status in reply.read_sides],
+            }
+        )
+        return
     console.print(f"{verb} read side [bold]{read_side_id}[/bold] on {where}")
     _show(host, port, read_side_id, shard, timeout)
+
+
+def _confirm(question: str) -> None:
+    if not sys.stdin.isatty():
+        print(f"error: {question[:-1]} needs confirmation: add --yes", file=sys.stderr)
+        raise typer.Exit(1)
+    if not typer.confirm(question, default=False):
+        print("nothing done", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="do it without asking")]
 
 
 @app.command()
@@ -221,9 +305,10 @@ def pause(
     host: Host = "127.0.0.1",
     port: Port = 9000,
     timeout: Timeout = 30.0,
+    as_json: AsJson = False,
 ) -> None:
     """Stop delivering; the paused flag is stored and survives restarts."""
-    _act("paused", "PauseReadSide", read_side_id, shard, host, port, timeout)
+    _act("paused", "PauseReadSide", read_side_id, shard, host, port, timeout, as_json)
 
 
 @app.command()
@@ -233,9 +318,10 @@ def resume(
     host: Host = "127.0.0.1",
     port: Port = 9000,
     timeout: Timeout = 30.0,
+    as_json: AsJson = False,
 ) -> None:
     """Deliver again from the stored offset; also ends a halt (the failing event is retried)."""
-    _act("resumed", "ResumeReadSide", read_side_id, shard, host, port, timeout)
+    _act("resumed", "ResumeReadSide", read_side_id, shard, host, port, timeout, as_json)
 
 
 @app.command()
@@ -245,9 +331,12 @@ def restart(
     host: Host = "127.0.0.1",
     port: Port = 9000,
     timeout: Timeout = 30.0,
+    as_json: AsJson = False,
+    yes: Yes = False,
 ) -> None:
-    """Delete the stored offset and replay the shard(s) from the oldest event."""
-    _act("restarted", "RestartReadSide", read_side_id, shard, host, port, timeout)
+    """Delete the stored offset and replay the shard(s) from the oldest event (asks first unless --yes)."""
+    question = None if yes else "Delete the stored offset and replay every event"
+    _act("restarted", "RestartReadSide", read_side_id, shard, host, port, timeout, as_json, question)
 
 
 @app.command()
@@ -257,6 +346,12 @@ def skip(
     host: Host = "127.0.0.1",
     port: Port = 9000,
     timeout: Timeout = 30.0,
+    as_json: AsJson = False,
+    yes: Yes = False,
 ) -> None:
-    """Move past the next unprocessed event of the shard(s) — the one a halted projection is stuck on."""
-    _act("skipped the next event of", "SkipOffset", read_side_id, shard, host, port, timeout)
+    """Move past the next unprocessed event of the shard(s) — the one a halted projection is stuck on;
+    that event is never delivered (asks first unless --yes)."""
+    question = None if yes else "Skip the next unprocessed event (it is never delivered)"
+    _act(
+        "skipped the next event of", "SkipOffset", read_side_id, shard, host, port, timeout, as_json, question
+    )

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 
 from chiefofstate.aio.tasks import cancel_and_wait
 from chiefofstate.api.auth import TokenMiddleware
@@ -28,7 +30,7 @@ from chiefofstate.api.subscription_rpcs import UnsubscribeElsewhere
 from chiefofstate.api.tls import ServerTls, load_server_tls
 from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.config.settings import Settings
-from chiefofstate.core.errors import CosError
+from chiefofstate.core.errors import ConfigError, CosError
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings, CommitListener
 from chiefofstate.entities.gate import OPEN_GATE, ShardGate
 from chiefofstate.entities.host import EntityHost, HostSettings
@@ -242,14 +244,16 @@ class Node:
             server.management_address, server.management_port, self.readiness, reuse_port=server.reuse_port
         )
         management.add_route("/cluster/members", self._cluster_members_route())
-        await management.start()
+        with _binding("COS_MANAGEMENT_PORT", server.management_address, server.management_port):
+            await management.start()
         closers.push_async_callback(management.close)
         metrics_server = self.metrics_server = SmallHttpServer(
             server.prometheus_address,
             server.prometheus_port,
             {"/metrics": metrics_route(self.metrics.exposition)},
         )
-        await metrics_server.start()
+        with _binding("COS_PROMETHEUS_PORT", server.prometheus_address, server.prometheus_port):
+            await metrics_server.start()
         closers.push_async_callback(metrics_server.close)
 
     def _start_otlp_metrics(self) -> None:
@@ -292,20 +296,21 @@ class Node:
         server = self.settings.server
         serving = []
         if server.protocol in ("grpc", "both"):
-            grpc_server = self.grpc = GrpcServer(
-                ChiefOfStateService(commands, self.subscriptions, unsubscribe_elsewhere),
-                server.address,
-                server.port,
-                server.max_message_bytes,
-                # ReadSideManagerService only with COS_READ_SIDE_ENABLED=true (docs/contract.md §1).
-                extra_services=self.read_sides.services if self.read_sides is not None else (),
-                metrics=GrpcServerMetrics(self.metrics),
-                reuse_port=server.reuse_port,
-                credentials=self.tls.grpc_server_credentials() if self.tls is not None else None,
-                reflection_enabled=self.settings.security.reflection_enabled,
-                interceptors=token_interceptors(self.settings),
-            )
-            await grpc_server.start()
+            with _binding("COS_PORT", server.address, server.port):
+                grpc_server = self.grpc = GrpcServer(
+                    ChiefOfStateService(commands, self.subscriptions, unsubscribe_elsewhere),
+                    server.address,
+                    server.port,
+                    server.max_message_bytes,
+                    # ReadSideManagerService only with COS_READ_SIDE_ENABLED=true (docs/contract.md §1).
+                    extra_services=self.read_sides.services if self.read_sides is not None else (),
+                    metrics=GrpcServerMetrics(self.metrics),
+                    reuse_port=server.reuse_port,
+                    credentials=self.tls.grpc_server_credentials() if self.tls is not None else None,
+                    reflection_enabled=self.settings.security.reflection_enabled,
+                    interceptors=token_interceptors(self.settings),
+                )
+                await grpc_server.start()
             serving.append(f"gRPC{self._guards()} on {server.address}:{grpc_server.port}")
         if server.protocol in ("http", "both"):
             # Both protocols share one command path: the same host, deadlines and logging.
@@ -326,7 +331,8 @@ class Node:
                 ssl_context=self.tls.http_context() if self.tls is not None else None,
                 reuse_port=server.reuse_port,
             )
-            await http_server.start()
+            with _binding("COS_HTTP_PORT", server.http_address, server.http_port):
+                await http_server.start()
             serving.append(f"HTTP{self._guards()} on {server.http_address}:{http_server.port}")
         return serving
 
@@ -392,6 +398,22 @@ class Node:
         started = time.monotonic()
         await self._closers.aclose()
         log.warning("chiefofstate node stopped in %.2fs", time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _binding(variable: str, address: str, port: int) -> Iterator[None]:
+    """A port taken between `cos serve`'s check and the bind (cli/port_check.py) still ends as one
+    line naming the port and its variable, exit 2 (docs/operations.md, "Start-up failures")."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        text = str(error).lower()
+        in_use = getattr(error, "errno", None) == errno.EADDRINUSE or "bind" in text or "in use" in text
+        if not in_use:
+            raise
+        raise ConfigError(
+            variable, f"cannot listen on {address}:{port}: is the port already in use?"
+        ) from None
 
 
 async def run_until_signalled(settings: Settings) -> None:
