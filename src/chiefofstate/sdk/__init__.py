@@ -2,15 +2,52 @@
 over upstream's published gRPC or HTTP handler protocols, and a typed client. docs/python.md is the guide.
 """
 
+from chiefofstate.sdk.channels import Tls
+from chiefofstate.sdk.client import CosClient, Subscription, Update
+from chiefofstate.sdk.client_errors import (
+    AlreadyExists,
+    CosCallError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from chiefofstate.sdk.client_rules import NO_RETRIES, RetryPolicy
 from chiefofstate.sdk.read import ReadHandler, handles
 from chiefofstate.sdk.rejected import Rejected
 from chiefofstate.sdk.serving import RunningHandler, serve, start
+from chiefofstate.sdk.sync_client import SyncCosClient
 from chiefofstate.sdk.write import WriteHandler, command, event
 
 __all__ = [
+    "NO_RETRIES",
+    "AlreadyExists",
+    "CosCallError",
+    "CosClient",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
     "ReadHandler",
     "Rejected",
+    "ResourceExhausted",
+    "RetryPolicy",
     "RunningHandler",
+    "Subscription",
+    "SyncCosClient",
+    "Tls",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Update",
     "WriteHandler",
     "command",
     "event",
