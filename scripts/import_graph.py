@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 LAYERS: list[list[str]] = [
     ["__main__"],
-    ["cli"],
+    ["cli", "testing"],
     ["node"],
     ["api", "sdk"],
     ["cluster"],

@@ -43,7 +43,8 @@ class LocalNode:
     process: subprocess.Popen[bytes]
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free now, below the ephemeral range."""
     chosen: list[int] = []
     while len(chosen) < count:
         port = random.choice(_PORT_RANGE)
@@ -93,7 +94,7 @@ def local_node(
     folder = Path(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "node.log"
-    ports = dict(zip(_PORT_VARIABLES, _free_ports(len(_PORT_VARIABLES)), strict=True))
+    ports = dict(zip(_PORT_VARIABLES, free_ports(len(_PORT_VARIABLES)), strict=True))
     node_env = {key: value for key, value in os.environ.items() if not key.startswith("COS_")}
     node_env.update(
         COS_ADDRESS="127.0.0.1",
