@@ -19,6 +19,7 @@ from chiefofstate.sdk import (
     Internal,
     InvalidArgument,
     NotFound,
+    Unimplemented,
     WriteHandler,
     command,
 )
@@ -101,3 +102,18 @@ def test_bad_arguments_are_refused() -> None:
         InProcessNode(Bank(), store="sqlite")
     with pytest.raises(ValueError, match="memory, sqlite or postgres"):
         InProcessNode(Bank(), store="oracle")  # type: ignore[arg-type]
+
+
+async def test_subscriptions_follow_the_node_settings() -> None:
+    async with InProcessNode(Bank()) as plain, CosClient(plain.target, bank_pb2.BankAccount) as client:
+        with pytest.raises(Unimplemented, match="Subscription is not enabled"):
+            async with client.subscribe("acc-8") as updates:
+                await anext(aiter(updates))
+    async with (
+        InProcessNode(Bank(), env={"COS_SUBSCRIPTION_ENABLED": "true"}) as node,
+        CosClient(node.target, bank_pb2.BankAccount) as client,
+        client.subscribe("acc-8") as updates,
+    ):
+        await node.process("acc-8", bank_pb2.OpenAccount(owner="Hal", initial_balance=2))
+        update = await asyncio.wait_for(anext(aiter(updates)), 30)
+        assert (update.state.owner, update.meta.revision_number) == ("Hal", 1)
