@@ -19,6 +19,7 @@ from chiefofstate.sdk.client_errors import (
     Unimplemented,
 )
 from chiefofstate.sdk.client_rules import NO_RETRIES, RetryPolicy
+from chiefofstate.sdk.headers_context import call_headers
 from chiefofstate.sdk.read import ReadHandler, handles
 from chiefofstate.sdk.rejected import Rejected
 from chiefofstate.sdk.serving import RunningHandler, serve, start
@@ -49,6 +50,7 @@ __all__ = [
     "Unimplemented",
     "Update",
     "WriteHandler",
+    "call_headers",
     "command",
     "event",
     "handles",

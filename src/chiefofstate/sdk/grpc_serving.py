@@ -34,6 +34,7 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventRequest,
     HandleEventResponse,
 )
+from chiefofstate.sdk import headers_context
 from chiefofstate.sdk.read import ReadHandler, handle_read_side
 from chiefofstate.sdk.rejected import Rejected
 from chiefofstate.sdk.write import WriteHandler, handle_command, handle_event
@@ -49,6 +50,7 @@ Reply = TypeVar("Reply")
 async def _answer(
     context: grpc.aio.ServicerContext[Any, Any], work: Callable[[], Awaitable[Reply]], rpc: str
 ) -> Reply:
+    token = headers_context.enter(context.invocation_metadata() or ())
     try:
         return await work()
     except Rejected as rejected:
@@ -56,6 +58,8 @@ async def _answer(
     except Exception as error:
         log.exception("%s failed", rpc)
         await context.abort(grpc.StatusCode.INTERNAL, f"{rpc} failed: {type(error).__name__}: {error}")
+    finally:
+        headers_context.leave(token)
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], rejected: Rejected) -> NoReturn:

@@ -28,7 +28,7 @@ from starlette.routing import Route
 from chiefofstate.core.json_codec import JsonShapeError, encode_any, message_from_json, message_to_json
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandRequest, HandleEventRequest
-from chiefofstate.sdk import binding
+from chiefofstate.sdk import binding, headers_context
 from chiefofstate.sdk.read import ReadHandler, handle_read_side
 from chiefofstate.sdk.rejected import Rejected
 from chiefofstate.sdk.write import WriteHandler, handle_command, handle_event
@@ -73,6 +73,7 @@ def _endpoint(
             call = message_from_json(request_class, body)
         except (UnicodeDecodeError, json.JSONDecodeError, JsonShapeError, ValueError) as error:
             return refusal(Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bad {rpc} body: {error}"))
+        token = headers_context.enter(headers_context.from_http(request.headers.items()))
         try:
             reply = await work(call)
         except Rejected as rejected:
@@ -82,6 +83,8 @@ def _endpoint(
             return refusal(
                 Rejected(grpc.StatusCode.INTERNAL, f"{rpc} failed: {type(error).__name__}: {error}")
             )
+        finally:
+            headers_context.leave(token)
         return JSONResponse(message_to_json(reply))
 
     return endpoint

@@ -37,6 +37,7 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
 )
 from chiefofstate.node.node import Node
 from chiefofstate.sdk import client_rules as rules
+from chiefofstate.sdk import headers_context
 from chiefofstate.sdk.client_errors import CosCallError, error_for
 from chiefofstate.sdk.local_node import free_ports
 from chiefofstate.sdk.rejected import Rejected
@@ -72,7 +73,11 @@ class DirectWriteHandler:
     async def handle_command(
         self, request: HandleCommandRequest, headers: Sequence[tuple[str, HeaderValue]], timeout_s: float
     ) -> HandleCommandResponse:
-        return await self._call(handle_command(self._handler, request), timeout_s, "HandleCommand")
+        token = headers_context.enter(headers)
+        try:
+            return await self._call(handle_command(self._handler, request), timeout_s, "HandleCommand")
+        finally:
+            headers_context.leave(token)
 
     async def handle_event(
         self, request: HandleEventRequest, timeout_s: float, headers: Sequence[tuple[str, HeaderValue]] = ()
