@@ -128,6 +128,12 @@ def test_the_sync_client_does_the_same_without_an_event_loop(node: Process) -> N
             bank.process("acc-6", bank_pb2.Withdraw(amount=8))
         found = bank.get("acc-6")
         assert found is not None and found[0].owner == "Flo"
+        with bank.subscribe("acc-6") as one, bank.subscribe_all() as every:
+            bank.process("acc-6", bank_pb2.Deposit(amount=3))
+            update = next(iter(one))
+            assert (update.state.balance, update.meta.revision_number) == (10, 2)
+            assert update.event_as(bank_pb2.MoneyDeposited) == bank_pb2.MoneyDeposited(amount=3)
+            assert next(iter(every)).meta.entity_id == "acc-6"
 
 
 async def test_tls_and_a_bearer_token(tmp_path: Path, sdk_handler: Process) -> None:

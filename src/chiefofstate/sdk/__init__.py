@@ -23,7 +23,7 @@ from chiefofstate.sdk.headers_context import call_headers
 from chiefofstate.sdk.read import ReadHandler, handles
 from chiefofstate.sdk.rejected import Rejected
 from chiefofstate.sdk.serving import RunningHandler, serve, start
-from chiefofstate.sdk.sync_client import SyncCosClient
+from chiefofstate.sdk.sync_client import SyncCosClient, SyncSubscription
 from chiefofstate.sdk.write import WriteHandler, command, event
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "RunningHandler",
     "Subscription",
     "SyncCosClient",
+    "SyncSubscription",
     "Tls",
     "Unauthenticated",
     "Unavailable",

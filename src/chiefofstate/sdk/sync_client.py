@@ -111,17 +111,50 @@ class SyncCosClient(Generic[S]):
             return rules.typed_state(reply.state, self._state_type), reply.meta
         raise AssertionError("unreachable")
 
-    def subscribe(self, entity_id: str, *, subscription_id: str | None = None) -> Iterator[Update[S]]:
-        """Events of one entity as they are committed, blocking between them; close the iterator (or
-        leave the `for` loop) to end the stream."""
+    def subscribe(self, entity_id: str, *, subscription_id: str | None = None) -> SyncSubscription[S]:
+        """Events of one entity as they are committed (the node needs COS_SUBSCRIPTION_ENABLED=true)."""
         if not entity_id:
             raise ValueError("entity_id is required")
         request = pb.SubscribeRequest(
             entity_id=entity_id, subscription_id=subscription_id or str(uuid.uuid4())
         )
         call = self._stub.Subscribe(request, metadata=rules.metadata(None, self._token))
+        return SyncSubscription(call, self._state_type)
+
+    def subscribe_all(self, *, subscription_id: str | None = None) -> SyncSubscription[S]:
+        """Events of every entity as they are committed (the node needs COS_SUBSCRIPTION_ENABLED=true)."""
+        request = pb.SubscribeAllRequest(subscription_id=subscription_id or str(uuid.uuid4()))
+        call = self._stub.SubscribeAll(request, metadata=rules.metadata(None, self._token))
+        return SyncSubscription(call, self._state_type)
+
+
+class SyncSubscription(Generic[S]):
+    """A live stream of committed events, read by blocking iteration. `with` returns once the node has
+    registered the subscription (every event committed after that is delivered) and cancels the stream
+    at the end of the block. Delivery is at most once."""
+
+    def __init__(self, call: Any, state_type: type[S]) -> None:
+        self._call = call
+        self._state_type = state_type
+
+    def __enter__(self) -> Self:
         try:
-            for reply in call:
+            self._call.initial_metadata()  # blocks until the node has registered the subscription
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._call.cancel()
+
+    def __iter__(self) -> Iterator[Update[S]]:
+        try:
+            for reply in self._call:
                 yield Update(
                     event=reply.event,
                     state=rules.typed_state(reply.resulting_state, self._state_type),
@@ -129,6 +162,6 @@ class SyncCosClient(Generic[S]):
                     subscription_id=reply.subscription_id,
                 )
         except grpc.RpcError as error:
+            if error.code() is grpc.StatusCode.CANCELLED and self._call.cancelled():
+                return  # closed by us
             raise from_rpc_error(error) from None
-        finally:
-            call.cancel()
