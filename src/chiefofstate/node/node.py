@@ -47,7 +47,7 @@ from chiefofstate.node.gauges import register_cluster_readings, register_node_re
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
 from chiefofstate.node.read_sides import ReadSides, open_read_sides
-from chiefofstate.node.stores import exclusive_use, open_store, state_reads
+from chiefofstate.node.stores import exclusive_use, open_memory_store, open_store, state_reads
 from chiefofstate.node.subscriptions import open_subscriptions
 from chiefofstate.node.write_side import create_write_handler
 from chiefofstate.ports.cluster import Member
@@ -68,8 +68,16 @@ READY_PING_TIMEOUT_S = 2.0
 class Node:
     """Starts in dependency order and stops in reverse; `ready` only once the store is migrated."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, write_handler: WriteHandler | None = None, memory_store: bool = False
+    ) -> None:
+        """`write_handler` replaces the configured gRPC/HTTP one (library mode: the application's handler
+        called in this process); `memory_store` keeps the journal in this process's memory instead of
+        the configured database (library mode, tests; a node alone, no read sides)."""
         self.settings = settings
+        self._write_handler = write_handler
+        self._memory_store = memory_store
+        self.commands: CommandPath | None = None
         self.journal: Journal | None = None
         self.host: EntityHost | None = None
         self.grpc: GrpcServer | None = None
@@ -103,7 +111,9 @@ class Node:
             tls = self.tls = await load_server_tls(self.settings.security.tls)
             tls.start()
             self._closers.push_async_callback(tls.close)
-        journal = self.journal = await open_store(self.settings)
+        journal = self.journal = await (
+            open_memory_store(self.settings) if self._memory_store else open_store(self.settings)
+        )
         self._closers.push_async_callback(journal.close)
         processor, writer, snapshotter = await self._start_write_path(journal, self.tracing)
         cluster = cluster_parts(self.settings, self.tls) if self.settings.cluster.enabled else None
@@ -131,7 +141,7 @@ class Node:
                     cluster, self.coordinator, self.read_sides, self.settings
                 )
             forwarder = cluster.forwarder(self.settings, self.tracing, self.metrics)
-        commands = CommandPath(
+        commands = self.commands = CommandPath(
             self.host,
             self.settings.server.command_timeout_s,
             tracing=self.tracing,
@@ -175,7 +185,8 @@ class Node:
         snapshotter.start()
         closers.push_async_callback(snapshotter.close)
         handler: WriteHandler = InstrumentedWriteHandler(
-            create_write_handler(settings.write_side, settings.server.max_message_bytes),
+            self._write_handler
+            or create_write_handler(settings.write_side, settings.server.max_message_bytes),
             tracing,
             metrics,
             settings.write_side.protocol,

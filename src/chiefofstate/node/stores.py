@@ -35,6 +35,15 @@ async def open_journal(store: StoreSettings) -> Journal:
     return await PostgresJournal.open(connection_settings(store.postgres), migrations_initial_version=initial)
 
 
+async def open_memory_store(settings: Settings) -> Journal:
+    """The journal in this process's memory (library mode): nothing to connect to, gone with the process."""
+    from chiefofstate.stores.memory.journal import MemoryJournal
+
+    journal = MemoryJournal()
+    await journal.migrate(settings.num_shards)
+    return journal
+
+
 async def open_store(settings: Settings) -> Journal:
     """Connect and migrate, retrying a bounded number of times while the database is unreachable."""
     store = settings.store
