@@ -1,6 +1,6 @@
 """The in-process node (library mode) against the `eventsourcing` library, on the same PostgreSQL server.
 
-    pip install eventsourcing        # not a dependency of the project; only this benchmark uses it
+    pip install -e '.[bench]'        # eventsourcing and psycopg-pool: only this benchmark uses them
     python -m benchmarks.eventsourcing_compare [--seconds 5] [--where local|private]
 
 Both save one deposit at a time to one of 32 accounts in turn, each save waiting for its commit:
