@@ -15,7 +15,10 @@ from chiefofstate.core.headers import MAX_CARRIED_HEADER_BYTES
 
 @dataclass(frozen=True, slots=True)
 class GrpcLimits:
-    max_concurrent_streams: int = 1000  # per connection; more wait in the client for a free stream
+    # Per connection; more wait in the client for a free stream. Half the server's bound: one connection
+    # can hold every subscription the node allows (COS_SUBSCRIPTION_MAX), as upstream's clients may, and
+    # still not keep other connections' calls out.
+    max_concurrent_streams: int = 10_000
     max_concurrent_rpcs: int = 20_000  # per server, subscriptions included (at most COS_SUBSCRIPTION_MAX)
     # HTTP/2 header list a request may send, as COS_HTTP_MAX_HEADER_SIZE on HTTP. At least twice the headers
     # a command may carry, so that too many reach the command path's INVALID_ARGUMENT (docs/contract.md §3.1).
@@ -74,7 +77,7 @@ _DAY_S = 24 * 3600.0
 def load_grpc_limits(env: Env) -> GrpcLimits:
     return GrpcLimits(
         max_concurrent_streams=env.integer(
-            "COS_GRPC_SERVER_MAX_CONCURRENT_STREAMS", 1000, minimum=1, maximum=1_000_000
+            "COS_GRPC_SERVER_MAX_CONCURRENT_STREAMS", 10_000, minimum=1, maximum=1_000_000
         ),
         max_concurrent_rpcs=env.integer(
             "COS_GRPC_SERVER_MAX_CONCURRENT_RPCS", 20_000, minimum=1, maximum=10_000_000

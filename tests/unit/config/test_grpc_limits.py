@@ -11,7 +11,7 @@ def test_defaults_bound_every_connection_and_leave_the_age_unbounded() -> None:
     limits = load_settings(BASE).grpc_limits
     assert limits == GrpcLimits()
     options = dict(limits.server_options())
-    assert options["grpc.max_concurrent_streams"] == 1000
+    assert options["grpc.max_concurrent_streams"] == 10_000
     assert options["grpc.max_metadata_size"] == options["grpc.absolute_max_metadata_size"] == 32 * 1024
     assert options["grpc.server_handshake_timeout_ms"] == 10_000
     assert options["grpc.max_connection_idle_ms"] == 300_000
