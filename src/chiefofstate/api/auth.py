@@ -75,22 +75,17 @@ def guarded_handler(method: str, handler: _Handler, tokens: TokenFile) -> _Handl
     if role is None:
         return handler
 
-    async def refused(context: aio.ServicerContext[Any, Any]) -> bool:
-        verdict = tokens.book.check(_authorization(context.invocation_metadata()), role)
-        if verdict is Verdict.ALLOWED:
-            return False
-        unauthenticated = verdict is Verdict.UNAUTHENTICATED
-        code = grpc.StatusCode.UNAUTHENTICATED if unauthenticated else grpc.StatusCode.PERMISSION_DENIED
-        await context.abort(code, _MESSAGES[verdict])  # raises
-        return True  # not reached
+    def verdict_of(context: aio.ServicerContext[Any, Any]) -> Verdict:
+        return tokens.book.check(_authorization(context.invocation_metadata()), role)
 
     kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
     behavior = getattr(handler, kind.attribute)
     if inspect.isasyncgenfunction(behavior):
 
         async def guarded_generator(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            if await refused(context):
-                return
+            verdict = verdict_of(context)
+            if verdict is not Verdict.ALLOWED:
+                await _refuse(context, verdict)
             async for reply in behavior(request, context):
                 yield reply
 
@@ -98,8 +93,9 @@ def guarded_handler(method: str, handler: _Handler, tokens: TokenFile) -> _Handl
     elif inspect.iscoroutinefunction(behavior):
 
         async def guarded_coroutine(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            if await refused(context):
-                return None
+            verdict = verdict_of(context)
+            if verdict is not Verdict.ALLOWED:
+                await _refuse(context, verdict)
             return await behavior(request, context)
 
         guarded = guarded_coroutine
@@ -112,6 +108,13 @@ def guarded_handler(method: str, handler: _Handler, tokens: TokenFile) -> _Handl
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+async def _refuse(context: aio.ServicerContext[Any, Any], verdict: Verdict) -> None:
+    """Ends the call with the verdict's status; context.abort raises, so the behaviour never runs."""
+    unauthenticated = verdict is Verdict.UNAUTHENTICATED
+    code = grpc.StatusCode.UNAUTHENTICATED if unauthenticated else grpc.StatusCode.PERMISSION_DENIED
+    await context.abort(code, _MESSAGES[verdict])
 
 
 @dataclass(frozen=True, slots=True)
