@@ -78,6 +78,47 @@ DESCRIBED: dict[str, Described] = {
     "COS_HTTP_KEEP_ALIVE_TIMEOUT": Described(
         "Servers and ports", "idle time an HTTP connection is kept, before its first request too", P
     ),
+    "COS_HTTP_TLS_HANDSHAKE_TIMEOUT": Described(
+        "Servers and ports", "time to finish the TLS handshake on the HTTP port; the connection is closed", P
+    ),
+    # gRPC connection limits (docs/operations.md): the client port and the cluster port
+    "COS_GRPC_SERVER_MAX_CONCURRENT_STREAMS": Described(
+        "Servers and ports", "calls one gRPC connection may run at once; more wait in the client", P
+    ),
+    "COS_GRPC_SERVER_MAX_CONCURRENT_RPCS": Described(
+        "Servers and ports",
+        "calls (subscriptions included) a gRPC port runs at once; more get RESOURCE_EXHAUSTED",
+        P,
+    ),
+    "COS_GRPC_SERVER_MAX_HEADER_LIST_SIZE": Described(
+        "Servers and ports",
+        "bytes of one gRPC request's headers (HTTP/2 header list); more: RESOURCE_EXHAUSTED",
+        P,
+    ),
+    "COS_GRPC_SERVER_HANDSHAKE_TIMEOUT": Described(
+        "Servers and ports", "time from TCP accept to a finished TLS handshake and HTTP/2 preface", P
+    ),
+    "COS_GRPC_SERVER_MAX_CONNECTION_IDLE": Described(
+        "Servers and ports", "a gRPC connection without a call for this long is closed; `0`: never", P
+    ),
+    "COS_GRPC_SERVER_MAX_CONNECTION_AGE": Described(
+        "Servers and ports", "a gRPC connection this old is asked to reconnect (GOAWAY); `0`: never", P
+    ),
+    "COS_GRPC_SERVER_MAX_CONNECTION_AGE_GRACE": Described(
+        "Servers and ports", "calls still running at the age get this long before the connection closes", P
+    ),
+    "COS_GRPC_SERVER_KEEPALIVE_TIME": Described(
+        "Servers and ports", "the server pings a gRPC connection that was quiet this long", P
+    ),
+    "COS_GRPC_SERVER_KEEPALIVE_TIMEOUT": Described(
+        "Servers and ports", "an unanswered server ping closes the connection after this long", P
+    ),
+    "COS_GRPC_SERVER_MIN_PING_INTERVAL": Described(
+        "Servers and ports", "clients' pings closer together than this are strikes", P
+    ),
+    "COS_GRPC_SERVER_MAX_PING_STRIKES": Described(
+        "Servers and ports", "strikes after which a connection is closed (GOAWAY `too_many_pings`)", P
+    ),
     "COS_PORT": Described("Servers and ports", "gRPC port of `ChiefOfStateService`"),
     "COS_HTTP_ADDRESS": Described("Servers and ports", "bind address of the HTTP/JSON API"),
     "COS_HTTP_PORT": Described("Servers and ports", "HTTP/JSON API port"),
@@ -258,10 +299,16 @@ DESCRIBED: dict[str, Described] = {
         "Security", "mutual TLS: clients and peers must present a certificate this CA signed", P
     ),
     "COS_TLS_RELOAD_INTERVAL": Described(
-        "Security", "how often the certificate files are checked for a change (reloaded without a restart)", P
+        "Security",
+        "how often the certificate, client CA and tokens files are checked for a change (reloaded without a "
+        "restart)",
+        P,
     ),
     "COS_AUTH_TOKENS_FILE": Described(
-        "Security", "bearer tokens, `token role` per line (`client` or `admin`); unset: no authentication", P
+        "Security",
+        "bearer tokens, `token role` per line (`client` or `admin`), reloaded when changed; unset: no "
+        "authentication",
+        P,
     ),
     "COS_GRPC_REFLECTION_ENABLED": Described("Security", "serve gRPC server reflection", P),
     # Cluster and deployment

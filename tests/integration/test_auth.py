@@ -3,9 +3,11 @@ and HTTP, client and admin roles, the health service open to probes, and no toke
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -29,6 +31,7 @@ sqlite_only = pytest.mark.parametrize("store_env", ["sqlite"], indirect=True)
 
 CLIENT_TOKEN = "client-token-5f2a9c"
 ADMIN_TOKEN = "admin-token-81d7e3"
+DEADLINE_S = 60.0
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:
@@ -234,3 +237,56 @@ def test_cos_send_get_and_follow_speak_tls_and_send_their_token(
         "get", "tls-1", "--port", str(node.ports["grpc"]), "--token", CLIENT_TOKEN, env=handler
     )
     assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr
+
+
+async def served_with(port: int, token: str) -> bool:
+    """Whether a GetState with `token` gets past the token check (an unknown entity's NOT_FOUND does)."""
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        cos = ChiefOfStateServiceStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            await cos.GetState(pb.GetStateRequest(entity_id="acc-x"), timeout=10, metadata=bearer(token))
+        except aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                return False
+            assert error.code() == grpc.StatusCode.NOT_FOUND, error
+        return True
+
+
+@sqlite_only
+async def test_a_rotated_tokens_file_applies_without_a_restart_and_a_broken_one_changes_nothing(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    path = tokens_file(tmp_path)
+    node = node_factory(
+        COS_SERVER_PROTOCOL="both", COS_AUTH_TOKENS_FILE=str(path), COS_TLS_RELOAD_INTERVAL="200ms"
+    )
+    port, url = node.ports["grpc"], f"http://127.0.0.1:{node.ports['http']}/v1/entities/acc-x/state"
+    rotated = "rotated-token-3c9e41"
+    assert await served_with(port, CLIENT_TOKEN) and not await served_with(port, rotated)
+
+    replacement = tmp_path / "tokens.new"
+    replacement.write_text(f"{rotated} client\n{ADMIN_TOKEN} admin\n")
+    replacement.replace(path)  # as secret managers rotate files: a rename over the old one
+    deadline = time.monotonic() + DEADLINE_S
+    while await served_with(port, CLIENT_TOKEN) or not await served_with(port, rotated):
+        assert time.monotonic() < deadline, "the rotated tokens file was never taken"
+        await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.get(url, headers={"authorization": f"Bearer {CLIENT_TOKEN}"})).status_code == 401
+        assert (await http.get(url, headers={"authorization": f"Bearer {rotated}"})).status_code == 404
+
+    # A broken file (a line without a role) is refused with one warning; the tokens in force stay.
+    path.write_text(f"{CLIENT_TOKEN}\n")
+    deadline = time.monotonic() + DEADLINE_S
+    while "does not parse" not in node.log_text():
+        assert time.monotonic() < deadline, "the broken tokens file was not reported"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2)  # ten more checks of the unchanged broken file
+    assert node.log_text().count("does not parse") == 1
+    assert await served_with(port, rotated) and not await served_with(port, CLIENT_TOKEN)
+    path.unlink()  # gone altogether: the same
+    await asyncio.sleep(1)
+    assert await served_with(port, rotated) and node.alive()
+    log = node.log_text()
+    assert "cannot be read" in log
+    assert rotated not in log and CLIENT_TOKEN not in log and ADMIN_TOKEN not in log

@@ -5,6 +5,7 @@ replaced on disk served to new connections without a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import time
@@ -227,3 +228,96 @@ async def test_cluster_members_forward_to_each_other_over_mutual_tls_with_the_ca
     with pytest.raises(aio.AioRpcError) as tokenless:
         await grpc_get_state(cluster_port, credentials, "acc-0")
     assert tokenless.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def accepted(port: int, ca: CertificateAuthority, client: Issued) -> bool:
+    """Whether the gRPC port takes `client`'s certificate (a refused one fails the handshake)."""
+    try:
+        await grpc_get_state(port, grpc_credentials(ca, client), "acc-x")
+    except aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return True
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+        return False
+    return True
+
+
+def https_accepted(port: int, ca: CertificateAuthority, client: Issued) -> bool:
+    try:
+        served_serial(port, ca, "http/1.1", client)
+        with httpx.Client(verify=https_context(ca, client), timeout=10) as https:
+            return https.get(f"https://127.0.0.1:{port}/v1/entities/acc-x/state").status_code == 404
+    except (ssl.SSLError, OSError, httpx.HTTPError):
+        return False
+
+
+@sqlite_only
+async def test_a_replaced_client_ca_applies_to_new_connections_and_a_broken_one_is_ignored(
+    node_factory: NodeFactory, ca: CertificateAuthority
+) -> None:
+    old_ca = CertificateAuthority(ca.directory / "old-clients", name="old client CA")
+    new_ca = CertificateAuthority(ca.directory / "new-clients", name="new client CA")
+    node = node_factory(**tls_env(ca.issue("node"), old_ca))
+    grpc_port, http_port = node.ports["grpc"], node.ports["http"]
+    old_client, new_client = old_ca.issue("old-client"), new_ca.issue("new-client")
+    assert await accepted(grpc_port, ca, old_client) and not await accepted(grpc_port, ca, new_client)
+
+    staged = old_ca.cert_file.with_suffix(".staged")
+    staged.write_bytes(new_ca.cert_pem)
+    staged.replace(old_ca.cert_file)  # the file COS_TLS_CLIENT_CA_FILE names now holds the new CA
+    deadline = time.monotonic() + DEADLINE_S
+    while await accepted(grpc_port, ca, old_client) or not await accepted(grpc_port, ca, new_client):
+        assert time.monotonic() < deadline, "the new client CA was never used"
+        await asyncio.sleep(0.2)
+    assert https_accepted(http_port, ca, new_client) and not https_accepted(http_port, ca, old_client)
+
+    old_ca.cert_file.write_text("not a certificate\n")
+    deadline = time.monotonic() + DEADLINE_S
+    while "do not load" not in node.log_text():
+        assert time.monotonic() < deadline, "the broken client CA file was not reported"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2)  # ten more checks of the unchanged broken file
+    assert node.log_text().count("do not load") == 1
+    assert await accepted(grpc_port, ca, new_client) and not await accepted(grpc_port, ca, old_client)
+    assert https_accepted(http_port, ca, new_client) and node.alive()
+
+
+async def seconds_until_closed(port: int) -> float:
+    """A TCP connection that never sends its TLS ClientHello: how long until the node closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    began = time.monotonic()
+    try:
+        async with asyncio.timeout(DEADLINE_S + 60):
+            while True:
+                try:
+                    if not await reader.read(65536):
+                        break
+                except ConnectionError:
+                    break
+        return time.monotonic() - began
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+@sqlite_only
+async def test_connections_that_never_start_their_handshake_are_dropped_within_the_bound(
+    node_factory: NodeFactory, ca: CertificateAuthority
+) -> None:
+    node = node_factory(
+        **tls_env(ca.issue("node")),
+        COS_HTTP_TLS_HANDSHAKE_TIMEOUT="1s",
+        COS_HTTP_KEEP_ALIVE_TIMEOUT="30s",  # so that only the handshake's bound can close them
+        COS_GRPC_SERVER_HANDSHAKE_TIMEOUT="1s",
+    )
+    grpc_port, http_port = node.ports["grpc"], node.ports["http"]
+    closed = await asyncio.gather(*(seconds_until_closed(port) for port in [http_port, grpc_port] * 20))
+    slack_s = 20.0  # what a busy two-core machine may add before the close is seen here
+    assert min(closed) >= 0.5 and max(closed) < 1 + slack_s, closed
+    # The node serves TLS clients as before.
+    await grpc_open_account(grpc_port, grpc_credentials(ca), "acc-1")
+    async with httpx.AsyncClient(verify=https_context(ca), timeout=10) as https:
+        state = await https.get(f"https://127.0.0.1:{http_port}/v1/entities/acc-1/state")
+        assert state.status_code == 200
+    assert node.alive()

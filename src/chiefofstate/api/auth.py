@@ -6,13 +6,16 @@ ReadSideManagerService and the ReadSideAdminService of `cos readside list`) need
 other service a `client` or `admin` one; the gRPC health service needs none, so that probes keep working.
 On the cluster port a forwarded call carries its caller's headers, token included, and the member that
 owns the entity checks that token again with the same rules: every member must read the same tokens.
-A refusal never echoes the token it was given, and nothing here logs one.
+A refusal never echoes the token it was given, and nothing here logs one. The tokens in force are the
+TokenFile's, which follows the file while the node runs.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -20,13 +23,22 @@ from grpc import aio
 from grpc_health.v1 import health
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chiefofstate.aio.wrapping_server import WrappingServer
 from chiefofstate.api.http_errors import error_body
-from chiefofstate.api.readside_manager import ADMIN_SERVICE, HOLD_SERVICE, MANAGER_SERVICE
-from chiefofstate.core.auth import Role, TokenBook, Verdict
+from chiefofstate.api.token_file import TokenFile
+from chiefofstate.core.auth import Role, Verdict
 from chiefofstate.core.errors import Code
+from chiefofstate.gen.chief_of_state.v1 import manager_pb2
+from chiefofstate.gen.chiefofstate.internal.v1 import readside_admin_pb2
 
-# upstream's manager, `cos readside list`'s, and the holds a member's manager call sends to the others
-ADMIN_SERVICES = (MANAGER_SERVICE, ADMIN_SERVICE, HOLD_SERVICE)
+# Upstream's manager, `cos readside list`'s, and the holds a member's whole-read-side call sends to the
+# others; named from the protos, as api/readside_manager.py serves them (which itself sits on the gRPC
+# server this module guards).
+ADMIN_SERVICES = (
+    manager_pb2.DESCRIPTOR.services_by_name["ReadSideManagerService"].full_name,
+    readside_admin_pb2.DESCRIPTOR.services_by_name["ReadSideAdminService"].full_name,
+    readside_admin_pb2.DESCRIPTOR.services_by_name["ProjectionHoldService"].full_name,
+)
 _OPEN_SERVICES = (health.SERVICE_NAME,)
 
 if TYPE_CHECKING:
@@ -52,55 +64,80 @@ def _authorization(metadata: Any) -> str | None:
     return None
 
 
-class TokenInterceptor(aio.ServerInterceptor):
-    def __init__(self, tokens: TokenBook) -> None:
-        self._tokens = tokens
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        handler = await continuation(handler_call_details)
-        role = needed_role(handler_call_details.method)
-        if handler is None or role is None:
-            return handler
-        verdict = self._tokens.check(_authorization(handler_call_details.invocation_metadata), role)
-        if verdict is Verdict.ALLOWED:
-            return handler
-        return _refusing(handler, verdict)
+def token_checking_server(server: aio.Server, tokens: TokenFile) -> WrappingServer:
+    """The server as registration functions see it: every handler added through it checks the caller's
+    token first. The role a method needs is worked out once, as it is registered, not at every call."""
+    return WrappingServer(server, lambda method, handler: guarded_handler(method, handler, tokens))
 
 
-def _refusing(handler: _Handler, verdict: Verdict) -> _Handler:
+def guarded_handler(method: str, handler: _Handler, tokens: TokenFile) -> _Handler:
+    """`handler` of the full method name `method`, answering UNAUTHENTICATED or PERMISSION_DENIED to a
+    call without a good enough token before its behaviour runs."""
+    role = needed_role(method)
+    if role is None:
+        return handler
+
+    def verdict_of(context: aio.ServicerContext[Any, Any]) -> Verdict:
+        return tokens.book.check(_authorization(context.invocation_metadata()), role)
+
+    kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    behavior = getattr(handler, kind.attribute)
+    if inspect.isasyncgenfunction(behavior):
+
+        async def guarded_generator(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            verdict = verdict_of(context)
+            if verdict is not Verdict.ALLOWED:
+                await _refuse(context, verdict)
+            async for reply in behavior(request, context):
+                yield reply
+
+        guarded: Callable[..., Any] = guarded_generator
+    elif inspect.iscoroutinefunction(behavior):
+
+        async def guarded_coroutine(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            verdict = verdict_of(context)
+            if verdict is not Verdict.ALLOWED:
+                await _refuse(context, verdict)
+            return await behavior(request, context)
+
+        guarded = guarded_coroutine
+    else:
+        # A plain function runs in grpc's thread pool, where it cannot be refused like this; serving it
+        # unchecked would be a hole, so the node refuses to start.
+        raise TypeError(f"{method}: a token check needs an async behaviour")
+    return kind.build(  # type: ignore[no-any-return]
+        guarded,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+async def _refuse(context: aio.ServicerContext[Any, Any], verdict: Verdict) -> None:
+    """Ends the call with the verdict's status; context.abort raises, so the behaviour never runs."""
     unauthenticated = verdict is Verdict.UNAUTHENTICATED
     code = grpc.StatusCode.UNAUTHENTICATED if unauthenticated else grpc.StatusCode.PERMISSION_DENIED
-    message = _MESSAGES[verdict]
+    await context.abort(code, _MESSAGES[verdict])
 
-    async def refuse(_request: object, context: aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(code, message)
 
-    async def refuse_stream(_request: object, context: aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(code, message)
-        yield  # never reached: makes this an async generator, as a streaming handler is
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    attribute: str  # where grpc keeps the behaviour of a handler of this kind
+    build: Callable[..., Any]  # grpc's constructor of a handler of this kind
 
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream, **serializers)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse, **serializers)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, **serializers)
-    return grpc.unary_unary_rpc_method_handler(refuse, **serializers)
+
+_KINDS = {
+    (False, False): _Kind("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): _Kind("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): _Kind("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): _Kind("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
 
 
 class TokenMiddleware:
     """The HTTP API's check: 401 without a valid token (with `WWW-Authenticate: Bearer`); every route of
     the API needs the client role."""
 
-    def __init__(self, app: ASGIApp, tokens: TokenBook) -> None:
+    def __init__(self, app: ASGIApp, tokens: TokenFile) -> None:
         self._app = app
         self._tokens = tokens
 
@@ -113,7 +150,7 @@ class TokenMiddleware:
             if key == b"authorization":
                 header = value.decode("latin-1")
                 break
-        verdict = self._tokens.check(header, Role.CLIENT)
+        verdict = self._tokens.book.check(header, Role.CLIENT)
         if verdict is Verdict.ALLOWED:
             await self._app(scope, receive, send)
             return

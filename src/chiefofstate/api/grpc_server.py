@@ -1,6 +1,7 @@
 """Builds the node's gRPC server: the CoS service, standard health and server reflection (D11; reflection
-can be turned off), with server metrics for every method when given GrpcServerMetrics (each handler
-wrapped as it is added), TLS when given credentials and the interceptors given (authentication)."""
+can be turned off), with server metrics for every method when given GrpcServerMetrics, bearer-token checks
+when given the tokens (each handler wrapped once, as it is added), TLS when given credentials, and the
+connection limits of COS_GRPC_SERVER_* (docs/operations.md, "gRPC connection limits")."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from chiefofstate.api.auth import token_checking_server
 from chiefofstate.api.cos_service import COS_SERVICE_NAME, ChiefOfStateService, add_to_server
+from chiefofstate.api.token_file import TokenFile
 from chiefofstate.api.undecodable import request_checking_server
+from chiefofstate.config.grpc_limits import GrpcLimits
 from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, measured_server
 
 # (full service name, function adding its servicer to the server): services only some nodes serve,
 # such as ReadSideManagerService with COS_READ_SIDE_ENABLED=true (docs/contract.md §1).
 ServiceRegistration = tuple[str, Callable[[aio.Server], None]]
-
-_MAX_METADATA_BYTES = 64 * 1024
+DEFAULT_LIMITS = GrpcLimits()
 
 
 class GrpcServer:
@@ -35,10 +38,12 @@ class GrpcServer:
         reuse_port: bool = False,
         credentials: grpc.ServerCredentials | None = None,
         reflection_enabled: bool = True,
-        interceptors: Sequence[aio.ServerInterceptor] = (),
+        tokens: TokenFile | None = None,
+        limits: GrpcLimits = DEFAULT_LIMITS,
     ) -> None:
         self._server = aio.server(
-            interceptors=interceptors,
+            # Beyond it a call is refused at once with RESOURCE_EXHAUSTED instead of queueing.
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -46,15 +51,18 @@ class GrpcServer:
                 # unless they are workers of one supervisor (`reuse_port`), among which the kernel
                 # spreads the connections (docs/cluster.md, "Workers").
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
-                # Above gRPC's 8/16 KiB defaults, so that headers too large to carry on reach the
-                # command path and get its INVALID_ARGUMENT (docs/contract.md §3.1) instead of the
-                # transport's RESOURCE_EXHAUSTED, which reads as "the node is overloaded".
-                ("grpc.max_metadata_size", _MAX_METADATA_BYTES),
-                ("grpc.absolute_max_metadata_size", _MAX_METADATA_BYTES),
+                # The header list bound is above gRPC's 8/16 KiB defaults, so that headers too large to
+                # carry on reach the command path and get its INVALID_ARGUMENT (docs/contract.md §3.1)
+                # instead of the transport's RESOURCE_EXHAUSTED, which reads as "the node is overloaded".
+                *limits.server_options(),
             ],
         )
-        measured = measured_server(self._server, metrics) if metrics is not None else self._server
-        registry = request_checking_server(measured)
+        # Each layer wraps what the one outside it wrapped, so at a call the layer nearest the server runs
+        # first: metrics, then the token check, then the refusal of undecodable requests, then the service.
+        registry: aio.Server = measured_server(self._server, metrics) if metrics is not None else self._server
+        if tokens is not None:
+            registry = token_checking_server(registry, tokens)
+        registry = request_checking_server(registry)
         add_to_server(service, registry)
         for _, register in extra_services:
             register(registry)

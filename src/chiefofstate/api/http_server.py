@@ -4,6 +4,10 @@ uvicorn's `Server.serve()` normally installs its own SIGINT/SIGTERM handlers, wh
 the node's and break the node's orderly shutdown; here the node keeps the signals and tells the
 server when to stop. The listening socket is bound before the task starts, so a port in use fails
 `start()` with OSError instead of uvicorn's `sys.exit` inside a background task.
+
+With TLS, each accepted connection gets asyncio's TLS protocol here, around the HTTP protocol, rather than
+through uvicorn's `ssl=` (which leaves asyncio's fixed 60 s handshake timeout): a client that connects and
+never finishes its handshake is dropped after COS_HTTP_TLS_HANDSHAKE_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Generator
+from asyncio import sslproto
+from collections.abc import Generator
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from chiefofstate.aio.tasks import cancel_and_wait
-from chiefofstate.api.http_limits import limited_protocol
+from chiefofstate.api.http_limits import LimitedHttpProtocol, limited_protocol
 from chiefofstate.config.http_limits import HttpLimits
 
 log = logging.getLogger("chiefofstate.api.http")
@@ -99,10 +105,9 @@ class HttpServer:
             lifespan="off",
             ws="none",
             server_header=False,
-            http=limited_protocol(self._limits),
+            http=self._protocol_factory(),  # uvicorn calls it like a class
             timeout_keep_alive=self._limits.keep_alive_timeout_s,  # type: ignore[arg-type]
             timeout_graceful_shutdown=max(1, round(self._shutdown_timeout_s)),
-            ssl_context_factory=self._tls_context if self._ssl_context is not None else None,
         )
         server = self._server = _NodeOwnedServer(config)
         self._task = asyncio.create_task(server.serve(sockets=[listener]), name="http-api")
@@ -118,9 +123,30 @@ class HttpServer:
             listener.close()
             raise
 
-    def _tls_context(self, _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        assert self._ssl_context is not None
-        return self._ssl_context
+    def _protocol_factory(self) -> Any:
+        """What uvicorn instantiates per connection: the limited HTTP protocol, inside TLS when set."""
+        http = limited_protocol(self._limits)
+        context = self._ssl_context
+        if context is None:
+            return http
+        handshake_timeout_s = self._limits.tls_handshake_timeout_s
+
+        def tls_protocol(**uvicorn_arguments: Any) -> asyncio.BaseProtocol:
+            inner: LimitedHttpProtocol = http(**uvicorn_arguments)
+            # What asyncio's create_server(ssl=...) builds for each connection, with our timeout.
+            # No waiter: a failed or timed-out handshake closes the connection by itself. The stubs
+            # want a future and whole seconds; asyncio takes None and any positive float.
+            protocol: Any = sslproto.SSLProtocol
+            return protocol(  # type: ignore[no-any-return]
+                asyncio.get_running_loop(),
+                inner,
+                context,
+                None,
+                server_side=True,
+                ssl_handshake_timeout=handshake_timeout_s,
+            )
+
+        return tls_protocol
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within the shutdown timeout, then cancel."""

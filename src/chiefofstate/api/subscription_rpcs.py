@@ -80,6 +80,9 @@ class SubscriptionRpcs:
             await abort_with(context, error)
             raise
         subscription.writer = asyncio.current_task()
+        # Looked up once: the loop below runs once per event and subscriber.
+        gate, writing, write = hub.gate, hub.writing, context.write
+        prefix, wrote = subscription.prefix, subscription.wrote
         try:
             await hub.ready()  # events committed from here on reach it, wherever they were written
             await context.send_initial_metadata(((SUBSCRIPTION_ID_HEADER, subscription.subscription_id),))
@@ -90,10 +93,13 @@ class SubscriptionRpcs:
                 for body in bodies:
                     if subscription.finished:
                         break
-                    await hub.before_write(subscription)
+                    # hub.before_write, without its coroutine when the gate has a pass free
+                    if not gate.try_pass():
+                        await gate.wait()
+                    writing(subscription)
                     # Already serialized, once for every subscriber (registered without serializer).
-                    await context.write(subscription.prefix + body)
-                    subscription.wrote()
+                    await write(prefix + body)
+                    wrote()
         except CosError as error:
             await _end_stream(context, error, hub.write_timeout_s)
         except asyncio.CancelledError:

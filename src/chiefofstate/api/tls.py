@@ -5,7 +5,10 @@ The files are checked every COS_TLS_RELOAD_INTERVAL, off the event loop. A chang
 pair loads (a certificate replaced before its key is retried at the next check), and applies to new
 connections: gRPC asks for the current configuration at each handshake, the HTTP server switches each new
 connection to the current context as its handshake starts, and cluster peers open new channels. Open
-connections keep the certificate they were made with. The client CA file is read at start.
+connections keep the certificate they were made with. The client CA file (COS_TLS_CLIENT_CA_FILE) is
+watched with them: a new CA applies to new handshakes the same way. Whether client certificates are
+required at all is decided at start, by whether the variable is set. Files that do not load are logged at
+WARN once per change and the current ones stay in force.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import grpc
 
+from chiefofstate.api.file_watch import PeriodicCheck, Signature, signature
 from chiefofstate.config.security import TlsSettings
 
 log = logging.getLogger("chiefofstate.tls")
@@ -26,15 +30,14 @@ log = logging.getLogger("chiefofstate.tls")
 @dataclass(frozen=True, slots=True)
 class _KeyPair:
     version: int
-    signature: tuple[tuple[int, int, int], ...]  # (inode, size, mtime) of the certificate and key files
+    signature: Signature  # of the certificate, key and client CA files
     certificate_chain: bytes
     private_key: bytes
+    client_ca: bytes | None
     http_context: ssl.SSLContext
 
 
-def _signature(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
-    stats = [path.stat() for path in paths]
-    return tuple((stat.st_ino, stat.st_size, stat.st_mtime_ns) for stat in stats)
+_UNREADABLE: Signature = ((-1, -1, -1),)  # a file could not even be looked at
 
 
 class ServerTls:
@@ -42,14 +45,15 @@ class ServerTls:
 
     def __init__(self, settings: TlsSettings) -> None:
         self._settings = settings
-        self._client_ca = settings.client_ca_file.read_bytes() if settings.client_ca_file else None
+        ca = (settings.client_ca_file,) if settings.client_ca_file is not None else ()
+        self._paths: tuple[Path, ...] = (settings.cert_file, settings.key_file, *ca)
         self._pair = self._load(version=1)
-        self._task: asyncio.Task[None] | None = None
-        self._refused: tuple[tuple[int, int, int], ...] | None = None
+        self._checks = PeriodicCheck(self.reload_if_changed, settings.reload_interval_s, "tls-reload")
+        self._refused: Signature | None = None
 
     @property
     def requires_client_certificates(self) -> bool:
-        return self._client_ca is not None
+        return self._settings.client_ca_file is not None
 
     @property
     def version(self) -> int:
@@ -77,7 +81,8 @@ class ServerTls:
 
     def http_context(self) -> ssl.SSLContext:
         """The context the HTTP server listens with: every handshake moves to the current pair's context."""
-        front = self._new_http_context(self._settings.cert_file, self._settings.key_file)
+        settings = self._settings
+        front = self._new_http_context(settings.cert_file, settings.key_file, self._pair.client_ca)
         front.sni_callback = self._switch_to_current
         return front
 
@@ -86,68 +91,59 @@ class ServerTls:
         (members' certificates are signed by it) or, without one, the system's roots."""
         pair = self._pair
         return grpc.ssl_channel_credentials(
-            root_certificates=self._client_ca,
+            root_certificates=pair.client_ca,
             private_key=pair.private_key,
             certificate_chain=pair.certificate_chain,
         )
 
     # Reloading.
     def start(self) -> None:
-        self._task = asyncio.create_task(self._watch(), name="tls-reload")
+        self._checks.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.reload_interval_s)
-            await asyncio.to_thread(self.reload_if_changed)
+        await self._checks.close()
 
     def reload_if_changed(self) -> bool:
         """Re-read the files if they changed since the last load; True when a new pair was taken."""
-        settings = self._settings
+        names = " and ".join(str(path) for path in self._paths)
         try:
-            signature = _signature((settings.cert_file, settings.key_file))
+            current = signature(self._paths)
         except OSError as error:
-            log.warning(
-                "TLS: cannot check %s: %s; keeping the current certificate", settings.cert_file, error
-            )
+            self._refuse(_UNREADABLE, f"TLS: cannot check {names}: {error.strerror or error}")
             return False
-        if signature in (self._pair.signature, self._refused):
+        if current in (self._pair.signature, self._refused):
             return False
         try:
             pair = self._load(self._pair.version + 1)
-        except (OSError, ssl.SSLError) as error:
-            self._refused = signature  # warned once per change, retried when the files change again
-            log.warning(
-                "TLS: %s and %s do not load (%s); keeping the current certificate",
-                settings.cert_file,
-                settings.key_file,
-                error,
-            )
+        except (OSError, ssl.SSLError, UnicodeDecodeError) as error:
+            self._refuse(current, f"TLS: {names} do not load ({error})")
             return False
-        self._pair = pair
-        log.warning("TLS: certificate reloaded from %s (version %d)", settings.cert_file, pair.version)
+        self._pair, self._refused = pair, None
+        log.warning("TLS: certificate reloaded from %s (version %d)", names, pair.version)
         return True
+
+    def _refuse(self, seen: Signature, why: str) -> None:
+        if seen != self._refused:  # once per change of the files, retried when they change again
+            log.warning("%s; keeping the current certificate and client CA", why)
+        self._refused = seen
 
     def _load(self, version: int) -> _KeyPair:
         settings = self._settings
-        signature = _signature((settings.cert_file, settings.key_file))
+        loaded = signature(self._paths)
         chain = settings.cert_file.read_bytes()
         key = settings.key_file.read_bytes()
-        context = self._new_http_context(settings.cert_file, settings.key_file)  # checks that they match
-        return _KeyPair(version, signature, chain, key, context)
+        client_ca = settings.client_ca_file.read_bytes() if settings.client_ca_file is not None else None
+        # Checks that the key matches the certificate and that the CA file holds a certificate.
+        context = self._new_http_context(settings.cert_file, settings.key_file, client_ca)
+        return _KeyPair(version, loaded, chain, key, client_ca, context)
 
-    def _new_http_context(self, cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    def _new_http_context(self, cert_file: Path, key_file: Path, client_ca: bytes | None) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(cert_file, key_file)
         context.set_alpn_protocols(["http/1.1"])
-        if self._client_ca is not None:
-            context.load_verify_locations(cadata=self._client_ca.decode())
+        if client_ca is not None:
+            context.load_verify_locations(cadata=client_ca.decode())
             context.verify_mode = ssl.CERT_REQUIRED
         return context
 
@@ -158,7 +154,7 @@ class ServerTls:
 
     def _grpc_configuration(self, pair: _KeyPair) -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration(
-            [(pair.private_key, pair.certificate_chain)], root_certificates=self._client_ca
+            [(pair.private_key, pair.certificate_chain)], root_certificates=pair.client_ca
         )
 
 

@@ -15,6 +15,7 @@ class HttpLimits:
     header_timeout_s: float = 10.0  # from a request's first byte to the end of its headers
     body_timeout_s: float = 10.0  # from the end of the headers to the end of the body
     keep_alive_timeout_s: float = 5.0  # idle before the first request and between requests
+    tls_handshake_timeout_s: float = 10.0  # TCP accepted → TLS handshake done (with COS_TLS_CERT_FILE)
 
 
 def _bounded_duration(env: Env, name: str, default: str, maximum_s: float) -> float:
@@ -31,4 +32,5 @@ def load_http_limits(env: Env) -> HttpLimits:
         header_timeout_s=_bounded_duration(env, "COS_HTTP_HEADER_TIMEOUT", "10s", 3600),
         body_timeout_s=_bounded_duration(env, "COS_HTTP_BODY_TIMEOUT", "10s", 3600),
         keep_alive_timeout_s=_bounded_duration(env, "COS_HTTP_KEEP_ALIVE_TIMEOUT", "5s", 3600),
+        tls_handshake_timeout_s=_bounded_duration(env, "COS_HTTP_TLS_HANDSHAKE_TIMEOUT", "10s", 3600),
     )

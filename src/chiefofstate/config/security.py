@@ -2,7 +2,8 @@
 
 All of it is off by default, as upstream has none of it. Files named by the variables are read and checked
 here, at start, so that a missing file, a key that does not match its certificate or a bad tokens line
-stops the node with exit code 2 instead of failing the first client.
+stops the node with exit code 2 instead of failing the first client. A running node re-reads them every
+COS_TLS_RELOAD_INTERVAL (api/tls.py, api/token_file.py) and keeps what it has when a new version is bad.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ class TlsSettings:
     cert_file: Path
     key_file: Path
     client_ca_file: Path | None  # set: clients (and cluster peers) must present a certificate it signed
-    reload_interval_s: float = 5.0  # how often the certificate and key files are checked for changes
+    reload_interval_s: float = 5.0  # how often the certificate, key and client CA files are checked
 
 
 @dataclass(frozen=True, slots=True)
 class SecuritySettings:
     tls: TlsSettings | None = None
-    tokens: TokenBook | None = None
+    tokens: TokenBook | None = None  # as read at start from tokens_file
+    tokens_file: Path | None = None
     reflection_enabled: bool = True
+    reload_interval_s: float = 5.0  # how often the TLS and tokens files are checked for changes
 
 
 def _readable(env: Env, name: str) -> Path | None:
@@ -43,7 +46,14 @@ def _readable(env: Env, name: str) -> Path | None:
     return path
 
 
-def _tls(env: Env) -> TlsSettings | None:
+def _reload_interval(env: Env) -> float:
+    interval = env.duration("COS_TLS_RELOAD_INTERVAL", "5s")
+    if not 0 < interval <= 3600:
+        raise ConfigError("COS_TLS_RELOAD_INTERVAL", f"must be above 0 and at most 1h (got {interval:g}s)")
+    return interval
+
+
+def _tls(env: Env, interval: float) -> TlsSettings | None:
     cert = _readable(env, "COS_TLS_CERT_FILE")
     key = _readable(env, "COS_TLS_KEY_FILE")
     client_ca = _readable(env, "COS_TLS_CLIENT_CA_FILE")
@@ -67,14 +77,10 @@ def _tls(env: Env) -> TlsSettings | None:
             raise ConfigError(
                 "COS_TLS_CLIENT_CA_FILE", f"{client_ca} holds no PEM certificate ({error})"
             ) from None
-    interval = env.duration("COS_TLS_RELOAD_INTERVAL", "5s")
-    if not 0 < interval <= 3600:
-        raise ConfigError("COS_TLS_RELOAD_INTERVAL", f"must be above 0 and at most 1h (got {interval:g}s)")
     return TlsSettings(cert, key, client_ca, interval)
 
 
-def _tokens(env: Env) -> TokenBook | None:
-    path = _readable(env, "COS_AUTH_TOKENS_FILE")
+def _tokens(path: Path | None) -> TokenBook | None:
     if path is None:
         return None
     try:
@@ -86,8 +92,12 @@ def _tokens(env: Env) -> TokenBook | None:
 
 
 def load_security_settings(env: Env) -> SecuritySettings:
+    interval = _reload_interval(env)
+    tokens_file = _readable(env, "COS_AUTH_TOKENS_FILE")
     return SecuritySettings(
-        tls=_tls(env),
-        tokens=_tokens(env),
+        tls=_tls(env, interval),
+        tokens=_tokens(tokens_file),
+        tokens_file=tokens_file,
         reflection_enabled=env.boolean("COS_GRPC_REFLECTION_ENABLED", True),
+        reload_interval_s=interval,
     )

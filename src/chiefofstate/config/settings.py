@@ -17,6 +17,7 @@ from chiefofstate.config.cluster import (
     load_cluster_settings,
     unused_cluster_variables,
 )
+from chiefofstate.config.grpc_limits import GrpcLimits, load_grpc_limits
 from chiefofstate.config.http_limits import HttpLimits, load_http_limits
 from chiefofstate.config.parsing import Env, LookedUp, VariableRead
 from chiefofstate.config.read_sides import ENV_PREFIX, ReadSidesSettings, load_read_sides
@@ -150,6 +151,7 @@ class Settings:
     cluster: ClusterSettings = field(default=CLUSTER_OFF)
     workers: WorkerSettings = field(default=WorkerSettings())
     http_limits: HttpLimits = field(default=HttpLimits())
+    grpc_limits: GrpcLimits = field(default=GrpcLimits())
     security: SecuritySettings = field(default=SecuritySettings())
 
 
@@ -512,6 +514,7 @@ def load_settings(
         ),
         workers=load_worker_settings(env, uses_postgres=store.postgres is not None),
         http_limits=load_http_limits(env),
+        grpc_limits=load_grpc_limits(env),
         security=load_security_settings(env),
     )
     _refuse_unsupported(settings)

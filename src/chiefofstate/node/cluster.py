@@ -11,20 +11,19 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from grpc import aio
-
-from chiefofstate.api.auth import TokenInterceptor
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
 from chiefofstate.api.readside_manager import hold_service, read_side_services
 from chiefofstate.api.tls import ServerTls
+from chiefofstate.api.token_file import TokenFile
 from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.cluster.forwarding import Forwarder
 from chiefofstate.cluster.ownership import LeaseBook, ShardGateOfLeases
 from chiefofstate.cluster.peers import PeerClients
 from chiefofstate.cluster.readside_routing import ClusterReadSides, HereOnly
 from chiefofstate.cluster.routes import RoutingTable
+from chiefofstate.config.grpc_limits import GrpcLimits
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.errors import ConfigError
 from chiefofstate.core.headers import Metadata
@@ -97,9 +96,13 @@ def cluster_parts(settings: Settings, tls: ServerTls | None = None) -> ClusterPa
     )
 
 
-def token_interceptors(settings: Settings) -> list[aio.ServerInterceptor]:
-    tokens = settings.security.tokens
-    return [TokenInterceptor(tokens)] if tokens is not None else []
+def peer_port_limits(settings: Settings) -> GrpcLimits:
+    """COS_GRPC_SERVER_* for the cluster port, where the callers are the other members: their channels
+    ping every COS_GRPC_KEEPALIVE_TIME when keepalive is on, which must never count as abuse there."""
+    limits, write_side = settings.grpc_limits, settings.write_side
+    if not write_side.keepalive_enabled:
+        return limits
+    return replace(limits, min_ping_interval_s=min(limits.min_ping_interval_s, write_side.keepalive_time_s))
 
 
 async def _check_reachable(host: str, port: int) -> None:
@@ -127,6 +130,7 @@ async def start_cluster(
     tracing: Tracing,
     metrics: NodeMetrics,
     tls: ServerTls | None = None,
+    tokens: TokenFile | None = None,
     subscriptions: SubscriptionHub | None = None,
     read_sides: ReadSides | None = None,
 ) -> Coordinator:
@@ -154,7 +158,8 @@ async def start_cluster(
         credentials=tls.grpc_server_credentials() if tls is not None else None,
         reflection_enabled=settings.security.reflection_enabled,
         # A forwarded call carries its caller's token, checked here again (docs/operations.md, "Security").
-        interceptors=token_interceptors(settings),
+        tokens=tokens,
+        limits=peer_port_limits(settings),
         extra_services=peer_services,
     )
     await peer_server.start()

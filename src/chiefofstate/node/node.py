@@ -28,6 +28,7 @@ from chiefofstate.api.http_server import HttpServer
 from chiefofstate.api.management import ManagementServer, Route, SmallHttpServer, metrics_route
 from chiefofstate.api.subscription_rpcs import UnsubscribeElsewhere
 from chiefofstate.api.tls import ServerTls, load_server_tls
+from chiefofstate.api.token_file import TokenFile
 from chiefofstate.cluster.coordinator import Coordinator
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.errors import ConfigError, CosError
@@ -37,12 +38,7 @@ from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.journal.group_commit import GroupCommitWriter
-from chiefofstate.node.cluster import (
-    cluster_parts,
-    cluster_read_side_services,
-    start_cluster,
-    token_interceptors,
-)
+from chiefofstate.node.cluster import cluster_parts, cluster_read_side_services, start_cluster
 from chiefofstate.node.gauges import register_cluster_readings, register_node_readings
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
@@ -91,6 +87,7 @@ class Node:
         self.metrics = NodeMetrics()
         self.tracing: Tracing | None = None
         self.tls: ServerTls | None = None
+        self.tokens: TokenFile | None = None
         self._closers = contextlib.AsyncExitStack()
         self._stopping = False
         # who this process is when it answers alone for its "cluster" (GET /cluster/members)
@@ -111,6 +108,12 @@ class Node:
             tls = self.tls = await load_server_tls(self.settings.security.tls)
             tls.start()
             self._closers.push_async_callback(tls.close)
+        security = self.settings.security
+        if security.tokens_file is not None and security.tokens is not None:
+            tokens = TokenFile(security.tokens_file, security.tokens, security.reload_interval_s)
+            self.tokens = tokens
+            tokens.start()
+            self._closers.push_async_callback(tokens.close)
         journal = self.journal = await (
             open_memory_store(self.settings) if self._memory_store else open_store(self.settings)
         )
@@ -130,6 +133,7 @@ class Node:
                 tracing=self.tracing,
                 metrics=self.metrics,
                 tls=self.tls,
+                tokens=self.tokens,
                 subscriptions=self.subscriptions,
                 read_sides=self.read_sides,
             )
@@ -319,7 +323,8 @@ class Node:
                     reuse_port=server.reuse_port,
                     credentials=self.tls.grpc_server_credentials() if self.tls is not None else None,
                     reflection_enabled=self.settings.security.reflection_enabled,
-                    interceptors=token_interceptors(self.settings),
+                    tokens=self.tokens,
+                    limits=self.settings.grpc_limits,
                 )
                 await grpc_server.start()
             serving.append(f"gRPC{self._guards()} on {server.address}:{grpc_server.port}")
@@ -331,10 +336,9 @@ class Node:
                 max_body_bytes=server.max_message_bytes * 4 // 3 + 64 * 1024,
                 body_timeout_s=self.settings.http_limits.body_timeout_s,
             )
-            tokens = self.settings.security.tokens
             measured = HttpServerMetrics(app, self.metrics) if self.settings.tracing.otlp_metrics else app
             http_server = self.http = HttpServer(
-                TokenMiddleware(measured, tokens) if tokens is not None else measured,
+                TokenMiddleware(measured, self.tokens) if self.tokens is not None else measured,
                 server.http_address,
                 server.http_port,
                 server.shutdown_timeout_s,
@@ -349,7 +353,7 @@ class Node:
 
     def _guards(self) -> str:
         """How the client-facing ports are protected, for the start-up line (docs/operations.md)."""
-        tls, tokens = self.tls, self.settings.security.tokens
+        tls, tokens = self.tls, self.tokens
         guards = []
         if tls is not None:
             guards.append("mutual TLS" if tls.requires_client_certificates else "TLS")

@@ -144,7 +144,7 @@ class SubscriptionHub:
         self._buffer_size = buffer_size
         self._max_streams = max_streams
         self.write_timeout_s = write_timeout_s
-        self._gate = gate or TurnGate()
+        self.gate = gate or TurnGate()
         self._live: dict[str, Subscription] = {}
         self._all_entities: dict[str, Subscription] = {}
         self._by_entity: dict[str, dict[str, Subscription]] = {}
@@ -231,14 +231,23 @@ class SubscriptionHub:
     async def before_write(self, subscription: Subscription) -> None:
         """Called by the stream's writer before each write: waits for the turn gate, then watches the
         write so that one blocked for longer than `write_timeout_s` ends the subscription and
-        cancels its writer (which then ends the stream with the subscription's failure)."""
-        await self._gate.turn()
+        cancels its writer (which then ends the stream with the subscription's failure).
+
+        The writer's loop does the same in two plain calls when the gate has a pass free
+        (`gate.try_pass()`, then `writing`), and awaits `gate.wait()` only when it has not: this runs
+        once per event and subscriber."""
+        if not self.gate.try_pass():
+            await self.gate.wait()
+        self.writing(subscription)
+
+    def writing(self, subscription: Subscription) -> None:
+        """A write into the subscriber's stream starts now; see before_write."""
         loop = asyncio.get_running_loop()
-        subscription.writing_since = loop.time()
+        subscription.writing_since = now = loop.time()
         if not subscription._watch_due:
             # One timer per subscription at a time, not one per write.
             subscription._watch_due = True
-            loop.call_at(subscription.writing_since + self.write_timeout_s, self._watch, subscription)
+            loop.call_at(now + self.write_timeout_s, self._watch, subscription)
 
     def _watch(self, subscription: Subscription) -> None:
         subscription._watch_due = False
