@@ -20,7 +20,7 @@ import pytest
 from chiefofstate.core.errors import ConfigError, MembershipLost, StoreUnavailable
 from chiefofstate.ports.cluster import ClusterStore, LeaseKey
 from chiefofstate.stores.memory.cluster import MemoryClusterDatabase, MemoryClusterStore
-from chiefofstate.stores.postgres.cluster import PostgresClusterStore
+from chiefofstate.stores.postgres.cluster import CLUSTER_CHANNEL, PostgresClusterStore
 from chiefofstate.stores.postgres.datastore import ConnectionSettings
 from chiefofstate.stores.postgres.journal import PostgresJournal
 from tests.support.postgres import PgServer
@@ -515,6 +515,44 @@ async def test_an_unreachable_server_is_store_unavailable() -> None:
     settings = ConnectionSettings(host="127.0.0.1", port=port, connect_timeout_s=2)
     with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}/postgres"):
         await PostgresClusterStore.open(settings)
+
+
+@pytest.mark.postgres
+async def test_releases_and_departures_are_notified_to_listening_members(
+    pg_database: tuple[PgServer, str],
+) -> None:
+    """The others' coordinators take a released shard at once, woken by this notification instead of
+    waiting for their next round; a release or leave that changes nothing notifies nobody."""
+    settings = pg_settings(pg_database)
+    journal = await PostgresJournal.open(settings)
+    try:
+        await journal.migrate(NUM_SHARDS)
+    finally:
+        await journal.close()
+    store = await PostgresClusterStore.open(settings)
+    server, database = pg_database
+    listener = await asyncpg.connect(server.dsn(database))
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(CLUSTER_CHANNEL, lambda *args: payloads.put_nowait(args[-1]))
+    try:
+        await store.join("a", "a:1", NUM_SHARDS, member_ttl_s=LONG_TTL_S)
+        token = await store.acquire(SHARD_2, "a", LONG_TTL_S)
+        assert token is not None
+        await store.release_all("a", [(SHARD_2, token + 1)])  # another tenure: nothing released
+        await store.release_all("a", [(SHARD_2, token)])
+        assert await asyncio.wait_for(payloads.get(), DEADLINE_S) == "a"
+        await store.leave("a")
+        assert await asyncio.wait_for(payloads.get(), DEADLINE_S) == "a"
+        await store.leave("a")  # already gone
+        await store.release_all("a", [(SHARD_2, token)])  # already released
+        # Notifications arrive in commit order: the next one is b's, so those two sent none.
+        successor = await store.acquire(SHARD_2, "b", LONG_TTL_S)
+        assert successor is not None
+        await store.release(SHARD_2, "b", successor)
+        assert await asyncio.wait_for(payloads.get(), DEADLINE_S) == "b"
+    finally:
+        await listener.close()
+        await store.close()
 
 
 @pytest.mark.postgres

@@ -84,6 +84,7 @@ class Coordinator:
         self._next_heartbeat = 0.0
         self._next_renewal = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._woken = asyncio.Event()
         self._handovers: dict[LeaseKey, asyncio.Task[None]] = {}
         self.members: list[Member] = []
         self.settled = asyncio.Event()  # set once a round has taken this member's share
@@ -148,9 +149,17 @@ class Coordinator:
 
     # ------------------------------------------------------------------------------------ rounds
 
+    def wake(self) -> None:
+        """Run the next round now: another member released leases or left (its NOTIFY), so a shard may
+        be free for this one to take, and the routes may have changed."""
+        self._woken.set()
+
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._round_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._round_s):
+                    await self._woken.wait()
+            self._woken.clear()
             try:
                 await self.round()
             except CosError as error:
