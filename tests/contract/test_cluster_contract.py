@@ -173,6 +173,18 @@ async def test_a_heartbeat_of_an_unknown_member_is_refused(store: ClusterStore) 
         await store.heartbeat("never-joined")
 
 
+async def test_leaving_releases_the_leases_given_in_the_same_call(store: ClusterStore) -> None:
+    await store.join("a", "10.0.0.1:9010", NUM_SHARDS, member_ttl_s=LONG_TTL_S)
+    await store.join("b", "10.0.0.2:9010", NUM_SHARDS, member_ttl_s=LONG_TTL_S)
+    taken = await store.acquire_many([SHARD_2, BALANCES_0, AUDIT_3], "a", LONG_TTL_S)
+    stale = (AUDIT_3, taken[AUDIT_3] + 1)  # not its current token: kept
+    await store.leave("a", [(SHARD_2, taken[SHARD_2]), (BALANCES_0, taken[BALANCES_0]), stale])
+    assert await live_ids(store) == ["b"]
+    assert [(view.key, view.owner) for view in await store.holders()] == [(AUDIT_3, "a")]
+    successor = await store.acquire(SHARD_2, "b", LONG_TTL_S)
+    assert successor is not None and successor > taken[SHARD_2]
+
+
 async def test_a_member_that_left_can_join_again(store: ClusterStore) -> None:
     await store.join("a", "10.0.0.1:9010", NUM_SHARDS, member_ttl_s=LONG_TTL_S)
     await store.leave("a")
@@ -543,6 +555,11 @@ async def test_releases_and_departures_are_notified_to_listening_members(
         assert await asyncio.wait_for(payloads.get(), DEADLINE_S) == "a"
         await store.leave("a")
         assert await asyncio.wait_for(payloads.get(), DEADLINE_S) == "a"
+        await store.join("c", "c:1", NUM_SHARDS, member_ttl_s=LONG_TTL_S)
+        held = await store.acquire(SHARD_2, "c", LONG_TTL_S)
+        assert held is not None
+        await store.leave("c", [(SHARD_2, held)])  # leaving and releasing: one notification
+        assert await asyncio.wait_for(payloads.get(), DEADLINE_S) == "c"
         await store.leave("a")  # already gone
         await store.release_all("a", [(SHARD_2, token)])  # already released
         # Notifications arrive in commit order: the next one is b's, so those two sent none.

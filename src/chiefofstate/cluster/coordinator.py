@@ -128,24 +128,34 @@ class Coordinator:
         self._handovers.clear()
 
     async def leave(self) -> None:
-        """Graceful leave: hand every shard over at once, then leave the membership."""
+        """Graceful leave: hand every shard over at once, then the projections.
+
+        The entity shards go first, in one statement that also leaves the membership (and notifies
+        the others, who take them at once): their successors need not wait for the projections to
+        store their offsets. The projections' leases follow once they have stopped."""
         await cancel_and_wait(self._task)
         self._task = None
         held = self._book.held()
         for key, _ in held:
             self._book.handing_over(key)
-        shards = [key.shard for key, _ in held if key.read_side_id is None]
-        await self._drain(shards)
-        await asyncio.gather(*(self._stop_projection(key) for key, _ in held if key.read_side_id is not None))
-        for key, _ in held:
+        shards = [(key, token) for key, token in held if key.read_side_id is None]
+        projections = [(key, token) for key, token in held if key.read_side_id is not None]
+        await self._drain([key.shard for key, _ in shards])
+        for key, _ in shards:
             self._forget_entities(key)
             self._book.dropped(key)
+        with contextlib.suppress(CosError):  # what is not released expires by itself
+            await self._store.leave(self.member_id, shards)
+        await asyncio.gather(*(self._stop_projection(key) for key, _ in projections))
+        for key, _ in projections:
+            self._book.dropped(key)
         with contextlib.suppress(CosError):
-            await self._store.release_all(self.member_id, held)
-            await self._store.leave(self.member_id)
+            await self._store.release_all(self.member_id, projections)
         await cancel_and_wait(*self._handovers.values())
         self._handovers.clear()
-        log.warning("left the cluster, %d shard leases released", len(held))
+        log.warning(
+            "left the cluster: %d shard and %d projection leases released", len(shards), len(projections)
+        )
 
     # ------------------------------------------------------------------------------------ rounds
 
