@@ -85,6 +85,7 @@ class Coordinator:
         self._next_renewal = 0.0
         self._task: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
+        self._leaving: asyncio.Task[None] | None = None
         self._handovers: dict[LeaseKey, asyncio.Task[None]] = {}
         self.members: list[Member] = []
         self.settled = asyncio.Event()  # set once a round has taken this member's share
@@ -123,18 +124,25 @@ class Coordinator:
         self._task = asyncio.create_task(self._run(), name="cluster-coordinator")
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task, *self._handovers.values())
+        await cancel_and_wait(self._task, self._leaving, *self._handovers.values())
         self._task = None
         self._handovers.clear()
 
     async def leave(self) -> None:
-        """Graceful leave: hand every shard over at once, then the projections.
+        """Graceful leave: hand every shard over at once, then the projections. Called again (the
+        node starts it at SIGTERM and awaits it again in its shutdown sequence), it waits for the
+        first call."""
+        if self._leaving is None:
+            self._leaving = asyncio.create_task(self._leave(), name="cluster-leave")
+        await self._leaving
 
-        The entity shards go first, in one statement that also leaves the membership (and notifies
+    async def _leave(self) -> None:
+        """The entity shards go first, in one statement that also leaves the membership (and notifies
         the others, who take them at once): their successors need not wait for the projections to
-        store their offsets. The projections' leases follow once they have stopped."""
+        store their offsets. The projections' leases follow once they have stopped. Meanwhile the
+        routes keep being read, for the requests this member still forwards while it shuts down."""
         await cancel_and_wait(self._task)
-        self._task = None
+        self._task = asyncio.create_task(self._follow_routes(), name="cluster-routes")
         held = self._book.held()
         for key, _ in held:
             self._book.handing_over(key)
@@ -159,6 +167,21 @@ class Coordinator:
 
     # ------------------------------------------------------------------------------------ rounds
 
+    async def _follow_routes(self) -> None:
+        """A leaving member's rounds: only the routing table, so that what it forwards meanwhile goes
+        to the shards' new owners."""
+        while True:
+            await self._wait_for_round()
+            with contextlib.suppress(CosError):
+                await self._refresh_routes(await self._store.live_members(self._settings.members.ttl_s))
+
+    async def _wait_for_round(self) -> None:
+        """Until the round interval has passed, or a wake-up came first."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._round_s):
+                await self._woken.wait()
+        self._woken.clear()
+
     def wake(self) -> None:
         """Run the next round now: another member released leases or left (its NOTIFY), so a shard may
         be free for this one to take, and the routes may have changed."""
@@ -166,10 +189,7 @@ class Coordinator:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._round_s):
-                    await self._woken.wait()
-            self._woken.clear()
+            await self._wait_for_round()
             try:
                 await self.round()
             except CosError as error:
