@@ -10,7 +10,8 @@ expects more takes no shard (core/leases.py, `expected_members_present`).
 
 Handing a shard over: stop admitting its commands (they are forwarded to the next owner once it holds
 the lease), wait for the ones in flight, forget its cached entities, release the lease at once so the
-next owner need not wait for it to expire.
+next owner need not wait for it to expire. A release or a departure notifies the others (PostgreSQL
+NOTIFY, heard by the node's listener, which calls `wake`), so the next owner runs its round at once.
 
 Read-side projections ride the same rounds (cluster/projection_leases.py): one lease per (read side,
 shard), placed by the same rendezvous hashing over the live members that run that read side, renewed,
