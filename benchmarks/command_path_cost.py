@@ -5,7 +5,9 @@ the command path, the entity host, the command processor, the instrumented write
 an in-process write handler and an appender that commits at once: no network, no database. What is
 left is the Python the node adds to every command, the part of its cost this project controls
 directly. Hot commands go to 64 cached entities in turn; new ones each to an entity never seen;
-GetState reads the 64 cached entities in turn.
+GetState reads the 64 cached entities in turn. "forwarded" is the entry member's part of a command
+for a shard another member owns: the request taken as bytes, checked and sent on (to a stand-in peer
+that answers at once), the owner's reply bytes returned.
 
 `--profile` prints the functions that cost the most (cProfile, which slows every call it counts).
 """
@@ -24,13 +26,17 @@ from benchmarks.handlers import COMMAND_ANSWER, EVENT_ANSWER
 from benchmarks.messages import COMMAND
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
+from chiefofstate.cluster.forwarding import Forwarder
+from chiefofstate.cluster.routes import Route, RoutingTable
 from chiefofstate.core.command_rules import ProtoValidation
+from chiefofstate.core.errors import ShardNotHere
 from chiefofstate.core.headers import HeaderValue
 from chiefofstate.core.snapshots import SnapshotPolicy
 from chiefofstate.entities.command_processor import CommandProcessor, CommandSettings
 from chiefofstate.entities.host import EntityHost, HostSettings
 from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleCommandRequest,
     HandleCommandResponse,
@@ -118,17 +124,60 @@ def build_calls() -> tuple[Call, Call]:
     )
 
 
+class AnsweringPeer:
+    """The owning member, answering every forwarded request at once (no network, no gRPC call)."""
+
+    async def call(
+        self, address: str, method: str, request: bytes, metadata: object, timeout_s: float
+    ) -> bytes:
+        return FORWARDED_REPLY
+
+
+class ServesNothing:
+    """The gate of a member that owns none of the shards asked for."""
+
+    def admit(self, shard: int) -> int | None:
+        raise ShardNotHere(shard)
+
+    def serves(self, shard: int, tenure: int | None) -> bool:
+        return False
+
+
+FORWARDED_REPLY = pb.ProcessCommandResponse(
+    meta=MetaData(entity_id="hot-0", revision_number=2)
+).SerializeToString()
+
+
+def forwarding_call() -> Call:
+    """ProcessCommand as a cluster member registers it (bytes in), for entities another member owns."""
+    metrics = NodeMetrics()
+    routes = RoutingTable("127.0.0.1:1")
+    routes.replace({shard: Route("127.0.0.1:2", 1) for shard in range(16)})
+    forwarder = Forwarder(routes, AnsweringPeer(), 16, 1.0, metrics=metrics)  # type: ignore[arg-type]
+    host = EntityHost(None, HostSettings(16, 100_000, 0, 1000), gate=ServesNothing())  # type: ignore[arg-type]
+    service = ChiefOfStateService(CommandPath(host, 5.0, metrics=metrics, forwarder=forwarder))
+    series = GrpcServerMetrics(metrics).method_series(PROCESS_COMMAND, "unary")
+    return measured_coroutine(service.process_command_bytes, series)
+
+
 def requests(workload: str, count: int) -> list[Any]:
     """`count` requests of the workload: new entities each get an id never used before."""
     if workload == "new":
         return [pb.ProcessCommandRequest(entity_id=f"new-{n}", command=COMMAND) for n in range(count)]
     if workload == "get":
         return [pb.GetStateRequest(entity_id=f"hot-{n % 64}") for n in range(count)]
+    if workload == "forwarded":
+        return [
+            pb.ProcessCommandRequest(entity_id=f"hot-{n % 64}", command=COMMAND).SerializeToString()
+            for n in range(count)
+        ]
     return [pb.ProcessCommandRequest(entity_id=f"hot-{n % 64}", command=COMMAND) for n in range(count)]
 
 
 async def primed(workload: str) -> Call:
     """The call the workload makes, on a node whose 64 hot entities are cached."""
+    if workload == "forwarded":
+        return forwarding_call()
     process, get = build_calls()
     context = Context()
     for n in range(64):
@@ -186,7 +235,8 @@ def cli() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workload", nargs="+", choices=("hot", "new", "get"), default=["hot", "new", "get"])
+    workloads = ("hot", "new", "get", "forwarded")
+    parser.add_argument("--workload", nargs="+", choices=workloads, default=list(workloads))
     parser.add_argument(
         "--commands", type=int, default=20_000, help="commands per round (3 rounds, best kept)"
     )

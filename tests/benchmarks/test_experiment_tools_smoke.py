@@ -26,8 +26,8 @@ def run(*args: str) -> str:
 @pytest.mark.timeout(60)
 def test_command_path_cost_reports_every_workload() -> None:
     out = run("benchmarks.command_path_cost", "--commands", "500")
-    costs = dict(re.findall(r"(?:ProcessCommand|GetState) (hot|new|cached): ([0-9.]+) µs", out))
-    assert set(costs) == {"hot", "new", "cached"}
+    costs = dict(re.findall(r"(?:ProcessCommand|GetState) (hot|new|cached|forwarded): ([0-9.]+) µs", out))
+    assert set(costs) == {"hot", "new", "cached", "forwarded"}
     assert all(float(cost) > 0 for cost in costs.values())
 
 

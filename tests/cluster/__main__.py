@@ -70,9 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"seed {seed}: {verdict}, {outcome.result.operations} calls, {time.monotonic() - began:.0f}s",
                 flush=True,
             )
+            started_at = outcome.faults[0][0] if outcome.faults else 0.0
+            timeline = [f"{moment - started_at:7.2f}s {what}" for moment, what in outcome.faults]
+            # The faults and what followed them, with times: each takeover can be read off here.
+            print("  " + "\n  ".join(timeline), flush=True)
             if not outcome.ok:
-                started_at = outcome.faults[0][0] if outcome.faults else 0.0
-                timeline = [f"{moment - started_at:7.2f}s {what}" for moment, what in outcome.faults]
                 details = [str(v) for v in outcome.result.violations[:20]] + outcome.problems + timeline
                 failures.append(f"{outcome.result.run} ({workdir}):\n  " + "\n  ".join(details))
             elif not args.keep:

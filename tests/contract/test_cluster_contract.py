@@ -20,7 +20,7 @@ import pytest
 from chiefofstate.core.errors import ConfigError, MembershipLost, StoreUnavailable
 from chiefofstate.ports.cluster import ClusterStore, LeaseKey
 from chiefofstate.stores.memory.cluster import MemoryClusterDatabase, MemoryClusterStore
-from chiefofstate.stores.postgres.cluster import PostgresClusterStore
+from chiefofstate.stores.postgres.cluster import CLUSTER_CHANNEL, PostgresClusterStore
 from chiefofstate.stores.postgres.datastore import ConnectionSettings
 from chiefofstate.stores.postgres.journal import PostgresJournal
 from tests.support.postgres import PgServer
@@ -171,6 +171,18 @@ async def test_members_are_listed_with_the_read_sides_they_run(store: ClusterSto
 async def test_a_heartbeat_of_an_unknown_member_is_refused(store: ClusterStore) -> None:
     with pytest.raises(MembershipLost):
         await store.heartbeat("never-joined")
+
+
+async def test_leaving_releases_the_leases_given_in_the_same_call(store: ClusterStore) -> None:
+    await store.join("a", "10.0.0.1:9010", NUM_SHARDS, member_ttl_s=LONG_TTL_S)
+    await store.join("b", "10.0.0.2:9010", NUM_SHARDS, member_ttl_s=LONG_TTL_S)
+    taken = await store.acquire_many([SHARD_2, BALANCES_0, AUDIT_3], "a", LONG_TTL_S)
+    stale = (AUDIT_3, taken[AUDIT_3] + 1)  # not its current token: kept
+    await store.leave("a", [(SHARD_2, taken[SHARD_2]), (BALANCES_0, taken[BALANCES_0]), stale])
+    assert await live_ids(store) == ["b"]
+    assert [(view.key, view.owner) for view in await store.holders()] == [(AUDIT_3, "a")]
+    successor = await store.acquire(SHARD_2, "b", LONG_TTL_S)
+    assert successor is not None and successor > taken[SHARD_2]
 
 
 async def test_a_member_that_left_can_join_again(store: ClusterStore) -> None:
@@ -515,6 +527,49 @@ async def test_an_unreachable_server_is_store_unavailable() -> None:
     settings = ConnectionSettings(host="127.0.0.1", port=port, connect_timeout_s=2)
     with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}/postgres"):
         await PostgresClusterStore.open(settings)
+
+
+@pytest.mark.postgres
+async def test_releases_and_departures_are_notified_to_listening_members(
+    pg_database: tuple[PgServer, str],
+) -> None:
+    """The others' coordinators take a released shard at once, woken by this notification instead of
+    waiting for their next round; a release or leave that changes nothing notifies nobody."""
+    settings = pg_settings(pg_database)
+    journal = await PostgresJournal.open(settings)
+    try:
+        await journal.migrate(NUM_SHARDS)
+    finally:
+        await journal.close()
+    store = await PostgresClusterStore.open(settings)
+    server, database = pg_database
+    listener = await asyncpg.connect(server.dsn(database))
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(CLUSTER_CHANNEL, lambda *args: payloads.put_nowait(args[-1]))
+    try:
+        await store.join("a", "a:1", NUM_SHARDS, member_ttl_s=LONG_TTL_S)
+        token = await store.acquire(SHARD_2, "a", LONG_TTL_S)
+        assert token is not None
+        await store.release_all("a", [(SHARD_2, token + 1)])  # another tenure: nothing released
+        await store.release_all("a", [(SHARD_2, token)])
+        assert await asyncio.wait_for(payloads.get(), DEADLINE_S) == "a"
+        await store.leave("a")
+        assert await asyncio.wait_for(payloads.get(), DEADLINE_S) == "a"
+        await store.join("c", "c:1", NUM_SHARDS, member_ttl_s=LONG_TTL_S)
+        held = await store.acquire(SHARD_2, "c", LONG_TTL_S)
+        assert held is not None
+        await store.leave("c", [(SHARD_2, held)])  # leaving and releasing: one notification
+        assert await asyncio.wait_for(payloads.get(), DEADLINE_S) == "c"
+        await store.leave("a")  # already gone
+        await store.release_all("a", [(SHARD_2, token)])  # already released
+        # Notifications arrive in commit order: the next one is b's, so those two sent none.
+        successor = await store.acquire(SHARD_2, "b", LONG_TTL_S)
+        assert successor is not None
+        await store.release(SHARD_2, "b", successor)
+        assert await asyncio.wait_for(payloads.get(), DEADLINE_S) == "b"
+    finally:
+        await listener.close()
+        await store.close()
 
 
 @pytest.mark.postgres

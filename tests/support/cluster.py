@@ -148,6 +148,12 @@ class Node:
             self.resume()  # a stopped process cannot act on SIGTERM
         return self.process.stop(timeout_s)
 
+    def sigterm(self) -> None:
+        """SIGTERM without waiting: the graceful leave begins (see `terminate` for the exit)."""
+        if self.paused:
+            self.resume()  # a stopped process cannot act on SIGTERM
+        self._signal(signal.SIGTERM)
+
     def pause(self) -> None:
         """SIGSTOP: the process keeps its sockets and leases but does nothing, as in a long GC pause."""
         self._signal(signal.SIGSTOP)

@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import TracebackType
+from typing import TypeVar, cast
 
 from google.protobuf.any_pb2 import Any as AnyProto
 from opentelemetry.trace import Span, SpanKind
 
-from chiefofstate.cluster.forwarding import Forwarder
+from chiefofstate.api.undecodable import undecodable_request
+from chiefofstate.cluster.forwarding import Forwarder, revision_of, state_of
 from chiefofstate.core.command_rules import validate_entity_id
 from chiefofstate.core.errors import Code, CosError, LeaseLost, ShardNotHere, as_cos_error
 from chiefofstate.core.headers import Metadata
@@ -25,6 +27,7 @@ from chiefofstate.core.limits import clip, validate_type_url
 from chiefofstate.entities.deadline import Deadline
 from chiefofstate.entities.entity import EntityState
 from chiefofstate.entities.host import EntityHost
+from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import (
     NO_SPAN,
@@ -75,6 +78,12 @@ class CommandPath:
             )
         return _RequestScope(span, self._metrics, rpc, entity_id, command_type)
 
+    @property
+    def forwards(self) -> bool:
+        """Whether requests for shards this member does not serve are sent on to their owner: the
+        gRPC service then takes requests as bytes (`process_command_bytes`, `get_state_bytes`)."""
+        return self._forwarder is not None
+
     async def process_command(
         self, entity_id: str, command: AnyProto, metadata: Metadata, caller_left_s: float | None
     ) -> EntityState:
@@ -85,16 +94,56 @@ class CommandPath:
             validate_entity_id(entity_id)
             validate_type_url(command.type_url)
             deadline = self._deadline(caller_left_s)
-            try:
-                state = await self._host.process_command(entity_id, command, metadata, deadline)
-            except (ShardNotHere, LeaseLost):
-                # Not ours (any more), and nothing was written: the owner gets the command.
-                if self._forwarder is None:
-                    raise
-                state = await self._forwarder.process_command(entity_id, command, metadata, deadline)
+            state = await self._command_here(entity_id, command, metadata, deadline)
+            if state is None:
+                forwarder = cast(Forwarder, self._forwarder)
+                request = pb.ProcessCommandRequest(entity_id=entity_id, command=command).SerializeToString()
+                state = state_of(await forwarder.process_command(entity_id, request, metadata, deadline))
             if span is not None:
                 span.set_attribute("cos.revision", state.revision)
             return state
+
+    async def process_command_bytes(
+        self, data: bytes, metadata: Metadata, caller_left_s: float | None
+    ) -> bytes:
+        """The reply to a serialized ProcessCommandRequest. A request for a shard another member serves
+        is sent there as it came, once its entity id has passed the same checks (docs/cluster.md,
+        "Forwarding")."""
+        request = _decoded(pb.ProcessCommandRequest, _PROCESS_COMMAND_METHOD, data)
+        entity_id = request.entity_id
+        command = request.command
+        with self._request(
+            _PROCESS_COMMAND, SPAN_PROCESS_COMMAND, entity_id, command.type_url, metadata
+        ) as span:
+            validate_entity_id(entity_id)
+            validate_type_url(command.type_url)
+            deadline = self._deadline(caller_left_s)
+            state = await self._command_here(entity_id, command, metadata, deadline)
+            if state is not None:
+                reply = state.reply
+                revision = state.revision
+            else:
+                forwarder = cast(Forwarder, self._forwarder)
+                reply = await forwarder.process_command(entity_id, data, metadata, deadline)
+                revision = revision_of(reply) if span is not None else 0
+            if span is not None:
+                span.set_attribute("cos.revision", revision)
+            return reply
+
+    async def _command_here(
+        self, entity_id: str, command: AnyProto, metadata: Metadata, deadline: Deadline
+    ) -> EntityState | None:
+        """The command run on this member; None when another member serves its shard and this one
+        forwards (a member that does not serve the shard enters no entity for it)."""
+        if self._forwarder is not None and not self._host.admits(entity_id):
+            return None
+        try:
+            return await self._host.process_command(entity_id, command, metadata, deadline)
+        except (ShardNotHere, LeaseLost):
+            # Not ours (any more: the lease moved while the command queued), and nothing was written.
+            if self._forwarder is None:
+                raise
+            return None
 
     def cached_state(self, entity_id: str) -> EntityState | None:
         """The answer to a GetState of a cached entity nobody is using, counted as a whole request;
@@ -115,17 +164,65 @@ class CommandPath:
         with self._request(_GET_STATE, SPAN_GET_STATE, entity_id, "", metadata) as span:
             validate_entity_id(entity_id)
             deadline = self._deadline(caller_left_s)
-            try:
-                state = await self._host.get_state(entity_id, deadline)
-            except ShardNotHere:
-                if self._forwarder is None:
-                    raise
-                state = await self._forwarder.get_state(entity_id, metadata, deadline)
+            state = await self._state_here(entity_id, deadline)
+            if state is None:
+                forwarder = cast(Forwarder, self._forwarder)
+                request = pb.GetStateRequest(entity_id=entity_id).SerializeToString()
+                state = state_of(await forwarder.get_state(entity_id, request, metadata, deadline))
             if span is not None:
                 span.set_attribute("cos.revision", state.revision)
             return state
 
+    def get_state_entity_id(self, data: bytes) -> str:
+        """The entity id of a serialized GetStateRequest (INVALID_ARGUMENT when the bytes are not one),
+        for the cached read the service tries before `get_state_bytes`."""
+        return _decoded(pb.GetStateRequest, _GET_STATE_METHOD, data).entity_id
 
+    async def get_state_bytes(
+        self, entity_id: str, data: bytes, caller_left_s: float | None, metadata: Metadata
+    ) -> bytes:
+        """The reply to the serialized GetStateRequest `data` of `entity_id`; sent as it came to the
+        member serving the shard when that is another one, as in `process_command_bytes`."""
+        with self._request(_GET_STATE, SPAN_GET_STATE, entity_id, "", metadata) as span:
+            validate_entity_id(entity_id)
+            deadline = self._deadline(caller_left_s)
+            state = await self._state_here(entity_id, deadline)
+            if state is not None:
+                reply = state.reply
+                revision = state.revision
+            else:
+                forwarder = cast(Forwarder, self._forwarder)
+                reply = await forwarder.get_state(entity_id, data, metadata, deadline)
+                revision = revision_of(reply) if span is not None else 0
+            if span is not None:
+                span.set_attribute("cos.revision", revision)
+            return reply
+
+    async def _state_here(self, entity_id: str, deadline: Deadline) -> EntityState | None:
+        """The state read on this member; None when another member serves the shard and this one
+        forwards."""
+        if self._forwarder is not None and not self._host.admits(entity_id):
+            return None
+        try:
+            return await self._host.get_state(entity_id, deadline)
+        except ShardNotHere:
+            if self._forwarder is None:
+                raise
+            return None
+
+
+_Decoded = TypeVar("_Decoded", pb.ProcessCommandRequest, pb.GetStateRequest)
+
+
+def _decoded(message: type[_Decoded], method: str, data: bytes) -> _Decoded:
+    try:
+        return message.FromString(data)
+    except Exception as error:  # protobuf's DecodeError, or a RuntimeError from upb
+        raise undecodable_request(method, error) from None
+
+
+_PROCESS_COMMAND_METHOD = f"/{pb.DESCRIPTOR.services_by_name['ChiefOfStateService'].full_name}/ProcessCommand"
+_GET_STATE_METHOD = f"/{pb.DESCRIPTOR.services_by_name['ChiefOfStateService'].full_name}/GetState"
 _PROCESS_COMMAND = "ProcessCommand"
 _MAX_LOGGED_MESSAGE_CHARS = 1024
 _GET_STATE = "GetState"

@@ -35,7 +35,8 @@ def request_metadata(context: Context) -> Metadata:
 
 class ChiefOfStateService:
     """`ProcessCommand` and `GetState` answer with the entity's cached reply bytes (entities/entity.py,
-    `EntityState`), registered without a response serializer by `add_to_server`."""
+    `EntityState`), registered without a response serializer by `add_to_server`. On a member that
+    forwards (`takes_bytes`) they take their requests as bytes too."""
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class ChiefOfStateService:
         unsubscribe_elsewhere: UnsubscribeElsewhere | None = None,
     ) -> None:
         self._commands = commands
+        self.takes_bytes = commands is not None and commands.forwards
         self._subscriptions = SubscriptionRpcs(subscriptions, unsubscribe_elsewhere)
 
     async def ProcessCommand(self, request: pb.ProcessCommandRequest, context: Context) -> bytes:
@@ -69,6 +71,30 @@ class ChiefOfStateService:
             raise
         return state.reply
 
+    # A cluster member's client-facing port takes these two requests as bytes: one for a shard another
+    # member serves goes there as it came (CommandPath.process_command_bytes).
+    async def process_command_bytes(self, request: bytes, context: Context) -> bytes:
+        try:
+            return await self._commands.process_command_bytes(
+                request, request_metadata(context), context.time_remaining()
+            )
+        except CosError as error:
+            await abort_with(context, error)
+            raise
+
+    async def get_state_bytes(self, request: bytes, context: Context) -> bytes:
+        try:
+            entity_id = self._commands.get_state_entity_id(request)
+            cached = self._commands.cached_state(entity_id)
+            if cached is not None:
+                return cached.reply
+            return await self._commands.get_state_bytes(
+                entity_id, request, context.time_remaining(), request_metadata(context)
+            )
+        except CosError as error:
+            await abort_with(context, error)
+            raise
+
     # Server-streaming rpcs written as coroutines with context.write (grpc's reader/writer API);
     # see subscription_rpcs.py.
     async def Subscribe(self, request: pb.SubscribeRequest, context: Context) -> None:
@@ -91,12 +117,22 @@ class ChiefOfStateService:
 def add_to_server(service: ChiefOfStateService, server: aio.Server) -> None:
     """Registers the service as the generated `add_ChiefOfStateServiceServicer_to_server` would, except
     that ProcessCommand, GetState, Subscribe and SubscribeAll have no response serializer: their replies
-    are already bytes."""
+    are already bytes; and on a member that forwards, ProcessCommand and GetState have no request
+    deserializer either."""
     unary = grpc.unary_unary_rpc_method_handler
     streaming = grpc.unary_stream_rpc_method_handler
+    process_command: grpc.RpcMethodHandler[Any, Any]
+    get_state: grpc.RpcMethodHandler[Any, Any]
+    if service.takes_bytes:
+        # No request deserializer either: the handlers decode what they serve themselves.
+        process_command = unary(service.process_command_bytes, None, None)
+        get_state = unary(service.get_state_bytes, None, None)
+    else:
+        process_command = unary(service.ProcessCommand, pb.ProcessCommandRequest.FromString, None)
+        get_state = unary(service.GetState, pb.GetStateRequest.FromString, None)
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        "ProcessCommand": unary(service.ProcessCommand, pb.ProcessCommandRequest.FromString, None),
-        "GetState": unary(service.GetState, pb.GetStateRequest.FromString, None),
+        "ProcessCommand": process_command,
+        "GetState": get_state,
         # Streamed messages are written already serialized (subscription/hub.py, `message_body`).
         "Subscribe": streaming(service.Subscribe, pb.SubscribeRequest.FromString, None),
         "SubscribeAll": streaming(service.SubscribeAll, pb.SubscribeAllRequest.FromString, None),

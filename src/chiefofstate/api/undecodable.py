@@ -18,6 +18,7 @@ import grpc
 from grpc import aio
 
 from chiefofstate.aio.wrapping_server import WrappingServer
+from chiefofstate.core.errors import InvalidArgument
 
 log = logging.getLogger("chiefofstate.api")
 
@@ -44,12 +45,19 @@ def _tolerant(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return decode_or_mark
 
 
+def _refusal(method: str, reason: str) -> str:
+    log.warning("request refused: method=%s status=INVALID_ARGUMENT reason=%s", method, reason)
+    return f"the request is not a valid protobuf message for {method}: {reason}"
+
+
+def undecodable_request(method: str, error: Exception) -> InvalidArgument:
+    """The refusal of a request a handler decodes itself (one taken as bytes), logged as the wrapped
+    handlers log theirs."""
+    return InvalidArgument(_refusal(method, str(error)[:_MAX_REASON_CHARS] or type(error).__name__))
+
+
 async def _refuse(method: str, request: Undecodable, context: Context) -> None:
-    log.warning("request refused: method=%s status=INVALID_ARGUMENT reason=%s", method, request.reason)
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"the request is not a valid protobuf message for {method}: {request.reason}",
-    )
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refusal(method, request.reason))
 
 
 def checked_handler(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:

@@ -10,7 +10,8 @@ expects more takes no shard (core/leases.py, `expected_members_present`).
 
 Handing a shard over: stop admitting its commands (they are forwarded to the next owner once it holds
 the lease), wait for the ones in flight, forget its cached entities, release the lease at once so the
-next owner need not wait for it to expire.
+next owner need not wait for it to expire. A release or a departure notifies the others (PostgreSQL
+NOTIFY, heard by the node's listener, which calls `wake`), so the next owner runs its round at once.
 
 Read-side projections ride the same rounds (cluster/projection_leases.py): one lease per (read side,
 shard), placed by the same rendezvous hashing over the live members that run that read side, renewed,
@@ -84,6 +85,8 @@ class Coordinator:
         self._next_heartbeat = 0.0
         self._next_renewal = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._woken = asyncio.Event()
+        self._leaving: asyncio.Task[None] | None = None
         self._handovers: dict[LeaseKey, asyncio.Task[None]] = {}
         self.members: list[Member] = []
         self.settled = asyncio.Event()  # set once a round has taken this member's share
@@ -120,35 +123,72 @@ class Coordinator:
         self._task = asyncio.create_task(self._run(), name="cluster-coordinator")
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task, *self._handovers.values())
+        await cancel_and_wait(self._task, self._leaving, *self._handovers.values())
         self._task = None
         self._handovers.clear()
 
     async def leave(self) -> None:
-        """Graceful leave: hand every shard over at once, then leave the membership."""
+        """Graceful leave: hand every shard over at once, then the projections. Called again (the
+        node starts it at SIGTERM and awaits it again in its shutdown sequence), it waits for the
+        first call."""
+        if self._leaving is None:
+            self._leaving = asyncio.create_task(self._leave(), name="cluster-leave")
+        await self._leaving
+
+    async def _leave(self) -> None:
+        """The entity shards go first, in one statement that also leaves the membership (and notifies
+        the others, who take them at once): their successors need not wait for the projections to
+        store their offsets. The projections' leases follow once they have stopped. Meanwhile the
+        routes keep being read, for the requests this member still forwards while it shuts down."""
         await cancel_and_wait(self._task)
-        self._task = None
+        self._task = asyncio.create_task(self._follow_routes(), name="cluster-routes")
         held = self._book.held()
         for key, _ in held:
             self._book.handing_over(key)
-        shards = [key.shard for key, _ in held if key.read_side_id is None]
-        await self._drain(shards)
-        await asyncio.gather(*(self._stop_projection(key) for key, _ in held if key.read_side_id is not None))
-        for key, _ in held:
+        shards = [(key, token) for key, token in held if key.read_side_id is None]
+        projections = [(key, token) for key, token in held if key.read_side_id is not None]
+        await self._drain([key.shard for key, _ in shards])
+        for key, _ in shards:
             self._forget_entities(key)
             self._book.dropped(key)
+        with contextlib.suppress(CosError):  # what is not released expires by itself
+            await self._store.leave(self.member_id, shards)
+        await asyncio.gather(*(self._stop_projection(key) for key, _ in projections))
+        for key, _ in projections:
+            self._book.dropped(key)
         with contextlib.suppress(CosError):
-            await self._store.release_all(self.member_id, held)
-            await self._store.leave(self.member_id)
+            await self._store.release_all(self.member_id, projections)
         await cancel_and_wait(*self._handovers.values())
         self._handovers.clear()
-        log.warning("left the cluster, %d shard leases released", len(held))
+        log.warning(
+            "left the cluster: %d shard and %d projection leases released", len(shards), len(projections)
+        )
 
     # ------------------------------------------------------------------------------------ rounds
 
+    async def _follow_routes(self) -> None:
+        """A leaving member's rounds: only the routing table, so that what it forwards meanwhile goes
+        to the shards' new owners."""
+        while True:
+            await self._wait_for_round()
+            with contextlib.suppress(CosError):
+                await self._refresh_routes(await self._store.live_members(self._settings.members.ttl_s))
+
+    async def _wait_for_round(self) -> None:
+        """Until the round interval has passed, or a wake-up came first."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._round_s):
+                await self._woken.wait()
+        self._woken.clear()
+
+    def wake(self) -> None:
+        """Run the next round now: another member released leases or left (its NOTIFY), so a shard may
+        be free for this one to take, and the routes may have changed."""
+        self._woken.set()
+
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._round_s)
+            await self._wait_for_round()
             try:
                 await self.round()
             except CosError as error:

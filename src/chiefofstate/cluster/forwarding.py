@@ -15,10 +15,16 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-from google.protobuf.any_pb2 import Any as AnyProto
 from opentelemetry.trace import SpanKind
 
-from chiefofstate.cluster.peers import NotHere, PeerClients, Unreachable, forwarded_metadata
+from chiefofstate.cluster.peers import (
+    GET_STATE,
+    PROCESS_COMMAND,
+    NotHere,
+    PeerClients,
+    Unreachable,
+    forwarded_metadata,
+)
 from chiefofstate.cluster.routes import Route, RoutingTable
 from chiefofstate.core.errors import Unavailable
 from chiefofstate.core.headers import Metadata
@@ -34,12 +40,21 @@ from chiefofstate.telemetry.tracing import SPAN_FORWARD, TRACING_OFF, Tracing
 _ATTEMPTS = 2
 
 
-def _state_of(reply: bytes) -> EntityState:
+def state_of(reply: bytes) -> EntityState:
+    """A forwarded reply as the entity's state, for callers that need more than its bytes (HTTP)."""
     # GetStateResponse and ProcessCommandResponse share field numbers (entities/entity.py).
-    return EntityState(reply, pb.GetStateResponse.FromString(reply).meta.revision_number)
+    return EntityState(reply, revision_of(reply))
+
+
+def revision_of(reply: bytes) -> int:
+    return pb.GetStateResponse.FromString(reply).meta.revision_number
 
 
 class Forwarder:
+    """Sends a request on as bytes: the entry member reads only the entity id (for the shard) and
+    passes the request it received, with the caller's headers, to the owner, whose reply bytes are the
+    answer. The owner parses and checks the request as if the caller had called it directly."""
+
     def __init__(
         self,
         routes: RoutingTable,
@@ -53,33 +68,35 @@ class Forwarder:
     ) -> None:
         self._routes = routes
         self._peers = peers
-        self._num_shards = num_shards
+        self.num_shards = num_shards
         self._unowned_wait_s = unowned_wait_s
         self._tracing = tracing
         self._metrics = metrics
         self._clock = clock
 
     async def process_command(
-        self, entity_id: str, command: AnyProto, metadata: Metadata, deadline: Deadline
-    ) -> EntityState:
-        request = pb.ProcessCommandRequest(entity_id=entity_id, command=command)
+        self, entity_id: str, request: bytes, metadata: Metadata, deadline: Deadline
+    ) -> bytes:
+        """The owner's reply to the serialized ProcessCommandRequest `request` for `entity_id`."""
 
         def send(address: str, timeout_s: float) -> Awaitable[bytes]:
             outgoing = forwarded_metadata(metadata, self._tracing.inject())
-            return self._peers.process_command(address, request, outgoing, timeout_s)
+            return self._peers.call(address, PROCESS_COMMAND, request, outgoing, timeout_s)
 
-        shard = shard_of(entity_id, self._num_shards)
-        return _state_of(await self._forward("ProcessCommand", shard, send, deadline, idempotent=False))
+        shard = shard_of(entity_id, self.num_shards)
+        return await self._forward("ProcessCommand", shard, send, deadline, idempotent=False)
 
-    async def get_state(self, entity_id: str, metadata: Metadata, deadline: Deadline) -> EntityState:
-        request = pb.GetStateRequest(entity_id=entity_id)
+    async def get_state(
+        self, entity_id: str, request: bytes, metadata: Metadata, deadline: Deadline
+    ) -> bytes:
+        """The owner's reply to the serialized GetStateRequest `request` for `entity_id`."""
 
         def send(address: str, timeout_s: float) -> Awaitable[bytes]:
             outgoing = forwarded_metadata(metadata, self._tracing.inject())
-            return self._peers.get_state(address, request, outgoing, timeout_s)
+            return self._peers.call(address, GET_STATE, request, outgoing, timeout_s)
 
-        shard = shard_of(entity_id, self._num_shards)
-        return _state_of(await self._forward("GetState", shard, send, deadline, idempotent=True))
+        shard = shard_of(entity_id, self.num_shards)
+        return await self._forward("GetState", shard, send, deadline, idempotent=True)
 
     async def _forward(
         self,

@@ -31,8 +31,8 @@ NOT_HERE_KEY = "x-cos-not-here"
 # On every refusal a member sends: a failure without it never reached a member (connection refused,
 # reset, a partition), and the request may go to another owner instead.
 ANSWERED_KEY = "x-cos-answered"
-_PROCESS_COMMAND = "/chief_of_state.v1.ChiefOfStateService/ProcessCommand"
-_GET_STATE = "/chief_of_state.v1.ChiefOfStateService/GetState"
+PROCESS_COMMAND = "/chief_of_state.v1.ChiefOfStateService/ProcessCommand"
+GET_STATE = "/chief_of_state.v1.ChiefOfStateService/GetState"
 _UNSUBSCRIBE = "/chief_of_state.v1.ChiefOfStateService/Unsubscribe"
 # Headers that belong to one HTTP/2 hop, not to the request: gRPC sets its own on the next hop.
 _HOP_HEADERS = frozenset({"user-agent", "content-type", "te", "grpc-accept-encoding", "grpc-timeout"})
@@ -85,6 +85,25 @@ def _translated(error: aio.AioRpcError) -> CosError | NotHere | Unreachable:
     return CosError(message, code=code, details=details)
 
 
+class _Peer:
+    """One member's channel and its calls, each made once rather than on every forwarded request."""
+
+    __slots__ = ("_calls", "channel")
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self.channel = channel
+        # Bounded by the internal port's few unary methods a member calls.
+        self._calls: dict[str, aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+
+    def method(self, name: str) -> aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        call = self._calls.get(name)
+        if call is None:
+            call = self._calls[name] = self.channel.unary_unary(
+                name, request_serializer=_bytes, response_deserializer=_bytes
+            )
+        return call
+
+
 class PeerTls(Protocol):
     """The node's own certificate, presented to peers; `version` changes when it is reloaded."""
 
@@ -106,29 +125,29 @@ class PeerClients:
         # last one failed must connect afresh, not inherit the failed one's reconnect backoff.
         local = ("grpc.use_local_subchannel_pool", 1)
         self._options = [*(option for option in options if option[0] != local[0]), local]
-        self._channels: collections.OrderedDict[str, aio.Channel] = collections.OrderedDict()
+        self._channels: collections.OrderedDict[str, _Peer] = collections.OrderedDict()
         self._retired: list[aio.Channel] = []
 
-    def _channel(self, address: str) -> aio.Channel:
+    def _peer(self, address: str) -> _Peer:
         if self._tls is not None and self._tls.version != self._tls_version:
             # Channels made with the previous certificate are retired (closed at close(), or as more retire).
             self._tls_version = self._tls.version
             self._credentials = self._tls.channel_credentials()
-            self._retired.extend(self._channels.values())
+            self._retired.extend(peer.channel for peer in self._channels.values())
             self._channels.clear()
-        channel = self._channels.get(address)
-        if channel is None:
+        peer = self._channels.get(address)
+        if peer is None:
             if self._credentials is not None:
                 channel = aio.secure_channel(address, self._credentials, options=self._options)
             else:
                 channel = aio.insecure_channel(address, options=self._options)
-            self._channels[address] = channel
+            peer = self._channels[address] = _Peer(channel)
             if len(self._channels) > MAX_PEER_CHANNELS:
                 _, oldest = self._channels.popitem(last=False)
-                self._retired.append(oldest)  # closed at close(): calls may still be on it
+                self._retired.append(oldest.channel)  # closed at close(): calls may still be on it
         else:
             self._channels.move_to_end(address)
-        return channel
+        return peer
 
     async def call(
         self,
@@ -138,42 +157,25 @@ class PeerClients:
         metadata: Sequence[tuple[str, str | bytes]],
         timeout_s: float,
     ) -> bytes:
-        """Any unary method of the member's internal port, bytes in and out (a read-side manager call
-        sent on to the member that runs the projection, as well as the methods below); raises NotHere,
-        Unreachable or the member's own failure as a CosError."""
-        channel = self._channel(address)
+        """Any unary method of the member's internal port, bytes in and out (a command or read sent on
+        to the shard's owner, a read-side manager call sent on to the member that runs the projection,
+        an unsubscribe); raises NotHere, Unreachable or the member's own failure as a CosError."""
+        peer = self._peer(address)
         while len(self._retired) > MAX_PEER_CHANNELS:  # bounded however long members are away
             await self._retired.pop(0).close(grace=None)
-        call = channel.unary_unary(method, request_serializer=_bytes, response_deserializer=_bytes)
         try:
-            reply: bytes = await call(request, timeout=max(timeout_s, 0.001), metadata=tuple(metadata))
+            reply: bytes = await peer.method(method)(
+                request, timeout=max(timeout_s, 0.001), metadata=tuple(metadata)
+            )
         except aio.AioRpcError as error:
             failure = _translated(error)
-            if isinstance(failure, Unreachable) and self._channels.get(address) is channel:
+            if isinstance(failure, Unreachable) and self._channels.get(address) is peer:
                 # A channel that failed to connect backs off before trying again; the next member at
                 # this address (the owner restarted in place) must be reached at once, on a new one.
                 del self._channels[address]
-                self._retired.append(channel)  # closed by a later call's bounding, or at close()
+                self._retired.append(peer.channel)  # closed by a later call's bounding, or at close()
             raise failure from None
         return reply
-
-    async def process_command(
-        self,
-        address: str,
-        request: pb.ProcessCommandRequest,
-        metadata: Sequence[tuple[str, str | bytes]],
-        timeout_s: float,
-    ) -> bytes:
-        return await self.call(address, _PROCESS_COMMAND, request.SerializeToString(), metadata, timeout_s)
-
-    async def get_state(
-        self,
-        address: str,
-        request: pb.GetStateRequest,
-        metadata: Sequence[tuple[str, str | bytes]],
-        timeout_s: float,
-    ) -> bytes:
-        return await self.call(address, _GET_STATE, request.SerializeToString(), metadata, timeout_s)
 
     async def unsubscribe_everywhere(
         self, addresses: Sequence[str], subscription_id: str, caller: Metadata, timeout_s: float
@@ -193,7 +195,7 @@ class PeerClients:
                 )
 
     async def close(self) -> None:
-        for channel in [*self._channels.values(), *self._retired]:
+        for channel in [*(peer.channel for peer in self._channels.values()), *self._retired]:
             await channel.close(grace=None)
         self._channels.clear()
         self._retired.clear()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from google.protobuf.any_pb2 import Any as AnyProto
 
 from chiefofstate.aio.tasks import cancel_and_wait
-from chiefofstate.core.errors import NotFound, ResourceExhausted
+from chiefofstate.core.errors import NotFound, ResourceExhausted, ShardNotHere
 from chiefofstate.core.headers import Metadata
 from chiefofstate.core.sharding import shard_of
 from chiefofstate.entities.command_processor import CommandProcessor
@@ -113,6 +113,24 @@ class EntityHost:
                 entity.lock.release()
         finally:
             self._leave(entity)
+
+    def admits(self, entity_id: str) -> bool:
+        """Whether this node serves the entity's shard now. A cluster member asks before it enters an
+        entity, so that one it does not serve is forwarded without being entered, as bytes (the answer
+        can change before the command's turn comes: `process_command` then raises ShardNotHere)."""
+        entity = self._busy.get(entity_id)
+        resting = self._resting.get(entity_id) if entity is None else None
+        if entity is not None:
+            shard = entity.shard
+        elif resting is not None:
+            shard = resting[RESTING_SHARD]
+        else:
+            shard = shard_of(entity_id, self._settings.num_shards)
+        try:
+            self._gate.admit(shard)
+        except ShardNotHere:
+            return False
+        return True
 
     def resting_state(self, entity_id: str) -> EntityState | None:
         """The state of a cached entity nobody is using (the read counts as a use), else None.

@@ -29,7 +29,7 @@ from chiefofstate.core.errors import ConfigError
 from chiefofstate.core.headers import Metadata
 from chiefofstate.entities.host import EntityHost
 from chiefofstate.node.read_sides import ReadSides
-from chiefofstate.node.stores import open_cluster_store
+from chiefofstate.node.stores import cluster_wakeups, open_cluster_store
 from chiefofstate.ports.cluster import LeaseKey
 from chiefofstate.subscription.hub import SubscriptionHub
 from chiefofstate.telemetry.metrics import NodeMetrics
@@ -178,6 +178,11 @@ async def start_cluster(
         drain_timeout_s=server.command_timeout_s,
         projections=read_sides.runtime if read_sides is not None else None,
     )
+    # Another member's release or departure starts a round here at once: a shard handed over is taken
+    # within a round trip, not at the next periodic round (docs/cluster.md, "Handover").
+    wakeups = cluster_wakeups(settings.store, coordinator.wake)
+    wakeups.start()
+    closers.push_async_callback(wakeups.close)
     if read_sides is not None:
         book = parts.book
         read_sides.runtime.lease_usable = lambda key: book.usable_token(LeaseKey.projection(*key)) is not None

@@ -411,7 +411,16 @@ class Node:
             return
         self._stopping = True
         started = time.monotonic()
-        await self._closers.aclose()
+        leaving = None
+        if self.coordinator is not None:
+            # The shards are handed over while the API servers let their calls in flight finish, not
+            # after: those calls are drained by the handover too, and what arrives meanwhile for the
+            # shards is forwarded to their next owners. The shutdown sequence awaits the same leave.
+            leaving = asyncio.create_task(self.coordinator.leave(), name="leave the cluster")
+        try:
+            await self._closers.aclose()
+        finally:
+            await cancel_and_wait(leaving)
         log.warning("chiefofstate node stopped in %.2fs", time.monotonic() - started)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from chiefofstate.config.settings import Settings, StoreSettings
@@ -17,6 +18,7 @@ from chiefofstate.ports.cluster import ClusterStore
 from chiefofstate.ports.journal import Journal, StateReader
 from chiefofstate.ports.offsets import OffsetStore
 from chiefofstate.stores.postgres.datastore import ConnectionSettings, connection_settings
+from chiefofstate.stores.postgres.wakeups import AppendListener
 
 log = logging.getLogger("chiefofstate.node")
 
@@ -107,6 +109,22 @@ def read_side_connection(store: StoreSettings) -> ConnectionSettings | None:
     if store.postgres is None:
         return None
     return connection_settings(store.postgres, pool_min_size=min(1, store.postgres.pool_max_size))
+
+
+def cluster_wakeups(store: StoreSettings, wake: Callable[[], None]) -> AppendListener:
+    """LISTEN for other members' lease releases and departures (one connection of its own), calling
+    `wake` on each, and once after every (re)connection, since notifications meanwhile are lost."""
+    if store.postgres is None:
+        raise AssertionError("cluster mode runs on PostgreSQL only")
+    from chiefofstate.stores.postgres.cluster import CLUSTER_CHANNEL
+
+    return AppendListener(
+        connection_settings(store.postgres),
+        lambda _: wake(),
+        wake,
+        purpose="cluster",
+        channel=CLUSTER_CHANNEL,
+    )
 
 
 async def open_cluster_store(store: StoreSettings) -> ClusterStore:

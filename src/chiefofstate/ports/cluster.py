@@ -105,8 +105,10 @@ class Membership(Protocol):
         """Members that have not left and whose last heartbeat is at most `ttl_s` old, by member id."""
         ...
 
-    async def leave(self, member_id: str) -> None:
-        """Mark the member as left (its next heartbeat fails); nothing happens when it is unknown."""
+    async def leave(self, member_id: str, releasing: Sequence[tuple[LeaseKey, int]] = ()) -> None:
+        """Mark the member as left (its next heartbeat fails) and `release` the (key, token) pairs given,
+        at once: the others place the shards without it as they find them free. Nothing happens to a
+        member unknown or already gone, nor to leases it no longer holds under those tokens."""
         ...
 
 

@@ -36,6 +36,8 @@ def test_every_rpc_of_the_service_is_served_and_state_replies_go_out_as_cached_b
 class Commands:
     """One entity at rest ("cached"); any other read goes through get_state."""
 
+    forwards = False
+
     def __init__(self) -> None:
         self.full_reads: list[tuple[str, float | None]] = []
 

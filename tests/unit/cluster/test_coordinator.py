@@ -156,6 +156,7 @@ async def test_a_member_that_leaves_hands_its_shards_over_within_a_round(world: 
     tokens_before = {shard: world.database.shard_token(shard) for shard in range(SHARDS)}
     leaving = world.members.pop("c")
     await leaving.coordinator.leave()
+    await leaving.coordinator.close()
     assert leaving.book.held() == []
     await world.rounds(2)
     assert world.owners() == placed({"a", "b"})
@@ -163,6 +164,47 @@ async def test_a_member_that_leaves_hands_its_shards_over_within_a_round(world: 
         if owner == "c":
             # A new acquisition: the old token can never be presented again.
             assert world.database.shard_token(shard) > tokens_before[shard]
+
+
+async def test_a_leaving_member_keeps_reading_the_routes_for_what_it_still_forwards(world: World) -> None:
+    for name in ("a", "b", "c"):
+        await world.join(name)
+    await world.rounds(4)
+    leaving = world.members.pop("c")
+    await leaving.coordinator.leave()  # its API servers may still take requests while the node stops
+    await world.rounds(2)
+    leaving.coordinator.wake()
+    expected = {shard: f"{owner}:25520" for shard, owner in placed({"a", "b"}).items()}
+    for _ in range(1000):
+        if {shard: route.address for shard, route in leaving.routes.owners().items()} == expected:
+            break
+        await asyncio.sleep(0.01)
+    assert {shard: route.address for shard, route in leaving.routes.owners().items()} == expected
+    await leaving.coordinator.close()
+
+
+async def test_a_woken_coordinator_takes_a_departed_members_shards_without_waiting_for_its_round(
+    world: World,
+) -> None:
+    for name in ("a", "b", "c"):
+        await world.join(name)
+    await world.rounds(4)
+    stayers = [world.members["a"], world.members["b"]]
+    for member in stayers:
+        await member.coordinator.start()
+        member.coordinator._round_s = 3600.0  # no periodic round during the test: only a wake-up runs one
+    leaving = world.members.pop("c")
+    await leaving.coordinator.leave()
+    await leaving.coordinator.close()
+    for member in stayers:
+        member.coordinator.wake()  # as the departure's NOTIFY does
+    for _ in range(1000):
+        if world.owners() == placed({"a", "b"}):
+            break
+        await asyncio.sleep(0.01)
+    assert world.owners() == placed({"a", "b"})
+    for member in stayers:
+        await member.coordinator.close()
 
 
 async def test_a_dead_members_shards_move_once_its_leases_expire_by_the_database_clock(world: World) -> None:

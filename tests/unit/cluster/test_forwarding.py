@@ -12,7 +12,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 from grpc import aio
 
 from chiefofstate.api.grpc_errors import abort_with
-from chiefofstate.cluster.forwarding import Forwarder
+from chiefofstate.cluster.forwarding import Forwarder, revision_of
 from chiefofstate.cluster.peers import FORWARDED_KEY, PeerClients
 from chiefofstate.cluster.routes import Route, RoutingTable
 from chiefofstate.core.errors import Code, CosError, ShardNotHere, Unavailable
@@ -82,6 +82,10 @@ def command(text: str) -> AnyProto:
     return packed
 
 
+def request(entity_id: str, text: str) -> bytes:
+    return pb.ProcessCommandRequest(entity_id=entity_id, command=command(text)).SerializeToString()
+
+
 def deadline(seconds: float = 10.0) -> Deadline:
     loop = asyncio.get_running_loop()
     return Deadline(loop.time() + seconds, loop.time)
@@ -92,12 +96,13 @@ async def test_a_request_goes_to_the_owner_with_the_callers_headers(peers: PeerC
     routes = RoutingTable("127.0.0.1:1")
     routes.replace({shard: Route(owner.address, 1) for shard in range(SHARDS)})
     forwarder = Forwarder(routes, peers, SHARDS, 1.0)
-    state = await forwarder.process_command("e", command("hello"), [("x-tenant", "t1")], deadline())
-    assert state.revision == 7
-    assert pb.ProcessCommandResponse.FromString(state.reply).state == command("hello")
+    reply = await forwarder.process_command("e", request("e", "hello"), [("x-tenant", "t1")], deadline())
+    assert revision_of(reply) == 7
+    assert pb.ProcessCommandResponse.FromString(reply).state == command("hello")
     (seen,) = owner.owner.seen_metadata
     assert seen["x-tenant"] == "t1" and seen[FORWARDED_KEY] == "1"
-    assert (await forwarder.get_state("e", [], deadline())).revision == 3
+    read = pb.GetStateRequest(entity_id="e").SerializeToString()
+    assert revision_of(await forwarder.get_state("e", read, [], deadline())) == 3
     await owner.server.stop(None)
 
 
@@ -107,13 +112,13 @@ async def test_a_stale_route_is_corrected_once_without_the_caller_seeing_it(peer
     routes = RoutingTable("127.0.0.1:1")
     routes.replace({shard: Route(former.address, 1) for shard in range(SHARDS)})
     forwarder = Forwarder(routes, peers, SHARDS, 5.0)
-    answer = asyncio.create_task(forwarder.process_command("e", command("x"), [], deadline()))
+    answer = asyncio.create_task(forwarder.process_command("e", request("e", "x"), [], deadline()))
     for _ in range(1000):  # the former owner's refusal arrives, then the route is refreshed
         if former.owner.seen_metadata:
             break
         await asyncio.sleep(0.01)
     routes.replace({shard: Route(current.address, 2) for shard in range(SHARDS)})  # the next refresh
-    assert (await answer).revision == 7
+    assert revision_of(await answer) == 7
     assert len(current.owner.seen_metadata) == 1
     for running in (former, current):
         await running.server.stop(None)
@@ -126,7 +131,7 @@ async def test_the_owners_refusal_reaches_the_caller_unchanged(peers: PeerClient
     routes = RoutingTable("127.0.0.1:1")
     routes.replace({shard: Route(owner.address, 1) for shard in range(SHARDS)})
     with pytest.raises(CosError) as refused:
-        await Forwarder(routes, peers, SHARDS, 1.0).process_command("e", command("x"), [], deadline())
+        await Forwarder(routes, peers, SHARDS, 1.0).process_command("e", request("e", "x"), [], deadline())
     assert refused.value.code is Code.FAILED_PRECONDITION
     assert refused.value.message == "account closed"
     assert refused.value.details == b"\x08\x09"
@@ -139,7 +144,7 @@ async def test_a_shard_without_an_owner_waits_briefly_then_is_unavailable(peers:
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(Unavailable, match="no member serving it"):
-        await forwarder.process_command("e", command("x"), [], deadline())
+        await forwarder.process_command("e", request("e", "x"), [], deadline())
     assert loop.time() - started >= 0.25
 
 
@@ -147,18 +152,18 @@ async def test_a_request_waiting_for_an_owner_goes_as_soon_as_one_is_named(peers
     owner = await serve(Owner())
     routes = RoutingTable("127.0.0.1:1")
     forwarder = Forwarder(routes, peers, SHARDS, 30.0)
-    answer = asyncio.create_task(forwarder.process_command("e", command("x"), [], deadline()))
+    answer = asyncio.create_task(forwarder.process_command("e", request("e", "x"), [], deadline()))
     await asyncio.sleep(0.05)
     assert not answer.done()
     routes.replace({shard: Route(owner.address, 1) for shard in range(SHARDS)})
-    assert (await asyncio.wait_for(answer, 10)).revision == 7
+    assert revision_of(await asyncio.wait_for(answer, 10)) == 7
     await owner.server.stop(None)
 
 
 async def test_the_callers_deadline_bounds_the_wait(peers: PeerClients) -> None:
     forwarder = Forwarder(RoutingTable("127.0.0.1:1"), peers, SHARDS, 30.0)
     with pytest.raises(Unavailable):
-        await asyncio.wait_for(forwarder.process_command("e", command("x"), [], deadline(0.2)), 10)
+        await asyncio.wait_for(forwarder.process_command("e", request("e", "x"), [], deadline(0.2)), 10)
 
 
 async def test_a_dead_owner_is_passed_over_once_the_table_names_another(peers: PeerClients) -> None:
@@ -167,10 +172,10 @@ async def test_a_dead_owner_is_passed_over_once_the_table_names_another(peers: P
     routes.replace({shard: Route("127.0.0.1:9", 1) for shard in range(SHARDS)})  # nothing listens there
     forwarder = Forwarder(routes, peers, SHARDS, 10.0)
     # Refused before anything was sent, so even a command may go to the next owner.
-    answer = asyncio.create_task(forwarder.process_command("e", command("x"), [], deadline()))
+    answer = asyncio.create_task(forwarder.process_command("e", request("e", "x"), [], deadline()))
     await asyncio.sleep(0.2)
     routes.replace({shard: Route(alive.address, 2) for shard in range(SHARDS)})  # the lease moved
-    assert (await asyncio.wait_for(answer, 10)).revision == 7
+    assert revision_of(await asyncio.wait_for(answer, 10)) == 7
     await alive.server.stop(None)
 
 
@@ -180,7 +185,7 @@ async def test_an_owners_own_unavailable_answer_is_not_sent_elsewhere(peers: Pee
     routes = RoutingTable("127.0.0.1:1")
     routes.replace({shard: Route(owner.address, 1) for shard in range(SHARDS)})
     with pytest.raises(CosError, match="write handler is unavailable") as refused:
-        await Forwarder(routes, peers, SHARDS, 10.0).process_command("e", command("x"), [], deadline())
+        await Forwarder(routes, peers, SHARDS, 10.0).process_command("e", request("e", "x"), [], deadline())
     assert refused.value.code is Code.UNAVAILABLE
     assert len(owner.owner.seen_metadata) == 1
     await owner.server.stop(None)
@@ -194,7 +199,7 @@ async def test_a_member_restarted_at_the_same_address_is_tried_under_its_new_lea
     await restarted.server.stop(None)  # the member died: its address refuses connections
     routes.replace({shard: Route(restarted.address, 1) for shard in range(SHARDS)})
     forwarder = Forwarder(routes, peers, SHARDS, 10.0)
-    answer = asyncio.create_task(forwarder.process_command("e", command("x"), [], deadline()))
+    answer = asyncio.create_task(forwarder.process_command("e", request("e", "x"), [], deadline()))
     await asyncio.sleep(0.2)
     port = int(restarted.address.rsplit(":", 1)[1])
     again = aio.server()
@@ -202,5 +207,5 @@ async def test_a_member_restarted_at_the_same_address_is_tried_under_its_new_lea
     again.add_insecure_port(f"127.0.0.1:{port}")
     await again.start()
     routes.replace({shard: Route(restarted.address, 2) for shard in range(SHARDS)})  # its new lease
-    assert (await asyncio.wait_for(answer, 10)).revision == 7
+    assert revision_of(await asyncio.wait_for(answer, 10)) == 7
     await again.stop(None)

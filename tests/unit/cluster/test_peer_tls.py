@@ -8,7 +8,7 @@ from pathlib import Path
 from grpc import aio
 
 from chiefofstate.api.tls import ServerTls
-from chiefofstate.cluster.peers import PeerClients
+from chiefofstate.cluster.peers import GET_STATE, PeerClients
 from chiefofstate.config.security import TlsSettings
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
@@ -42,12 +42,12 @@ async def test_peers_present_the_nodes_certificate_and_its_replacement(tmp_path:
     await server.start()
     peers = PeerClients(tls=tls)
     try:
-        request = pb.GetStateRequest(entity_id="e")
-        reply = await peers.get_state(f"127.0.0.1:{port}", request, [], 10)
+        request = pb.GetStateRequest(entity_id="e").SerializeToString()
+        reply = await peers.call(f"127.0.0.1:{port}", GET_STATE, request, [], 10)
         assert pb.GetStateResponse.FromString(reply).meta.revision_number == 3
         second = ca.issue("member", cert_file=first.cert_file, key_file=first.key_file)
         assert tls.reload_if_changed()
-        await peers.get_state(f"127.0.0.1:{port}", request, [], 10)
+        await peers.call(f"127.0.0.1:{port}", GET_STATE, request, [], 10)
         assert owner.client_serials == [first.serial, second.serial]
     finally:
         await peers.close()

@@ -134,8 +134,11 @@ class MemoryClusterStore:
             if self._is_live(row, now, ttl_s)
         ]
 
-    async def leave(self, member_id: str) -> None:
+    async def leave(self, member_id: str, releasing: Sequence[tuple[LeaseKey, int]] = ()) -> None:
         now = self._now("leave the cluster")
+        for _, lease in self._held(member_id, releasing):
+            lease.owner = None
+            lease.expires_at = None
         row = self.database.members.get(member_id)
         if row is not None and row.left_at is None:
             row.left_at = now

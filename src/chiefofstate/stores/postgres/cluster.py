@@ -92,7 +92,10 @@ freed_projections AS (
 SELECT (SELECT count(*) FROM gone) AS members,
        (SELECT count(*) FROM freed_shards) + (SELECT count(*) FROM freed_projections) AS leases
 """
-_LEAVE = "UPDATE cos_cluster_members SET left_at = now() WHERE member_id = $1 AND left_at IS NULL"
+# Notified at commit when a member releases leases or leaves, so that the others' coordinators run a
+# round at once instead of at their next periodic one (docs/cluster.md, "Handover"); the payload is
+# the member's id, for the log.
+CLUSTER_CHANNEL = "cos_cluster"
 
 # $1 owner, $2 TTL in seconds, $3 entity shards, $4 and $5 the projections' read side ids and shards.
 # A new row starts at token 1; an existing one goes up by one, so every acquisition raises the token.
@@ -126,11 +129,26 @@ SELECT read_side_id, shard, lease_token FROM taken_projections
 """
 
 
-def _held_leases_update(assignment: str) -> str:
+def _held_leases_update(assignment: str, *, notify: bool = False, leave: bool = False) -> str:
     """One statement changing the leases `owner` ($1) holds under the given tokens: $2, $3 entity shards
     and tokens, $4, $5, $6 the projections' read side ids, shards and tokens (further parameters are
     the assignment's). The rows are locked first, in the order appends lock them, by a sub-select that
-    re-checks owner and token on the row it locks."""
+    re-checks owner and token on the row it locks. With `notify`, the statement answers no rows and
+    notifies CLUSTER_CHANNEL when it changed any; with `leave` too, it also marks member $1 as left."""
+    changed = """SELECT read_side_id, shard FROM changed_shards
+UNION ALL
+SELECT read_side_id, shard FROM changed_projections"""
+    gone = ""
+    if notify:
+        changed = f"""SELECT pg_notify('{CLUSTER_CHANNEL}', $1)
+WHERE EXISTS (SELECT 1 FROM changed_shards) OR EXISTS (SELECT 1 FROM changed_projections)"""
+    if leave:
+        gone = """,
+gone AS (
+    UPDATE cos_cluster_members SET left_at = now() WHERE member_id = $1 AND left_at IS NULL
+    RETURNING member_id
+)"""
+        changed += " OR EXISTS (SELECT 1 FROM gone)"
     return f"""
 WITH changed_shards AS (
     UPDATE cos_shard_locks AS l SET {assignment}
@@ -157,10 +175,8 @@ changed_projections AS (
     ) AS ours
     WHERE l.read_side_id = ours.read_side_id AND l.shard = ours.shard
     RETURNING l.read_side_id, l.shard
-)
-SELECT read_side_id, shard FROM changed_shards
-UNION ALL
-SELECT read_side_id, shard FROM changed_projections
+){gone}
+{changed}
 """
 
 
@@ -168,7 +184,10 @@ SELECT read_side_id, shard FROM changed_projections
 # not take back what the other's confirmation promised.
 _RENEW = _held_leases_update("expires_at = greatest(l.expires_at, now() + make_interval(secs => $7::float8))")
 # The token stays: the next acquisition raises it further, so the released token is never valid again.
-_RELEASE = _held_leases_update("owner = NULL, expires_at = NULL")
+_RELEASE = _held_leases_update("owner = NULL, expires_at = NULL", notify=True)
+# Leaving releases the leases given and marks the member as left in one statement, so the others'
+# placement stops counting it at the moment its shards are free.
+_LEAVE = _held_leases_update("owner = NULL, expires_at = NULL", notify=True, leave=True)
 # An owner without an expiry is never written here; a row edited by hand that has one reads as expiring now.
 _HOLDERS = """
 SELECT NULL::text AS read_side_id, shard, owner, lease_token,
@@ -283,9 +302,9 @@ class PostgresClusterStore:
             for record in records
         ]
 
-    async def leave(self, member_id: str) -> None:
+    async def leave(self, member_id: str, releasing: Sequence[tuple[LeaseKey, int]] = ()) -> None:
         async with self._datastore.connection("leave the cluster") as connection:
-            await connection.execute(_LEAVE, member_id)
+            await connection.fetch(_LEAVE, member_id, *_held_arguments(releasing))
 
     async def acquire(self, key: LeaseKey, owner: str, ttl_s: float) -> int | None:
         return (await self.acquire_many([key], owner, ttl_s)).get(key)

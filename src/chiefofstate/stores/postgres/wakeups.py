@@ -5,6 +5,9 @@ One dedicated connection per node and purpose listens and wakes the readers of t
 sides' projections, and the subscription feed (subscription/feed.py). When the connection drops, it is
 opened again after a pause and every shard is woken once, since notifications sent meanwhile are lost; the
 projections' slow poll covers the gap until then, and the feed's subscribers get those events late.
+
+The cluster coordinator listens the same way on the channel of lease releases and departures
+(stores/postgres/cluster.py); its periodic rounds cover a lost notification.
 """
 
 from __future__ import annotations
@@ -49,12 +52,14 @@ class AppendListener:
         wake_all: Callable[[], None],
         reconnect_delay_s: float = RECONNECT_DELAY_S,
         purpose: str = "read-side",
+        channel: str = APPEND_CHANNEL,
     ) -> None:
         self._settings = settings
         self._wake_shards = wake_shards
         self._wake_all = wake_all
         self._reconnect_delay_s = reconnect_delay_s
         self._purpose = purpose
+        self._channel = channel
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -76,7 +81,7 @@ class AppendListener:
                 connection = await connect_dedicated(settings, application_name="chiefofstate-listen")
                 lost = asyncio.Event()
                 connection.add_termination_listener(functools.partial(_set_on_termination, lost))
-                await connection.add_listener(APPEND_CHANNEL, self._notified)
+                await connection.add_listener(self._channel, self._notified)
                 self.connected.set()
                 # Anything appended while we were not listening was not announced to us.
                 self._wake_all()
