@@ -36,6 +36,7 @@ from tests.support.readside_processes import FAST, read_side
 pytestmark = pytest.mark.integration
 
 COS_SERVICE = "chief_of_state.v1.ChiefOfStateService"
+WRITE_SIDE = "chief_of_state.v1.WriteSideHandlerService"
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
@@ -117,12 +118,28 @@ async def test_one_trace_per_command_joins_the_caller_the_node_and_the_write_han
     api = by_name(spans, "CosService.processCommand")
     succeeded = next(span for span in api if span.attributes.get("cos.revision") == 1)
     failed = next(span for span in api if span is not succeeded)
-    # the caller's context is the parent: one trace from the client through every process
-    assert succeeded.parent_span_id == CALLER_SPAN_ID and succeeded.service == "cos-under-test"
+    by_id = {span.span_id: span for span in spans}
+    # the standard gRPC server span, in the caller's trace, is the parent of upstream's named span: one
+    # trace from the client through every process
+    server = by_id[succeeded.parent_span_id]
+    assert (server.name, server.kind, server.parent_span_id) == (
+        f"{COS_SERVICE}/ProcessCommand",
+        2,  # SPAN_KIND_SERVER
+        CALLER_SPAN_ID,
+    )
+    assert server.attributes == {
+        "rpc.system": "grpc",
+        "rpc.service": COS_SERVICE,
+        "rpc.method": "ProcessCommand",
+        "rpc.grpc.status_code": 0,
+    }
+    refused = by_id[failed.parent_span_id]
+    # FAILED_PRECONDITION is the caller's problem, not the server's: the server span is not an error
+    assert refused.attributes["rpc.grpc.status_code"] == 9 and refused.status_code == 0
+    assert succeeded.kind == 1 and succeeded.service == "cos-under-test"  # SPAN_KIND_INTERNAL
     assert succeeded.attributes["cos.entity_id"] == "tr-1"
     assert succeeded.attributes["cos.command_type"] == "type.googleapis.com/bank.v1.OpenAccount"
     assert failed.attributes["cos.status"] == "FAILED_PRECONDITION" and failed.status_code == 2
-    by_id = {span.span_id: span for span in spans}
 
     def parent_name(span: ReceivedSpan) -> str:
         return by_id[span.parent_span_id].name
@@ -134,16 +151,22 @@ async def test_one_trace_per_command_joins_the_caller_the_node_and_the_write_han
         for s in by_name(spans, "PersistentEntity.HandleRemoteCommandsAndEvents")
         if s.parent_span_id == entity.span_id
     )
-    client = next(
+    call = next(
         s for s in by_name(spans, "RemoteCommandHandler.HandleCommand") if s.parent_span_id == remote.span_id
     )
-    assert client.kind == 3  # SPAN_KIND_CLIENT
+    # upstream's named span, then the standard client span of the rpc itself
+    client = next(s for s in spans if s.parent_span_id == call.span_id)
+    assert (call.kind, client.name, client.kind) == (1, f"{WRITE_SIDE}/HandleCommand", 3)  # 3: CLIENT
+    assert client.attributes["rpc.system"] == "grpc" and client.attributes["rpc.method"] == "HandleCommand"
+    assert client.attributes["server.port"] == traced_handler.ports["grpc"]
     # the write handler's own span, exported by the handler process, is a child of the node's client span
     handler_span = next(s for s in by_name(spans, "bank.HandleCommand") if s.parent_span_id == client.span_id)
     assert handler_span.service == "bank-write-handler"
     event_call = by_name(spans, "RemoteCommandHandler.HandleEvent")[0]
     assert parent_name(event_call) == "Entity.handleEvent"
-    assert any(s.parent_span_id == event_call.span_id for s in by_name(spans, "bank.HandleEvent"))
+    event_client = next(s for s in spans if s.parent_span_id == event_call.span_id)
+    assert (event_client.name, event_client.kind) == (f"{WRITE_SIDE}/HandleEvent", 3)
+    assert any(s.parent_span_id == event_client.span_id for s in by_name(spans, "bank.HandleEvent"))
     persist = by_name(spans, "Entity.persistEventAndReply")[0]
     assert parent_name(persist) == "Entity.handleCommand"
     batches = await collector.wait_for(
@@ -341,9 +364,13 @@ async def test_read_handler_calls_join_the_commands_trace_under_the_delivery_spa
     persist_span = next(s for s in spans if s.name == "Entity.persistEventAndReply")
     assert delivery_span.trace_id == command_span.trace_id == persist_span.trace_id
     assert delivery_span.parent_span_id == persist_span.span_id
+    # inside it, the standard client span of the HTTP call, whose context the read handler receives
+    client = next(s for s in spans if s.parent_span_id == delivery_span.span_id)
+    assert (delivery_span.kind, client.name, client.kind) == (1, "POST", 3)
+    assert client.attributes["http.request.method"] == "POST"
     received = json.loads(log_path.read_text().splitlines()[0])
     _, trace_id, parent_id, _ = received["traceparent"].split("-")
-    assert (trace_id, parent_id) == (delivery_span.trace_id, delivery_span.span_id)
+    assert (trace_id, parent_id) == (delivery_span.trace_id, client.span_id)
 
 
 async def test_a_forwarded_command_is_one_trace_across_both_members(
@@ -377,13 +404,22 @@ async def test_a_forwarded_command_is_one_trace_across_both_members(
         spans = await collector.wait_for(forwarded_and_handled)
     by_id = {span.span_id: span for span in spans if span.trace_id == TRACE_ID}
     owner_span = next(s for s in by_name(spans, "CosService.processCommand") if s.service == "cos-owner")
-    # owner's server span ← entry's forward (client) span ← entry's server span ← the caller
-    forward = by_id[owner_span.parent_span_id]
+    # owner's span ← owner's gRPC server span ← entry's forward (client) span ← entry's span ← entry's
+    # gRPC server span ← the caller
+    owner_server = by_id[owner_span.parent_span_id]
+    assert (owner_server.name, owner_server.service, owner_server.kind) == (
+        f"{COS_SERVICE}/ProcessCommand",
+        "cos-owner",
+        2,
+    )
+    forward = by_id[owner_server.parent_span_id]
     assert (forward.name, forward.service, forward.kind) == ("Cluster.forward", "cos-entry", 3)
     assert forward.attributes["cos.rpc"] == "ProcessCommand"
     entry_span = by_id[forward.parent_span_id]
     assert (entry_span.name, entry_span.service) == ("CosService.processCommand", "cos-entry")
-    assert entry_span.parent_span_id == CALLER_SPAN_ID
+    entry_server = by_id[entry_span.parent_span_id]
+    assert (entry_server.name, entry_server.kind) == (f"{COS_SERVICE}/ProcessCommand", 2)
+    assert entry_server.parent_span_id == CALLER_SPAN_ID
     assert entry_span.attributes["cos.entity_id"] == owner_span.attributes["cos.entity_id"] == forwarded
     # the owner's work on it, down to the write handler, is in the same trace under the owner's span
 
@@ -417,3 +453,49 @@ async def test_no_payload_or_header_value_is_logged_even_at_debug(node_factory: 
     log = node.log_text()
     assert '"level": "DEBUG"' in log  # debug logging was on
     assert "OwnerMarker7731" not in log and "HeaderMarker9142" not in log
+
+
+async def test_http_requests_and_subscriptions_get_standard_server_spans(
+    tmp_path: Path, receiver: tuple[int, SpanCollector], traced_handler: Process
+) -> None:
+    port, collector = receiver
+    env = node_environment(
+        {**base_env(traced_handler.ports["grpc"]), "COS_DB_PATH": str(tmp_path / "cos.db"), **otel_env(port)},
+        COS_SERVER_PROTOCOL="both",
+        COS_SUBSCRIPTION_ENABLED="true",
+    )
+    node = start_node(env, tmp_path / "logs")
+    traceparent = f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.ports['http']}", timeout=20) as http:
+            answer = await http.get("/v1/entities/nobody/state", headers={"traceparent": traceparent})
+            assert answer.status_code == 404
+        async with aio.insecure_channel(f"127.0.0.1:{node.ports['grpc']}") as channel:
+            cos = ChiefOfStateServiceStub(channel)  # type: ignore[no-untyped-call]
+            stream = cos.Subscribe(
+                pb.SubscribeRequest(entity_id="watched", subscription_id="traced-sub"),
+                metadata=(("traceparent", traceparent),),
+            )
+            await asyncio.wait_for(stream.initial_metadata(), 20)  # registered
+            stream.cancel()  # the server span ends with the stream
+        spans = await collector.wait_for(
+            lambda received: (
+                bool(by_name(received, "CosService.getState"))
+                and bool(by_name(received, "CosService.subscribe"))
+                and bool(by_name(received, f"{COS_SERVICE}/Subscribe"))
+            )
+        )
+    finally:
+        node.stop()
+    by_id = {span.span_id: span for span in spans}
+    get_state = by_name(spans, "CosService.getState")[0]
+    http_server = by_id[get_state.parent_span_id]
+    assert http_server.kind == 2 and http_server.parent_span_id == CALLER_SPAN_ID
+    assert http_server.name.startswith("GET /v1/entities/{entityId")
+    assert http_server.attributes["http.request.method"] == "GET"
+    assert http_server.attributes["http.response.status_code"] == 404
+    subscribe = by_name(spans, "CosService.subscribe")[0]
+    subscribe_server = by_id[subscribe.parent_span_id]
+    assert (subscribe_server.name, subscribe_server.kind) == (f"{COS_SERVICE}/Subscribe", 2)
+    assert subscribe_server.parent_span_id == CALLER_SPAN_ID
+    assert subscribe.attributes["cos.entity_id"] == "watched"

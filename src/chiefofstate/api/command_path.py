@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TypeVar, cast
 
 from google.protobuf.any_pb2 import Any as AnyProto
+from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from chiefofstate.api.undecodable import undecodable_request
@@ -60,6 +61,10 @@ class CommandPath:
         self._tracing = tracing
         self._metrics = metrics
 
+    @property
+    def tracing(self) -> Tracing:
+        return self._tracing
+
     def _deadline(self, caller_left_s: float | None) -> Deadline:
         # Decision D4: the caller's deadline and COS_COMMAND_HANDLER_TIMEOUT bound the whole command.
         budget = min(self._command_timeout_s, caller_left_s if caller_left_s is not None else math.inf)
@@ -73,8 +78,14 @@ class CommandPath:
             attributes = {"cos.entity_id": clip(entity_id)}
             if command_type:
                 attributes["cos.command_type"] = clip(command_type)
+            # Under the call's standard server span (gRPC or HTTP) when there is one, as upstream's are;
+            # otherwise straight in the caller's trace.
+            current = trace.get_current_span().get_span_context().is_valid
             span = self._tracing.span(
-                span_name, kind=SpanKind.SERVER, parent=self._tracing.extract(metadata), attributes=attributes
+                span_name,
+                kind=SpanKind.INTERNAL,
+                parent=None if current else self._tracing.extract(metadata),
+                attributes=attributes,
             )
         return _RequestScope(span, self._metrics, rpc, entity_id, command_type)
 

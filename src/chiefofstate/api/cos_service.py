@@ -14,6 +14,7 @@ from chiefofstate.core.errors import CosError
 from chiefofstate.core.headers import Metadata
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.subscription.hub import SubscriptionHub
+from chiefofstate.telemetry.tracing import TRACING_OFF
 
 __all__ = [
     "COS_SERVICE_NAME",
@@ -46,7 +47,8 @@ class ChiefOfStateService:
     ) -> None:
         self._commands = commands
         self.takes_bytes = commands is not None and commands.forwards
-        self._subscriptions = SubscriptionRpcs(subscriptions, unsubscribe_elsewhere)
+        tracing = commands.tracing if commands is not None else TRACING_OFF
+        self._subscriptions = SubscriptionRpcs(subscriptions, unsubscribe_elsewhere, tracing)
 
     async def ProcessCommand(self, request: pb.ProcessCommandRequest, context: Context) -> bytes:
         try:

@@ -18,6 +18,8 @@ from chiefofstate.api.token_file import TokenFile
 from chiefofstate.api.undecodable import request_checking_server
 from chiefofstate.config.grpc_limits import GrpcLimits
 from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics, measured_server
+from chiefofstate.telemetry.grpc_spans import traced_server
+from chiefofstate.telemetry.tracing import Tracing
 
 # (full service name, function adding its servicer to the server): services only some nodes serve,
 # such as ReadSideManagerService with COS_READ_SIDE_ENABLED=true (docs/contract.md §1).
@@ -39,6 +41,7 @@ class GrpcServer:
         credentials: grpc.ServerCredentials | None = None,
         reflection_enabled: bool = True,
         tokens: TokenFile | None = None,
+        tracing: Tracing | None = None,
         limits: GrpcLimits = DEFAULT_LIMITS,
     ) -> None:
         self._server = aio.server(
@@ -60,6 +63,9 @@ class GrpcServer:
         # Each layer wraps what the one outside it wrapped, so at a call the layer nearest the server runs
         # first: metrics, then the token check, then the refusal of undecodable requests, then the service.
         registry: aio.Server = measured_server(self._server, metrics) if metrics is not None else self._server
+        if tracing is not None and tracing.enabled:
+            # the standard server span, around everything below it (a refused token included)
+            registry = traced_server(registry, tracing)
         if tokens is not None:
             registry = token_checking_server(registry, tokens)
         registry = request_checking_server(registry)

@@ -13,9 +13,10 @@ from chiefofstate.api.grpc_errors import abort_with
 from chiefofstate.core.command_rules import validate_entity_id
 from chiefofstate.core.errors import CosError, InvalidArgument
 from chiefofstate.core.headers import Metadata
-from chiefofstate.core.limits import validate_subscription_id
+from chiefofstate.core.limits import clip, validate_subscription_id
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.subscription.hub import SubscriptionHub
+from chiefofstate.telemetry.tracing import SPAN_SUBSCRIBE, SPAN_SUBSCRIBE_ALL, TRACING_OFF, Tracing
 
 SUBSCRIPTIONS_OFF = "Subscription is not enabled; configure subscription to use streaming"
 # Sent in the stream's initial metadata once the subscription is registered: a client that waits
@@ -32,9 +33,15 @@ UnsubscribeElsewhere = Callable[[str, Metadata], Awaitable[None]]
 class SubscriptionRpcs:
     """`hub` is None when COS_SUBSCRIPTION_ENABLED is false: every rpc answers UNIMPLEMENTED."""
 
-    def __init__(self, hub: SubscriptionHub | None, elsewhere: UnsubscribeElsewhere | None = None) -> None:
+    def __init__(
+        self,
+        hub: SubscriptionHub | None,
+        elsewhere: UnsubscribeElsewhere | None = None,
+        tracing: Tracing = TRACING_OFF,
+    ) -> None:
         self._hub = hub
         self._elsewhere = elsewhere
+        self._tracing = tracing
 
     async def _enabled_hub(self, context: Context) -> SubscriptionHub:
         if self._hub is None:
@@ -69,6 +76,12 @@ class SubscriptionRpcs:
         # disconnects then interrupts this coroutine itself, so `release` runs at once instead of
         # whenever the abandoned generator is finalized.
         hub = await self._enabled_hub(context)
+        # upstream's span of the rpc: the subscription's registration, not the stream's whole life
+        registering = self._tracing.span(
+            SPAN_SUBSCRIBE if entity_id is not None else SPAN_SUBSCRIBE_ALL,
+            attributes={"cos.entity_id": clip(entity_id)} if entity_id else None,
+        )
+        registering.__enter__()
         try:
             if entity_id == "":
                 raise InvalidArgument("entity_id is required")
@@ -77,6 +90,7 @@ class SubscriptionRpcs:
             validate_subscription_id(requested_id)
             subscription = hub.open(requested_id or str(uuid.uuid4()), entity_id)
         except CosError as error:
+            registering.__exit__(type(error), error, None)
             await abort_with(context, error)
             raise
         subscription.writer = asyncio.current_task()
@@ -84,8 +98,13 @@ class SubscriptionRpcs:
         gate, writing, write = hub.gate, hub.writing, context.write
         prefix, wrote = subscription.prefix, subscription.wrote
         try:
-            await hub.ready()  # events committed from here on reach it, wherever they were written
-            await context.send_initial_metadata(((SUBSCRIPTION_ID_HEADER, subscription.subscription_id),))
+            try:
+                await hub.ready()  # events committed from here on reach it, wherever they were written
+                await context.send_initial_metadata(((SUBSCRIPTION_ID_HEADER, subscription.subscription_id),))
+            except BaseException as error:
+                registering.__exit__(type(error), error, None)
+                raise
+            registering.__exit__(None, None, None)
             while True:
                 bodies = await subscription.take()
                 if not bodies:

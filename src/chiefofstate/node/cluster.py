@@ -159,6 +159,7 @@ async def start_cluster(
         reflection_enabled=settings.security.reflection_enabled,
         # A forwarded call carries its caller's token, checked here again (docs/operations.md, "Security").
         tokens=tokens,
+        tracing=tracing,
         limits=peer_port_limits(settings),
         extra_services=peer_services,
     )

@@ -25,6 +25,7 @@ from chiefofstate.api.grpc_server import GrpcServer
 from chiefofstate.api.http_api import create_http_app
 from chiefofstate.api.http_metrics import HttpServerMetrics
 from chiefofstate.api.http_server import HttpServer
+from chiefofstate.api.http_tracing import HttpServerSpans
 from chiefofstate.api.management import ManagementServer, Route, SmallHttpServer, metrics_route
 from chiefofstate.api.subscription_rpcs import UnsubscribeElsewhere
 from chiefofstate.api.tls import ServerTls, load_server_tls
@@ -324,6 +325,7 @@ class Node:
                     credentials=self.tls.grpc_server_credentials() if self.tls is not None else None,
                     reflection_enabled=self.settings.security.reflection_enabled,
                     tokens=self.tokens,
+                    tracing=self.tracing,
                     limits=self.settings.grpc_limits,
                 )
                 await grpc_server.start()
@@ -337,8 +339,9 @@ class Node:
                 body_timeout_s=self.settings.http_limits.body_timeout_s,
             )
             measured = HttpServerMetrics(app, self.metrics) if self.settings.tracing.otlp_metrics else app
+            guarded = TokenMiddleware(measured, self.tokens) if self.tokens is not None else measured
             http_server = self.http = HttpServer(
-                TokenMiddleware(measured, self.tokens) if self.tokens is not None else measured,
+                HttpServerSpans(guarded, self.tracing) if self.tracing and self.tracing.enabled else guarded,
                 server.http_address,
                 server.http_port,
                 server.shutdown_timeout_s,

@@ -25,6 +25,7 @@ from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
 REFUSED = "read handler answered successful=false"
 # The client spans upstream names after its read-side handler classes (docs/contract.md §12).
 SPAN_GRPC_READ_SIDE = "ReadSideHandler.HandleEvent"
+READ_SIDE_SERVICE = "chief_of_state.v1.ReadSideHandlerService"
 SPAN_HTTP_READ_SIDE = "HttpReadSideHandler.HandleEvent"
 
 
@@ -69,6 +70,19 @@ class GuardedReadHandler:
         self._clock = clock
         self._tracing = tracing
         self._span_name = SPAN_HTTP_READ_SIDE if read_side.protocol == "http" else SPAN_GRPC_READ_SIDE
+        # the standard client span of the call itself, inside upstream's span (docs/operations.md)
+        target: dict[str, AttributeValue] = {"server.address": read_side.host, "server.port": read_side.port}
+        if read_side.protocol == "http":
+            self._client_span_name = "POST"
+            self._client_attributes: dict[str, AttributeValue] = {"http.request.method": "POST", **target}
+        else:
+            self._client_span_name = f"{READ_SIDE_SERVICE}/HandleReadSide"
+            self._client_attributes = {
+                "rpc.system": "grpc",
+                "rpc.service": READ_SIDE_SERVICE,
+                "rpc.method": "HandleReadSide",
+                **target,
+            }
         self._read_side_id = read_side.read_side_id
         # The breaker's call timeout also bounds each call (§5.5).
         self._timeout_s = (
@@ -116,9 +130,14 @@ class GuardedReadHandler:
         # A delivery soon after its command joins that command's trace, under the span that appended it.
         traces = self._command_traces
         parent = traces.parent_of(event.entity_id, event.revision) if traces is not None else None
-        with self._tracing.span(
-            self._span_name, kind=SpanKind.CLIENT, parent=parent, attributes=attributes
-        ) as span:
+        with (
+            self._tracing.span(
+                self._span_name, kind=SpanKind.INTERNAL, parent=parent, attributes=attributes
+            ) as span,
+            self._tracing.span(
+                self._client_span_name, kind=SpanKind.CLIENT, attributes=self._client_attributes
+            ),
+        ):
             accepted = await self._handler.handle(event.call, shard, self._timeout_s, self._tracing.inject())
             if span is not None:
                 span.set_attribute("cos.read_side.successful", accepted)

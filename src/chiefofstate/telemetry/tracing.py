@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 # Span names upstream emits, so existing dashboards and queries keep working (docs/contract.md §12).
 SPAN_PROCESS_COMMAND = "CosService.processCommand"
 SPAN_GET_STATE = "CosService.getState"
+SPAN_SUBSCRIBE = "CosService.subscribe"
+SPAN_SUBSCRIBE_ALL = "CosService.subscribeAll"
 SPAN_ENTITY_COMMAND = "Entity.handleCommand"
 SPAN_ENTITY_GET_STATE = "PersistentEntity.HandleGetStateCommand"
 SPAN_REMOTE_CALLS = "PersistentEntity.HandleRemoteCommandsAndEvents"

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from chiefofstate.core.errors import Code, CosError
 from chiefofstate.core.headers import HeaderValue
@@ -22,6 +23,8 @@ from chiefofstate.ports.write_handler import WriteHandler
 from chiefofstate.telemetry import tracing as spans
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import NO_SPAN, Tracing
+
+WRITE_SIDE_SERVICE = "chief_of_state.v1.WriteSideHandlerService"
 
 
 class InstrumentedWriteHandler:
@@ -52,10 +55,25 @@ class InstrumentedWriteHandler:
         self._system = protocol
 
     def _span(self, name: str, rpc: str, entity_id: str) -> AbstractContextManager[object]:
+        """Upstream's span for the call, around the standard client span of the call itself."""
         if not self._tracing.enabled:
             return NO_SPAN  # no attributes built for a span that is not recorded
-        attributes = {"rpc.system": self._system, "rpc.method": rpc, "cos.entity_id": entity_id}
-        return self._tracing.span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        attributes = {"rpc.method": rpc, "cos.entity_id": entity_id}
+        return self._tracing.span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+
+    def _client_span(self, rpc: str) -> AbstractContextManager[object]:
+        """The standard client span (named as OpenTelemetry's gRPC or HTTP client instrumentation names
+        it); its context is what the handler receives, so the handler's server span is its child."""
+        if not self._tracing.enabled:
+            return NO_SPAN
+        host, port = self._target
+        target: dict[str, AttributeValue] = {"server.address": host, "server.port": port}
+        if self._system == "http":
+            return self._tracing.span(
+                "POST", kind=SpanKind.CLIENT, attributes={"http.request.method": "POST", **target}
+            )
+        attributes = {"rpc.system": "grpc", "rpc.service": WRITE_SIDE_SERVICE, "rpc.method": rpc, **target}
+        return self._tracing.span(f"{WRITE_SIDE_SERVICE}/{rpc}", kind=SpanKind.CLIENT, attributes=attributes)
 
     def _with_trace(self, headers: Sequence[tuple[str, HeaderValue]]) -> Sequence[tuple[str, HeaderValue]]:
         """The headers plus the current span's context; the same sequence when tracing is off."""
@@ -73,7 +91,10 @@ class InstrumentedWriteHandler:
         started = time.perf_counter()
         code = "OK"
         try:
-            with self._span(self._command_span, "HandleCommand", request.prior_event_meta.entity_id):
+            with (
+                self._span(self._command_span, "HandleCommand", request.prior_event_meta.entity_id),
+                self._client_span("HandleCommand"),
+            ):
                 return await self._inner.handle_command(request, self._with_trace(headers), timeout_s)
         except BaseException as error:
             code = _code_name(error)
@@ -90,7 +111,10 @@ class InstrumentedWriteHandler:
         started = time.perf_counter()
         code = "OK"
         try:
-            with self._span(self._event_span, "HandleEvent", request.event_meta.entity_id):
+            with (
+                self._span(self._event_span, "HandleEvent", request.event_meta.entity_id),
+                self._client_span("HandleEvent"),
+            ):
                 return await self._inner.handle_event(request, timeout_s, self._with_trace(headers))
         except BaseException as error:
             code = _code_name(error)

@@ -3,6 +3,7 @@ from typing import Any
 from chiefofstate.api.cos_service import COS_SERVICE_NAME, ChiefOfStateService, add_to_server
 from chiefofstate.entities.entity import EntityState
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.telemetry.tracing import TRACING_OFF
 
 
 class RecordingServer:
@@ -37,6 +38,7 @@ class Commands:
     """One entity at rest ("cached"); any other read goes through get_state."""
 
     forwards = False
+    tracing = TRACING_OFF
 
     def __init__(self) -> None:
         self.full_reads: list[tuple[str, float | None]] = []

@@ -404,8 +404,11 @@ async def test_each_call_is_a_client_span_named_as_upstreams(rig: Rig) -> None:
 
         @contextlib.contextmanager
         def span(self, name: str, **options: Any) -> Iterator[None]:
-            self.spans.append((name, dict(options["attributes"])))
+            self.spans.append((name, {"kind": options["kind"].name, **options["attributes"]}))
             yield None
+
+        def inject(self) -> list[tuple[str, str]]:
+            return [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
 
     tracing = RecordingTracing()
     read_side = ReadSideSettings("accounts", "127.0.0.1", 1, protocol="http")
@@ -414,12 +417,18 @@ async def test_each_call_is_a_client_span_named_as_upstreams(rig: Rig) -> None:
     projection = Projection(read_side, SHARD, guarded, rig.context())
     rig.projections.append(projection)
     await projection.start(ShardRecord())
-    await eventually(lambda: len(tracing.spans) == 1)
-    name, attributes = tracing.spans[0]
+    await eventually(lambda: len(tracing.spans) == 2)
+    (name, attributes), (client_name, client_attributes) = tracing.spans
     assert name == "HttpReadSideHandler.HandleEvent"
     assert attributes == {
+        "kind": "INTERNAL",
         "cos.read_side_id": "accounts",
         "cos.entity_id": "a",
         "cos.revision": 1,
         "cos.event_tag": str(SHARD),
     }
+    # inside it, the standard client span of the HTTP call itself
+    assert (client_name, client_attributes) == (
+        "POST",
+        {"kind": "CLIENT", "http.request.method": "POST", "server.address": "127.0.0.1", "server.port": 1},
+    )
