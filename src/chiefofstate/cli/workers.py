@@ -126,7 +126,6 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, self._backoff.longest_s)
 
-
     async def _wait(self, index: int, child: asyncio.subprocess.Process) -> int:
         """The worker's exit code; once stopping, it has `kill_after_s` to exit before it is killed."""
         exited = asyncio.ensure_future(child.wait())
