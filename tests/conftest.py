@@ -7,8 +7,14 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.postgres import PgServer, fresh_database, test_server
+
+# Property tests run on shared, busy machines: how long one example takes there says nothing about the
+# code, so neither the per-example deadline nor the "input generation is slow" check may fail a test.
+settings.register_profile("shared-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shared-machine")
 
 
 @pytest.fixture(scope="session")
