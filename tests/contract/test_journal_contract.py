@@ -124,19 +124,19 @@ async def test_a_follower_of_a_shard_misses_nothing_while_appends_to_it_race(jou
     committed after it read past that row's ordering. 16 writers append to one shard at once while the
     follower reads, on every store."""
     entities = entities_in_shard(2, 16, prefix="race")
-    appends_each = 8
+    appends_each, events_each = 6, 20  # long inserts: the appends in flight overlap
     followed: list[tuple[str, int]] = []
     writers_done = asyncio.Event()
 
     async def write(entity_id: str) -> None:
-        for sequence in range(appends_each):
-            await append_ok(journal, request(entity_id, sequence))
+        for append in range(appends_each):
+            await append_ok(journal, request(entity_id, append * events_each, count=events_each))
 
     async def follow() -> None:
         cursor = 0
         while True:
             last_pass = writers_done.is_set()
-            rows = await journal.read_shard(2, cursor, 1000)
+            rows = await journal.read_shard(2, cursor, 5000)
             followed.extend((row.entity_id, row.sequence_number) for row in rows)
             cursor = rows[-1].ordering if rows else cursor
             if last_pass and not rows:
@@ -150,10 +150,11 @@ async def test_a_follower_of_a_shard_misses_nothing_while_appends_to_it_race(jou
         writers_done.set()
         await follower
     everything = [(row.entity_id, row.sequence_number) for row in await journal.read_shard(2, 0, 10_000)]
-    assert sorted(everything) == sorted((e, n) for e in entities for n in range(1, appends_each + 1))
+    sequences = list(range(1, appends_each * events_each + 1))
+    assert sorted(everything) == sorted((e, n) for e in entities for n in sequences)
     assert followed == everything  # nothing stepped over, nothing seen twice, the journal's order
     for entity_id in entities:  # and each entity's events in sequence order
-        assert [n for e, n in everything if e == entity_id] == list(range(1, appends_each + 1))
+        assert [n for e, n in everything if e == entity_id] == sequences
 
 
 # -------------------------------------------------------------------------------------------------- reads

@@ -383,3 +383,17 @@ async def test_revisions_go_up_to_the_highest_uint32_and_no_further(rig: Rig) ->
         await rig.command("old", 3)
     with pytest.raises(SequenceConflict):  # exactly up to the highest revision: past the limit's check
         await rig.command("old", 2)
+
+
+async def test_an_entity_whose_newest_row_is_a_snapshot_recovers_its_state_from_it(rig: Rig) -> None:
+    from chiefofstate.core.command_rules import initial_state
+    from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
+    from chiefofstate.ports.journal import SnapshotRow
+
+    meta = initial_state("snapped").meta
+    meta.revision_number = 5
+    wrapper = StateWrapper(state=packed_int(7), meta=meta)
+    await rig.journal.save_snapshot(SnapshotRow("snapped", 5, 0, wrapper.SerializeToString()))
+    state = await rig.host.get_state("snapped", rig.deadline())
+    assert state.revision == 5 and unpacked_int(state.decode().state) == 7
+    assert rig.handler.command_calls == 0  # recovered without the handler

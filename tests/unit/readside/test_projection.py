@@ -177,6 +177,27 @@ async def test_stop_halts_on_the_failing_event_and_persists_the_halt(rig: Rig) -
     assert rig.sleep.delays == []
 
 
+# The committer's own interval far beyond any test: an offset stored now was flushed on purpose.
+SLOW_COMMITS = replace(DELIVERY, commit_batch=1000, commit_interval_s=600.0)
+
+
+async def test_a_halt_stores_the_offset_right_before_the_failing_event_at_once(rig: Rig) -> None:
+    await rig.append("a", SHARD, 2)
+    await rig.append("b", SHARD, 1)
+    rig.handler.answer = failing_for(("b", 1))
+    projection = await rig.start(FailurePolicy.STOP, delivery=SLOW_COMMITS)
+    await eventually(lambda: projection.status().state is ProjectionState.HALTED)
+    assert await rig.offset() == 2  # flushed by the halt, not left for the next interval
+    assert (await rig.record()).halt is not None
+
+
+async def test_commit_batch_events_unstored_hurry_the_committer(rig: Rig) -> None:
+    hurried = replace(SLOW_COMMITS, commit_batch=2)
+    rows = await rig.append("a", SHARD, 2)
+    await rig.start(delivery=hurried)
+    await eventually_equal(rig.offset, rows[1].ordering)
+
+
 async def test_a_halted_projection_stays_halted_when_started_again(rig: Rig) -> None:
     await rig.append("a", SHARD, 2)
     projection = await rig.start(record=ShardRecord(offset=None, halt=Halt(1, "failed", 5)))
