@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup packages demo test lint typecheck unit protos docs lowest image bench faults cluster fuzz
+.PHONY: setup packages demo test lint typecheck unit protos docs lowest image bench faults cluster fuzz mutate
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ packages:
 
 test: packages lint typecheck
 	$(BIN)/pytest -q -ra
+	$(BIN)/python scripts/mutate.py --short
+
+# The whole curated mutation run (docs/testing.md, "Mutation run"); CI runs its --short form.
+mutate: setup
+	$(BIN)/python scripts/mutate.py $(MUTATE_ARGS)
 
 protos: setup
 	$(BIN)/python scripts/gen_protos.py

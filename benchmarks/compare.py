@@ -40,7 +40,10 @@ def ratios(report: dict[str, Any], concurrency: int) -> dict[str, float]:
     figures: dict[str, float] = {}
     for label, workload, reference, reference_workload in RATIOS:
         node = _cell(report, "node", workload, concurrency)
-        base = _cell(report, reference, reference_workload, concurrency)
+        try:  # a floor measured per workload (new, hot), or an older report's single floor cell
+            base = _cell(report, reference, workload, concurrency)
+        except KeyError:
+            base = _cell(report, reference, reference_workload, concurrency)
         figures[label] = node["throughput"] / base["throughput"]
         if reference == "floor":
             figures[f"{workload.split()[-1]} p99 ÷ floor p99"] = node["p99_ms"] / base["p99_ms"]

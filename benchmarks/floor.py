@@ -2,19 +2,25 @@
 
 `--mode floor` serves `ProcessCommand` the way the node does on the wire: one unary call in, then
 `HandleCommand` and `HandleEvent` to the write handler over one channel built with the node's options and
-deadline, and a reply of the node's size. `--mode echo` answers every call from a constant (a bare unary
-server, the ceiling for `GetState`). Both run on the node's event loop (uvloop, as `cos serve` does) and
-the same grpcio as the node.
+deadline, and a reply of the node's size. The requests are the node's own, byte for byte in size: a new
+entity's prior state and meta are the empty ones the node sends (`initial_state`), a known entity's are
+the state and meta its last command produced, and each event's meta is built by the node's own rule
+(`next_event_meta`). For that the floor remembers each entity's last state, and nothing else.
+`--mode echo` answers every call from a constant (a bare unary server, the ceiling for `GetState`). Both
+run on the node's event loop (uvloop, as `cos serve` does) and the same grpcio as the node.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
+from google.protobuf.any_pb2 import Any as AnyProto
 from grpc import aio
 
 from benchmarks.handlers import run_on_loop, serve_until_signalled
@@ -25,7 +31,9 @@ from benchmarks.messages import (
     STATE,
     meta_for,
 )
+from chiefofstate.core.command_rules import initial_state, next_event_meta
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import (
     ChiefOfStateServiceServicer,
     add_ChiefOfStateServiceServicer_to_server,
@@ -73,6 +81,11 @@ class EchoService(ChiefOfStateServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of the benchmark")
 
 
+# Entities whose last state the floor keeps (least recently used forgotten first); far more than a
+# benchmark's hot entities, so only the new-entity workload's ids, used once each, are forgotten.
+KEPT_ENTITIES = 100_000  # about 30 MB of states at most
+
+
 class FloorService(EchoService):
     """Three RPCs per command, as the node makes them; everything else is left out."""
 
@@ -84,21 +97,43 @@ class FloorService(EchoService):
             WriteSideHandlerServiceStub(c) for c in self._channels
         ]
         self._stubs = itertools.cycle(stubs)
+        self._last: OrderedDict[str, pb.ProcessCommandResponse] = OrderedDict()
+        self.kept_entities = KEPT_ENTITIES
+
+    def prior(self, entity_id: str) -> tuple[AnyProto, MetaData]:
+        """The prior state and meta the node would send for this entity now."""
+        last = self._last.get(entity_id)
+        if last is None:
+            fresh = initial_state(entity_id)
+            return fresh.state, fresh.meta
+        self._last.move_to_end(entity_id)
+        return last.state, last.meta
+
+    def remember(self, entity_id: str, answer: pb.ProcessCommandResponse) -> None:
+        self._last[entity_id] = answer
+        self._last.move_to_end(entity_id)
+        if len(self._last) > self.kept_entities:
+            self._last.popitem(last=False)
 
     async def ProcessCommand(
         self, request: pb.ProcessCommandRequest, context: Context
     ) -> pb.ProcessCommandResponse:
-        meta = meta_for(request.entity_id, 1)
+        prior_state, prior_meta = self.prior(request.entity_id)
         commanded = await next(self._stubs).HandleCommand(
-            HandleCommandRequest(command=request.command, prior_state=STATE, prior_event_meta=meta),
+            HandleCommandRequest(
+                command=request.command, prior_state=prior_state, prior_event_meta=prior_meta
+            ),
             timeout=HANDLER_CALL_TIMEOUT_S,
             metadata=(),
         )
+        meta = next_event_meta(prior_meta, time.time_ns(), ())
         folded = await next(self._stubs).HandleEvent(
-            HandleEventRequest(event=commanded.events[0], prior_state=STATE, event_meta=meta),
+            HandleEventRequest(event=commanded.events[0], prior_state=prior_state, event_meta=meta),
             timeout=HANDLER_CALL_TIMEOUT_S,
         )
-        return pb.ProcessCommandResponse(state=folded.resulting_state, meta=meta)
+        answer = pb.ProcessCommandResponse(state=folded.resulting_state, meta=meta)
+        self.remember(request.entity_id, answer)
+        return answer
 
     async def close(self) -> None:
         for channel in self._channels:

@@ -49,14 +49,17 @@ def report_from_json(data: dict[str, Any]) -> Report:
 
 
 def reference(cells: Sequence[Cell], cell: Cell) -> Cell | None:
-    """The floor for ProcessCommand, the bare echo server for GetState, at the same concurrency."""
-    system, workload = (
-        (FLOOR, "ProcessCommand") if cell.workload.startswith("ProcessCommand") else (ECHO, "GetState")
-    )
-    for candidate in cells:
-        kind = candidate.system.split(" [", 1)[0]  # "floor [uvloop]" is a floor too
-        if (kind, candidate.workload, candidate.concurrency) == (system, workload, cell.concurrency):
-            return candidate
+    """The floor for ProcessCommand, the bare echo server for GetState, at the same concurrency: the
+    floor's cell of the same workload (new or hot entities) where it has one, else its plain one."""
+    if cell.workload.startswith("ProcessCommand"):
+        system, workloads = FLOOR, (cell.workload, "ProcessCommand")
+    else:
+        system, workloads = ECHO, ("GetState",)
+    for workload in workloads:
+        for candidate in cells:
+            kind = candidate.system.split(" [", 1)[0]  # "floor [uvloop]" is a floor too
+            if (kind, candidate.workload, candidate.concurrency) == (system, workload, cell.concurrency):
+                return candidate
     return None
 
 

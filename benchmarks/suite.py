@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -211,15 +212,25 @@ def _table(
         "floor", [f"127.0.0.1:{floor.ports['grpc']}"], extras.process_groups(floor, handler)
     )
     echo_target = Target("echo", [f"127.0.0.1:{echo.ports['grpc']}"], extras.process_groups(echo))
+    order = random.Random(plan.seed)
     for concurrency in plan.levels:
         # Rounds are interleaved: round r of every system runs before round r + 1 of any, so a burst
         # of background load lands on all systems alike instead of on one cell.
-        cells: list[tuple[Target, str]] = [(floor_target, "ProcessCommand"), (echo_target, "GetState")]
+        # The floor runs each ProcessCommand workload of the node: it sends what the node sends for it
+        # (an empty prior state for a new entity, the last one for a hot entity).
+        cells: list[tuple[Target, str]] = [
+            (floor_target, "ProcessCommand new"),
+            (floor_target, "ProcessCommand hot"),
+            (echo_target, "GetState"),
+        ]
         for name, node in nodes.items():
             cells += [(node.target(f"node/{name}"), workload) for workload in NODE_WORKLOADS]
         rounds: dict[int, list[Round]] = {index: [] for index in range(len(cells))}
         for _ in range(plan.timing.rounds):
-            for index, (target, workload) in enumerate(cells):
+            # In a new random order each round (seeded): no cell always runs right after another one's
+            # load, or always first while the machine is still settling.
+            for index in order.sample(range(len(cells)), len(cells)):
+                target, workload = cells[index]
                 rounds[index].append(engine.run_round(target, workload, concurrency))
         for index, (target, workload) in enumerate(cells):
             cell = engine.combine(target.system, workload, concurrency, rounds[index], plan.timing)

@@ -16,14 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(200)  # about 80 s on a busy two-core machine
 def test_quick_benchmark_prints_a_table() -> None:
     finished = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--store", "sqlite"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=85,
+        timeout=190,
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
     table = finished.stdout

@@ -118,6 +118,45 @@ async def test_ordering_grows_in_commit_order_within_a_shard(journal: Journal) -
     assert orderings == sorted(orderings) and len(set(orderings)) == len(orderings)
 
 
+async def test_a_follower_of_a_shard_misses_nothing_while_appends_to_it_race(journal: Journal) -> None:
+    """Orderings must be given in commit order within a shard: a reader that follows the shard from the
+    last ordering it saw (as read sides and subscriptions do) would otherwise step over a row that
+    committed after it read past that row's ordering. 16 writers append to one shard at once while the
+    follower reads, on every store."""
+    entities = entities_in_shard(2, 16, prefix="race")
+    appends_each, events_each = 6, 20  # long inserts: the appends in flight overlap
+    followed: list[tuple[str, int]] = []
+    writers_done = asyncio.Event()
+
+    async def write(entity_id: str) -> None:
+        for append in range(appends_each):
+            await append_ok(journal, request(entity_id, append * events_each, count=events_each))
+
+    async def follow() -> None:
+        cursor = 0
+        while True:
+            last_pass = writers_done.is_set()
+            rows = await journal.read_shard(2, cursor, 5000)
+            followed.extend((row.entity_id, row.sequence_number) for row in rows)
+            cursor = rows[-1].ordering if rows else cursor
+            if last_pass and not rows:
+                return
+            await asyncio.sleep(0)
+
+    follower = asyncio.create_task(follow())
+    try:
+        await asyncio.gather(*(write(entity_id) for entity_id in entities))
+    finally:
+        writers_done.set()
+        await follower
+    everything = [(row.entity_id, row.sequence_number) for row in await journal.read_shard(2, 0, 10_000)]
+    sequences = list(range(1, appends_each * events_each + 1))
+    assert sorted(everything) == sorted((e, n) for e in entities for n in sequences)
+    assert followed == everything  # nothing stepped over, nothing seen twice, the journal's order
+    for entity_id in entities:  # and each entity's events in sequence order
+        assert [n for e, n in everything if e == entity_id] == sequences
+
+
 # -------------------------------------------------------------------------------------------------- reads
 
 

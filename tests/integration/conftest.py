@@ -12,6 +12,7 @@ from grpc import aio
 
 from chiefofstate.cli.processes import Process, start_bank_write_handler, start_node_on_free_ports
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
+from tests.support.owned import stop_all
 from tests.support.postgres import PgServer
 
 pytestmark = pytest.mark.integration
@@ -115,10 +116,10 @@ def node_factory(
         started.append(process)
         return process
 
-    yield start
-    for process in started:
-        if process.alive():
-            process.kill()
+    try:
+        yield start
+    finally:
+        stop_all(started, kill=True)
 
 
 @pytest.fixture

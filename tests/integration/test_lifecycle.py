@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import sys
@@ -22,8 +23,10 @@ from chiefofstate.cli.processes import (
     Process,
     free_port,
     node_environment,
+    spawn,
     start_bank_write_handler,
     start_node,
+    wait_for,
 )
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
@@ -105,6 +108,33 @@ def test_an_unreachable_database_at_start_fails_after_bounded_retries(tmp_path: 
     assert result.returncode == 1
     assert "unreachable" in result.stderr.lower() or "unreachable" in result.stdout.lower()
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("moment", ["right after spawning it", "while it retries the store"])
+def test_sigterm_during_start_up_stops_the_node_promptly(tmp_path: Path, moment: str) -> None:
+    """A worker told to stop while it starts must exit, not finish a start that can take minutes (here
+    a store that refuses connections, retried 1,000 times)."""
+    env = {
+        **base_env(1),
+        "COS_DB_HOST": "127.0.0.1",
+        "COS_DB_PORT": str(free_port()),
+        "COS_DB_STARTUP_RETRIES": "1000",
+        "COS_DB_CONNECT_TIMEOUT": "1s",
+        "COS_PORT": str(free_port()),
+        "COS_MANAGEMENT_PORT": str(free_port()),
+    }
+    process = spawn("cos-node", [sys.executable, "-m", "chiefofstate", "serve"], env, tmp_path)
+    try:
+        if moment == "while it retries the store":
+            wait_for("retrying", process, lambda: "(attempt 2 of 1001)" in process.log_text(), 60)
+        process.popen.send_signal(signal.SIGTERM)
+        code = process.popen.wait(timeout=30)
+        # Before Python installs its handler the default action ends it (-SIGTERM); after, it exits 0.
+        assert code in (0, -signal.SIGTERM), process.log_text()
+        if moment == "while it retries the store":
+            assert code == 0 and "start-up abandoned" in process.log_text()
+    finally:
+        process.kill()
 
 
 async def test_health_reflection_and_management_endpoints(node: Process) -> None:

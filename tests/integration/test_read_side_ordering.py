@@ -1,7 +1,7 @@
 """The ordering proof on PostgreSQL (decision D3): nothing skipped, nothing out of order per entity.
 
 Two nodes write the same shards at once while a third node, which takes no commands, runs the read
-side and learns of new events only through LISTEN/NOTIFY (its poll is 30 s). Meanwhile a direct SQL
+side and learns of new events only through LISTEN/NOTIFY (its poll is 300 s). Meanwhile a direct SQL
 transaction locks a shard, appends an event and commits a second later, after transactions that
 started after it: the classic "late commit" that makes sequence-based projections skip events.
 """
@@ -114,7 +114,7 @@ def test_concurrent_writers_and_late_commits_never_make_a_projection_skip_or_reo
     server, database = pg_database
     writing = [node_factory(), node_factory()]
     projecting = node_factory(
-        **{**FAST, "COS_READ_SIDE_POLL_INTERVAL": "30s"},  # wake-ups come from the other nodes' NOTIFY
+        **{**FAST, "COS_READ_SIDE_POLL_INTERVAL": "300s"},  # wake-ups come from the other nodes' NOTIFY
         **read_side("proof", read_handler.ports["read_side"]),
     )
     stop = threading.Event()
@@ -157,11 +157,11 @@ def test_concurrent_writers_and_late_commits_never_make_a_projection_skip_or_reo
     stopped_writing = time.monotonic()
     deliveries.wait_until(
         lambda log: all(max(log.revisions("proof", e), default=0) == final[e] for e in final),
-        timeout_s=30,
+        timeout_s=120,
         what="every event at the projecting node",
     )
     catch_up_s = time.monotonic() - stopped_writing
-    assert catch_up_s < 10  # far below the 30 s poll: NOTIFY woke the projections
+    assert catch_up_s < 120  # far below the 300 s poll (however busy the machine): NOTIFY woke them
     duplicates = 0
     for entity, revision in final.items():
         revisions = deliveries.revisions("proof", entity)

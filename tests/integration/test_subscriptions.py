@@ -132,6 +132,40 @@ async def test_subscribe_all_keeps_per_entity_order_under_concurrent_load(
 
 
 @sqlite_only
+async def test_many_subscribers_of_one_entity_and_of_all_entities_each_get_every_event_in_order(
+    cos: ChiefOfStateServiceStub,
+) -> None:
+    """Fan-out: every stream is read to the end, not a sample of them."""
+    of_shared = [cos.Subscribe(pb.SubscribeRequest(entity_id="shared")) for _ in range(24)]
+    of_all = [cos.SubscribeAll(pb.SubscribeAllRequest(subscription_id=f"all-{n}")) for n in range(24)]
+    streams = of_shared + of_all
+    ids = await asyncio.gather(*(registered(call) for call in streams))
+    assert len(set(ids)) == len(streams)
+    deposits = 10
+
+    async def history(entity: str) -> None:
+        await process(cos, entity, bank.open_account("F", 0))
+        for _ in range(deposits):
+            await process(cos, entity, bank.deposit(1))
+
+    await asyncio.gather(history("shared"), history("other"))
+    expected = list(range(1, deposits + 2))
+    for call, subscription_id in zip(of_shared, ids, strict=False):
+        messages = await read(call, len(expected))
+        assert [(m.subscription_id, m.meta.entity_id) for m in messages] == [
+            (subscription_id, "shared")
+        ] * len(expected)
+        assert [m.meta.revision_number for m in messages] == expected
+    for call in of_all:
+        seen: defaultdict[str, list[int]] = defaultdict(list)
+        for message in await read(call, 2 * len(expected)):
+            seen[message.meta.entity_id].append(message.meta.revision_number)
+        assert seen == {"shared": expected, "other": expected}
+    for call in streams:
+        call.cancel()
+
+
+@sqlite_only
 async def test_bad_subscription_requests_and_reused_ids(cos: ChiefOfStateServiceStub) -> None:
     no_entity = await stream_error(cos.Subscribe(pb.SubscribeRequest(subscription_id="x")))
     assert (
@@ -224,8 +258,9 @@ async def test_a_subscriber_that_never_reads_is_ended_while_commands_keep_full_s
         stalled = stub(stalled_channel).SubscribeAll(pb.SubscribeAllRequest(subscription_id="stalled"))
         await registered(stalled)
         with_stalled = await timed_commands(cos, "busy", 800, 16)
-        # Commands never wait for a subscriber; generous bound for a shared 2-core machine.
-        assert with_stalled >= 0.5 * baseline, (baseline, with_stalled)
+        # Commands never wait for a subscriber; a ratio within the run, generous for a shared 2-core
+        # machine (a command path that waited on the stalled stream would stop after ~20 events).
+        assert with_stalled >= 0.3 * baseline, (baseline, with_stalled)
 
         received = 0
         with pytest.raises(aio.AioRpcError) as ended:

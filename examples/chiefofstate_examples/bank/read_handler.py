@@ -23,6 +23,8 @@ Each takes a comma-separated list of `[read_side_id/]entity_id[@revision]` (`*` 
 * `BANK_READ_FAIL` — answer with an error (gRPC `INTERNAL`, HTTP 500);
 * `BANK_READ_REFUSE` — answer `successful=false`;
 * `BANK_READ_HANG` — never answer (CoS's timeout must end the call);
+* `BANK_READ_HOLD` — never answer the first delivery of the event (logged as `held`), answer the later
+  ones normally: a pause point inside the read handler, to kill CoS while a delivery is in flight;
 * `BANK_READ_DELAY_MS=N` — every call waits N milliseconds before answering (a slow read handler).
 """
 
@@ -117,6 +119,7 @@ class ReadFaults:
     fail: tuple[Selector, ...] = ()
     refuse: tuple[Selector, ...] = ()
     hang: tuple[Selector, ...] = ()
+    hold: tuple[Selector, ...] = ()
     delay_ms: int = 0
 
     @classmethod
@@ -129,8 +132,12 @@ class ReadFaults:
             fail=_selectors(env.get("BANK_READ_FAIL", "")),
             refuse=_selectors(env.get("BANK_READ_REFUSE", "")),
             hang=_selectors(env.get("BANK_READ_HANG", "")),
+            hold=_selectors(env.get("BANK_READ_HOLD", "")),
             delay_ms=int(raw_delay),
         )
+
+    def holds(self, read_side_id: str, entity_id: str, revision: int) -> bool:
+        return any(selector.matches(read_side_id, entity_id, revision) for selector in self.hold)
 
     def outcome(self, read_side_id: str, entity_id: str, revision: int) -> str:
         """`ok`, `failed`, `refused` or `hang` for one delivery."""
@@ -147,6 +154,7 @@ class ReadModel:
         self.balances = Balances()
         self.faults = faults
         self._log = log
+        self._held: set[tuple[str, str, int]] = set()  # events whose first delivery was held
 
     async def handle(
         self, request: HandleReadSideRequest, entity_header: str, tag_header: str, traceparent: str = ""
@@ -156,10 +164,14 @@ class ReadModel:
             await asyncio.sleep(self.faults.delay_ms / 1000)  # TEST HOOK: a slow read handler
         meta = request.meta
         outcome = self.faults.outcome(request.read_side_id, meta.entity_id, meta.revision_number)
+        event = (request.read_side_id, meta.entity_id, meta.revision_number)
+        if outcome == "ok" and event not in self._held and self.faults.holds(*event):
+            self._held.add(event)
+            outcome = "held"
         account = self.balances.apply(request) if outcome == "ok" else None
         self._record(request, entity_header, tag_header, outcome, account, traceparent)
-        if outcome == "hang":
-            await asyncio.sleep(HANG_LIMIT_S)  # TEST HOOK: CoS's timeout must give up first
+        if outcome in ("hang", "held"):
+            await asyncio.sleep(HANG_LIMIT_S)  # TEST HOOK: CoS's timeout (or its death) must come first
         return outcome
 
     def _record(

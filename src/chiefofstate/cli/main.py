@@ -125,7 +125,10 @@ def serve(workers: Workers = None) -> None:
         from chiefofstate.cli.workers import supervise
 
         # Each worker parses the same settings again and says their warnings.
-        raise typer.Exit(supervise(settings.workers.count, {**os.environ, **overrides}))
+        # A worker gets its own shutdown time, and as long again for the rest of its stop, before the
+        # supervisor kills it.
+        kill_after_s = 2 * settings.server.shutdown_timeout_s + 10
+        raise typer.Exit(supervise(settings.workers.count, {**os.environ, **overrides}, kill_after_s))
     for warning in settings.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if settings.workers.is_worker:

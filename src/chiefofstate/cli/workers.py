@@ -3,9 +3,10 @@
 
 Each worker is `python -m chiefofstate serve` with the supervisor's environment, `COS_WORKERS=1` and its
 own `COS_WORKER_INDEX`. SIGTERM and SIGINT are passed on to every worker, and the supervisor exits once
-all of them have stopped. A worker that dies on its own is started again after a back-off that doubles
-up to a bound; one that exits with 2, a configuration error, would fail the same way every time, so it
-stops the whole supervisor with 2 instead.
+all of them have stopped; a worker still running `kill_after_s` after that is killed (SIGKILL), so a stuck
+worker cannot hold the supervisor, and the ports, forever. A worker that dies on its own is started again
+after a back-off that doubles up to a bound; one that exits with 2, a configuration error, would fail the
+same way every time, so it stops the whole supervisor with 2 instead.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ class Supervisor:
         environ: Mapping[str, str],
         command: Sequence[str] = SERVE_COMMAND,
         backoff: Backoff = Backoff(),
+        kill_after_s: float = 60.0,
     ) -> None:
         self._count = count
         self._environ = dict(environ)
         self._command = tuple(command)
         self._backoff = backoff
+        self._kill_after_s = kill_after_s
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
         self._exit_code = 0
@@ -93,7 +96,7 @@ class Supervisor:
             log.warning("worker %d started (pid %d)", index, child.pid)
             if self._stopping.is_set():  # the signal came while it was being started
                 child.send_signal(signal.SIGTERM)
-            code = await child.wait()
+            code = await self._wait(index, child)
             del self._children[index]
             if self._stopping.is_set():
                 log.warning("worker %d (pid %d) stopped (exit code %d)", index, child.pid, code)
@@ -123,9 +126,31 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, self._backoff.longest_s)
 
+    async def _wait(self, index: int, child: asyncio.subprocess.Process) -> int:
+        """The worker's exit code; once stopping, it has `kill_after_s` to exit before it is killed."""
+        exited = asyncio.ensure_future(child.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((exited, stopping), return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                done, _ = await asyncio.wait((exited,), timeout=self._kill_after_s)
+                if not done:
+                    log.error(
+                        "worker %d (pid %d) still running %.0fs after SIGTERM: killing it",
+                        index,
+                        child.pid,
+                        self._kill_after_s,
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        child.kill()
+            return await exited
+        finally:
+            stopping.cancel()
+            exited.cancel()
 
-def supervise(count: int, environ: Mapping[str, str]) -> int:
-    return asyncio.run(Supervisor(count, environ).run())
+
+def supervise(count: int, environ: Mapping[str, str], kill_after_s: float) -> int:
+    return asyncio.run(Supervisor(count, environ, kill_after_s=kill_after_s).run())
 
 
 def stop_with_supervisor() -> None:

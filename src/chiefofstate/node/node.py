@@ -455,9 +455,29 @@ async def run_until_signalled(settings: Settings) -> None:
     with exclusive_use(settings.store, "starting another node"):
         node = Node(settings)
         try:
-            await node.start()
-            freeze_start_up_heap()
-            await stop.wait()
+            if await _started_unless_stopped(node, stop):
+                freeze_start_up_heap()
+                await stop.wait()
             log.warning("shutdown requested")
         finally:
             await node.stop()
+
+
+async def _started_unless_stopped(node: Node, stop: asyncio.Event) -> bool:
+    """Start `node`, or give up on starting it when `stop` is set first: a start can wait a long time
+    (store retries, a cluster settling), and a worker told to stop meanwhile must still exit promptly
+    instead of holding its supervisor (and the machine's shutdown) until the start is over."""
+    starting = asyncio.create_task(node.start(), name="node-start")
+    stopping = asyncio.create_task(stop.wait(), name="stop-requested")
+    try:
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        await cancel_and_wait(starting, stopping)
+        raise
+    stopping.cancel()
+    if starting.done():
+        starting.result()  # a failed start raises here
+        return True
+    log.warning("shutdown requested while starting: start-up abandoned")
+    await cancel_and_wait(starting)  # Node.start closes whatever it had opened
+    return False

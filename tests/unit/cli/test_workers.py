@@ -67,3 +67,49 @@ async def test_a_configuration_error_stops_every_worker_with_exit_2(tmp_path: Pa
     running = asyncio.create_task(supervisor(tmp_path, 2, EXIT_1_0="2").run())
     assert await asyncio.wait_for(running, DEADLINE_S) == 2
     assert "1.1" not in runs_of(tmp_path)  # not restarted
+
+
+async def test_sigterm_right_after_the_workers_are_spawned_stops_them_all(tmp_path: Path) -> None:
+    """The signal reaches workers before they have installed a handler (or even started Python): each
+    still ends, and the supervisor exits 0 without restarting any."""
+    watched = supervisor(tmp_path, 3)
+    running = asyncio.create_task(watched.run())
+    await until(lambda: len(watched._children) == 3)
+    pids = [child.pid for child in watched._children.values()]
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(running, DEADLINE_S) == 0
+    assert all(not pid_exists(pid) for pid in pids)
+    assert {name.split(".")[1] for name in runs_of(tmp_path)} <= {"0"}  # none restarted
+
+
+# A worker stuck in its stop: it ignores SIGTERM.
+STUCK_WORKER = """
+import os, signal, time
+from pathlib import Path
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+(Path(os.environ["RUNS"]) / os.environ["COS_WORKER_INDEX"]).touch()
+while True:
+    time.sleep(60)
+"""
+
+
+async def test_a_worker_that_does_not_stop_is_killed_after_the_bound(tmp_path: Path) -> None:
+    environ = {**os.environ, "RUNS": str(tmp_path)}
+    watched = Supervisor(
+        2, environ, command=[sys.executable, "-c", STUCK_WORKER], backoff=FAST, kill_after_s=0.5
+    )
+    running = asyncio.create_task(watched.run())
+    await until(lambda: runs_of(tmp_path) == {"0", "1"})
+    pids = [child.pid for child in watched._children.values()]
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(running, DEADLINE_S) == 1  # killed: not a clean stop
+    assert all(not pid_exists(pid) for pid in pids)
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether `pid` is still a process (the supervisor reaps its workers, so a stopped one is gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -34,6 +34,13 @@ def test_spec_vectors_with_16_shards(entity_id: str, expected: int) -> None:
     assert shard_of(entity_id, 16) == expected
 
 
+@pytest.mark.parametrize(("num_shards", "expected"), [(9, -2), (30, -8), (16, 0)])
+def test_an_id_hashing_to_int_min_keeps_javas_negative_shard(num_shards: int, expected: int) -> None:
+    # Java: Math.abs(Integer.MIN_VALUE) is still negative and % keeps the dividend's sign, so upstream
+    # tags such an entity's rows with a negative shard whenever the count is not a power of two.
+    assert shard_of("polygenelubricants", num_shards) == expected
+
+
 def test_java_string_hash_matches_java() -> None:
     assert java_string_hash("") == 0
     assert java_string_hash("a") == 97

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -349,12 +350,50 @@ async def test_the_group_commit_budget_follows_how_long_commands_take_to_decide(
     await rig.command("quick", 1)
     quick = rig.processor.deciding.decide_time.seconds
     rig.handler.command_delay_s = 0.02
+    longest = 0.0  # the slowest whole command, which bounds each decision it contains
     for _ in range(20):
+        started = time.perf_counter()
         await rig.command("slow", 1)
+        longest = max(longest, time.perf_counter() - started)
     slow = rig.processor.deciding.decide_time.seconds
-    # A moving average: it moves toward the 20 ms handler within a few commands, not at once.
-    assert quick < 0.0025 < slow < 0.02
+    # A moving average: it moves toward the 20 ms handler within a few commands, not at once (it stays
+    # below the slowest decision it has seen). Bounds relative to this run: a busy machine stretches
+    # every sleep.
+    assert quick < 0.0025 < slow < longest
     assert rig.processor.deciding.decide_time.append_wait_s() == pytest.approx(
         min(slow * APPEND_SHARE, MAX_WAIT_S)
     )
     assert rig.processor.deciding.count == 0
+
+
+async def test_revisions_go_up_to_the_highest_uint32_and_no_further(rig: Rig) -> None:
+    from chiefofstate.core.command_rules import initial_state
+    from chiefofstate.core.errors import SequenceConflict
+    from chiefofstate.entities.command_processor import MAX_REVISION
+    from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
+    from chiefofstate.ports.journal import SnapshotRow
+
+    # An entity recovered from a snapshot two revisions below the limit. (The journal holds no events
+    # below it, so an append that the limit lets through meets a sequence conflict instead.)
+    meta = initial_state("old").meta
+    meta.revision_number = MAX_REVISION - 2
+    wrapper = StateWrapper(state=packed_int(7), meta=meta)
+    await rig.journal.save_snapshot(SnapshotRow("old", MAX_REVISION - 2, 0, wrapper.SerializeToString()))
+    with pytest.raises(Internal, match="would exceed the highest revision number"):
+        await rig.command("old", 3)
+    with pytest.raises(SequenceConflict):  # exactly up to the highest revision: past the limit's check
+        await rig.command("old", 2)
+
+
+async def test_an_entity_whose_newest_row_is_a_snapshot_recovers_its_state_from_it(rig: Rig) -> None:
+    from chiefofstate.core.command_rules import initial_state
+    from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import StateWrapper
+    from chiefofstate.ports.journal import SnapshotRow
+
+    meta = initial_state("snapped").meta
+    meta.revision_number = 5
+    wrapper = StateWrapper(state=packed_int(7), meta=meta)
+    await rig.journal.save_snapshot(SnapshotRow("snapped", 5, 0, wrapper.SerializeToString()))
+    state = await rig.host.get_state("snapped", rig.deadline())
+    assert state.revision == 5 and unpacked_int(state.decode().state) == 7
+    assert rig.handler.command_calls == 0  # recovered without the handler

@@ -209,9 +209,11 @@ async def test_a_full_batch_ends_the_wait(journal: RecordingJournal, long_cap: f
         deciding.script(lambda: True, long_cap)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await asyncio.gather(*(append(writer, request(f"e{n}")) for n in range(4)))
+        first = writer.submit(request("e0"))
+        await asyncio.sleep(0.001)  # the writer now waits for the appends on their way
+        await asyncio.gather(first, *(append(writer, request(f"e{n}")) for n in range(1, 4)))
         assert journal.batches == [["e0", "e1", "e2", "e3"]]
-        assert journal.entered_at[0] - started < 5.0
+        assert journal.entered_at[0] - started < 5.0  # the fourth request ended the wait, not the cap
     finally:
         await writer.close()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -169,12 +169,41 @@ async def test_stop_halts_on_the_failing_event_and_persists_the_halt(rig: Rig) -
     rig.handler.answer = failing_for(("b", 1))
     projection = await rig.start(FailurePolicy.STOP)
     await eventually(lambda: projection.status().state is ProjectionState.HALTED)
+    await eventually_equal(halt_stored(rig), True)  # stored after the state changes
     assert rig.delivered() == [("a", 1), ("b", 1)]  # one attempt, nothing after it
     assert await rig.offset() == 1  # the offset stays before the failing event
     halt = (await rig.record()).halt
     assert halt.event_offset == failing.ordering and halt.halted_at_ms == 1_700_000_000_000
     assert "INTERNAL: test failure" in halt.reason and "STOP" in halt.reason
     assert rig.sleep.delays == []
+
+
+def halt_stored(rig: Rig) -> Callable[[], Awaitable[bool]]:
+    async def read() -> bool:
+        return (await rig.record()).halt is not None
+
+    return read
+
+
+# The committer's own interval far beyond any test: an offset stored now was flushed on purpose.
+SLOW_COMMITS = replace(DELIVERY, commit_batch=1000, commit_interval_s=600.0)
+
+
+async def test_a_halt_stores_the_offset_right_before_the_failing_event_at_once(rig: Rig) -> None:
+    await rig.append("a", SHARD, 2)
+    await rig.append("b", SHARD, 1)
+    rig.handler.answer = failing_for(("b", 1))
+    projection = await rig.start(FailurePolicy.STOP, delivery=SLOW_COMMITS)
+    await eventually(lambda: projection.status().state is ProjectionState.HALTED)
+    await eventually_equal(halt_stored(rig), True)  # the halt is stored after the offset's flush
+    assert await rig.offset() == 2  # flushed by the halt, not left for the next interval
+
+
+async def test_commit_batch_events_unstored_hurry_the_committer(rig: Rig) -> None:
+    hurried = replace(SLOW_COMMITS, commit_batch=2)
+    rows = await rig.append("a", SHARD, 2)
+    await rig.start(delivery=hurried)
+    await eventually_equal(rig.offset, rows[1].ordering)
 
 
 async def test_a_halted_projection_stays_halted_when_started_again(rig: Rig) -> None:

@@ -69,7 +69,7 @@ async def test_events_before_the_start_are_not_streamed_and_later_ones_are_in_or
         journal.append(1, "b", 1)
         journal.append(0, "c", 1)
         journal.append(0, "a", 3)
-        feed.wake_shards([0, 1, 7])  # a shard out of range is ignored
+        feed.wake_shards([0, 1, 2, -1, 7])  # shards out of range (the count itself too) are ignored
         await until(lambda: feed.delivered == 5)
         assert sorted(sink.calls) == [("a", 0, [1, 2]), ("a", 0, [3]), ("b", 1, [1]), ("c", 0, [1])]
         assert [call for call in sink.calls if call[1] == 0] == [

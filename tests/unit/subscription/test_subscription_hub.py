@@ -43,6 +43,25 @@ async def test_an_entity_subscription_gets_only_its_entity_in_commit_order() -> 
     assert revisions(await everything.take()) == [("a", 1), ("a", 2), ("b", 1), ("a", 3)]
 
 
+async def test_every_subscriber_of_an_entity_and_of_all_entities_gets_every_event_in_order() -> None:
+    hub = SubscriptionHub(buffer_size=100, max_streams=100)
+    of_a = [hub.open(f"a-{number}", "a") for number in range(5)]
+    of_b = [hub.open(f"b-{number}", "b") for number in range(2)]
+    of_all = [hub.open(f"all-{number}", None) for number in range(5)]
+    for revision in range(1, 4):
+        hub.on_committed("a", 0, [wrapper("a", revision)])
+        hub.on_committed("b", 1, [wrapper("b", revision)])
+    hub.on_committed("c", 2, [wrapper("c", 1), wrapper("c", 2)])  # nobody watches c but the all-subscribers
+    for subscription in of_a:
+        assert revisions(await written(subscription)) == [("a", 1), ("a", 2), ("a", 3)]
+    for subscription in of_b:
+        assert revisions(await written(subscription)) == [("b", 1), ("b", 2), ("b", 3)]
+    for subscription in of_all:
+        assert revisions(await written(subscription)) == [
+            ("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3), ("b", 3), ("c", 1), ("c", 2)
+        ]  # fmt: skip
+
+
 async def test_take_waits_for_the_next_commit() -> None:
     hub = SubscriptionHub(buffer_size=10, max_streams=10)
     subscription = hub.open("s", "a")
