@@ -32,7 +32,7 @@ packages:
 	bash .ci/packages
 
 test: packages lint typecheck
-	$(BIN)/pytest -q -ra
+	PYTEST=$(BIN)/pytest bash scripts/run_tests.sh
 	$(BIN)/python scripts/mutate.py --short
 
 # The whole curated mutation run (docs/testing.md, "Mutation run"); CI runs its --short form.
