@@ -69,6 +69,12 @@ def writer(node: Process, entities: list[str], stop: threading.Event, errors: li
                 try:
                     open_and_deposit(stub, entity_id, deposits=1)
                 except grpc.RpcError as error:
+                    if error.code() is grpc.StatusCode.UNAVAILABLE and "nothing was written" in str(
+                        error.details()  # type: ignore[attr-defined]
+                    ):
+                        # a shard moving between the two members: retried, as the answer tells a user to
+                        time.sleep(0.1)
+                        continue
                     errors.append(error)
                     return
 

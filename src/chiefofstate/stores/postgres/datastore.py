@@ -169,7 +169,12 @@ class PostgresDatastore:
             raise StoreUnavailable(f"PostgreSQL at {address} is unavailable ({action}): {exc!r}") from exc
 
     def _past_lifetime(self, connection: Any) -> bool:
-        opened_at: float = connection.opened_at  # _AgedConnection
+        try:
+            opened_at: float = connection.opened_at  # _AgedConnection
+        except AttributeError:
+            # The pool's proxy no longer holds a connection (the server ended the session and the pool
+            # let it go): nothing is left to age or close.
+            return False
         return (time.monotonic() - opened_at) * 1000 > self.settings.max_lifetime_ms
 
     @contextlib.asynccontextmanager
