@@ -17,6 +17,7 @@ from opentelemetry.util.types import AttributeValue
 from chiefofstate.config.read_sides import ReadSideSettings
 from chiefofstate.core.breaker import CircuitBreaker
 from chiefofstate.core.errors import CosError
+from chiefofstate.gen.chief_of_state.v1 import readside_pb2
 from chiefofstate.ports.journal import JournalRow
 from chiefofstate.ports.read_handler import DeliveryFailed, ReadHandler, ReadSideCall
 from chiefofstate.telemetry.command_traces import CommandTraces
@@ -25,7 +26,7 @@ from chiefofstate.telemetry.tracing import TRACING_OFF, Tracing
 REFUSED = "read handler answered successful=false"
 # The client spans upstream names after its read-side handler classes (docs/contract.md §12).
 SPAN_GRPC_READ_SIDE = "ReadSideHandler.HandleEvent"
-READ_SIDE_SERVICE = "chief_of_state.v1.ReadSideHandlerService"
+READ_SIDE_SERVICE = readside_pb2.DESCRIPTOR.services_by_name["ReadSideHandlerService"].full_name
 SPAN_HTTP_READ_SIDE = "HttpReadSideHandler.HandleEvent"
 
 

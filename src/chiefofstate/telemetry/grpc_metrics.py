@@ -37,7 +37,7 @@ _GRPC_TYPES = {
     (False, True): "server_stream",
     (True, True): "bidi_stream",
 }
-_HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
+HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
@@ -183,7 +183,7 @@ class GrpcServerMetrics:
             measured = measured_coroutine(behavior, series)
         else:
             return handler  # a synchronous behaviour (grpc.aio's migration thread pool): not measured
-        return _HANDLER_FACTORIES[streaming](
+        return HANDLER_FACTORIES[streaming](
             measured, handler.request_deserializer, handler.response_serializer
         )
 

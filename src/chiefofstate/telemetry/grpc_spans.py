@@ -20,16 +20,10 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from chiefofstate.aio.wrapping_server import Handler, WrappingServer
-from chiefofstate.telemetry.grpc_metrics import failure_code, split_method, success_code
+from chiefofstate.telemetry.grpc_metrics import HANDLER_FACTORIES, failure_code, split_method, success_code
 from chiefofstate.telemetry.tracing import Tracing
 
 Context = aio.ServicerContext[Any, Any]
-_FACTORIES: dict[tuple[bool, bool], Callable[..., Handler]] = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
 # The statuses that make a server span an error, as the semantic conventions list them (a caller's
 # mistake, such as NOT_FOUND or INVALID_ARGUMENT, is not the server's error).
 _SERVER_ERRORS = frozenset(
@@ -71,7 +65,7 @@ def _traced(method: str, handler: Handler, tracing: Tracing) -> Handler:
         wrapped = _coroutine(behavior, start)
     else:
         return handler  # a synchronous behaviour (grpc.aio's thread pool): no span
-    return _FACTORIES[streaming](wrapped, handler.request_deserializer, handler.response_serializer)
+    return HANDLER_FACTORIES[streaming](wrapped, handler.request_deserializer, handler.response_serializer)
 
 
 def _finish(span: Span, code: grpc.StatusCode) -> None:

@@ -35,9 +35,11 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from chiefofstate.aio.tasks import cancel_and_wait
+from chiefofstate.gen.chief_of_state.v1 import writeside_pb2
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import Metric, MetricExporter, MetricsData
@@ -47,27 +49,15 @@ log = logging.getLogger("chiefofstate.telemetry")
 
 Attributes = Mapping[str, str | int]
 
-# grpc.StatusCode names to the numbers `rpc.grpc.status_code` carries
-_STATUS_NUMBERS = {
-    "OK": 0,
-    "CANCELLED": 1,
-    "UNKNOWN": 2,
-    "INVALID_ARGUMENT": 3,
-    "DEADLINE_EXCEEDED": 4,
-    "NOT_FOUND": 5,
-    "ALREADY_EXISTS": 6,
-    "PERMISSION_DENIED": 7,
-    "RESOURCE_EXHAUSTED": 8,
-    "FAILED_PRECONDITION": 9,
-    "ABORTED": 10,
-    "OUT_OF_RANGE": 11,
-    "UNIMPLEMENTED": 12,
-    "INTERNAL": 13,
-    "UNAVAILABLE": 14,
-    "DATA_LOSS": 15,
-    "UNAUTHENTICATED": 16,
-}
-_WRITE_SIDE_SERVICE = "chief_of_state.v1.WriteSideHandlerService"
+_WRITE_SIDE_SERVICE = writeside_pb2.DESCRIPTOR.services_by_name["WriteSideHandlerService"].full_name
+
+
+def _status_number(code_name: str) -> int:
+    """The number `rpc.grpc.status_code` carries for a status name (UNKNOWN's for a name that is none)."""
+    code = grpc.StatusCode.__members__.get(code_name, grpc.StatusCode.UNKNOWN)
+    return int(code.value[0])
+
+
 # The SDK's default explicit buckets (milliseconds for the rpc.* durations), and the semantic
 # conventions' advice for the http.* ones (seconds).
 _MS_BOUNDS = (
@@ -193,7 +183,7 @@ class OtlpMetrics:
                 "rpc.system": "grpc",
                 "rpc.service": service,
                 "rpc.method": method,
-                "rpc.grpc.status_code": _STATUS_NUMBERS.get(code_name, 2),
+                "rpc.grpc.status_code": _status_number(code_name),
             },
         ).record(seconds * 1000.0)
 
@@ -218,7 +208,7 @@ class OtlpMetrics:
                 "rpc.system": "grpc",
                 "rpc.service": _WRITE_SIDE_SERVICE,
                 "rpc.method": method,
-                "rpc.grpc.status_code": _STATUS_NUMBERS.get(code_name, 2),
+                "rpc.grpc.status_code": _status_number(code_name),
                 "server.address": host,
                 "server.port": port,
             },

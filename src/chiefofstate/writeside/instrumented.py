@@ -13,6 +13,7 @@ from opentelemetry.util.types import AttributeValue
 
 from chiefofstate.core.errors import Code, CosError
 from chiefofstate.core.headers import HeaderValue
+from chiefofstate.gen.chief_of_state.v1 import writeside_pb2
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleCommandRequest,
     HandleCommandResponse,
@@ -24,7 +25,7 @@ from chiefofstate.telemetry import tracing as spans
 from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.tracing import NO_SPAN, Tracing
 
-WRITE_SIDE_SERVICE = "chief_of_state.v1.WriteSideHandlerService"
+WRITE_SIDE_SERVICE = writeside_pb2.DESCRIPTOR.services_by_name["WriteSideHandlerService"].full_name
 
 
 class InstrumentedWriteHandler:
