@@ -125,6 +125,17 @@ DESCRIBED: dict[str, Described] = {
     "COS_MANAGEMENT_PORT": Described(
         "Servers and ports", "`/alive` and `/ready`", "upstream's port is fixed at 8558"
     ),
+    "COS_CONSOLE_ENABLED": Described(
+        "Servers and ports", "serve the admin console at `/admin/` on the management port", P
+    ),
+    "COS_CONSOLE_DESCRIPTORS": Described(
+        "Servers and ports",
+        "FileDescriptorSet the console decodes events and states with; default: the write handler's reflection",
+        P,
+    ),
+    "COS_CONSOLE_SAMPLE_INTERVAL": Described(
+        "Servers and ports", "how often the console's overview reads the node's metrics", P
+    ),
     "COS_PROMETHEUS_PORT": Described("Servers and ports", "Prometheus metrics at `GET /metrics`", P),
     "COS_COMMAND_HANDLER_TIMEOUT": Described(
         "Servers and ports", "whole seconds a command may take in total (docs/contract.md §3.11)"

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from grpc import aio
 
 from chiefofstate.api.grpc_errors import abort_with
 from chiefofstate.api.grpc_server import ServiceRegistration
 from chiefofstate.core.errors import CosError, as_cos_error
-from chiefofstate.core.headers import admin_caller
+from chiefofstate.core.headers import Metadata, admin_caller
 from chiefofstate.core.readside_rules import ProjectionState
 from chiefofstate.gen.chief_of_state.v1 import manager_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import ReadSideOffset
@@ -82,6 +82,33 @@ class ReadSideOperations(Protocol):
     ) -> dict[int, ProjectionState]: ...
 
 
+Operation = Literal["pause", "resume", "restart", "skip"]
+OPERATIONS: tuple[Operation, ...] = ("pause", "resume", "restart", "skip")
+
+
+async def perform(
+    runtime: ReadSideOperations,
+    operation: Operation,
+    read_side_id: str,
+    shard: int | None,
+    caller: Metadata,
+) -> list[tuple[int, int]]:
+    """One manager operation, as every way in asks for it (the gRPC manager service and the admin
+    console): on one shard or, with `shard` None, the whole read side, wherever its projections run.
+    `caller` is the asking call's metadata: its token goes along to the members that run them. Returns
+    (shard, ordering skipped) for skip, [] otherwise."""
+    admin_caller.set(tuple(caller))
+    if operation == "pause":
+        await runtime.pause(read_side_id, shard)
+    elif operation == "resume":
+        await runtime.resume(read_side_id, shard)
+    elif operation == "restart":
+        await runtime.restart(read_side_id, shard)
+    else:
+        return await runtime.skip(read_side_id, shard)
+    return []
+
+
 def summarise_states(states: dict[int, ProjectionState]) -> str:
     """`running=0-2,4-15;halted=3`: shards grouped by state, runs of shards written as ranges."""
     by_state: dict[ProjectionState, list[int]] = {}
@@ -126,6 +153,17 @@ class ReadSideManagerService(ReadSideManagerServiceServicer):
             context.set_trailing_metadata(((STATE_TRAILER, summarise_states(states)),))
         return result
 
+    async def _operate(
+        self, context: Context, operation: Operation, read_side_id: str, shard: int | None
+    ) -> list[tuple[int, int]]:
+        caller = tuple(context.invocation_metadata() or ())
+        return await self._answer(
+            context,
+            read_side_id,
+            shard,
+            lambda: perform(self._runtime, operation, read_side_id, shard, caller),
+        )
+
     async def GetLatestOffset(
         self, request: pb.GetLatestOffsetRequest, context: Context
     ) -> pb.GetLatestOffsetResponse:
@@ -150,67 +188,51 @@ class ReadSideManagerService(ReadSideManagerServiceServicer):
     async def RestartReadSide(
         self, request: pb.RestartReadSideRequest, context: Context
     ) -> pb.RestartReadSideResponse:
-        await self._answer(
-            context, request.read_side_id, None, lambda: self._runtime.restart(request.read_side_id)
-        )
+        await self._operate(context, "restart", request.read_side_id, None)
         return pb.RestartReadSideResponse(successful=True)
 
     async def RestartReadSideByShard(
         self, request: pb.RestartReadSideByShardRequest, context: Context
     ) -> pb.RestartReadSideByShardResponse:
         shard = request.cluster_shard_number
-        await self._answer(
-            context, request.read_side_id, shard, lambda: self._runtime.restart(request.read_side_id, shard)
-        )
+        await self._operate(context, "restart", request.read_side_id, shard)
         return pb.RestartReadSideByShardResponse(successful=True)
 
     async def PauseReadSide(
         self, request: pb.PauseReadSideRequest, context: Context
     ) -> pb.PauseReadSideResponse:
-        await self._answer(
-            context, request.read_side_id, None, lambda: self._runtime.pause(request.read_side_id)
-        )
+        await self._operate(context, "pause", request.read_side_id, None)
         return pb.PauseReadSideResponse(successful=True)
 
     async def PauseReadSideByShard(
         self, request: pb.PauseReadSideByShardRequest, context: Context
     ) -> pb.PauseReadSideByShardResponse:
         shard = request.cluster_shard_number
-        await self._answer(
-            context, request.read_side_id, shard, lambda: self._runtime.pause(request.read_side_id, shard)
-        )
+        await self._operate(context, "pause", request.read_side_id, shard)
         return pb.PauseReadSideByShardResponse(successful=True)
 
     async def ResumeReadSide(
         self, request: pb.ResumeReadSideRequest, context: Context
     ) -> pb.ResumeReadSideResponse:
-        await self._answer(
-            context, request.read_side_id, None, lambda: self._runtime.resume(request.read_side_id)
-        )
+        await self._operate(context, "resume", request.read_side_id, None)
         return pb.ResumeReadSideResponse(successful=True)
 
     async def ResumeReadSideByShard(
         self, request: pb.ResumeReadSideByShardRequest, context: Context
     ) -> pb.ResumeReadSideByShardResponse:
         shard = request.cluster_shard_number
-        await self._answer(
-            context, request.read_side_id, shard, lambda: self._runtime.resume(request.read_side_id, shard)
-        )
+        await self._operate(context, "resume", request.read_side_id, shard)
         return pb.ResumeReadSideByShardResponse(successful=True)
 
     async def SkipOffset(self, request: pb.SkipOffsetRequest, context: Context) -> pb.SkipOffsetResponse:
-        await self._answer(
-            context, request.read_side_id, None, lambda: self._runtime.skip(request.read_side_id)
-        )
+        await self._operate(context, "skip", request.read_side_id, None)
         return pb.SkipOffsetResponse(successful=True)
 
     async def SkipOffsetByShard(
         self, request: pb.SkipOffsetByShardRequest, context: Context
     ) -> pb.SkipOffsetByShardResponse:
         shard = request.cluster_shard_number
-        await self._answer(
-            context, request.read_side_id, shard, lambda: self._runtime.skip(request.read_side_id, shard)
-        )
+        await self._operate(context, "skip", request.read_side_id, shard)
         return pb.SkipOffsetByShardResponse(successful=True)
 
 

@@ -36,7 +36,7 @@ from chiefofstate.core.errors import CosError
 from chiefofstate.core.leases import expected_members_present
 from chiefofstate.core.placement import assign, shard_key
 from chiefofstate.entities.host import EntityHost
-from chiefofstate.ports.cluster import ClusterStore, LeaseKey, Member
+from chiefofstate.ports.cluster import ClusterStore, LeaseKey, LeaseView, Member
 
 log = logging.getLogger("chiefofstate.cluster")
 
@@ -341,6 +341,10 @@ class Coordinator:
 
     def owned_shards(self) -> list[int]:
         return sorted(key.shard for key, _ in self._book.held() if key.read_side_id is None)
+
+    async def lease_holders(self) -> list[LeaseView]:
+        """Every held lease of the cluster as the database has it now (the admin console's maps)."""
+        return await self._store.holders()
 
     def owned_projections(self) -> list[tuple[str, int]]:
         return sorted((key.read_side_id, key.shard) for key, _ in self._book.held() if key.read_side_id)

@@ -17,6 +17,7 @@ from chiefofstate.config.cluster import (
     load_cluster_settings,
     unused_cluster_variables,
 )
+from chiefofstate.config.console import ConsoleSettings, load_console_settings
 from chiefofstate.config.grpc_limits import GrpcLimits, load_grpc_limits
 from chiefofstate.config.http_limits import HttpLimits, load_http_limits
 from chiefofstate.config.parsing import Env, LookedUp, VariableRead
@@ -153,6 +154,7 @@ class Settings:
     http_limits: HttpLimits = field(default=HttpLimits())
     grpc_limits: GrpcLimits = field(default=GrpcLimits())
     security: SecuritySettings = field(default=SecuritySettings())
+    console: ConsoleSettings = field(default=ConsoleSettings())
 
 
 RETIRED_VARIABLES = (
@@ -516,6 +518,7 @@ def load_settings(
         http_limits=load_http_limits(env),
         grpc_limits=load_grpc_limits(env),
         security=load_security_settings(env),
+        console=load_console_settings(env),
     )
     _refuse_unsupported(settings)
     settings = _with_workers(settings)

@@ -212,4 +212,4 @@ def cluster_read_side_services(
         settings.cluster.advertised_address,
         settings.server.command_timeout_s,
     )
-    return replace(read_sides, services=read_side_services(operations))
+    return replace(read_sides, services=read_side_services(operations), operations=operations)

@@ -40,6 +40,7 @@ from chiefofstate.entities.snapshotter import Snapshotter
 from chiefofstate.journal.deciding import DecidingCommands
 from chiefofstate.journal.group_commit import GroupCommitWriter
 from chiefofstate.node.cluster import cluster_parts, cluster_read_side_services, start_cluster
+from chiefofstate.node.console import start_console
 from chiefofstate.node.gauges import register_cluster_readings, register_node_readings
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
@@ -94,6 +95,10 @@ class Node:
         # who this process is when it answers alone for its "cluster" (GET /cluster/members)
         self._incarnation = str(uuid.uuid4())
         self._started_at_ms = time.time_ns() // 1_000_000
+        self.schema_version: int | None = None
+
+    def _note_schema_version(self, version: int) -> None:
+        self.schema_version = version
 
     async def start(self) -> None:
         try:
@@ -116,7 +121,9 @@ class Node:
             tokens.start()
             self._closers.push_async_callback(tokens.close)
         journal = self.journal = await (
-            open_memory_store(self.settings) if self._memory_store else open_store(self.settings)
+            open_memory_store(self.settings)
+            if self._memory_store
+            else open_store(self.settings, on_migrated=self._note_schema_version)
         )
         self._closers.push_async_callback(journal.close)
         processor, writer, snapshotter = await self._start_write_path(journal, self.tracing)
@@ -254,7 +261,8 @@ class Node:
         return host
 
     async def _start_operator_endpoints(self) -> None:
-        """/alive and /ready on the management port, /metrics on the Prometheus port."""
+        """/alive, /ready and the admin console on the management port, /metrics on the Prometheus
+        port."""
         server, closers = self.settings.server, self._closers
         management = self.management = ManagementServer(
             server.management_address, server.management_port, self.readiness, reuse_port=server.reuse_port
@@ -263,6 +271,24 @@ class Node:
         with _binding("COS_MANAGEMENT_PORT", server.management_address, server.management_port):
             await management.start()
         closers.push_async_callback(management.close)
+        if self.settings.console.enabled and self.journal is not None:
+            # Closed before the management server (exit stack): its pages stop answering first.
+            await start_console(
+                self.settings,
+                management,
+                closers,
+                journal=self.journal,
+                metrics=self.metrics,
+                readiness=self.readiness,
+                started_at_ms=self._started_at_ms,
+                incarnation=self._incarnation,
+                schema_version=self.schema_version,
+                read_sides=self.read_sides,
+                coordinator=self.coordinator,
+                subscriptions=self.subscriptions,
+                tokens=self.tokens,
+                alone=lambda: [self._alone()],
+            )
         metrics_server = self.metrics_server = SmallHttpServer(
             server.prometheus_address,
             server.prometheus_port,
@@ -295,15 +321,18 @@ class Node:
         coordinator, cluster = self.coordinator, self.settings.cluster
         if coordinator is not None:
             return cluster_members_route(cluster.advertised_address, lambda: coordinator.members)
-        address = f"{socket.gethostname()}:{cluster.port}"
-        alone = Member(
+        alone = self._alone()
+        return cluster_members_route(alone.address, lambda: [alone])
+
+    def _alone(self) -> Member:
+        """This node as the only member of its "cluster" (not a cluster member)."""
+        return Member(
             member_id=self._incarnation,
-            address=address,
+            address=f"{socket.gethostname()}:{self.settings.cluster.port}",
             num_shards=self.settings.num_shards,
             started_at_ms=self._started_at_ms,
             heartbeat_age_s=0.0,
         )
-        return cluster_members_route(address, lambda: [alone])
 
     async def _start_api_servers(
         self, commands: CommandPath, unsubscribe_elsewhere: UnsubscribeElsewhere | None

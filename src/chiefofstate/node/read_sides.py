@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chiefofstate.api.grpc_server import ServiceRegistration
-from chiefofstate.api.readside_manager import read_side_services
+from chiefofstate.api.readside_manager import ReadSideOperations, read_side_services
 from chiefofstate.config.read_sides import ReadSideSettings
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.breaker import CircuitBreaker
@@ -43,6 +43,9 @@ class ReadSides:
     services: tuple[ServiceRegistration, ...]
     # Tells deliveries which command wrote an event; a commit listener, present when tracing is on.
     command_traces: CommandTraces | None = None
+    # What the manager services act on (the runtime, or in a cluster a view that acts on each
+    # projection wherever it runs); the admin console acts through the same object.
+    operations: ReadSideOperations | None = None
 
 
 def _handler_factory(
@@ -130,4 +133,4 @@ async def open_read_sides(
             "gRPC server (as upstream); use 'both' to manage read sides"
         )
     services = read_side_services(runtime)
-    return ReadSides(runtime, services, command_traces)
+    return ReadSides(runtime, services, command_traces, runtime)

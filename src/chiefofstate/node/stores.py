@@ -46,8 +46,9 @@ async def open_memory_store(settings: Settings) -> Journal:
     return journal
 
 
-async def open_store(settings: Settings) -> Journal:
-    """Connect and migrate, retrying a bounded number of times while the database is unreachable."""
+async def open_store(settings: Settings, on_migrated: Callable[[int], None] | None = None) -> Journal:
+    """Connect and migrate, retrying a bounded number of times while the database is unreachable;
+    `on_migrated` is told the schema version in place."""
     store = settings.store
     retries = store.postgres.startup_retries if store.postgres else 0
     delay = _FIRST_RETRY_DELAY_S
@@ -69,6 +70,8 @@ async def open_store(settings: Settings) -> Journal:
             if journal is not None:
                 await journal.close()
             raise
+        if on_migrated is not None:
+            on_migrated(version)
         if store.postgres is None:
             log.warning(
                 "JOURNAL STORE: embedded %s (schema version %d); this node runs alone."

@@ -221,6 +221,10 @@ class ReadSideRuntime:
     def runs(self, read_side_id: str, shard: int) -> bool:
         return shard in self._local.get(read_side_id, {})
 
+    def running_projections(self) -> list[tuple[str, int]]:
+        """(read side, shard) of every projection this node runs, whatever its state."""
+        return sorted((read_side_id, shard) for read_side_id, local in self._local.items() for shard in local)
+
     def _chain(self, key: ProjectionKey, step: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         earlier = self._transitions.get(key)
 

@@ -1,0 +1,1 @@
+"""The admin console: server-rendered pages on the management port under /admin/ (docs/console.md)."""
