@@ -496,11 +496,18 @@ class ReadSideRuntime:
             records = await store.load(read_side.read_side_id)
             local = self._local.get(read_side.read_side_id)
             rows = []
-            for number in shards:
-                record = records.get(number, ShardRecord())
-                progress = await self._context.journal.shard_progress(
-                    number, record.offset or 0, LAG_COUNT_LIMIT
+            # Asked together: a store answers them back to back, where one at a time would add a
+            # round trip through the event loop per shard (the admin console shows every shard).
+            progresses = await asyncio.gather(
+                *(
+                    self._context.journal.shard_progress(
+                        number, records.get(number, ShardRecord()).offset or 0, LAG_COUNT_LIMIT
+                    )
+                    for number in shards
                 )
+            )
+            for number, progress in zip(shards, progresses, strict=True):
+                record = records.get(number, ShardRecord())
                 member = (owners or {}).get((read_side.read_side_id, number), "")
                 if local is None:
                     state, detail, halt = ProjectionState.DISABLED, "enabled: false", record.halt
