@@ -130,7 +130,8 @@ DESCRIBED: dict[str, Described] = {
     ),
     "COS_CONSOLE_DESCRIPTORS": Described(
         "Servers and ports",
-        "FileDescriptorSet the console decodes events and states with; default: the write handler's reflection",
+        "FileDescriptorSet the console decodes events and states with "
+        "(default: the write handler's reflection)",
         P,
     ),
     "COS_CONSOLE_SAMPLE_INTERVAL": Described(
