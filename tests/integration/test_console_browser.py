@@ -13,6 +13,9 @@ import collections
 import os
 import shutil
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -263,3 +266,62 @@ def test_the_console_in_a_browser(
     browser.get(base)
     browser.find_element(By.CSS_SELECTOR, "form.logout button").click()
     _until(lambda: browser.find_element(By.ID, "token"), "the sign-in page after signing out")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _request(
+    url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any, str]:
+    opener = urllib.request.build_opener(_NoRedirect)
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data else "GET")
+    try:
+        with opener.open(request, timeout=10) as reply:
+            return reply.status, reply.headers, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read().decode()
+
+
+def test_actions_need_an_admin_token_and_a_post_from_the_consoles_own_page(
+    console_node: Process, channel: grpc.Channel
+) -> None:
+    base = f"http://127.0.0.1:{console_node.ports['management']}/admin/"
+    origin = f"http://127.0.0.1:{console_node.ports['management']}"
+    status, headers, _ = _request(base)
+    assert status == 303 and headers["Location"].startswith("/admin/login")
+    status, _, body = _request(f"{base}read-sides", headers={"Authorization": f"Bearer {CLIENT_TOKEN}"})
+    assert status == 403 and "admin role" in body
+    status, headers, body = _request(f"{base}read-sides", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert status == 200 and "script-src 'self'" in headers["Content-Security-Policy"]
+
+    # A signed-in browser's cookie is not enough for a form sent from another site.
+    status, headers, _ = _request(
+        f"{base}login", data=f"token={ADMIN_TOKEN}".encode(), headers={"Origin": origin}
+    )
+    assert status == 303
+    cookie = headers["Set-Cookie"].split(";", 1)[0]
+    assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
+    form = b"action=pause&read_side=audit&shard=0"
+    status, _, body = _request(
+        f"{base}read-sides/act", data=form, headers={"Cookie": cookie, "Origin": "http://evil.example"}
+    )
+    assert status == 403 and "own page" in body
+    status, _, body = _request(f"{base}read-sides/act", data=form, headers={"Cookie": cookie})
+    assert status == 403
+    assert "running=0" in _shard_state(channel, "audit", 0)[1]
+    status, headers, _ = _request(
+        f"{base}read-sides/act", data=form, headers={"Cookie": cookie, "Origin": origin}
+    )
+    assert status == 303 and "pause" in urllib.parse.unquote_plus(headers["Location"])
+    _until(lambda: "paused=0" in _shard_state(channel, "audit", 0)[1], "paused over gRPC")
+    resume = b"action=resume&read_side=audit&shard=0"
+    status, _, _ = _request(
+        f"{base}read-sides/act", data=resume, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert status == 303
+    _until(lambda: "running=0" in _shard_state(channel, "audit", 0)[1], "running over gRPC")
+    status, _, body = _request(f"{base}journal?after=-3", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert status == 400 and "after must be a whole number" in body
