@@ -246,6 +246,14 @@ def test_the_console_in_a_browser(
     # The journal, node-wide.
     browser.get(f"{base}journal")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#journal-events tbody tr")) >= 17
+    browser.get(f"{base}journal?from=2000-01-01T00:00:00&type=AccountOpened")
+    assert (
+        len(browser.find_elements(By.CSS_SELECTOR, "#journal-events tbody tr")) == 5
+    )  # acct-0..3, acct-skip
+    browser.get(f"{base}journal?from=2999-01-01T00:00:00")
+    assert "no events here" in _text(browser, "#journal-events")
+    browser.get(f"{base}journal?from=yesterday")
+    assert "from must be a date and time" in _until(lambda: _text(browser, "#error-message"), "the bad time")
 
     # Live tail: a deposit made now appears; pausing stops following.
     browser.get(f"{base}tail")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -341,3 +343,40 @@ def test_a_whole_read_side_operation_changes_every_shard_or_none(
         DEADLINE_S,
         "every shard replayed after the restart",
     )
+
+
+def console_page(node: Node, path: str, form: bytes | None = None) -> tuple[int, str]:
+    """A page of `node`'s admin console (docs/console.md); a form is posted as from the console itself."""
+    origin = f"http://127.0.0.1:{node.management_port}"
+    request = urllib.request.Request(
+        f"{origin}/admin/{path}", data=form, headers={"Origin": origin} if form else {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_the_console_maps_the_cluster_and_acts_where_a_projection_runs(cluster: Cluster) -> None:
+    wait_for(lambda: settled(cluster.nodes[0], cluster.nodes), DEADLINE_S, "every projection placed")
+    placement = shard_members(cluster.nodes[0])
+    shard, (runner, _) = next(iter(sorted(placement.items())))
+    caller = next(node for node in cluster.nodes if address(node) != runner)
+
+    status, overview = console_page(caller, "")
+    assert status == 200 and all(address(node) in overview for node in cluster.nodes)
+    status, page = console_page(caller, "cluster")
+    assert status == 200 and page.count("<tr") >= 1 + SHARDS + 1 + SHARDS  # both maps, with headers
+    assert runner in page
+
+    form = f"action=pause&read_side={READ_SIDE}&shard={shard}".encode()
+    give_up_at = time.monotonic() + DEADLINE_S
+    while (outcome := console_page(caller, "read-sides/act", form))[0] == 503:  # the lease is moving
+        assert time.monotonic() < give_up_at, outcome
+        time.sleep(0.5)
+    assert outcome[0] == 200 and f"pause of shard {shard} of {READ_SIDE} done" in outcome[1]
+    wait_for(
+        lambda: shard_members(cluster.nodes[0])[shard][1] == "paused", DEADLINE_S, "paused where it runs"
+    )
+    manager_call(caller, "ResumeReadSideByShard", shard)

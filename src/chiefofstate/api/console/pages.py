@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chiefofstate.api.console.decoding import Shown
+from chiefofstate.api.console.journal_time import cursor_at, parse_moment
 from chiefofstate.api.console.paging import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -311,16 +312,19 @@ async def journal(parts: ConsoleParts, values: Mapping[str, str]) -> Context:
         raise InvalidArgument(f"shard must be below {num_shards} (got {shard})")
     type_filter = values.get("type", "").strip()
     shards = [shard] if shard is not None else list(range(num_shards))
+    moment = values.get("from", "").strip()
+    from_ms = parse_moment(moment) if moment else None
+    if from_ms is not None:
+        after = await cursor_at(parts.journal, shards, from_ms)
     fetched = await asyncio.gather(*(parts.journal.read_shard(number, after, size + 1) for number in shards))
     rows = sorted((row for shard_rows in fetched for row in shard_rows), key=lambda row: row.ordering)
     page = page_of(after, size, [row.ordering for row in rows])
     shown = rows[:size]
     if type_filter:
-        shown = [
-            row
-            for row in shown
-            if type_filter in type_name(EventWrapper.FromString(row.payload).event.type_url)
-        ]
+        shown = [row for row in shown if type_filter in _event_type(row)]
+    if from_ms is not None:
+        # The earliest shard's cursor can let other shards' earlier events onto this first page.
+        shown = [row for row in shown if row.write_timestamp_ms is None or row.write_timestamp_ms >= from_ms]
     return {
         "events": await _event_lines(parts, shown),
         "page": page,

@@ -5,9 +5,9 @@ With COS_AUTH_TOKENS_FILE, every page needs a token with the admin role, present
 HttpOnly, SameSite=Strict cookie. A session keeps its token and checks it again on every request, so a
 token taken out of the file ends the sessions opened with it. Sessions are bounded in number and age.
 
-Requests that change something (every POST) must also come from the console's own pages: a
-cookie-carrying POST needs an `Origin` (or `Sec-Fetch-Site: same-origin`) naming this very host, so a
-page on another site cannot make the browser act for the operator.
+Requests that change something (every POST) must also come from the console's own pages: a POST
+without an authorization header needs an `Origin` (or `Sec-Fetch-Site: same-origin`) naming this very
+host, so a page on another site cannot make the browser act for the operator, with or without tokens.
 """
 
 from __future__ import annotations
