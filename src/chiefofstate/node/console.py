@@ -25,6 +25,7 @@ from chiefofstate.inspect.descriptors import (
     NoTypes,
     ReflectionTypes,
     from_descriptor_set,
+    from_this_process,
 )
 from chiefofstate.node.read_sides import ReadSides
 from chiefofstate.ports.cluster import Member
@@ -36,15 +37,20 @@ from chiefofstate.telemetry.metrics import NodeMetrics
 SAMPLE_CAPACITY = 120
 
 
-def _message_types(settings: Settings, closers: contextlib.AsyncExitStack) -> MessageTypes:
+def _message_types(
+    settings: Settings, closers: contextlib.AsyncExitStack, *, handler_in_process: bool
+) -> MessageTypes:
     """The descriptors events and states are decoded with, as `cos inspect` picks them: the file of
-    COS_CONSOLE_DESCRIPTORS, else the gRPC write handler's reflection, else none (raw bytes)."""
+    COS_CONSOLE_DESCRIPTORS, else the gRPC write handler's reflection, else none (raw bytes). A write
+    handler running in this process (library mode) has its generated code imported here already."""
     console, write_side = settings.console, settings.write_side
     if console.descriptors is not None:
         try:
             return from_descriptor_set(console.descriptors)
         except DescriptorsUnavailable as error:
             return NoTypes(str(error))
+    if handler_in_process:
+        return from_this_process("the write handler's generated code in this process")
     if write_side.protocol != "grpc" or not write_side.host:
         return NoTypes("set COS_CONSOLE_DESCRIPTORS to a FileDescriptorSet of the application's messages")
     import grpc
@@ -53,6 +59,10 @@ def _message_types(settings: Settings, closers: contextlib.AsyncExitStack) -> Me
     channel = grpc.insecure_channel(address)
     closers.callback(channel.close)
     return ReflectionTypes(channel, address)
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 async def start_console(
@@ -71,9 +81,10 @@ async def start_console(
     subscriptions: SubscriptionHub | None,
     tokens: TokenFile | None,
     alone: Callable[[], Sequence[Member]],
+    handler_in_process: bool = False,
 ) -> None:
     templates, static = await asyncio.to_thread(load_assets)
-    decoder = Decoder(_message_types(settings, closers))
+    decoder = Decoder(_message_types(settings, closers, handler_in_process=handler_in_process))
     closers.callback(decoder.close)
     sampler = MetricSampler(
         metrics.registry.collect, settings.console.sample_interval_s, SAMPLE_CAPACITY, time.monotonic
@@ -85,16 +96,26 @@ async def start_console(
         tail = LiveTail(subscriptions, decoder, clock=time.monotonic)
         closers.push_async_callback(tail.close)
     runtime = read_sides.runtime if read_sides is not None else None
+
+    def every_shard() -> list[int]:
+        return list(range(settings.num_shards))
+
+    def no_projections() -> list[tuple[str, int]]:
+        return []
+
+    members: Callable[[], Sequence[Member]] = alone
+    owned_shards: Callable[[], list[int]] = every_shard
+    owned_projections = runtime.running_projections if runtime is not None else no_projections
+    address = f"{socket.gethostname()}:{settings.server.management_port}"
     if coordinator is not None:
-        members: Callable[[], Sequence[Member]] = lambda: coordinator.members  # noqa: E731
+
+        def cluster_members() -> Sequence[Member]:
+            return coordinator.members
+
+        members = cluster_members
         owned_shards = coordinator.owned_shards
         owned_projections = coordinator.owned_projections
         address = settings.cluster.advertised_address
-    else:
-        members = alone
-        owned_shards = lambda: list(range(settings.num_shards))  # noqa: E731
-        owned_projections = runtime.running_projections if runtime is not None else list
-        address = f"{socket.gethostname()}:{settings.server.management_port}"
     parts = ConsoleParts(
         facts=NodeFacts(
             address=address,
@@ -116,6 +137,6 @@ async def start_console(
         owned_shards=owned_shards,
         owned_projections=owned_projections,
         leases=coordinator.lease_holders if coordinator is not None else None,
-        wall_clock_ms=lambda: time.time_ns() // 1_000_000,
+        wall_clock_ms=_wall_clock_ms,
     )
     management.add_prefix_route(PREFIX, Console(parts, ConsoleSessions(tokens), templates, static))

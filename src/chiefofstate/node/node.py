@@ -288,6 +288,7 @@ class Node:
                 subscriptions=self.subscriptions,
                 tokens=self.tokens,
                 alone=lambda: [self._alone()],
+                handler_in_process=self._write_handler is not None,
             )
         metrics_server = self.metrics_server = SmallHttpServer(
             server.prometheus_address,

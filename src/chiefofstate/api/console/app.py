@@ -44,6 +44,13 @@ _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; cha
 TAIL_PAGE_LIMIT = 200
 
 
+def _console_path(path: str) -> str:
+    """Where to go after signing in: a page of this console, never another site."""
+    if not path.startswith(PREFIX) or "//" in path or "\\" in path:
+        return PREFIX
+    return path
+
+
 def _status_line(code: int) -> str:
     return f"{code} {HTTPStatus(code).phrase}"
 
@@ -171,10 +178,7 @@ class Console:
     # ----------------------------------------------------------------------------- sign-in
 
     async def _login(self, request: Request) -> Reply:
-        values = query_values(request.query)
-        target = values.get("next", PREFIX)
-        if not target.startswith(PREFIX) or "//" in target:
-            target = PREFIX  # never send the operator off this console after signing in
+        target = _console_path(query_values(request.query).get("next", PREFIX))
         if request.method == "GET":
             return self._page("login.html", {"next": target, "message": ""})
         if request.method != "POST":
@@ -191,9 +195,7 @@ class Console:
             return self._page(
                 "login.html", {"next": target, "message": "that token does not have the admin role"}, 403
             )
-        return self._redirect(
-            form.get("next", target) if form.get("next", "").startswith(PREFIX) else target, cookie=session
-        )
+        return self._redirect(_console_path(form.get("next", target)), cookie=session)
 
     # ----------------------------------------------------------------------------- pages
 

@@ -6,6 +6,7 @@ import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from chiefofstate.api.console.decoding import Shown
@@ -13,7 +14,6 @@ from chiefofstate.api.console.journal_time import cursor_at, parse_moment
 from chiefofstate.api.console.paging import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
-    Page,
     last_page_after,
     page_of,
     whole_number,
@@ -260,8 +260,6 @@ def _event_type(row: JournalRow) -> str:
 def _iso_ms(epoch_ms: int | None) -> str | None:
     if epoch_ms is None:
         return None
-    from datetime import UTC, datetime
-
     moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -385,7 +383,3 @@ async def cluster(parts: ConsoleParts) -> Context:
     )
     shard_rows.sort(key=lambda row: int(row["shard"]))
     return {"clustered": True, "shards": shard_rows, "projections": projection_rows}
-
-
-def page_links(page: Page) -> dict[str, int | None]:
-    return {"next": page.next_after, "previous": page.previous_after}
