@@ -114,7 +114,7 @@ class Console:
         if name == "login":
             return await self._login(request)
         if name == "logout" and request.method == "POST":
-            self._sessions.logout(request.headers)
+            # The browser forgets its cookie (a copy taken elsewhere lasts until it expires).
             return self._redirect(f"{PREFIX}login", clear_cookie=True)
         handler = self._pages.get((request.method, name))
         if handler is None:

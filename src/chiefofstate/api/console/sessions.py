@@ -1,9 +1,12 @@
 """Who may use the console (docs/console.md, "Access").
 
 With COS_AUTH_TOKENS_FILE, every page needs a token with the admin role, presented either as
-`authorization: Bearer <token>` (scripts) or once on the login page, which starts a session held in an
-HttpOnly, SameSite=Strict cookie. A session keeps its token and checks it again on every request, so a
-token taken out of the file ends the sessions opened with it. Sessions are bounded in number and age.
+`authorization: Bearer <token>` (scripts) or once on the sign-in page, which gives the browser a session
+cookie (HttpOnly, SameSite=Strict). The cookie is `<issued>.<mac>`: the time it was issued and an HMAC
+of that time keyed by the token. Any process that reads the same tokens file recognises it, so sessions
+hold across `cos serve --workers` (whose management port is shared by every worker) and restarts; the
+token itself never leaves the server again. A cookie is good for 12 hours, and only while its token is
+in the file: taking the token out ends the sessions opened with it at the next reload.
 
 Requests that change something (every POST) must also come from the console's own pages: a POST
 without an authorization header needs an `Origin` (or `Sec-Fetch-Site: same-origin`) naming this very
@@ -12,9 +15,9 @@ host, so a page on another site cannot make the browser act for the operator, wi
 
 from __future__ import annotations
 
-import secrets
+import hashlib
+import hmac
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from http.cookies import CookieError, SimpleCookie
 
@@ -22,8 +25,12 @@ from chiefofstate.api.token_file import TokenFile
 from chiefofstate.core.auth import Role, Verdict
 
 COOKIE = "cos_console"
-MAX_SESSIONS = 256
 SESSION_LIFETIME_S = 12 * 3600.0
+_CLOCK_SKEW_S = 60.0  # a cookie issued by a sibling worker whose clock runs a little ahead
+
+
+def _mac(token: bytes, issued: str) -> str:
+    return hmac.new(token, f"cos-console-session:{issued}".encode(), hashlib.sha256).hexdigest()
 
 
 def cookie_value(headers: Mapping[str, str], name: str) -> str | None:
@@ -53,40 +60,27 @@ class ConsoleSessions:
         self,
         tokens: TokenFile | None,
         *,
-        capacity: int = MAX_SESSIONS,
         lifetime_s: float = SESSION_LIFETIME_S,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._tokens = tokens
-        self._capacity = capacity
         self._lifetime_s = lifetime_s
         self._clock = clock
-        self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()  # id → (token, started)
 
     @property
     def required(self) -> bool:
         return self._tokens is not None
 
-    def __len__(self) -> int:
-        return len(self._sessions)
-
     def login(self, token: str) -> tuple[Verdict, str | None]:
-        """The verdict on `token`, and a new session id when it is allowed."""
+        """The verdict on `token`, and the session cookie's value when it is allowed."""
         if self._tokens is None:
             return Verdict.ALLOWED, None
-        verdict = self._tokens.book.check(f"Bearer {token.strip()}", Role.ADMIN)
+        token = token.strip()
+        verdict = self._tokens.book.check(f"Bearer {token}", Role.ADMIN)
         if verdict is not Verdict.ALLOWED:
             return verdict, None
-        session_id = secrets.token_urlsafe(32)
-        self._sessions[session_id] = (token.strip(), self._clock())
-        while len(self._sessions) > self._capacity:
-            self._sessions.popitem(last=False)  # the oldest session makes room
-        return verdict, session_id
-
-    def logout(self, headers: Mapping[str, str]) -> None:
-        session_id = cookie_value(headers, COOKIE)
-        if session_id is not None:
-            self._sessions.pop(session_id, None)
+        issued = str(int(self._clock()))
+        return verdict, f"{issued}.{_mac(token.encode(), issued)}"
 
     def verdict(self, headers: Mapping[str, str]) -> tuple[Verdict, bool]:
         """(verdict, whether a session cookie carried it) for a request with `headers`."""
@@ -95,21 +89,33 @@ class ConsoleSessions:
         authorization = headers.get("authorization")
         if authorization is not None:
             return self._tokens.book.check(authorization, Role.ADMIN), False
-        session_id = cookie_value(headers, COOKIE)
-        session = self._sessions.get(session_id) if session_id is not None else None
-        if session is None:
+        found = self._session_token(headers)
+        if found is None:
             return Verdict.UNAUTHENTICATED, False
-        token, started = session
-        if self._clock() - started > self._lifetime_s:
-            self._sessions.pop(session_id or "", None)
-            return Verdict.UNAUTHENTICATED, False
-        return self._tokens.book.check(f"Bearer {token}", Role.ADMIN), True
+        _, role = found
+        return (Verdict.ALLOWED if role is Role.ADMIN else Verdict.PERMISSION_DENIED), True
 
     def token_of(self, headers: Mapping[str, str]) -> str | None:
         """The token a request acts with, for the calls a cluster member sends on to another one."""
         authorization = headers.get("authorization")
         if authorization is not None:
             return authorization.split(" ", 1)[-1].strip()
-        session_id = cookie_value(headers, COOKIE)
-        session = self._sessions.get(session_id) if session_id is not None else None
-        return session[0] if session is not None else None
+        found = self._session_token(headers)
+        return found[0].decode() if found is not None else None
+
+    def _session_token(self, headers: Mapping[str, str]) -> tuple[bytes, Role] | None:
+        """The known token whose session the request's cookie is, while the session lasts."""
+        if self._tokens is None:
+            return None
+        issued, _, mac = (cookie_value(headers, COOKIE) or "").partition(".")
+        if not issued.isdigit() or len(issued) > 12 or not mac:
+            return None
+        age = self._clock() - int(issued)
+        if age > self._lifetime_s or age < -_CLOCK_SKEW_S:
+            return None
+        found = None
+        # Every token is tried, so the time taken does not tell which one (if any) came close.
+        for known, role in self._tokens.book.entries:
+            if hmac.compare_digest(_mac(known, issued), mac) and found is None:
+                found = (known, role)
+        return found

@@ -47,17 +47,30 @@ def test_a_token_taken_out_of_the_file_ends_its_sessions(tmp_path: Path) -> None
     assert sessions.verdict({"cookie": f"{COOKIE}={session}"})[0] is Verdict.UNAUTHENTICATED
 
 
-def test_sessions_are_bounded_in_number_and_in_age(tmp_path: Path) -> None:
-    now = [0.0]
-    sessions = ConsoleSessions(_tokens(tmp_path), capacity=3, lifetime_s=100.0, clock=lambda: now[0])
-    opened = [sessions.login("adm1n")[1] for _ in range(5)]
-    assert len(sessions) == 3
-    assert sessions.verdict({"cookie": f"{COOKIE}={opened[0]}"})[0] is Verdict.UNAUTHENTICATED
-    assert sessions.verdict({"cookie": f"{COOKIE}={opened[4]}"})[0] is Verdict.ALLOWED
-    now[0] = 101.0
-    assert sessions.verdict({"cookie": f"{COOKIE}={opened[4]}"})[0] is Verdict.UNAUTHENTICATED
-    sessions.logout({"cookie": f"{COOKIE}={opened[3]}"})
-    assert len(sessions) == 1
+def test_a_session_lasts_twelve_hours_and_holds_in_every_process_reading_the_tokens(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    tokens = _tokens(tmp_path)
+    sessions = ConsoleSessions(tokens, clock=lambda: now[0])
+    _, session = sessions.login("adm1n")
+    sibling = ConsoleSessions(_tokens(tmp_path), clock=lambda: now[0])  # another worker, same file
+    assert sibling.verdict({"cookie": f"{COOKIE}={session}"}) == (Verdict.ALLOWED, True)
+    assert sibling.token_of({"cookie": f"{COOKIE}={session}"}) == "adm1n"
+    now[0] += 12 * 3600 - 1
+    assert sessions.verdict({"cookie": f"{COOKIE}={session}"})[0] is Verdict.ALLOWED
+    now[0] += 2
+    assert sessions.verdict({"cookie": f"{COOKIE}={session}"})[0] is Verdict.UNAUTHENTICATED
+
+
+def test_a_cookie_cannot_be_made_without_the_token(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    sessions = ConsoleSessions(_tokens(tmp_path), clock=lambda: now[0])
+    _, session = sessions.login("adm1n")
+    assert session is not None and "adm1n" not in session
+    issued, mac = session.split(".")
+    for forged in (f"{int(issued) + 1}.{mac}", f"{issued}.{'0' * len(mac)}", issued, f"x.{mac}", ""):
+        assert sessions.verdict({"cookie": f"{COOKIE}={forged}"})[0] is Verdict.UNAUTHENTICATED, forged
+    later = f"{int(now[0]) + 3600}"  # issued in the future
+    assert sessions.verdict({"cookie": f"{COOKIE}={later}.{mac}"})[0] is Verdict.UNAUTHENTICATED
 
 
 def test_a_post_must_name_this_host_as_its_origin() -> None:
