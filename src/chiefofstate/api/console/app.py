@@ -259,9 +259,9 @@ class Console:
         tail = self._parts.tail
         if tail is None:
             raise InvalidArgument("the live tail needs COS_SUBSCRIPTION_ENABLED=true")
-        after = whole_number(values, "after", 0)
-        events = await tail.poll(after, values.get("entity", ""), values.get("type", ""), TAIL_PAGE_LIMIT)
-        latest = max([after, *(event.number for event in events)])
+        since = whole_number(values, "since", 0)
+        events = await tail.poll(since, values.get("entity", ""), values.get("type", ""), TAIL_PAGE_LIMIT)
+        latest = max([since, *(event.committed_ms for event in events)])
         return self._page("tail_rows.html", {"events": events, "latest": latest})
 
     async def _cluster(self, request: Request, values: Mapping[str, str]) -> Reply:

@@ -4,13 +4,18 @@ buffer that the tail page polls (docs/console.md, "Live tail").
 One node-wide subscription serves every open tail page; it is opened when a page first asks and
 released once no page has asked for `idle_s`, so a node nobody watches carries no subscriber. A tail
 that falls behind the hub's buffer is ended by the hub like any subscriber; it opens a new one and says
-so in the buffer."""
+so in the buffer.
+
+A page asks for the events committed since a moment (a few seconds before the newest it has) and drops
+the ones it already shows, by entity and revision: with `cos serve --workers`, each poll may reach
+another worker, whose buffer holds the same events in its own arrival order."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +36,8 @@ _ids = itertools.count(1)
 
 @dataclass(frozen=True, slots=True)
 class TailEvent:
-    number: int  # increasing within this node's tail, for "what came after N"
+    key: str  # the same on every worker: entity and revision (a note: its own)
+    committed_ms: int  # the event's revision date (a note: when it was written)
     entity_id: str
     revision: int
     revision_date: str | None
@@ -40,13 +46,14 @@ class TailEvent:
 
 
 def select(
-    events: list[TailEvent], after: int, entity_id: str, type_contains: str, limit: int
+    events: list[TailEvent], since_ms: int, entity_id: str, type_contains: str, limit: int
 ) -> list[TailEvent]:
-    """The buffered events after `after` that match the page's filters, the newest `limit` of them."""
+    """The buffered events committed at or after `since_ms` that match the page's filters, the newest
+    `limit` of them."""
     chosen = [
         event
         for event in events
-        if event.number > after
+        if event.committed_ms >= since_ms
         and (not entity_id or event.entity_id == entity_id or event.event is None)
         and (not type_contains or (event.event is not None and type_contains in event.event.type_name))
     ]
@@ -62,11 +69,13 @@ class LiveTail:
         capacity: int = TAIL_CAPACITY,
         idle_s: float = IDLE_S,
         clock: Callable[[], float],
+        wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self._hub = hub
         self._decoder = decoder
         self._events: deque[TailEvent] = deque(maxlen=capacity)
-        self._numbers = itertools.count(1)
+        self._notes = itertools.count(1)
+        self._wall_clock_ms = wall_clock_ms
         self._idle_s = idle_s
         self._clock = clock
         self._last_poll = 0.0
@@ -76,16 +85,16 @@ class LiveTail:
     def following(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def poll(self, after: int, entity_id: str, type_contains: str, limit: int) -> list[TailEvent]:
+    async def poll(self, since_ms: int, entity_id: str, type_contains: str, limit: int) -> list[TailEvent]:
         self._last_poll = self._clock()
         if not self.following:
             subscription = self._hub.open(f"cos-console-tail-{next(_ids)}", None)
             await self._hub.ready()
             self._task = asyncio.create_task(self._follow(subscription), name="console-live-tail")
-        return select(list(self._events), after, entity_id, type_contains, limit)
+        return select(list(self._events), since_ms, entity_id, type_contains, limit)
 
-    def latest_number(self) -> int:
-        return self._events[-1].number if self._events else 0
+    def buffered(self) -> list[TailEvent]:
+        return list(self._events)
 
     async def close(self) -> None:
         await cancel_and_wait(self._task)
@@ -120,11 +129,22 @@ class LiveTail:
         shown = await self._decoder.show_all([message.event for message in messages])
         for message, event in zip(messages, shown, strict=True):
             meta = message.meta
+            committed_ms = (
+                meta.revision_date.ToMilliseconds()
+                if meta.HasField("revision_date")
+                else self._wall_clock_ms()
+            )
             self._events.append(
                 TailEvent(
-                    next(self._numbers), meta.entity_id, meta.revision_number, revision_date(meta), event
+                    f"{meta.entity_id}#{meta.revision_number}",
+                    committed_ms,
+                    meta.entity_id,
+                    meta.revision_number,
+                    revision_date(meta),
+                    event,
                 )
             )
 
     def _note(self, text: str) -> None:
-        self._events.append(TailEvent(next(self._numbers), "", 0, None, None, text))
+        now_ms = self._wall_clock_ms()
+        self._events.append(TailEvent(f"note-{now_ms}-{next(self._notes)}", now_ms, "", 0, None, None, text))

@@ -17,6 +17,7 @@ from tests.support.readside import eventually
 
 def _event(entity_id: str, revision: int, text: str = "x") -> EventWrapper:
     wrapper = EventWrapper(meta=MetaData(entity_id=entity_id, revision_number=revision))
+    wrapper.meta.revision_date.FromMilliseconds(1_000_000 + revision)
     wrapper.event.Pack(StringValue(value=text))
     return wrapper
 
@@ -29,12 +30,14 @@ async def test_the_tail_keeps_the_newest_events_up_to_its_capacity_decoded() -> 
         assert await tail.poll(0, "", "", 100) == []
         assert hub.live == 1
         hub.on_committed("a", 0, [_event("a", revision) for revision in range(1, 9)])
-        await eventually(lambda: tail.latest_number() == 8, timeout_s=10, what="eight events")
+        await eventually(lambda: len(tail.buffered()) == 5, timeout_s=10, what="the buffer full")
+        await eventually(lambda: tail.buffered()[-1].revision == 8, timeout_s=10, what="eight events")
         events = await tail.poll(0, "", "", 100)
         assert [event.revision for event in events] == [4, 5, 6, 7, 8]  # the oldest fell out
         assert events[0].event is not None and events[0].event.type_name == "google.protobuf.StringValue"
         assert events[0].event.json_text == '"x"'
-        assert [event.revision for event in await tail.poll(6, "", "", 100)] == [7, 8]
+        assert events[0].key == "a#4" and events[0].committed_ms == 1_000_004
+        assert [event.revision for event in await tail.poll(1_000_007, "", "", 100)] == [7, 8]
     finally:
         await tail.close()
         decoder.close()
@@ -63,11 +66,11 @@ async def test_a_tail_that_falls_behind_says_so_and_follows_again() -> None:
     try:
         await tail.poll(0, "", "", 10)
         hub.on_committed("a", 0, [_event("a", revision) for revision in range(1, 6)])  # over the buffer
-        await eventually(lambda: any(event.note for event in tail._events), timeout_s=10, what="the note")
+        await eventually(lambda: any(event.note for event in tail.buffered()), timeout_s=10, what="the note")
         await eventually(lambda: hub.live == 1, timeout_s=10, what="a new subscription")
         hub.on_committed("b", 0, [_event("b", 1)])
         await eventually(
-            lambda: any(event.entity_id == "b" for event in tail._events), timeout_s=10, what="b's event"
+            lambda: any(event.entity_id == "b" for event in tail.buffered()), timeout_s=10, what="b's event"
         )
         note = next(event for event in await tail.poll(0, "", "", 10) if event.event is None)
         assert "fell behind" in note.note
@@ -77,15 +80,15 @@ async def test_a_tail_that_falls_behind_says_so_and_follows_again() -> None:
 
 
 def test_select_filters_by_entity_and_type_and_keeps_the_newest() -> None:
-    def event(number: int, entity_id: str, type_name: str) -> TailEvent:
-        return TailEvent(number, entity_id, number, None, Shown(type_name, "{}"))
+    def event(at_ms: int, entity_id: str, type_name: str) -> TailEvent:
+        return TailEvent(f"{entity_id}#{at_ms}", at_ms, entity_id, at_ms, None, Shown(type_name, "{}"))
 
     events = [
         event(1, "a", "bank.v1.AccountOpened"),
         event(2, "b", "bank.v1.MoneyDeposited"),
         event(3, "a", "bank.v1.MoneyDeposited"),
-        TailEvent(4, "", 0, None, None, "note"),
+        TailEvent("note-1", 4, "", 0, None, None, "note"),
     ]
-    assert [e.number for e in select(events, 0, "a", "", 10)] == [1, 3, 4]
-    assert [e.number for e in select(events, 0, "", "Deposited", 10)] == [2, 3]
-    assert [e.number for e in select(events, 1, "", "", 2)] == [3, 4]
+    assert [e.committed_ms for e in select(events, 0, "a", "", 10)] == [1, 3, 4]
+    assert [e.committed_ms for e in select(events, 0, "", "Deposited", 10)] == [2, 3]
+    assert [e.committed_ms for e in select(events, 2, "", "", 2)] == [3, 4]

@@ -30,7 +30,11 @@ function startTail() {
   const pause = document.getElementById("tail-pause");
   const status = document.getElementById("tail-status");
   const limit = Number(table.dataset.limit) || 200;
-  let after = 0;
+  // Asked again each poll: what was committed from a few seconds before the newest event shown, since
+  // another worker may have received an event later than this one did; rows already shown are dropped.
+  const overlapMs = 5000;
+  const seen = new Set();
+  let latest = 0;
   let paused = false;
   let busy = false;
 
@@ -38,15 +42,21 @@ function startTail() {
     if (paused || busy) return;
     busy = true;
     try {
-      const query = new URLSearchParams({ after: String(after), entity: entity.value, type: type.value });
+      const since = latest > overlapMs ? latest - overlapMs : 0;
+      const query = new URLSearchParams({ since: String(since), entity: entity.value, type: type.value });
       const reply = await fetch(`${table.dataset.source}?${query}`, { credentials: "same-origin", cache: "no-store" });
       if (!reply.ok) { status.textContent = `the node answered ${reply.status}`; return; }
       const page = new DOMParser().parseFromString(await reply.text(), "text/html");
       const template = page.querySelector("template");
       if (!template) return;
-      after = Number(template.dataset.latest) || after;
-      rows.prepend(...Array.from(template.content.children));
-      while (rows.children.length > limit) rows.lastElementChild.remove();  // a bounded page
+      latest = Math.max(latest, Number(template.dataset.latest) || 0);
+      const fresh = Array.from(template.content.children).filter((row) => !seen.has(row.dataset.key));
+      fresh.forEach((row) => seen.add(row.dataset.key));
+      rows.prepend(...fresh);
+      while (rows.children.length > limit) {  // a bounded page
+        seen.delete(rows.lastElementChild.dataset.key);
+        rows.lastElementChild.remove();
+      }
       status.textContent = "following";
     } catch (error) {
       status.textContent = "cannot reach the node; retrying";
@@ -55,7 +65,7 @@ function startTail() {
     }
   }
 
-  function restart() { rows.replaceChildren(); after = 0; poll(); }
+  function restart() { rows.replaceChildren(); seen.clear(); latest = 0; poll(); }
   entity.addEventListener("change", restart);
   type.addEventListener("change", restart);
   pause.addEventListener("click", () => {
