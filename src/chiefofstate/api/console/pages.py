@@ -343,7 +343,9 @@ async def cluster(parts: ConsoleParts) -> Context:
                     {
                         "read_side": view.settings.read_side_id,
                         "shard": shard.shard,
-                        "owner": facts.address,
+                        "owner": facts.address
+                        if shard.state is not ProjectionState.DISABLED
+                        else "nobody (read side disabled)",
                         "state": shard.state.value,
                         "token": "–",
                         "expires": "–",
