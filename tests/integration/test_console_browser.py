@@ -333,3 +333,5 @@ def test_actions_need_an_admin_token_and_a_post_from_the_consoles_own_page(
     _until(lambda: "running=0" in _shard_state(channel, "audit", 0)[1], "running over gRPC")
     status, _, body = _request(f"{base}journal?after=-3", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert status == 400 and "after must be a whole number" in body
+    status, _, body = _request(f"{base}login?" + "&".join(["next=x"] * 100))
+    assert status == 400 and "cannot be read" in body

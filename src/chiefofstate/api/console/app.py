@@ -112,7 +112,10 @@ class Console:
         if name.startswith("static/") and request.method == "GET":
             return self._static_file(name[len("static/") :])
         if name == "login":
-            return await self._login(request)
+            try:
+                return await self._login(request)
+            except CosError as error:  # a query or form that cannot be read
+                return self._page("error.html", {"message": str(error)}, http_status(error.code))
         if name == "logout" and request.method == "POST":
             # The browser forgets its cookie (a copy taken elsewhere lasts until it expires).
             return self._redirect(f"{PREFIX}login", clear_cookie=True)
