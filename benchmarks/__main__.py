@@ -94,7 +94,7 @@ def _plan(args: argparse.Namespace) -> Plan:
     timing = Timing(warmup_s=args.warmup, window_s=args.window, rounds=args.rounds)
     return Plan(
         stores=stores,
-        levels=tuple(args.concurrency or (1, 16, 64, 256)),
+        levels=tuple(args.concurrency or (1, 4, 16, 64, 256)),
         timing=timing,
         suites=suites,
         generators=args.generators,
@@ -132,7 +132,12 @@ def main() -> int:
         help="private: a PostgreSQL server of our own (default); local: 127.0.0.1:5432 as the tests use",
     )
     parser.add_argument("--suite", default="", help=f"comma-separated, from {', '.join(SUITES)}")
-    parser.add_argument("--concurrency", type=int, nargs="+", help="requests in flight (default 1 16 64 256)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        help="requests in flight (default 1 4 16 64 256)",
+    )
     parser.add_argument("--generators", type=int, default=1, help="load generator processes (default 1)")
     parser.add_argument(
         "--warmup", type=float, default=0.5, help="seconds of load before each round's window"

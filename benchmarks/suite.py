@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import extras
+from benchmarks.commit_probe import probe_commits, summarise_commits
 from benchmarks.engine import Engine, QuietPolicy, Round, Target, Timing
 from benchmarks.loadgen import cold_id
 from benchmarks.processes import Fleet
@@ -23,6 +24,9 @@ from benchmarks.stores import Store, postgres_store, seed, sqlite_store
 from chiefofstate.cli.processes import Process
 
 NODE_WORKLOADS = ("ProcessCommand new", "ProcessCommand hot", "GetState cached")
+# Concurrencies of interactive services: the lone-client targets (a single-row commit budget) apply here,
+# and the commit probe runs in their rounds.
+LONE_LEVELS = (1, 4)
 
 
 @dataclass(frozen=True)
@@ -226,12 +230,31 @@ def _table(
         for name, node in nodes.items():
             cells += [(node.target(f"node/{name}"), workload) for workload in NODE_WORKLOADS]
         rounds: dict[int, list[Round]] = {index: [] for index in range(len(cells))}
+        # The commit probe takes one more slot in the lone-client levels' rounds (on PostgreSQL).
+        probe = nodes["postgres"].store.dsn if "postgres" in nodes and concurrency in LONE_LEVELS else ""
+        probe_index = len(cells)
+        slots = len(cells) + (1 if probe else 0)
+        commits: list[list[float]] = []
         for _ in range(plan.timing.rounds):
             # In a new random order each round (seeded): no cell always runs right after another one's
             # load, or always first while the machine is still settling.
-            for index in order.sample(range(len(cells)), len(cells)):
+            for index in order.sample(range(slots), slots):
+                if index == probe_index:
+                    commits.append(probe_commits(probe, plan.timing.window_s))
+                    continue
                 target, workload = cells[index]
                 rounds[index].append(engine.run_round(target, workload, concurrency))
+        if commits:
+            timings = summarise_commits(commits)
+            report.commit_probe[concurrency] = {
+                "commits": timings.commits,
+                "p50_ms": timings.p50_ms,
+                "p99_ms": timings.p99_ms,
+            }
+            progress(
+                f"single-row commit (c={concurrency} rounds): p50 {timings.p50_ms:.2f}  "
+                f"p99 {timings.p99_ms:.2f} ms over {timings.commits:,} commits"
+            )
         for index, (target, workload) in enumerate(cells):
             cell = engine.combine(target.system, workload, concurrency, rounds[index], plan.timing)
             report.cells.append(measured(cell))
