@@ -19,8 +19,8 @@ from benchmarks.engine import Timing
 from benchmarks.report import Report, render, report_from_json
 from benchmarks.suite import Plan, progress, run
 
-SUITES = ("table", "recovery", "memory", "scaleout", "variants", "profile")
-DEFAULT_SUITES = ("table", "recovery", "memory", "scaleout")
+SUITES = ("table", "recovery", "memory", "scaleout", "variants", "profile", "readside", "startup")
+DEFAULT_SUITES = ("table", "recovery", "memory", "scaleout", "readside", "startup")
 
 
 def _machine() -> dict[str, Any]:
@@ -86,6 +86,10 @@ def _plan(args: argparse.Namespace) -> Plan:
             recovery_samples=3,
             memory_entities=5_000,
             profile_seconds=5.0,
+            readside_events=2_000,
+            lag_seconds=2.0,
+            startup_events=3_000,
+            startup_rounds=1,
             profile_dir=args.profile_dir,
             quiet_budget_s=args.quiet_wait,
             postgres_server=args.pg,

@@ -25,6 +25,8 @@ class Report:
     profile: dict[str, Any] = field(default_factory=dict)
     # concurrency → the single-row commit probe measured in that level's rounds (benchmarks/commit_probe.py)
     commit_probe: dict[int, dict[str, float]] = field(default_factory=dict)
+    readside: list[dict[str, Any]] = field(default_factory=list)  # benchmarks/readside_bench.py, per store
+    startup: dict[str, Any] = field(default_factory=dict)  # benchmarks/startup.py
     machine: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -46,6 +48,8 @@ def report_from_json(data: dict[str, Any]) -> Report:
         memory=data.get("memory", {}),
         profile=data.get("profile", {}),
         commit_probe={int(level): probe for level, probe in data.get("commit_probe", {}).items()},
+        readside=data.get("readside", []),
+        startup=data.get("startup", {}),
         machine=data.get("machine", {}),
         settings=data.get("settings", {}),
     )
@@ -281,6 +285,64 @@ def targets_table(
     return _table(header, rows) if rows else ""
 
 
+REPLAY_TARGET = 0.9  # of the raw unary call rate to the same handler
+LAG_TARGET_MS = 50.0  # p99 at half the node's saturation rate
+STARTUP_TARGET_MS = 1000.0
+
+
+def readside_table(rows: Sequence[dict[str, Any]]) -> str:
+    body = []
+    for row in rows:
+        replay, lag = row["replay"], row["lag"]
+        body.append(
+            [
+                str(row["store"]),
+                f"{replay['events']:,}",
+                f"{replay['delivered_events_per_s']:,}",
+                f"{replay['raw_unary_calls_per_s']:,}",
+                f"{replay['ratio']:.2f}",
+                _verdict(float(replay["ratio"]) >= REPLAY_TARGET),
+                # ms per 1000 is µs per one
+                f"{replay['node_cpu_ms_per_1000_events']:.0f} / "
+                f"{replay['raw_client_cpu_ms_per_1000_calls']:.0f}",
+                f"{lag['commands_per_s']} of {lag['saturation_commands_per_s']}",
+                f"{lag['event_to_delivery_ms']['p50']} / {lag['event_to_delivery_ms']['p99']}",
+                _verdict(float(lag["event_to_delivery_ms"]["p99"]) <= LAG_TARGET_MS),
+            ]
+        )
+    header = [
+        "store",
+        "events replayed",
+        "replay events/s",
+        "raw calls/s",
+        f"replay ÷ raw (≥ {REPLAY_TARGET})",
+        "met?",
+        "CPU µs per event: node / raw client",
+        "lag run: commands/s of saturation",
+        "lag p50 / p99 ms",
+        f"p99 ≤ {LAG_TARGET_MS:g} ms?",
+    ]
+    return _table(header, body)
+
+
+def startup_table(startup: dict[str, Any]) -> str:
+    rows = []
+    for name, events in (("empty", 0), ("full", startup["full"]["events"])):
+        part = startup[name]
+        rows.append(
+            [
+                f"{events:,} events",
+                f"{part['median_ms']:,.0f}",
+                f"{part['median_cpu_ms']:,.0f}",
+                ", ".join(f"{value:,.0f}" for value in part["rounds_ms"]),
+                _verdict(float(part["median_ms"]) < STARTUP_TARGET_MS),
+            ]
+        )
+    rows.append(["first boot (runs the migrations)", f"{startup['first_boot_ms']:,.0f}", "", "", ""])
+    header = ["journal", "to /ready, median ms", "node CPU by then, ms", "rounds, ms", "< 1 s?"]
+    return _table(header, rows) + f"\n\nload average during the run: {startup['load_average']}"
+
+
 def commit_table(report: Report) -> str:
     rows = [
         [str(level), f"{probe['commits']:,.0f}", f"{probe['p50_ms']:.2f}", f"{probe['p99_ms']:.2f}"]
@@ -453,4 +515,9 @@ def render(report: Report) -> str:
         ]
     if report.profile:
         parts += ["## Profile of the node", str(report.profile.get("summary", ""))]
+    if report.readside:
+        parts += ["## Read-side replay and lag (no-op and bank gRPC read handlers)"]
+        parts += [readside_table(report.readside)]
+    if report.startup:
+        parts += ["## Start-up: cos serve to /ready 200 on PostgreSQL", startup_table(report.startup)]
     return "\n\n".join(parts) + "\n"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import extras
+from benchmarks import extras, standalone
 from benchmarks.commit_probe import probe_commits, summarise_commits
 from benchmarks.engine import Engine, QuietPolicy, Round, Target, Timing
 from benchmarks.loadgen import cold_id
@@ -45,6 +45,10 @@ class Plan:
     memory_entities: int = 100_000
     scaleout_concurrency: int = 64
     profile_seconds: float = 15.0
+    readside_events: int = 100_000
+    lag_seconds: float = 10.0
+    startup_events: int = 1_000_000
+    startup_rounds: int = 5
     profile_dir: Path | None = None
     postgres_server: str = "private"  # "private": a server of our own; "local": tests/support's choice
     keep_logs: bool = False  # logs are removed after a run that succeeded, kept after one that failed
@@ -198,6 +202,16 @@ def _run_suites(plan: Plan, engine: Engine, fleet: Fleet, stores: dict[str, Stor
 
     if "profile" in plan.suites and "postgres" in nodes:
         report.profile = extras.profile_systems(nodes["postgres"], engine, plan, progress)
+
+    if "readside" in plan.suites:
+        report.readside = standalone.measure_readside(
+            plan.stores, plan.readside_events, plan.lag_seconds, progress
+        )
+
+    if "startup" in plan.suites and "postgres" in nodes:
+        report.startup = standalone.measure_startup(
+            plan.startup_events, plan.startup_rounds, plan.postgres_server, progress
+        )
 
 
 def _table(

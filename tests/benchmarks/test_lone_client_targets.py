@@ -43,3 +43,33 @@ def test_the_commit_probe_survives_a_json_round_trip() -> None:
     )
     assert again.commit_probe == report.commit_probe
     assert "## Single-row PostgreSQL commit" in render(again)
+
+
+def test_the_read_side_and_start_up_tables_say_which_targets_are_met() -> None:
+    replay = {
+        "events": 100_000,
+        "delivered_events_per_s": 1_800,
+        "raw_unary_calls_per_s": 1_900,
+        "ratio": 0.947,
+        "node_cpu_ms_per_1000_events": 210.0,
+        "raw_client_cpu_ms_per_1000_calls": 200.0,
+    }
+    lag = {
+        "commands_per_s": 300.0,
+        "saturation_commands_per_s": 600.0,
+        "event_to_delivery_ms": {"p50": 6.0, "p99": 72.5},
+    }
+    startup = {
+        "first_boot_ms": 900.0,
+        "empty": {"median_ms": 610.0, "median_cpu_ms": 420.0, "rounds_ms": [600.0, 610.0, 650.0]},
+        "full": {"median_ms": 1_250.0, "median_cpu_ms": 430.0, "rounds_ms": [1_250.0], "events": 1_000_000},
+        "load_average": [1.0, 1.0, 1.0],
+    }
+    text = render(Report(readside=[{"store": "sqlite", "replay": replay, "lag": lag}], startup=startup))
+    (sqlite,) = [line for line in text.splitlines() if line.startswith("| sqlite")]
+    assert "0.95" in sqlite and "| yes" in sqlite  # replay at or above 0.9 of the raw rate
+    assert "6.0 / 72.5" in sqlite and sqlite.rstrip(" |").endswith("NO")  # lag p99 over 50 ms
+    (empty,) = [line for line in text.splitlines() if line.startswith("| 0 events")]
+    (full,) = [line for line in text.splitlines() if line.startswith("| 1,000,000 events")]
+    assert "610" in empty and "| yes" in empty
+    assert "1,250" in full and "| NO" in full
