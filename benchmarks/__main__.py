@@ -19,8 +19,8 @@ from benchmarks.engine import Timing
 from benchmarks.report import Report, render, report_from_json
 from benchmarks.suite import Plan, progress, run
 
-SUITES = ("table", "recovery", "memory", "scaleout", "variants", "profile")
-DEFAULT_SUITES = ("table", "recovery", "memory", "scaleout")
+SUITES = ("table", "recovery", "memory", "scaleout", "variants", "profile", "readside", "startup")
+DEFAULT_SUITES = ("table", "recovery", "memory", "scaleout", "readside", "startup")
 
 
 def _machine() -> dict[str, Any]:
@@ -86,6 +86,10 @@ def _plan(args: argparse.Namespace) -> Plan:
             recovery_samples=3,
             memory_entities=5_000,
             profile_seconds=5.0,
+            readside_events=2_000,
+            lag_seconds=2.0,
+            startup_events=3_000,
+            startup_rounds=1,
             profile_dir=args.profile_dir,
             quiet_budget_s=args.quiet_wait,
             postgres_server=args.pg,
@@ -94,7 +98,7 @@ def _plan(args: argparse.Namespace) -> Plan:
     timing = Timing(warmup_s=args.warmup, window_s=args.window, rounds=args.rounds)
     return Plan(
         stores=stores,
-        levels=tuple(args.concurrency or (1, 16, 64, 256)),
+        levels=tuple(args.concurrency or (1, 4, 16, 64, 256)),
         timing=timing,
         suites=suites,
         generators=args.generators,
@@ -132,7 +136,12 @@ def main() -> int:
         help="private: a PostgreSQL server of our own (default); local: 127.0.0.1:5432 as the tests use",
     )
     parser.add_argument("--suite", default="", help=f"comma-separated, from {', '.join(SUITES)}")
-    parser.add_argument("--concurrency", type=int, nargs="+", help="requests in flight (default 1 16 64 256)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        help="requests in flight (default 1 4 16 64 256)",
+    )
     parser.add_argument("--generators", type=int, default=1, help="load generator processes (default 1)")
     parser.add_argument(
         "--warmup", type=float, default=0.5, help="seconds of load before each round's window"

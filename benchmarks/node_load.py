@@ -32,6 +32,25 @@ def scraped(text: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def summed(text: str, name: str) -> float:
+    """The sum of every labelled series of one metric (e.g. all rpc/code pairs of a histogram's _sum)."""
+    return sum(float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
+
+
+def stage_means_ms(before: str, after: str, commands: int) -> dict[str, float]:
+    """Where a command's time went inside the node, per command (mean ms), from its own histograms:
+    the whole call, the write handler calls, and the group commit's transactions (shared by a batch)."""
+
+    def delta(name: str) -> float:
+        return summed(after, name) - summed(before, name)
+
+    per = 1000 / commands if commands else 0.0
+    request = delta("cos_request_duration_seconds_sum") * per
+    handler = delta("cos_write_handler_call_duration_seconds_sum") * per
+    append = delta("cos_journal_append_duration_seconds_sum") * per
+    return {"request": request, "handler": handler, "append": append, "rest": request - handler - append}
+
+
 def metrics_text(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         return str(answer.read().decode())
@@ -127,6 +146,8 @@ async def measure(arguments: argparse.Namespace) -> str:
         before, "cos_journal_append_batch_size_sum"
     )
     per_op = 1e6 / count
+    stages = stage_means_ms(before, after, count) if arguments.workload != "get" else {}
+    breakdown = "  node ms/cmd: " + " ".join(f"{name} {value:.2f}" for name, value in stages.items())
     return (
         f"{arguments.label}{arguments.workload} c={arguments.concurrency}:"
         f" {count / arguments.seconds:,.0f} ops/s"
@@ -135,6 +156,7 @@ async def measure(arguments: argparse.Namespace) -> str:
         f"  batch {appended / batches if batches else 0:.1f}"
         f"  µs/op: node {node_cpu * per_op:.0f} handler {handler_cpu * per_op:.0f}"
         f" database {db * per_op:.0f} generator {own * per_op:.0f}"
+        f"{breakdown if stages else ''}"
     )
 
 

@@ -23,6 +23,10 @@ class Report:
     variants: list[Cell] = field(default_factory=list)
     generator_check: list[Cell] = field(default_factory=list)
     profile: dict[str, Any] = field(default_factory=dict)
+    # concurrency → the single-row commit probe measured in that level's rounds (benchmarks/commit_probe.py)
+    commit_probe: dict[int, dict[str, float]] = field(default_factory=dict)
+    readside: list[dict[str, Any]] = field(default_factory=list)  # benchmarks/readside_bench.py, per store
+    startup: dict[str, Any] = field(default_factory=dict)  # benchmarks/startup.py
     machine: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -43,6 +47,9 @@ def report_from_json(data: dict[str, Any]) -> Report:
         recovery=data.get("recovery", []),
         memory=data.get("memory", {}),
         profile=data.get("profile", {}),
+        commit_probe={int(level): probe for level, probe in data.get("commit_probe", {}).items()},
+        readside=data.get("readside", []),
+        startup=data.get("startup", {}),
         machine=data.get("machine", {}),
         settings=data.get("settings", {}),
     )
@@ -187,9 +194,57 @@ def cpu_table(cells: Sequence[Cell]) -> str:
     return _table(header, rows)
 
 
-def targets_table(cells: Sequence[Cell], cpus: int) -> str:
-    """The issue's targets: ProcessCommand on PostgreSQL at 64 in flight, GetState cached vs echo."""
+LONE_THROUGHPUT = 0.8  # of the floor's, with 1 or 4 commands in flight
+LONE_SLACK_MS = 0.3  # allowed on top of the floor's p50 and one single-row commit's p50
+
+
+def lone_client_rows(cells: Sequence[Cell], commit_probe: dict[int, dict[str, float]]) -> list[list[str]]:
+    """A lone client (1 or 4 in flight) on PostgreSQL: p50 within the floor's plus one durable commit
+    (measured in the same rounds) plus LONE_SLACK_MS, and throughput ≥ LONE_THROUGHPUT of the floor's."""
     rows = []
+    for cell in cells:
+        probe = commit_probe.get(cell.concurrency)
+        base = reference(cells, cell)
+        if (
+            probe is None
+            or base is None
+            or cell.system != "node/postgres"
+            or not cell.workload.startswith("ProcessCommand")
+        ):
+            continue
+        budget = base.p50_ms + probe["p50_ms"] + LONE_SLACK_MS
+        label = f"{cell.workload} c={cell.concurrency}"
+        rows.append(
+            [
+                f"{label} p50 ≤ floor p50 {base.p50_ms:.2f} + commit p50 {probe['p50_ms']:.2f} "
+                f"+ {LONE_SLACK_MS} ms = {budget:.2f}",
+                f"{cell.p50_ms:.2f} ms (over floor +{cell.p50_ms - base.p50_ms:.2f})",
+                _verdict(cell.p50_ms <= budget),
+                "",
+                "",
+            ]
+        )
+        throughput = cell.throughput / base.throughput
+        # With so few in flight the throughput follows the latency: a throughput met on CPU alone does
+        # not say anything here, so no projection is shown.
+        rows.append(
+            [
+                f"{label} throughput ≥ {LONE_THROUGHPUT} × floor",
+                f"{throughput:.2f}",
+                _verdict(throughput >= LONE_THROUGHPUT),
+                "",
+                "",
+            ]
+        )
+    return rows
+
+
+def targets_table(
+    cells: Sequence[Cell], cpus: int, commit_probe: dict[int, dict[str, float]] | None = None
+) -> str:
+    """The targets: a lone client's latency (1 and 4 in flight), ProcessCommand on PostgreSQL at 64 in
+    flight, GetState cached vs echo."""
+    rows = lone_client_rows(cells, commit_probe or {})
     for cell in cells:
         base = reference(cells, cell)
         if base is None or cell.system in (FLOOR, ECHO):
@@ -204,30 +259,96 @@ def targets_table(cells: Sequence[Cell], cpus: int) -> str:
             p99 = cell.p99_ms / base.p99_ms
             rows.append(
                 [
-                    f"{cell.workload} c=64 throughput ≥ 0.85 × floor",
+                    f"{cell.workload} c=64 throughput ≥ 0.90 × floor",
                     f"{throughput:.2f}",
-                    _verdict(throughput >= 0.85),
+                    _verdict(throughput >= 0.90),
                     _number(capacity, 2),
-                    _verdict(capacity >= 0.85, capacity),
+                    _verdict(capacity >= 0.90, capacity),
                 ]
             )
             rows.append(
-                [f"{cell.workload} c=64 p99 ≤ 1.5 × floor p99", f"{p99:.2f}", _verdict(p99 <= 1.5), "", ""]
+                [f"{cell.workload} c=64 p99 ≤ 1.3 × floor p99", f"{p99:.2f}", _verdict(p99 <= 1.3), "", ""]
             )
         if cell.workload == "GetState cached" and cell.system == "node/postgres":
             ratio = cell.throughput / base.throughput
             capacity = capacity_ratio(cell, base, cpus)
             rows.append(
                 [
-                    f"GetState cached c={cell.concurrency} ≥ 0.85 × echo",
+                    f"GetState cached c={cell.concurrency} ≥ 0.90 × echo",
                     f"{ratio:.2f}",
-                    _verdict(ratio >= 0.85),
+                    _verdict(ratio >= 0.90),
                     _number(capacity, 2),
-                    _verdict(capacity >= 0.85, capacity),
+                    _verdict(capacity >= 0.90, capacity),
                 ]
             )
     header = ["target", "measured", "met?", "projected from CPU per op", "met?"]
     return _table(header, rows) if rows else ""
+
+
+REPLAY_TARGET = 0.9  # of the raw unary call rate to the same handler
+LAG_TARGET_MS = 50.0  # p99 at half the node's saturation rate
+STARTUP_TARGET_MS = 1000.0
+
+
+def readside_table(rows: Sequence[dict[str, Any]]) -> str:
+    body = []
+    for row in rows:
+        replay, lag = row["replay"], row["lag"]
+        body.append(
+            [
+                str(row["store"]),
+                f"{replay['events']:,}",
+                f"{replay['delivered_events_per_s']:,}",
+                f"{replay['raw_unary_calls_per_s']:,}",
+                f"{replay['ratio']:.2f}",
+                _verdict(float(replay["ratio"]) >= REPLAY_TARGET),
+                # ms per 1000 is µs per one
+                f"{replay['node_cpu_ms_per_1000_events']:.0f} / "
+                f"{replay['raw_client_cpu_ms_per_1000_calls']:.0f}",
+                f"{lag['commands_per_s']} of {lag['saturation_commands_per_s']}",
+                f"{lag['event_to_delivery_ms']['p50']} / {lag['event_to_delivery_ms']['p99']}",
+                _verdict(float(lag["event_to_delivery_ms"]["p99"]) <= LAG_TARGET_MS),
+            ]
+        )
+    header = [
+        "store",
+        "events replayed",
+        "replay events/s",
+        "raw calls/s",
+        f"replay ÷ raw (≥ {REPLAY_TARGET})",
+        "met?",
+        "CPU µs per event: node / raw client",
+        "lag run: commands/s of saturation",
+        "lag p50 / p99 ms",
+        f"p99 ≤ {LAG_TARGET_MS:g} ms?",
+    ]
+    return _table(header, body)
+
+
+def startup_table(startup: dict[str, Any]) -> str:
+    rows = []
+    for name, events in (("empty", 0), ("full", startup["full"]["events"])):
+        part = startup[name]
+        rows.append(
+            [
+                f"{events:,} events",
+                f"{part['median_ms']:,.0f}",
+                f"{part['median_cpu_ms']:,.0f}",
+                ", ".join(f"{value:,.0f}" for value in part["rounds_ms"]),
+                _verdict(float(part["median_ms"]) < STARTUP_TARGET_MS),
+            ]
+        )
+    rows.append(["first boot (runs the migrations)", f"{startup['first_boot_ms']:,.0f}", "", "", ""])
+    header = ["journal", "to /ready, median ms", "node CPU by then, ms", "rounds, ms", "< 1 s?"]
+    return _table(header, rows) + f"\n\nload average during the run: {startup['load_average']}"
+
+
+def commit_table(report: Report) -> str:
+    rows = [
+        [str(level), f"{probe['commits']:,.0f}", f"{probe['p50_ms']:.2f}", f"{probe['p99_ms']:.2f}"]
+        for level, probe in sorted(report.commit_probe.items())
+    ]
+    return _table(["measured in the rounds of conc.", "commits", "p50 ms", "p99 ms"], rows)
 
 
 def _verdict(met: bool, value: float = 0.0) -> str:
@@ -373,7 +494,10 @@ def render(report: Report) -> str:
     if report.cells:
         parts += ["## Throughput and latency (medians of the windows)", results_table(report.cells, cpus)]
         parts += ["## CPU per operation", cpu_table(report.cells)]
-        targets = targets_table(report.cells, cpus)
+        if report.commit_probe:
+            parts += ["## Single-row PostgreSQL commit (INSERT + COMMIT, one at a time)"]
+            parts += [commit_table(report)]
+        targets = targets_table(report.cells, cpus, report.commit_probe)
         if targets:
             parts += ["## Targets", targets]
     if report.generator_check:
@@ -391,4 +515,9 @@ def render(report: Report) -> str:
         ]
     if report.profile:
         parts += ["## Profile of the node", str(report.profile.get("summary", ""))]
+    if report.readside:
+        parts += ["## Read-side replay and lag (no-op and bank gRPC read handlers)"]
+        parts += [readside_table(report.readside)]
+    if report.startup:
+        parts += ["## Start-up: cos serve to /ready 200 on PostgreSQL", startup_table(report.startup)]
     return "\n\n".join(parts) + "\n"

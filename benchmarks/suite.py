@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import extras
+from benchmarks import extras, standalone
+from benchmarks.commit_probe import probe_commits, summarise_commits
 from benchmarks.engine import Engine, QuietPolicy, Round, Target, Timing
 from benchmarks.loadgen import cold_id
 from benchmarks.processes import Fleet
@@ -23,6 +24,9 @@ from benchmarks.stores import Store, postgres_store, seed, sqlite_store
 from chiefofstate.cli.processes import Process
 
 NODE_WORKLOADS = ("ProcessCommand new", "ProcessCommand hot", "GetState cached")
+# Concurrencies of interactive services: the lone-client targets (a single-row commit budget) apply here,
+# and the commit probe runs in their rounds.
+LONE_LEVELS = (1, 4)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class Plan:
     memory_entities: int = 100_000
     scaleout_concurrency: int = 64
     profile_seconds: float = 15.0
+    readside_events: int = 100_000
+    lag_seconds: float = 10.0
+    startup_events: int = 1_000_000
+    startup_rounds: int = 5
     profile_dir: Path | None = None
     postgres_server: str = "private"  # "private": a server of our own; "local": tests/support's choice
     keep_logs: bool = False  # logs are removed after a run that succeeded, kept after one that failed
@@ -195,6 +203,16 @@ def _run_suites(plan: Plan, engine: Engine, fleet: Fleet, stores: dict[str, Stor
     if "profile" in plan.suites and "postgres" in nodes:
         report.profile = extras.profile_systems(nodes["postgres"], engine, plan, progress)
 
+    if "readside" in plan.suites:
+        report.readside = standalone.measure_readside(
+            plan.stores, plan.readside_events, plan.lag_seconds, progress
+        )
+
+    if "startup" in plan.suites and "postgres" in nodes:
+        report.startup = standalone.measure_startup(
+            plan.startup_events, plan.startup_rounds, plan.postgres_server, progress
+        )
+
 
 def _table(
     plan: Plan,
@@ -226,12 +244,31 @@ def _table(
         for name, node in nodes.items():
             cells += [(node.target(f"node/{name}"), workload) for workload in NODE_WORKLOADS]
         rounds: dict[int, list[Round]] = {index: [] for index in range(len(cells))}
+        # The commit probe takes one more slot in the lone-client levels' rounds (on PostgreSQL).
+        probe = nodes["postgres"].store.dsn if "postgres" in nodes and concurrency in LONE_LEVELS else ""
+        probe_index = len(cells)
+        slots = len(cells) + (1 if probe else 0)
+        commits: list[list[float]] = []
         for _ in range(plan.timing.rounds):
             # In a new random order each round (seeded): no cell always runs right after another one's
             # load, or always first while the machine is still settling.
-            for index in order.sample(range(len(cells)), len(cells)):
+            for index in order.sample(range(slots), slots):
+                if index == probe_index:
+                    commits.append(probe_commits(probe, plan.timing.window_s))
+                    continue
                 target, workload = cells[index]
                 rounds[index].append(engine.run_round(target, workload, concurrency))
+        if commits:
+            timings = summarise_commits(commits)
+            report.commit_probe[concurrency] = {
+                "commits": timings.commits,
+                "p50_ms": timings.p50_ms,
+                "p99_ms": timings.p99_ms,
+            }
+            progress(
+                f"single-row commit (c={concurrency} rounds): p50 {timings.p50_ms:.2f}  "
+                f"p99 {timings.p99_ms:.2f} ms over {timings.commits:,} commits"
+            )
         for index, (target, workload) in enumerate(cells):
             cell = engine.combine(target.system, workload, concurrency, rounds[index], plan.timing)
             report.cells.append(measured(cell))

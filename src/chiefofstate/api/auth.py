@@ -21,10 +21,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio
 from grpc_health.v1 import health
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chiefofstate.aio.wrapping_server import WrappingServer
-from chiefofstate.api.http_errors import error_body
 from chiefofstate.api.token_file import TokenFile
 from chiefofstate.core.auth import Role, Verdict
 from chiefofstate.core.errors import Code
@@ -42,6 +40,8 @@ ADMIN_SERVICES = (
 _OPEN_SERVICES = (health.SERVICE_NAME,)
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
     _Handler = grpc.RpcMethodHandler[Any, Any]
 _MESSAGES = {
     Verdict.UNAUTHENTICATED: "a valid bearer token is required (authorization: Bearer <token>)",
@@ -156,6 +156,9 @@ class TokenMiddleware:
             return
         unauthenticated = verdict is Verdict.UNAUTHENTICATED
         status, code = (401, Code.UNAUTHENTICATED) if unauthenticated else (403, Code.PERMISSION_DENIED)
+        # Imported here: the HTTP framework's modules stay out of a gRPC-only node's start-up.
+        from chiefofstate.api.http_errors import error_body
+
         body = json.dumps(error_body(code, _MESSAGES[verdict])).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if status == 401:

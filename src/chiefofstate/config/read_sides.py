@@ -13,8 +13,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from chiefofstate.config.parsing import Env
 from chiefofstate.core.breaker import BreakerSettings
 from chiefofstate.core.errors import ConfigError
@@ -161,6 +159,8 @@ def read_yaml_definitions(path: Path) -> tuple[list[ReadSideSettings], list[str]
 
 def parse_yaml_documents(text: str, origin: str) -> list[tuple[str, ReadSideSettings]]:
     """(where, definition) for every non-empty document of one YAML text."""
+    import yaml  # here: most nodes define no read side, and the parser is a share of start-up
+
     try:
         documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as error:

@@ -15,17 +15,13 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from chiefofstate.aio.tasks import cancel_and_wait
-from chiefofstate.api.auth import TokenMiddleware
 from chiefofstate.api.cluster_members import cluster_members_route
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
-from chiefofstate.api.http_api import create_http_app
-from chiefofstate.api.http_metrics import HttpServerMetrics
-from chiefofstate.api.http_server import HttpServer
-from chiefofstate.api.http_tracing import HttpServerSpans
 from chiefofstate.api.management import ManagementServer, Route, SmallHttpServer, metrics_route
 from chiefofstate.api.subscription_rpcs import UnsubscribeElsewhere
 from chiefofstate.api.tls import ServerTls, load_server_tls
@@ -57,6 +53,9 @@ from chiefofstate.telemetry.metrics import NodeMetrics
 from chiefofstate.telemetry.otlp_metrics import OtlpMetrics
 from chiefofstate.telemetry.tracing import Tracing
 from chiefofstate.writeside.instrumented import InstrumentedWriteHandler
+
+if TYPE_CHECKING:
+    from chiefofstate.api.http_server import HttpServer
 
 log = logging.getLogger("chiefofstate.node")
 
@@ -361,6 +360,14 @@ class Node:
                 await grpc_server.start()
             serving.append(f"gRPC{self._guards()} on {server.address}:{grpc_server.port}")
         if server.protocol in ("http", "both"):
+            # Imported only when served: the HTTP framework's import is about half of a gRPC-only node's
+            # start-up (docs/performance.md, "Start-up").
+            from chiefofstate.api.auth import TokenMiddleware
+            from chiefofstate.api.http_api import create_http_app
+            from chiefofstate.api.http_metrics import HttpServerMetrics
+            from chiefofstate.api.http_server import HttpServer
+            from chiefofstate.api.http_tracing import HttpServerSpans
+
             # Both protocols share one command path: the same host, deadlines and logging.
             app = create_http_app(
                 commands,

@@ -24,7 +24,6 @@ from chiefofstate.node.stores import open_journal, open_offset_store, read_side_
 from chiefofstate.ports.read_handler import ReadHandler
 from chiefofstate.readside.delivery import GuardedReadHandler
 from chiefofstate.readside.grpc import GrpcReadHandler
-from chiefofstate.readside.http import HttpReadHandler
 from chiefofstate.readside.offset_committer import OffsetCommitter
 from chiefofstate.readside.projection import ProjectionContext
 from chiefofstate.readside.runtime import ReadSideRuntime
@@ -66,6 +65,9 @@ def _handler_factory(
     def build(read_side: ReadSideSettings) -> GuardedReadHandler:
         handler: ReadHandler
         if read_side.protocol == "http":
+            # Imported only when chosen: its HTTP client's import is a large share of start-up.
+            from chiefofstate.readside.http import HttpReadHandler
+
             handler = HttpReadHandler(
                 read_side.host, read_side.port, use_tls=read_side.use_tls, max_connections=max_connections
             )

@@ -8,12 +8,14 @@ from chiefofstate.core.breaker import CircuitBreaker
 from chiefofstate.ports.write_handler import WriteHandler
 from chiefofstate.writeside.breaker import BreakerGuardedWriteHandler
 from chiefofstate.writeside.grpc import GrpcWriteHandler, channel_options
-from chiefofstate.writeside.http import HttpWriteHandler
 
 
 def create_write_handler(write_side: WriteSideSettings, max_message_bytes: int) -> WriteHandler:
     handler: WriteHandler
     if write_side.protocol == "http":
+        # Imported only when chosen: its HTTP client's import is a large share of a gRPC node's start-up.
+        from chiefofstate.writeside.http import HttpWriteHandler
+
         handler = HttpWriteHandler(write_side.host, write_side.port, use_tls=write_side.use_tls)
     else:
         handler = GrpcWriteHandler(

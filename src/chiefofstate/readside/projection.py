@@ -317,30 +317,52 @@ class Projection:
         context = self._context
         settings = context.delivery
         read_side_id = self.read_side.read_side_id
-        while True:
-            # Cleared before reading: a commit that lands after the read sets it again, so no wake-up
-            # can fall between the read and the wait.
-            self._wake.clear()
-            async with context.slots:
-                rows = await context.journal.read_shard(self.shard, self.position, settings.batch_size)
-            self._restarts = 0
-            if not rows:
-                await self._idle(settings.poll_interval_s)
-                continue
-            for row in rows:
-                while not self._may_deliver():
-                    await context.sleep(LEASE_WAIT_S)
-                event = event_of(row, read_side_id)
-                failure = await self._deliver(event)
-                if failure is not None:
-                    await self._halt_on(event, failure)
-                    return
-                self.position = row.ordering
-                context.committer.record(self.key, row.ordering)
-                self._unstored += 1
-                if self._unstored >= settings.commit_batch:
-                    self._unstored = 0
-                    context.committer.hurry()
+        committer = context.committer
+        key = self.key
+        # At most one page read ahead, while the page before it is delivered: a replay then never waits
+        # for the journal between pages. It reads after the last row of the page being delivered, the
+        # position the projection has once that page is done, and is dropped (cancelled) when the
+        # stream ends early (a halt, an operator action, shutdown).
+        ahead: asyncio.Task[list[JournalRow]] | None = None
+        try:
+            while True:
+                if ahead is None:
+                    rows = await self._read_after(self.position)
+                else:
+                    rows, ahead = await ahead, None
+                self._restarts = 0
+                if not rows:
+                    await self._idle(settings.poll_interval_s)
+                    continue
+                if len(rows) >= settings.batch_size:  # a full page: more rows are likely waiting
+                    ahead = asyncio.create_task(
+                        self._read_after(rows[-1].ordering), name=f"{self.name} read-ahead"
+                    )
+                for row in rows:
+                    while not self._may_deliver():
+                        await context.sleep(LEASE_WAIT_S)
+                    event = event_of(row, read_side_id)
+                    failure = await self._deliver(event)
+                    if failure is not None:
+                        await self._halt_on(event, failure)
+                        return
+                    self.position = row.ordering
+                    committer.record(key, row.ordering)
+                    self._unstored += 1
+                    if self._unstored >= settings.commit_batch:
+                        self._unstored = 0
+                        committer.hurry()
+        finally:
+            await cancel_and_wait(ahead)
+
+    async def _read_after(self, ordering: int) -> list[JournalRow]:
+        """One page of the shard after `ordering`, in a journal-read slot."""
+        # Cleared before reading: a commit that lands after the read began sets it again, so no
+        # wake-up can fall between the read and an idle wait on an empty page.
+        self._wake.clear()
+        context = self._context
+        async with context.slots:
+            return await context.journal.read_shard(self.shard, ordering, context.delivery.batch_size)
 
     async def _idle(self, timeout_s: float) -> None:
         try:

@@ -12,7 +12,8 @@ from chiefofstate.config.read_sides import DeliverySettings, ReadSideSettings
 from chiefofstate.core.breaker import BreakerSettings, CircuitBreaker
 from chiefofstate.core.readside_rules import Backoff, FailurePolicy, ProjectionState
 from chiefofstate.gen.chief_of_state.v1.persistence_pb2 import EventWrapper
-from chiefofstate.ports.journal import JournalRow
+from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
+from chiefofstate.ports.journal import JournalRow, ShardProgress
 from chiefofstate.ports.offsets import Halt, ShardRecord
 from chiefofstate.ports.read_handler import DeliveryFailed
 from chiefofstate.readside.delivery import REFUSED, GuardedReadHandler
@@ -461,3 +462,60 @@ async def test_each_call_is_a_client_span_named_as_upstreams(rig: Rig) -> None:
         "POST",
         {"kind": "CLIENT", "http.request.method": "POST", "server.address": "127.0.0.1", "server.port": 1},
     )
+
+
+class PageCountingJournal:
+    """The rig's journal, counting the pages read (the positions they were read after)."""
+
+    def __init__(self, inner: FailingJournal) -> None:
+        self.inner = inner
+        self.reads_after: list[int] = []
+
+    async def read_shard(self, shard: int, after_ordering: int, limit: int) -> list[JournalRow]:
+        self.reads_after.append(after_ordering)
+        return await self.inner.read_shard(shard, after_ordering, limit)
+
+    async def shard_progress(self, shard: int, after_ordering: int, count_limit: int) -> ShardProgress:
+        return await self.inner.shard_progress(shard, after_ordering, count_limit)
+
+
+async def start_counting(rig: Rig) -> tuple[PageCountingJournal, Projection]:
+    counting = PageCountingJournal(rig.journal)
+    read_side = ReadSideSettings("accounts", "127.0.0.1", 1, failure_policy=FailurePolicy.STOP)
+    context = replace(rig.context(), journal=counting)
+    projection = Projection(read_side, SHARD, GuardedReadHandler(read_side, rig.handler, None), context)
+    rig.projections.append(projection)
+    await projection.start(ShardRecord())
+    return counting, projection
+
+
+async def test_the_next_page_is_read_while_a_full_page_is_delivered_and_no_further(rig: Rig) -> None:
+    rows = await rig.append("a", SHARD, 3 * DELIVERY.batch_size)  # three full pages
+    released = asyncio.Event()
+
+    async def held_first(request: HandleReadSideRequest) -> bool:
+        if request.meta.revision_number == 1:
+            await released.wait()
+        return True
+
+    rig.handler.answer = held_first
+    counting, _ = await start_counting(rig)
+    await eventually(lambda: len(counting.reads_after) == 2)
+    await asyncio.sleep(0.05)  # the first event is still held: nothing reads a third page meanwhile
+    assert counting.reads_after == [0, rows[DELIVERY.batch_size - 1].ordering]
+    assert rig.delivered() == [("a", 1)]
+    released.set()
+    await eventually(lambda: len(rig.handler.calls) == len(rows))
+    assert rig.delivered() == [("a", revision) for revision in range(1, len(rows) + 1)]
+    await eventually_equal(rig.offset, rows[-1].ordering)
+
+
+async def test_a_halt_drops_the_page_read_ahead_and_keeps_the_offset_before_the_failure(rig: Rig) -> None:
+    rows = await rig.append("a", SHARD, 2 * DELIVERY.batch_size)
+    rig.handler.answer = failing_for(("a", 2))
+    counting, projection = await start_counting(rig)
+    await eventually(lambda: projection.status().state is ProjectionState.HALTED)
+    assert rig.delivered() == [("a", 1), ("a", 2)]  # nothing of the page read ahead went out
+    await eventually_equal(rig.offset, rows[0].ordering)
+    assert projection.status().position == rows[0].ordering
+    assert len(counting.reads_after) == 2
