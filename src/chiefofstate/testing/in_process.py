@@ -41,7 +41,7 @@ from chiefofstate.sdk import headers_context
 from chiefofstate.sdk.client_errors import CosCallError, error_for
 from chiefofstate.sdk.local_node import free_ports
 from chiefofstate.sdk.rejected import Rejected
-from chiefofstate.sdk.write import WriteHandler, handle_command, handle_event
+from chiefofstate.sdk.write import WriteHandler
 
 S = TypeVar("S", bound=Message)
 R = TypeVar("R")
@@ -75,14 +75,14 @@ class DirectWriteHandler:
     ) -> HandleCommandResponse:
         token = headers_context.enter(headers)
         try:
-            return await self._call(handle_command(self._handler, request), timeout_s, "HandleCommand")
+            return await self._call(self._handler.handle_command_call(request), timeout_s, "HandleCommand")
         finally:
             headers_context.leave(token)
 
     async def handle_event(
         self, request: HandleEventRequest, timeout_s: float, headers: Sequence[tuple[str, HeaderValue]] = ()
     ) -> HandleEventResponse:
-        return await self._call(handle_event(self._handler, request), timeout_s, "HandleEvent")
+        return await self._call(self._handler.handle_event_call(request), timeout_s, "HandleEvent")
 
     async def _call(self, work: Awaitable[R], timeout_s: float, rpc: str) -> R:
         try:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
-from chiefofstate_examples.sdk_bank.handlers import Bank
+from chiefofstate_examples.bank.handlers import Bank
+from google.protobuf import wrappers_pb2
 from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
@@ -61,8 +62,8 @@ async def test_refusals_keep_their_status_and_details(bank_node: InProcessNode[b
     assert info is not None and info.reason == "INSUFFICIENT_FUNDS"
     with pytest.raises(NotFound):
         await bank_node.process("nobody", bank_pb2.Deposit(amount=1))
-    with pytest.raises(InvalidArgument, match="unknown command type bank.v1.TransferOut"):
-        await bank_node.process("acc-2", bank_pb2.TransferOut(amount=1))
+    with pytest.raises(InvalidArgument, match="unknown command type google.protobuf.Int64Value"):
+        await bank_node.process("acc-2", wrappers_pb2.Int64Value(value=1))
     found = await bank_node.get("acc-2")
     assert found is not None and found[1].revision_number == 1  # nothing half-persisted
 
