@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
-from chiefofstate_examples.sdk_bank.handlers import Bank
+from chiefofstate_examples.bank.handlers import Bank
 
 from benchmarks.stores import postgres_store
 from chiefofstate.testing import InProcessNode

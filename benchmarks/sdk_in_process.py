@@ -1,11 +1,11 @@
-"""Commands per second of one SDK write handler (chiefofstate_examples.sdk_bank.Bank) behind a node,
+"""Commands per second of one SDK write handler (chiefofstate_examples.bank.handlers.Bank) behind a node,
 called in process (library mode, chiefofstate.testing) against the same handler served over gRPC.
 
     python -m benchmarks.sdk_in_process [--store memory|sqlite] [--seconds 5] [--concurrency 32] [--rounds 3]
 
 Both variants drive the node's command path from the benchmark's own event loop (no client RPC), so the
 only difference is how the node reaches the handler: a Python call, or a gRPC call to the handler
-running as its own process (`python -m chiefofstate_examples.sdk_bank`), as it would in production.
+running as its own process (`python -m chiefofstate_examples.bank.write_handler`), as it would in production.
 Each round runs both variants, alternating which goes first; `concurrency` entities each receive Deposit
 commands one after the other. The machine is shared, so compare the two numbers of one run.
 """
@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
-from chiefofstate_examples.sdk_bank.handlers import Bank
+from chiefofstate_examples.bank.handlers import Bank
 
 from chiefofstate.config.settings import load_settings
 from chiefofstate.node.node import Node
@@ -55,7 +55,7 @@ async def over_grpc(store: str, folder: Path) -> AsyncIterator[Process]:
     handler = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "chiefofstate_examples.sdk_bank",
+        "chiefofstate_examples.bank.write_handler",
         "--port",
         str(handler_port),
         stdout=log,

@@ -72,5 +72,6 @@ def test_demo_runs_the_whole_product_and_exits_0(tmp_path: Path) -> None:
     result = cos("demo", env={**env, "TMPDIR": str(tmp_path)}, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every check held" in result.stdout
+    assert "bank write handler (chiefofstate.sdk, gRPC) started" in result.stdout
     assert "state survived the restart" in result.stdout
     assert "FAILED_PRECONDITION" in result.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
-from chiefofstate_examples.sdk_bank.handlers import Bank
+from chiefofstate_examples.bank.handlers import Bank
 
 from chiefofstate.testing import InProcessNode
 from tests.integration.conftest import postgres_env

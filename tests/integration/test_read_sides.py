@@ -68,6 +68,29 @@ def read_handler(tmp_path: Path, deliveries: DeliveryLog) -> Iterator[ReadHandle
         stop_all(started)
 
 
+@sqlite_only
+def test_one_read_handler_serving_two_read_sides_is_told_which_side_each_event_is_for(
+    node_factory: NodeFactory, read_handler: ReadHandlerFactory, deliveries: DeliveryLog
+) -> None:
+    # the example's `@handles` method takes the read side id (the SDK's fifth parameter) and logs it
+    shared = read_handler()
+    node = node_factory(
+        **FAST,
+        **read_side("balances", shared.ports["read_side"]),
+        **read_side("audit", shared.ports["read_side"]),
+    )
+    opened, stub = cos(node)
+    with opened:
+        last = open_and_deposit(stub, "shared-1", deposits=2)
+    deliveries.wait_until(
+        lambda log: all(log.revisions(side, "shared-1")[-1:] == [last] for side in ("balances", "audit")),
+        what="every event on both read sides",
+    )
+    for side in ("balances", "audit"):
+        assert deliveries.revisions(side, "shared-1") == list(range(1, last + 1))
+    assert {delivery.read_side_id for delivery in deliveries.all()} == {"balances", "audit"}
+
+
 def test_events_reach_grpc_and_http_read_handlers_in_order_with_state_meta_and_headers(
     node_factory: NodeFactory, read_handler: ReadHandlerFactory, deliveries: DeliveryLog
 ) -> None:

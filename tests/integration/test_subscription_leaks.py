@@ -13,12 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 from chiefofstate_examples.bank import client as bank
-from chiefofstate_examples.bank.write_handler import FaultInjection, serve
+from chiefofstate_examples.bank.handlers import Bank
 from grpc import aio
 
 from chiefofstate import Node, load_settings
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
+from chiefofstate.sdk import start
 from chiefofstate.subscription.hub import SubscriptionHub
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,7 +30,7 @@ ROUND = 1000
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    handler = await serve("127.0.0.1", 0, faults=FaultInjection())
+    handler = await start(Bank())
     settings = load_settings(
         {
             "COS_WRITE_SIDE_HOST": "127.0.0.1",

@@ -1,4 +1,5 @@
-"""`cos demo`: a node on a fresh SQLite file, the example bank handler, and a scripted session.
+"""`cos demo`: a node on a fresh SQLite file, the example bank handlers (written with the Python
+developer kit, `chiefofstate.sdk`), and a scripted session.
 
 Everything runs as real processes talking real gRPC, exactly as in production, only smaller.
 """
@@ -167,10 +168,13 @@ def _run_in(folder: Path, console: Console) -> int:
     database = folder / "cos.db"
     console.print(Panel.fit(f"Chief of State demo\nembedded SQLite journal: {database}", style="bold"))
     handler = start_bank_write_handler(folder / "logs")
-    console.print(f"bank write handler (gRPC) started on port {handler.ports['grpc']}")
+    console.print(f"bank write handler (chiefofstate.sdk, gRPC) started on port {handler.ports['grpc']}")
     deliveries = folder / "deliveries.jsonl"
     reader = start_bank_read_handler(folder / "logs", deliveries=deliveries)
-    console.print(f"bank read handler (gRPC) started on port {reader.ports['grpc']}: read side 'balances'")
+    console.print(
+        f"bank read handler (chiefofstate.sdk, gRPC) started on port {reader.ports['grpc']}: "
+        "read side 'balances'"
+    )
     env = node_environment(
         os.environ,
         COS_DB_PATH=str(database),

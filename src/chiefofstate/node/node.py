@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from chiefofstate.aio.tasks import cancel_and_wait
@@ -41,11 +41,18 @@ from chiefofstate.node.gauges import register_cluster_readings, register_node_re
 from chiefofstate.node.gc_tuning import freeze_start_up_heap
 from chiefofstate.node.read_side_gauges import ReadSideGauges
 from chiefofstate.node.read_sides import ReadSides, open_read_sides
-from chiefofstate.node.stores import exclusive_use, open_memory_store, open_store, state_reads
+from chiefofstate.node.stores import (
+    exclusive_use,
+    memory_offset_store,
+    open_memory_store,
+    open_store,
+    state_reads,
+)
 from chiefofstate.node.subscriptions import open_subscriptions
 from chiefofstate.node.write_side import create_write_handler
 from chiefofstate.ports.cluster import Member
 from chiefofstate.ports.journal import Journal
+from chiefofstate.ports.read_handler import ReadHandler
 from chiefofstate.ports.write_handler import WriteHandler
 from chiefofstate.subscription.hub import SubscriptionHub
 from chiefofstate.telemetry.grpc_metrics import GrpcServerMetrics
@@ -66,13 +73,20 @@ class Node:
     """Starts in dependency order and stops in reverse; `ready` only once the store is migrated."""
 
     def __init__(
-        self, settings: Settings, *, write_handler: WriteHandler | None = None, memory_store: bool = False
+        self,
+        settings: Settings,
+        *,
+        write_handler: WriteHandler | None = None,
+        read_handlers: Mapping[str, ReadHandler] | None = None,
+        memory_store: bool = False,
     ) -> None:
         """`write_handler` replaces the configured gRPC/HTTP one (library mode: the application's handler
-        called in this process); `memory_store` keeps the journal in this process's memory instead of
-        the configured database (library mode, tests; a node alone, no read sides)."""
+        called in this process), and `read_handlers` the read handlers of the read sides they name;
+        `memory_store` keeps the journal (and the read sides' offsets) in this process's memory instead
+        of the configured database (library mode, tests; a node alone)."""
         self.settings = settings
         self._write_handler = write_handler
+        self._read_handlers = read_handlers
         self._memory_store = memory_store
         self.commands: CommandPath | None = None
         self.journal: Journal | None = None
@@ -232,7 +246,13 @@ class Node:
             listeners.extend(hub_listeners)
         if settings.read_side_enabled:
             read_sides = self.read_sides = await open_read_sides(
-                settings, closers, tracing=tracing, metrics=metrics, clustered=settings.cluster.enabled
+                settings,
+                closers,
+                tracing=tracing,
+                metrics=metrics,
+                clustered=settings.cluster.enabled,
+                handlers=self._read_handlers,
+                in_memory=(journal, memory_offset_store()) if self._memory_store else None,
             )
             if read_sides.command_traces is not None:
                 listeners.append(read_sides.command_traces)

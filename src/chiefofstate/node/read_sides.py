@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from chiefofstate.api.grpc_server import ServiceRegistration
@@ -21,6 +21,8 @@ from chiefofstate.config.settings import Settings
 from chiefofstate.core.breaker import CircuitBreaker
 from chiefofstate.node.read_side_gauges import register_read_side_readings
 from chiefofstate.node.stores import open_journal, open_offset_store, read_side_connection
+from chiefofstate.ports.journal import Journal
+from chiefofstate.ports.offsets import OffsetStore
 from chiefofstate.ports.read_handler import ReadHandler
 from chiefofstate.readside.delivery import GuardedReadHandler
 from chiefofstate.readside.grpc import GrpcReadHandler
@@ -48,7 +50,10 @@ class ReadSides:
 
 
 def _handler_factory(
-    settings: Settings, tracing: Tracing, command_traces: CommandTraces | None
+    settings: Settings,
+    tracing: Tracing,
+    command_traces: CommandTraces | None,
+    given: Mapping[str, ReadHandler],
 ) -> Callable[[ReadSideSettings], GuardedReadHandler]:
     write_side = settings.write_side
     # COS_GRPC_KEEPALIVE_* apply to every outbound channel, read sides' included (docs/contract.md §10.4).
@@ -64,7 +69,9 @@ def _handler_factory(
 
     def build(read_side: ReadSideSettings) -> GuardedReadHandler:
         handler: ReadHandler
-        if read_side.protocol == "http":
+        if read_side.read_side_id in given:
+            handler = given[read_side.read_side_id]
+        elif read_side.protocol == "http":
             # Imported only when chosen: its HTTP client's import is a large share of start-up.
             from chiefofstate.readside.http import HttpReadHandler
 
@@ -87,15 +94,22 @@ async def open_read_sides(
     tracing: Tracing = TRACING_OFF,
     metrics: NodeMetrics | None = None,
     clustered: bool = False,
+    handlers: Mapping[str, ReadHandler] | None = None,
+    in_memory: tuple[Journal, OffsetStore] | None = None,
 ) -> ReadSides:
     """Start every projection; everything opened is registered on `closers` for the node's stop.
 
     `clustered`: nothing starts here; the cluster coordinator readies the read sides and runs each
-    projection whose lease it holds, and offset commits are fenced by those leases."""
+    projection whose lease it holds, and offset commits are fenced by those leases. `handlers` replace
+    the configured gRPC/HTTP read handlers of the read sides they name (library mode). `in_memory`: the
+    node's own memory journal, and an offset store of the same lifetime, instead of the database."""
     read_sides = settings.read_sides
-    journal = await open_journal(settings.store)
-    closers.push_async_callback(journal.close)
-    store = await open_offset_store(settings.store)
+    if in_memory is not None:
+        journal, store = in_memory
+    else:
+        journal = await open_journal(settings.store)
+        closers.push_async_callback(journal.close)
+        store = await open_offset_store(settings.store)
     closers.push_async_callback(store.close)
     committer = OffsetCommitter(store, read_sides.delivery.commit_interval_s, fenced=clustered)
     context = ProjectionContext(
@@ -108,7 +122,10 @@ async def open_read_sides(
     # With tracing on, the node registers this as a commit listener (ReadSides.command_traces).
     command_traces = CommandTraces() if tracing.enabled else None
     runtime = ReadSideRuntime(
-        read_sides, settings.num_shards, context, _handler_factory(settings, tracing, command_traces)
+        read_sides,
+        settings.num_shards,
+        context,
+        _handler_factory(settings, tracing, command_traces, handlers or {}),
     )
     closers.push_async_callback(runtime.close)
     if clustered:

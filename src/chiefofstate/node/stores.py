@@ -46,6 +46,13 @@ async def open_memory_store(settings: Settings) -> Journal:
     return journal
 
 
+def memory_offset_store() -> OffsetStore:
+    """Read-side offsets in this process's memory, beside the memory journal (library mode)."""
+    from chiefofstate.stores.memory.offsets import MemoryOffsetStore
+
+    return MemoryOffsetStore()
+
+
 async def open_store(settings: Settings, on_migrated: Callable[[int], None] | None = None) -> Journal:
     """Connect and migrate, retrying a bounded number of times while the database is unreachable;
     `on_migrated` is told the schema version in place."""

@@ -100,6 +100,17 @@ def check_return_annotations(
             )
 
 
+def positional_count(function: Callable[..., Any]) -> int:
+    """How many positional parameters `function` declares, `self` included (a `*args` counts as many)."""
+    count = 0
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return 1_000
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
 def unpack(value: any_pb2.Any, message_class: type[M], what: str) -> M:
     message = message_class()
     try:

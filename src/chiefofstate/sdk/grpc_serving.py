@@ -35,9 +35,9 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventResponse,
 )
 from chiefofstate.sdk import headers_context
-from chiefofstate.sdk.read import ReadHandler, handle_read_side
+from chiefofstate.sdk.read import ReadHandler
 from chiefofstate.sdk.rejected import Rejected
-from chiefofstate.sdk.write import WriteHandler, handle_command, handle_event
+from chiefofstate.sdk.write import WriteHandler
 
 log = logging.getLogger("chiefofstate.sdk")
 
@@ -85,14 +85,14 @@ class WriteServicer(writeside_pb2_grpc.WriteSideHandlerServiceServicer):
         request: HandleCommandRequest,
         context: grpc.aio.ServicerContext[HandleCommandRequest, HandleCommandResponse],
     ) -> HandleCommandResponse:
-        return await _answer(context, lambda: handle_command(self._handler, request), "HandleCommand")
+        return await _answer(context, lambda: self._handler.handle_command_call(request), "HandleCommand")
 
     async def HandleEvent(
         self,
         request: HandleEventRequest,
         context: grpc.aio.ServicerContext[HandleEventRequest, HandleEventResponse],
     ) -> HandleEventResponse:
-        return await _answer(context, lambda: handle_event(self._handler, request), "HandleEvent")
+        return await _answer(context, lambda: self._handler.handle_event_call(request), "HandleEvent")
 
 
 class ReadServicer(readside_pb2_grpc.ReadSideHandlerServiceServicer):
@@ -104,7 +104,7 @@ class ReadServicer(readside_pb2_grpc.ReadSideHandlerServiceServicer):
         request: HandleReadSideRequest,
         context: grpc.aio.ServicerContext[HandleReadSideRequest, HandleReadSideResponse],
     ) -> HandleReadSideResponse:
-        return await _answer(context, lambda: handle_read_side(self._handler, request), "HandleReadSide")
+        return await _answer(context, lambda: self._handler.handle_read_side_call(request), "HandleReadSide")
 
 
 async def start_grpc(

@@ -3,8 +3,9 @@
 JSON encoding the node uses (every `Any` is the base64 of its serialized bytes).
 
 A refusal is an HTTP error status with `{"error": message, "code": "<gRPC code name>", "details":
-[base64 Any, ...]}`. The node turns every non-200 answer into INTERNAL for its caller (the protocol
-cannot carry a status), quoting the start of this body. `GET /health` answers 200 while serving.
+[base64 Any, ...]}` (`details` only when the rejection has some). The node turns every non-200 answer
+into INTERNAL for its caller (the protocol cannot carry a status), quoting the start of this body.
+`GET /health` answers 200 while serving.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Final
 
 import grpc
 import uvicorn
 from google.protobuf.message import Message
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -29,9 +31,9 @@ from chiefofstate.core.json_codec import JsonShapeError, encode_any, message_fro
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandRequest, HandleEventRequest
 from chiefofstate.sdk import binding, headers_context
-from chiefofstate.sdk.read import ReadHandler, handle_read_side
+from chiefofstate.sdk.read import ReadHandler
 from chiefofstate.sdk.rejected import Rejected
-from chiefofstate.sdk.write import WriteHandler, handle_command, handle_event
+from chiefofstate.sdk.write import WriteHandler
 
 log = logging.getLogger("chiefofstate.sdk")
 
@@ -56,11 +58,9 @@ _HTTP_STATUS: Final = {
 
 
 def refusal(rejected: Rejected) -> Response:
-    body = {
-        "error": rejected.message,
-        "code": rejected.code.name,
-        "details": [encode_any(binding.pack(detail)) for detail in rejected.details],
-    }
+    body: dict[str, object] = {"error": rejected.message, "code": rejected.code.name}
+    if rejected.details:
+        body["details"] = [encode_any(binding.pack(detail)) for detail in rejected.details]
     return JSONResponse(body, status_code=_HTTP_STATUS.get(rejected.code, 500))
 
 
@@ -94,19 +94,21 @@ async def _health(_: Request) -> Response:
     return JSONResponse({"status": "SERVING"})
 
 
-def http_app(handler: WriteHandler[Any] | ReadHandler[Any]) -> Starlette:
-    """The handler as an ASGI app."""
+def http_app(
+    handler: WriteHandler[Any] | ReadHandler[Any], middleware: Sequence[Middleware] = ()
+) -> Starlette:
+    """The handler as an ASGI app, wrapped in `middleware` (Starlette's, outermost first)."""
     routes = [Route("/health", _health, methods=["GET"])]
     if isinstance(handler, WriteHandler):
         routes += [
             Route(
                 COMMAND_PATH,
-                _endpoint(HandleCommandRequest, lambda call: handle_command(handler, call), "handleCommand"),
+                _endpoint(HandleCommandRequest, handler.handle_command_call, "handleCommand"),
                 methods=["POST"],
             ),
             Route(
                 EVENT_PATH,
-                _endpoint(HandleEventRequest, lambda call: handle_event(handler, call), "handleEvent"),
+                _endpoint(HandleEventRequest, handler.handle_event_call, "handleEvent"),
                 methods=["POST"],
             ),
         ]
@@ -114,11 +116,11 @@ def http_app(handler: WriteHandler[Any] | ReadHandler[Any]) -> Starlette:
         routes.append(
             Route(
                 READ_SIDE_PATH,
-                _endpoint(HandleReadSideRequest, lambda call: handle_read_side(handler, call), "handle"),
+                _endpoint(HandleReadSideRequest, handler.handle_read_side_call, "handle"),
                 methods=["POST"],
             )
         )
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=list(middleware))
 
 
 class _SignalFreeServer(uvicorn.Server):
@@ -150,11 +152,17 @@ def _listen(host: str, port: int) -> socket.socket:
 class HttpHandlerServer:
     """uvicorn serving one handler app on a socket bound before it starts (a busy port is an OSError)."""
 
-    def __init__(self, handler: WriteHandler[Any] | ReadHandler[Any], host: str, port: int) -> None:
+    def __init__(
+        self,
+        handler: WriteHandler[Any] | ReadHandler[Any],
+        host: str,
+        port: int,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
         self._listener = _listen(host, port)
         self.port = int(self._listener.getsockname()[1])
         config = uvicorn.Config(
-            http_app(handler),
+            http_app(handler, middleware),
             log_config=None,
             access_log=False,
             lifespan="off",

@@ -5,7 +5,16 @@
         async def deposited(self, event: MoneyDeposited, state: BankAccount, meta: MetaData) -> None:
             ...
 
-A method gets the unpacked event, the typed state after it and the event's meta. Returning None or True
+A method gets the unpacked event, the typed state after it and the event's meta, and, when it declares a
+fifth parameter, the id of the read side delivering the event (one handler may serve several read sides):
+
+        @handles(MoneyDeposited)
+        def deposited(
+            self, event: MoneyDeposited, state: BankAccount, meta: MetaData, read_side_id: str
+        ) -> None:
+            ...
+
+Returning None or True
 acknowledges the event; returning False (or raising) fails the delivery, and the read side's failure
 policy decides what happens next (docs/contract.md §5.5). Events no method handles are acknowledged
 without a call, since a read side receives every event of the journal; set `ignore_unknown = False` to
@@ -33,6 +42,15 @@ _HANDLES_MARK: Final = "__cos_read_event__"
 
 
 class _HandlesDecorator(Protocol[E]):
+    # Four parameters, or five when the method takes the read side id (a `str`).
+    @overload
+    def __call__(
+        self, method: Callable[[H, E, S, MetaData, str], Awaitable[bool | None]]
+    ) -> Callable[[H, E, S, MetaData, str], Awaitable[bool | None]]: ...
+    @overload
+    def __call__(
+        self, method: Callable[[H, E, S, MetaData, str], bool | None]
+    ) -> Callable[[H, E, S, MetaData, str], bool | None]: ...
     @overload
     def __call__(
         self, method: Callable[[H, E, S, MetaData], Awaitable[bool | None]]
@@ -64,10 +82,16 @@ class ReadHandler(Generic[S]):
     state_type: ClassVar[type[Message]]
     ignore_unknown: ClassVar[bool] = True
     _handlers: ClassVar[dict[str, tuple[type[Message], str]]] = {}
+    _wants_read_side_id: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._handlers = binding.collect(cls, _HANDLES_MARK, "event")
+        cls._wants_read_side_id = frozenset(
+            method_name
+            for _, method_name in cls._handlers.values()
+            if binding.positional_count(getattr(cls, method_name)) >= 5
+        )
         state_type = binding.declared_state_type(cls, ReadHandler)
         if state_type is not None:
             cls.state_type = state_type
@@ -75,6 +99,12 @@ class ReadHandler(Generic[S]):
     @classmethod
     def event_types(cls) -> tuple[str, ...]:
         return tuple(cls._handlers)
+
+    async def handle_read_side_call(self, request: HandleReadSideRequest) -> HandleReadSideResponse:
+        """Answer one `HandleReadSide` call, whichever transport carried it: dispatches to the `@handles`
+        method. Override it (calling `super()`) to act on every delivery, e.g. to log or time it, or to
+        see events no method handles."""
+        return await handle_read_side(self, request)
 
 
 async def handle_read_side(
@@ -97,5 +127,9 @@ async def handle_read_side(
     event_class, method_name = bound
     event_message = binding.unpack(request.event, event_class, "event")
     state = binding.unpack_state(request.state, state_type)
-    result = await binding.call(getattr(handler, method_name), event_message, state, request.meta)
+    method = getattr(handler, method_name)
+    if method_name in handler._wants_read_side_id:
+        result = await binding.call(method, event_message, state, request.meta, request.read_side_id)
+    else:
+        result = await binding.call(method, event_message, state, request.meta)
     return HandleReadSideResponse(successful=result is not False)

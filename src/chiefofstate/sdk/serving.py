@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import grpc
 from grpc_health.v1 import health
+from starlette.middleware import Middleware
 
 from chiefofstate.sdk.grpc_serving import start_grpc
 from chiefofstate.sdk.http_serving import HttpHandlerServer
@@ -64,15 +66,18 @@ async def start(
     host: str = "127.0.0.1",
     port: int = 0,
     protocol: Protocol = "grpc",
+    http_middleware: Sequence[Middleware] = (),
 ) -> RunningHandler:
     """Serve `handler` on host:port (0 = any free port) and return once it accepts calls.
 
-    Raises OSError when the address cannot be bound, TypeError for a handler without a state type."""
+    `http_middleware` (Starlette middleware, outermost first) wraps the HTTP protocol's app: for what
+    must see the raw request or answer it itself. Raises OSError when the address cannot be bound,
+    TypeError for a handler without a state type."""
     _check(handler, protocol)
     if protocol == "grpc":
         server, health_servicer, bound = await start_grpc(handler, host, port)
         return RunningHandler(host, bound, protocol, _grpc=(server, health_servicer))
-    http = HttpHandlerServer(handler, host, port)
+    http = HttpHandlerServer(handler, host, port, http_middleware)
     await http.start()
     return RunningHandler(host, http.port, protocol, _http=http)
 
@@ -84,17 +89,20 @@ async def serve_until_stopped(
     port: int = 0,
     protocol: Protocol = "grpc",
     stop: asyncio.Event | None = None,
+    http_middleware: Sequence[Middleware] = (),
+    name: str | None = None,
 ) -> None:
-    """Serve until `stop` is set, or (without one) until SIGTERM or SIGINT."""
+    """Serve until `stop` is set, or (without one) until SIGTERM or SIGINT. `name` (the handler's class
+    name by default) starts the line announcing the port."""
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, stop.set)
-    running = await start(handler, host=host, port=port, protocol=protocol)
+    running = await start(handler, host=host, port=port, protocol=protocol, http_middleware=http_middleware)
     try:
         # one line a supervisor or a test can wait for; it names the port actually bound
-        print(f"{type(handler).__name__} ({protocol}) listening on {running.address}", flush=True)
+        print(f"{name or type(handler).__name__} ({protocol}) listening on {running.address}", flush=True)
         await stop.wait()
     finally:
         await running.stop()
@@ -106,12 +114,19 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     protocol: Protocol = "grpc",
+    http_middleware: Sequence[Middleware] = (),
+    name: str | None = None,
 ) -> None:
     """Run `handler` as this program's server until SIGTERM or SIGINT; exits with status 1 (and a line on
-    stderr) when the address cannot be bound."""
+    stderr) when the address cannot be bound. Once it accepts calls it prints one line, `<name>
+    (<protocol>) listening on HOST:PORT`, `name` being the handler's class name unless given."""
     _check(handler, protocol)
     try:
-        asyncio.run(serve_until_stopped(handler, host=host, port=port, protocol=protocol))
+        asyncio.run(
+            serve_until_stopped(
+                handler, host=host, port=port, protocol=protocol, http_middleware=http_middleware, name=name
+            )
+        )
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

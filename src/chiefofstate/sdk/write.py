@@ -118,6 +118,18 @@ class WriteHandler(Generic[S]):
         """Full names of the events this handler folds (for COS_WRITE_SIDE_EVENT_PROTOS, for example)."""
         return tuple(cls._events)
 
+    # The two calls below are what every transport (gRPC, HTTP, the in-process node) invokes. Override
+    # one (calling `super()`) to act on every call whatever its type: log it, time it, trace it, or, in
+    # a test double, answer something the `@command`/`@event` methods never would.
+
+    async def handle_command_call(self, request: HandleCommandRequest) -> HandleCommandResponse:
+        """Answer one `HandleCommand` call: dispatches to the `@command` method; raises Rejected."""
+        return await handle_command(self, request)
+
+    async def handle_event_call(self, request: HandleEventRequest) -> HandleEventResponse:
+        """Answer one `HandleEvent` call: dispatches to the `@event` method; raises Rejected."""
+        return await handle_event(self, request)
+
 
 def _require_state_type(handler: WriteHandler[Any]) -> type[Message]:
     state_type: type[Message] | None = getattr(type(handler), "state_type", None)
@@ -129,6 +141,12 @@ def _require_state_type(handler: WriteHandler[Any]) -> type[Message]:
 async def handle_command(handler: WriteHandler[Any], request: HandleCommandRequest) -> HandleCommandResponse:
     """`HandleCommand`: the events the command produces (none for a no-op); raises Rejected."""
     state_type = _require_state_type(handler)
+    if not request.command.type_url:
+        # what a caller gets when it leaves ProcessCommandRequest.command unset
+        raise Rejected(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"missing command: send an Any packing one of {', '.join(handler.command_types())}",
+        )
     name = binding.type_name(request.command)
     bound = handler._commands.get(name)
     if bound is None:

@@ -6,6 +6,7 @@
 
     bank_node = node_fixture(Bank)                       # memory store
     bank_on_disk = node_fixture(Bank, store="sqlite")    # SQLite in the test's tmp_path
+    with_balances = node_fixture(Bank, read_handlers={"balances": Balances})   # and a read side
 
     # test_bank.py
     async def test_open(bank_node):
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from chiefofstate.sdk.read import ReadHandler
 from chiefofstate.sdk.write import WriteHandler
 from chiefofstate.testing.in_process import InProcessNode, Store
 
@@ -34,11 +36,13 @@ def node_fixture(
     *,
     store: Store = "memory",
     env: Mapping[str, str] | None = None,
+    read_handlers: Mapping[str, Callable[[], ReadHandler[Any]]] | None = None,
 ) -> Any:
     """A pytest fixture yielding a started InProcessNode around `handler_factory()`.
 
     `store="sqlite"` puts the journal in the test's tmp_path; `store="postgres"` needs the COS_DB_*
-    variables in `env`."""
+    variables in `env`. `read_handlers` maps read side ids to factories of read handlers; the test
+    reaches the instances through `node.read_handlers`."""
     import pytest_asyncio  # a test-time dependency, imported only by those who use the fixtures
 
     @pytest_asyncio.fixture
@@ -46,7 +50,8 @@ def node_fixture(
         node_env = dict(env or {})
         if store == "sqlite":
             node_env.setdefault("COS_DB_PATH", str(tmp_path / "cos.db"))
-        async with InProcessNode(handler_factory(), store=store, env=node_env) as node:
+        readers = {read_side_id: make() for read_side_id, make in (read_handlers or {}).items()}
+        async with InProcessNode(handler_factory(), store=store, env=node_env, read_handlers=readers) as node:
             yield node
 
     return in_process_node

@@ -3,6 +3,8 @@
     async with InProcessNode(Bank()) as node:            # the journal in memory
         state, meta = await node.process("acc-1", OpenAccount(owner="Ada"))
 
+    async with InProcessNode(Bank(), read_handlers={"balances": balances}) as node:   # with a read side
+
 Commands take the node's real path (one writer per entity, the journal, snapshots, validation), and the
 handler's methods are called directly, without serializing a call or opening a connection; only the
 protobuf `Any` packing the protocol defines remains. `store="sqlite"` keeps the journal in a file,
@@ -29,6 +31,7 @@ from chiefofstate.core.errors import Code, CosError, DeadlineExceeded, HandlerFa
 from chiefofstate.core.headers import HeaderValue
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
+from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleCommandRequest,
     HandleCommandResponse,
@@ -36,12 +39,14 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventResponse,
 )
 from chiefofstate.node.node import Node
+from chiefofstate.ports.read_handler import ENTITY_ID_HEADER, EVENT_TAG_HEADER, DeliveryFailed, ReadSideCall
 from chiefofstate.sdk import client_rules as rules
 from chiefofstate.sdk import headers_context
 from chiefofstate.sdk.client_errors import CosCallError, error_for
 from chiefofstate.sdk.local_node import free_ports
+from chiefofstate.sdk.read import ReadHandler
 from chiefofstate.sdk.rejected import Rejected
-from chiefofstate.sdk.write import WriteHandler, handle_command, handle_event
+from chiefofstate.sdk.write import WriteHandler
 
 S = TypeVar("S", bound=Message)
 R = TypeVar("R")
@@ -75,14 +80,14 @@ class DirectWriteHandler:
     ) -> HandleCommandResponse:
         token = headers_context.enter(headers)
         try:
-            return await self._call(handle_command(self._handler, request), timeout_s, "HandleCommand")
+            return await self._call(self._handler.handle_command_call(request), timeout_s, "HandleCommand")
         finally:
             headers_context.leave(token)
 
     async def handle_event(
         self, request: HandleEventRequest, timeout_s: float, headers: Sequence[tuple[str, HeaderValue]] = ()
     ) -> HandleEventResponse:
-        return await self._call(handle_event(self._handler, request), timeout_s, "HandleEvent")
+        return await self._call(self._handler.handle_event_call(request), timeout_s, "HandleEvent")
 
     async def _call(self, work: Awaitable[R], timeout_s: float, rpc: str) -> R:
         try:
@@ -101,6 +106,45 @@ class DirectWriteHandler:
         return None
 
 
+class DirectReadHandler:
+    """The node's read-handler port answered by an SDK read handler in this process (no RPC)."""
+
+    def __init__(self, handler: ReadHandler[Any]) -> None:
+        self._handler = handler
+
+    async def handle(
+        self, call: ReadSideCall, shard: int, timeout_s: float, trace_headers: Sequence[tuple[str, str]] = ()
+    ) -> bool:
+        # the headers the node sends a read handler over gRPC or HTTP (docs/contract.md §5.3)
+        headers = [(ENTITY_ID_HEADER, call.entity_id), (EVENT_TAG_HEADER, str(shard)), *trace_headers]
+        token = headers_context.enter(headers)
+        try:
+            request: HandleReadSideRequest = call.message()
+            reply = await asyncio.wait_for(self._handler.handle_read_side_call(request), timeout_s)
+        except TimeoutError:
+            raise DeliveryFailed(f"HandleReadSide did not answer within {timeout_s}s") from None
+        except Exception as error:
+            # what the node sees of a failing handler over gRPC: a failed call, for the failure policy
+            raise DeliveryFailed(f"HandleReadSide failed: {type(error).__name__}: {error}") from None
+        finally:
+            headers_context.leave(token)
+        return reply.successful
+
+    async def close(self) -> None:
+        return None
+
+
+def _read_side_env(read_side_ids: Sequence[str]) -> dict[str, str]:
+    """Read sides for handlers called in process: their address is required but never dialled."""
+    if not read_side_ids:
+        return {}
+    env = {"COS_READ_SIDE_ENABLED": "true"}
+    for read_side_id in read_side_ids:
+        env[f"COS_READ_SIDE_CONFIG__HOST__{read_side_id}"] = "127.0.0.1"
+        env[f"COS_READ_SIDE_CONFIG__PORT__{read_side_id}"] = "1"
+    return env
+
+
 def _call_error(error: CosError) -> CosCallError:
     details: list[any_pb2.Any] = []
     if error.details:
@@ -112,8 +156,15 @@ class InProcessNode(Generic[S]):
     """A node in this process in front of `handler`, for tests and small programs (see the module doc)."""
 
     def __init__(
-        self, handler: WriteHandler[S], *, store: Store = "memory", env: Mapping[str, str] | None = None
+        self,
+        handler: WriteHandler[S],
+        *,
+        store: Store = "memory",
+        env: Mapping[str, str] | None = None,
+        read_handlers: Mapping[str, ReadHandler[Any]] | None = None,
     ):
+        """`read_handlers` maps read side ids to read handlers the node delivers every event to, called
+        in this process as well (offsets kept in the store, in memory with the memory store)."""
         state_type = getattr(type(handler), "state_type", None)
         if state_type is None:
             raise TypeError(
@@ -127,6 +178,7 @@ class InProcessNode(Generic[S]):
             "COS_WRITE_SIDE_HOST": "127.0.0.1",
             "COS_WRITE_SIDE_PORT": "1",
             **dict(zip(_PORT_VARIABLES, map(str, free_ports(len(_PORT_VARIABLES))), strict=True)),
+            **_read_side_env(tuple(read_handlers or {})),
             **(env or {}),
         }
         if store == "sqlite" and "COS_DB_PATH" not in settings_env:
@@ -134,9 +186,14 @@ class InProcessNode(Generic[S]):
         if store == "postgres" and "COS_DB_HOST" not in settings_env:
             raise ValueError("store='postgres' needs COS_DB_HOST (and COS_DB_NAME, ...) in env")
         self._state_type: type[S] = state_type
+        self.read_handlers: Mapping[str, ReadHandler[Any]] = dict(read_handlers or {})
         self._node = Node(
             load_settings(settings_env),
             write_handler=DirectWriteHandler(handler),
+            read_handlers={
+                read_side_id: DirectReadHandler(read_handler)
+                for read_side_id, read_handler in (read_handlers or {}).items()
+            },
             memory_store=store == "memory",
         )
         self.target = f"127.0.0.1:{settings_env['COS_PORT']}"

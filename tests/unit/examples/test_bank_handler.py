@@ -1,5 +1,5 @@
-"""The bank example's rules (chiefofstate_examples.bank.domain) and its gRPC write handler
-(chiefofstate_examples.bank.write_handler)."""
+"""The bank example's rules (chiefofstate_examples.bank.handlers, written with the SDK), its test hooks
+(write_hooks.py) and its gRPC write handler program (write_handler.py)."""
 
 from __future__ import annotations
 
@@ -7,29 +7,20 @@ import asyncio
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pytest
 from chiefofstate_examples.bank import client
-from chiefofstate_examples.bank.domain import (
-    ACCOUNT_STATE_TYPE,
-    EVENT_TYPES,
-    BankError,
-    InsufficientFunds,
-    decide,
-    evolve,
-)
 from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
-from chiefofstate_examples.bank.write_handler import (
+from chiefofstate_examples.bank.handlers import Bank
+from chiefofstate_examples.bank.write_hooks import (
     NO_STATE_AMOUNT,
-    SERVICE_NAME,
     WRONG_STATE_TYPE_AMOUNT,
     FaultInjection,
-    RunningHandler,
-    serve,
+    HookedBank,
 )
 from google.protobuf import any_pb2, empty_pb2, wrappers_pb2
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped, unused-ignore]
@@ -37,9 +28,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chiefofstate.gen.chief_of_state.v1 import writeside_pb2
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import HandleCommandRequest, HandleEventRequest
 from chiefofstate.gen.chief_of_state.v1.writeside_pb2_grpc import WriteSideHandlerServiceStub
+from chiefofstate.sdk import Rejected, RunningHandler, start
+from chiefofstate.sdk.write import handle_command, handle_event
 
 if TYPE_CHECKING:
     # the stub's type for an aio channel exists only for type checkers
@@ -48,6 +42,9 @@ if TYPE_CHECKING:
     )
 
 ACCOUNT = "acc-1"
+SERVICE_NAME = writeside_pb2.DESCRIPTOR.services_by_name["WriteSideHandlerService"].full_name
+ACCOUNT_STATE_TYPE = bank_pb2.BankAccount.DESCRIPTOR.full_name
+T = TypeVar("T")
 README = Path(__file__).resolve().parents[3] / "examples" / "bank" / "README.md"
 
 
@@ -82,10 +79,40 @@ def unpack_events(events: list[any_pb2.Any]) -> list[object]:
     return result
 
 
-def refusal(command: any_pb2.Any, state: any_pb2.Any, meta: MetaData) -> BankError:
-    with pytest.raises(BankError) as caught:
+def finish(call: Coroutine[Any, Any, T]) -> T:
+    """The result of a handler call that never waits (the bank's methods are all plain `def`s)."""
+    try:
+        call.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    call.close()
+    raise AssertionError("the handler call waited for something")
+
+
+def decide(command: any_pb2.Any, prior_state: any_pb2.Any, prior_meta: MetaData) -> list[any_pb2.Any]:
+    """What the node's HandleCommand call gets back from the bank."""
+    request = HandleCommandRequest(command=command, prior_state=prior_state, prior_event_meta=prior_meta)
+    return list(finish(handle_command(Bank(), request)).events)
+
+
+def evolve(event: any_pb2.Any, prior_state: any_pb2.Any, meta: MetaData) -> any_pb2.Any:
+    """What the node's HandleEvent call gets back from the bank."""
+    request = HandleEventRequest(event=event, prior_state=prior_state, event_meta=meta)
+    return finish(handle_event(Bank(), request)).resulting_state
+
+
+def refusal(command: any_pb2.Any, state: any_pb2.Any, meta: MetaData) -> Rejected:
+    with pytest.raises(Rejected) as caught:
         decide(command, state, meta)
     return caught.value
+
+
+def insufficient_funds_info(error: Rejected) -> dict[str, str]:
+    [detail] = error.details
+    assert isinstance(detail, error_details_pb2.ErrorInfo)
+    assert (detail.reason, detail.domain) == ("INSUFFICIENT_FUNDS", "bank.example")
+    return dict(detail.metadata)
 
 
 # --- decide -------------------------------------------------------------------------------------------
@@ -162,10 +189,9 @@ def test_a_deposit_reference_is_kept_in_its_event() -> None:
 
 def test_withdrawing_more_than_the_balance_is_failed_precondition() -> None:
     error = refusal(client.withdraw(150), *account_state(100))
-    assert isinstance(error, InsufficientFunds)
     assert error.code == grpc.StatusCode.FAILED_PRECONDITION
     assert error.message == "insufficient funds: balance 100, requested 150"
-    assert (error.balance, error.requested) == (100, 150)
+    assert insufficient_funds_info(error) == {"balance": "100", "requested": "150"}
 
 
 def test_transfer_out_makes_two_events_in_order() -> None:
@@ -178,8 +204,8 @@ def test_transfer_out_makes_two_events_in_order() -> None:
 
 def test_transfer_out_needs_the_amount_plus_the_fee() -> None:
     error = refusal(client.transfer_out(60, 41, "acc-2"), *account_state(100))
-    assert isinstance(error, InsufficientFunds)
     assert error.message == "insufficient funds: balance 100, requested 101"
+    assert insufficient_funds_info(error) == {"balance": "100", "requested": "101"}
 
 
 def test_get_balance_is_a_no_op() -> None:
@@ -189,7 +215,8 @@ def test_get_balance_is_a_no_op() -> None:
 def test_an_unknown_command_type_is_invalid_argument() -> None:
     error = refusal(pack(wrappers_pb2.StringValue(value="hi")), *account_state(100))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.message == "unknown command type: type.googleapis.com/google.protobuf.StringValue"
+    assert error.message.startswith("unknown command type google.protobuf.StringValue: Bank handles ")
+    assert "bank.v1.OpenAccount" in error.message
 
 
 def test_a_missing_command_is_invalid_argument() -> None:
@@ -203,13 +230,15 @@ def test_a_malformed_command_is_invalid_argument() -> None:
     broken = any_pb2.Any(type_url="type.googleapis.com/bank.v1.Deposit", value=b"\xff\xff")
     error = refusal(broken, *account_state(100))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.message.startswith("malformed command type.googleapis.com/bank.v1.Deposit")
+    assert error.message.startswith("command bank.v1.Deposit does not decode")
 
 
 def test_a_state_of_another_type_is_refused() -> None:
     error = refusal(client.deposit(1), pack(wrappers_pb2.StringValue()), MetaData(entity_id=ACCOUNT))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.message.startswith("unexpected state type: type.googleapis.com/google.protobuf.StringValue")
+    assert error.message == (
+        "the state is a google.protobuf.StringValue, but this handler's state type is bank.v1.BankAccount"
+    )
 
 
 # --- evolve -------------------------------------------------------------------------------------------
@@ -231,10 +260,10 @@ def test_evolve_folds_every_event_kind() -> None:
 
 
 def test_evolve_refuses_an_unknown_event() -> None:
-    with pytest.raises(BankError) as caught:
+    with pytest.raises(Rejected) as caught:
         evolve(pack(wrappers_pb2.StringValue()), *account_state(100))
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.message == "unknown event type: type.googleapis.com/google.protobuf.StringValue"
+    assert caught.value.message.startswith("unknown event type google.protobuf.StringValue: Bank folds ")
 
 
 @pytest.mark.parametrize(
@@ -255,7 +284,7 @@ def test_evolve_refuses_an_unknown_event() -> None:
 def test_evolve_refuses_an_event_that_does_not_fit_the_state(
     event: object, state_and_meta: tuple[any_pb2.Any, MetaData], message: str
 ) -> None:
-    with pytest.raises(BankError) as caught:
+    with pytest.raises(Rejected) as caught:
         evolve(pack(event), *state_and_meta)
     assert (caught.value.code, caught.value.message) == (grpc.StatusCode.INVALID_ARGUMENT, message)
 
@@ -276,7 +305,7 @@ def test_the_balance_is_never_negative_and_is_the_sum_of_the_events(commands: li
     for command in commands:
         try:
             events = decide(command, state, meta)
-        except BankError:
+        except Rejected:
             continue
         for event in unpack_events(events):
             meta = MetaData(entity_id=ACCOUNT, revision_number=meta.revision_number + 1)
@@ -291,7 +320,7 @@ def test_the_balance_is_never_negative_and_is_the_sum_of_the_events(commands: li
 
 
 def test_event_types_list_every_event_the_rules_produce() -> None:
-    assert set(EVENT_TYPES) == set(_EVENT_CLASSES)
+    assert set(Bank.event_types()) == set(_EVENT_CLASSES)
 
 
 # --- client helpers and README ------------------------------------------------------------------------
@@ -314,11 +343,11 @@ def test_the_readme_python_blocks_run() -> None:
 
 @pytest.fixture
 async def handler() -> AsyncIterator[RunningHandler]:
-    running = await serve("127.0.0.1", 0, faults=FaultInjection(magic_deposit_amounts=True))
+    running = await start(HookedBank(FaultInjection(magic_deposit_amounts=True)))
     try:
         yield running
     finally:
-        await running.stop(grace=None)
+        await running.stop(grace=0)
 
 
 @pytest.fixture
@@ -426,7 +455,7 @@ async def test_test_hook_amounts_break_handle_event(
 
 
 async def test_test_hook_amounts_are_ordinary_deposits_when_faults_are_off() -> None:
-    running = await serve("127.0.0.1", 0, faults=FaultInjection())
+    running = await start(HookedBank(FaultInjection()))
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             stub = WriteSideHandlerServiceStub(channel)
@@ -437,11 +466,11 @@ async def test_test_hook_amounts_are_ordinary_deposits_when_faults_are_off() -> 
             )
             assert client.account_from_any(reply.resulting_state).balance == 100 + WRONG_STATE_TYPE_AMOUNT
     finally:
-        await running.stop(grace=None)
+        await running.stop(grace=0)
 
 
 async def test_test_hook_delay_makes_handle_command_miss_a_short_deadline() -> None:
-    running = await serve("127.0.0.1", 0, faults=FaultInjection(command_delay_ms=2_000))
+    running = await start(HookedBank(FaultInjection(command_delay_ms=2_000)))
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             stub = WriteSideHandlerServiceStub(channel)
@@ -453,7 +482,7 @@ async def test_test_hook_delay_makes_handle_command_miss_a_short_deadline() -> N
                 )
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
-        await running.stop(grace=None)
+        await running.stop(grace=0)
 
 
 def test_fault_injection_is_off_unless_the_environment_says_so() -> None:
@@ -471,7 +500,7 @@ def test_fault_injection_is_off_unless_the_environment_says_so() -> None:
 
 async def test_serve_refuses_a_port_already_in_use(handler: RunningHandler) -> None:
     with pytest.raises(OSError, match="cannot listen on 127.0.0.1:"):
-        await serve("127.0.0.1", handler.port, faults=FaultInjection())
+        await start(HookedBank(), port=handler.port)
 
 
 @pytest.mark.integration
@@ -488,7 +517,7 @@ async def test_the_module_announces_its_port_and_exits_0_on_sigterm() -> None:
     try:
         assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
-        match = re.fullmatch(r"bank write handler listening on 127\.0\.0\.1:(\d+)\n", line)
+        match = re.fullmatch(r"bank write handler \(grpc\) listening on 127\.0\.0\.1:(\d+)\n", line)
         assert match, line
         async with grpc.aio.insecure_channel(f"127.0.0.1:{match[1]}") as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
-from chiefofstate_examples.sdk_bank.handlers import Bank
+from chiefofstate_examples.bank.handlers import Bank
 from google.protobuf import wrappers_pb2
 
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
@@ -18,12 +18,14 @@ def test_the_state_type_is_read_from_the_generic_argument() -> None:
         "bank.v1.OpenAccount",
         "bank.v1.Deposit",
         "bank.v1.Withdraw",
+        "bank.v1.TransferOut",
         "bank.v1.GetBalance",
     }
     assert set(Bank.event_types()) == {
         "bank.v1.AccountOpened",
         "bank.v1.MoneyDeposited",
         "bank.v1.MoneyWithdrawn",
+        "bank.v1.FeeCharged",
     }
 
 

@@ -6,11 +6,11 @@ import grpc
 import httpx
 import pytest
 from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
-from chiefofstate_examples.sdk_bank.handlers import Balances
-from google.protobuf import any_pb2
+from chiefofstate_examples.bank.handlers import Balances
+from google.protobuf import any_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from chiefofstate.core.json_codec import encode_any
+from chiefofstate.core.json_codec import encode_any, message_to_json
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
 from chiefofstate.gen.chief_of_state.v1.readside_pb2 import HandleReadSideRequest
 from chiefofstate.gen.chief_of_state.v1.readside_pb2_grpc import ReadSideHandlerServiceStub
@@ -57,7 +57,7 @@ async def test_grpc_delivery_reaches_the_typed_method_and_unknown_events_are_ack
             reply = await stub.HandleReadSide(request(bank_pb2.MoneyDeposited(amount=5), 105))
             assert reply.successful
             assert balances.balances == {"acc-1": 105}
-            ignored = await stub.HandleReadSide(request(bank_pb2.FeeCharged(amount=1), 104, "acc-2"))
+            ignored = await stub.HandleReadSide(request(wrappers_pb2.StringValue(value="?"), 104, "acc-2"))
             assert ignored.successful
             assert "acc-2" not in balances.balances
     finally:
@@ -104,3 +104,45 @@ async def test_http_delivery_uses_the_node_json_encoding() -> None:
             assert "bank.v1.Deposit" in refused.json()["error"]
     finally:
         await running.stop()
+
+
+class PerReadSide(ReadHandler[bank_pb2.BankAccount]):
+    """Counts deposits per read side: a method declaring a fifth parameter gets the read side id."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    @handles(bank_pb2.MoneyDeposited)
+    async def deposited(
+        self, event: bank_pb2.MoneyDeposited, state: bank_pb2.BankAccount, meta: MetaData, read_side_id: str
+    ) -> None:
+        self.seen.append((read_side_id, meta.entity_id))
+
+    @handles(bank_pb2.MoneyWithdrawn)
+    def withdrawn(self, event: bank_pb2.MoneyWithdrawn, state: bank_pb2.BankAccount, meta: MetaData) -> None:
+        self.seen.append(("(not asked)", meta.entity_id))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_a_method_with_a_fifth_parameter_gets_the_read_side_id(protocol: str) -> None:
+    handler = PerReadSide()
+    audit = request(bank_pb2.MoneyDeposited(amount=5), 105)
+    audit.read_side_id = "audit"
+    running = await start(handler, port=0, protocol="grpc" if protocol == "grpc" else "http")
+    try:
+        if protocol == "grpc":
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                stub = ReadSideHandlerServiceStub(channel)  # type: ignore[no-untyped-call]
+                for delivery in (audit, request(bank_pb2.MoneyDeposited(amount=5), 105, "acc-2")):
+                    assert (await stub.HandleReadSide(delivery)).successful
+                assert (await stub.HandleReadSide(request(bank_pb2.MoneyWithdrawn(amount=1), 104))).successful
+        else:
+            async with httpx.AsyncClient(base_url=f"http://{running.address}") as client:
+                for delivery in (audit, request(bank_pb2.MoneyDeposited(amount=5), 105, "acc-2")):
+                    answer = await client.post("/v1/readside/handle", json=message_to_json(delivery))
+                    assert answer.json() == {"successful": True}
+    finally:
+        await running.stop()
+    assert handler.seen[:2] == [("audit", "acc-1"), ("balances", "acc-2")]
+    if protocol == "grpc":
+        assert handler.seen[2] == ("(not asked)", "acc-1")

@@ -1,7 +1,8 @@
 """mypy --strict on application code written with the SDK: a handler whose event method returns another
-type than the state it folds, a command method returning something that is not an event, or a client
-state used as the wrong type, are reported; correct code passes. Lines marked `# error` must be reported,
-and no other line (mypy reports a method's mistake on its decorator)."""
+type than the state it folds, a command method returning something that is not an event, a read handler
+method taking the read side id as anything but a `str`, or a client state used as the wrong type, are
+reported; correct code passes. Lines marked `# error` must be reported, and no other line (mypy reports a
+method's mistake on its decorator)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ class Log(ReadHandler[Int64Value]):
     async def seen(self, event: Int32Value, state: Int64Value, meta: MetaData) -> bool:
         return state.value >= 0
 
+    @handles(StringValue)
+    def seen_by(self, event: StringValue, state: Int64Value, meta: MetaData, read_side_id: str) -> None:
+        print(read_side_id.upper())
+
 
 async def use() -> int:
     async with CosClient("localhost:9000", Int64Value) as client:
@@ -51,7 +56,13 @@ BAD = """
 from google.protobuf.wrappers_pb2 import Int32Value, Int64Value, StringValue
 
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
-from chiefofstate.sdk import CosClient, WriteHandler, command, event
+from chiefofstate.sdk import CosClient, ReadHandler, WriteHandler, command, event, handles
+
+
+class Log(ReadHandler[Int64Value]):
+    @handles(Int32Value)  # error
+    def seen_by(self, event: Int32Value, state: Int64Value, meta: MetaData, read_side_id: int) -> None:
+        print(read_side_id + 1)
 
 
 class Counter(WriteHandler[Int64Value]):
@@ -108,5 +119,5 @@ def test_mypy_strict_reports_wrong_state_types_in_user_code(tmp_path: Path) -> N
         for number, line in enumerate(BAD.splitlines(), start=1)
         if line.rstrip().endswith("# error")
     }
-    assert len(expected) == 4
+    assert len(expected) == 5
     assert reported == expected, output

@@ -9,7 +9,7 @@ import grpc
 import httpx
 import pytest
 from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
-from chiefofstate_examples.sdk_bank.handlers import Bank
+from chiefofstate_examples.bank.handlers import Bank
 from google.protobuf import any_pb2, empty_pb2, wrappers_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
@@ -133,19 +133,19 @@ async def test_an_unknown_command_type_is_invalid_argument_naming_it(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.HandleCommand(
             HandleCommandRequest(
-                command=packed(bank_pb2.TransferOut(amount=1)), prior_state=NEW, prior_event_meta=meta(0)
+                command=packed(wrappers_pb2.Int64Value(value=1)), prior_state=NEW, prior_event_meta=meta(0)
             )
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "unknown command type bank.v1.TransferOut" in str(caught.value.details())
+    assert "unknown command type google.protobuf.Int64Value" in str(caught.value.details())
     with pytest.raises(grpc.aio.AioRpcError) as unknown_event:
         await stub.HandleEvent(
             HandleEventRequest(
-                event=packed(bank_pb2.FeeCharged(amount=1)), prior_state=NEW, event_meta=meta(1)
+                event=packed(wrappers_pb2.Int64Value(value=1)), prior_state=NEW, event_meta=meta(1)
             )
         )
     assert unknown_event.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "unknown event type bank.v1.FeeCharged" in str(unknown_event.value.details())
+    assert "unknown event type google.protobuf.Int64Value" in str(unknown_event.value.details())
 
 
 async def test_a_prior_state_of_another_type_is_refused(stub: WriteSideHandlerServiceStub) -> None:
@@ -257,10 +257,13 @@ async def test_the_http_protocol_carries_the_same_rules() -> None:
             assert info.reason == "INSUFFICIENT_FUNDS"
             unknown = await http.post(
                 "/v1/writeside/handleCommand",
-                json={"command": encode_any(packed(bank_pb2.TransferOut())), "prior_state": encode_any(NEW)},
+                json={
+                    "command": encode_any(packed(wrappers_pb2.Int64Value(value=1))),
+                    "prior_state": encode_any(NEW),
+                },
             )
             assert unknown.status_code == 400
-            assert "unknown command type bank.v1.TransferOut" in unknown.json()["error"]
+            assert "unknown command type google.protobuf.Int64Value" in unknown.json()["error"]
             garbage = await http.post("/v1/writeside/handleEvent", content=b"{not json")
             assert garbage.status_code == 400
             assert (await http.get("/health")).status_code == 200

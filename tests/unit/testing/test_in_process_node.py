@@ -4,11 +4,14 @@ the memory store and SQLite (PostgreSQL in tests/integration/test_in_process_nod
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from chiefofstate_examples.bank.gen.bank.v1 import bank_pb2
-from chiefofstate_examples.sdk_bank.handlers import Bank
+from chiefofstate_examples.bank.handlers import Balances, Bank
+from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-ignore]
 
 from chiefofstate.gen.chief_of_state.v1.common_pb2 import MetaData
@@ -19,14 +22,18 @@ from chiefofstate.sdk import (
     Internal,
     InvalidArgument,
     NotFound,
+    ReadHandler,
     Unimplemented,
     WriteHandler,
+    call_headers,
     command,
+    handles,
 )
 from chiefofstate.testing import InProcessNode, node_fixture
 
 bank_node = node_fixture(Bank)
 bank_on_disk = node_fixture(Bank, store="sqlite")
+with_read_sides = node_fixture(Bank, read_handlers={"balances": Balances, "audit": lambda: PerSide()})
 
 
 class Slow(WriteHandler[bank_pb2.BankAccount]):
@@ -61,8 +68,8 @@ async def test_refusals_keep_their_status_and_details(bank_node: InProcessNode[b
     assert info is not None and info.reason == "INSUFFICIENT_FUNDS"
     with pytest.raises(NotFound):
         await bank_node.process("nobody", bank_pb2.Deposit(amount=1))
-    with pytest.raises(InvalidArgument, match="unknown command type bank.v1.TransferOut"):
-        await bank_node.process("acc-2", bank_pb2.TransferOut(amount=1))
+    with pytest.raises(InvalidArgument, match="unknown command type google.protobuf.Int64Value"):
+        await bank_node.process("acc-2", wrappers_pb2.Int64Value(value=1))
     found = await bank_node.get("acc-2")
     assert found is not None and found[1].revision_number == 1  # nothing half-persisted
 
@@ -117,3 +124,35 @@ async def test_subscriptions_follow_the_node_settings() -> None:
         await node.process("acc-8", bank_pb2.OpenAccount(owner="Hal", initial_balance=2))
         update = await asyncio.wait_for(anext(aiter(updates)), 30)
         assert (update.state.owner, update.meta.revision_number) == ("Hal", 1)
+
+
+class PerSide(ReadHandler[bank_pb2.BankAccount]):
+    """Notes each delivery with the read side id and the entity header it came with."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int]] = []
+
+    @handles(bank_pb2.AccountOpened, bank_pb2.MoneyDeposited)
+    def record(self, event: Message, state: bank_pb2.BankAccount, meta: MetaData, read_side_id: str) -> None:
+        entity_header = call_headers().get("x-cos-entity-id")
+        self.seen.append((read_side_id, str(entity_header), meta.revision_number))
+
+
+async def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_read_handlers_in_process_receive_every_event_with_their_read_side_id(
+    with_read_sides: InProcessNode[bank_pb2.BankAccount],
+) -> None:
+    await with_read_sides.process("acc-r", bank_pb2.OpenAccount(owner="Ann", initial_balance=5))
+    await with_read_sides.process("acc-r", bank_pb2.Deposit(amount=7))
+    balances = with_read_sides.read_handlers["balances"]
+    audit = with_read_sides.read_handlers["audit"]
+    assert isinstance(balances, Balances) and isinstance(audit, PerSide)
+    await wait_until(lambda: balances.balances == {"acc-r": 12}, "the balances projection")
+    await wait_until(lambda: len(audit.seen) == 2, "both events on the audit read side")
+    assert audit.seen == [("audit", "acc-r", 1), ("audit", "acc-r", 2)]
