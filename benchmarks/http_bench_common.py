@@ -9,14 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chiefofstate.cli.processes import Process, node_environment, start_bank_write_handler, start_node
+from chiefofstate.cli.processes import (
+    Process,
+    free_port,
+    node_environment,
+    spawn,
+    start_bank_write_handler,
+    start_node,
+    wait_for,
+)
 
 Call = Callable[[int], Awaitable[object]]  # one request made by worker number N
 
@@ -152,3 +162,58 @@ class KeepAliveConnection:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def trivial_http_server(log_dir: Path) -> Iterator[Process]:
+    """benchmarks.trivial_http_server in its own process; its port is `ports["http"]`."""
+    port = free_port()
+    server = spawn(
+        "trivial-http-server",
+        [sys.executable, "-m", "benchmarks.trivial_http_server", "--port", str(port)],
+        os.environ,
+        log_dir,
+    )
+    server.ports["http"] = port
+    try:
+        wait_for("listening", server, lambda: _accepts(port), 30)
+        yield server
+    finally:
+        server.stop()
+
+
+HEADROOM_NEEDED = 3.0  # the client's rate against a trivial server, over the node's rate it measures
+
+
+@dataclass
+class Headroom:
+    """How much faster the HTTP client runs against a server that does nothing than against the node:
+    below HEADROOM_NEEDED, the client would be part of what is measured and the HTTP figures are void."""
+
+    client_rate: float  # calls/s against the trivial server, same client, same concurrency
+    node_rate: float  # the fastest HTTP workload's calls/s against the node
+
+    @property
+    def ratio(self) -> float:
+        return self.client_rate / self.node_rate if self.node_rate else float("inf")
+
+    @property
+    def valid(self) -> bool:
+        return self.ratio >= HEADROOM_NEEDED
+
+    def line(self) -> str:
+        verdict = (
+            "valid" if self.valid else f"INVALID: the client is the bottleneck (< {HEADROOM_NEEDED:g} x)"
+        )
+        return (
+            f"client headroom: {self.client_rate:,.0f} calls/s against a trivial HTTP server, "
+            f"{self.ratio:.1f} x the node's fastest HTTP rate ({self.node_rate:,.0f}): {verdict}"
+        )

@@ -22,7 +22,7 @@ from chiefofstate.api.cluster_members import cluster_members_route
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
 from chiefofstate.api.grpc_server import GrpcServer
-from chiefofstate.api.http_api import create_http_app
+from chiefofstate.api.http_api import create_http_api
 from chiefofstate.api.http_metrics import HttpServerMetrics
 from chiefofstate.api.http_server import HttpServer
 from chiefofstate.api.http_tracing import HttpServerSpans
@@ -332,7 +332,7 @@ class Node:
             serving.append(f"gRPC{self._guards()} on {server.address}:{grpc_server.port}")
         if server.protocol in ("http", "both"):
             # Both protocols share one command path: the same host, deadlines and logging.
-            app = create_http_app(
+            app = create_http_api(
                 commands,
                 # base64 makes a body about 4/3 of the message it carries
                 max_body_bytes=server.max_message_bytes * 4 // 3 + 64 * 1024,
