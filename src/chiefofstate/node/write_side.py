@@ -14,7 +14,13 @@ from chiefofstate.writeside.http import HttpWriteHandler
 def create_write_handler(write_side: WriteSideSettings, max_message_bytes: int) -> WriteHandler:
     handler: WriteHandler
     if write_side.protocol == "http":
-        handler = HttpWriteHandler(write_side.host, write_side.port, use_tls=write_side.use_tls)
+        handler = HttpWriteHandler(
+            write_side.host,
+            write_side.port,
+            use_tls=write_side.use_tls,
+            # a reply carries base64 Anys, about 4/3 of the messages they encode
+            max_reply_bytes=max_message_bytes * 4 // 3 + 64 * 1024,
+        )
     else:
         handler = GrpcWriteHandler(
             f"{write_side.host}:{write_side.port}",
