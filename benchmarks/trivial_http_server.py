@@ -16,6 +16,8 @@ import contextlib
 import signal
 import sys
 
+import uvloop
+
 # about the size of the bank's GetState answer: a base64 Any and the entity's meta
 _BODY = (
     b'{"state":"Ci90eXBlLmdvb2dsZWFwaXMuY29tL2JhbmsudjEuQmFua0FjY291bnQSCAoBQhDoBxgB",'
@@ -73,14 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.trivial_http_server")
     parser.add_argument("--port", type=int, default=0, help="0 = any free port")
     args = parser.parse_args(argv)
-    try:
-        import uvloop  # the node runs on uvloop too
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
-        runner(serve(args.port))
+        uvloop.run(serve(args.port))  # the node runs on uvloop too
     return 0
 
 
