@@ -8,8 +8,9 @@ through each protocol for `--duration` seconds, one after the other, so that a c
 load hits both protocols alike. Figures are medians over the rounds. Both protocols reach the same node
 and the same command path, so the ratio isolates the API layer.
 
-The HTTP client is a lean keep-alive HTTP/1.1 client on asyncio (one connection per worker), not httpx,
-which spends milliseconds of CPU per call and would measure itself. Each round also measures that client
+The HTTP client is a lean keep-alive HTTP/1.1 client on uvloop (one connection per worker) in a process
+of its own (benchmarks.http_load_process), not httpx, which spends milliseconds of CPU per
+call and would measure itself. Each round also measures that client
 against a trivial HTTP server in its own process (benchmarks.trivial_http_server): the run is valid only
 when the client reaches at least 3 x the node's HTTP rate there, and says so with its results.
 """
@@ -22,15 +23,17 @@ import base64
 import json
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
 from benchmarks.http_bench_common import (
+    Call,
     Headroom,
-    KeepAliveConnection,
     LoadResult,
     bank_and_node,
     closed_loop,
@@ -146,6 +149,67 @@ class Comparison:
         return "\n".join(lines)
 
 
+Workload = Callable[[], Awaitable[tuple[LoadResult, int]]]  # the measured window, and calls made in all
+# One: on a 2-core machine a second client process takes CPU from the server it measures (it reached
+# about half the trivial server's rate of one); more only pay on more cores.
+HTTP_CLIENT_PROCESSES = 1
+
+
+async def http_load(
+    port: int, method: str, path: str, body: bytes, concurrency: int, warmup_s: float, duration_s: float
+) -> tuple[LoadResult, int]:
+    """`concurrency` HTTP workers split among HTTP_CLIENT_PROCESSES benchmarks.http_load_process
+    processes; `{worker}` in `path` is each worker's number."""
+    shares = [
+        concurrency // HTTP_CLIENT_PROCESSES + (i < concurrency % HTTP_CLIENT_PROCESSES)
+        for i in range(HTTP_CLIENT_PROCESSES)
+        if i < concurrency
+    ]
+    first_workers = [sum(shares[:i]) for i in range(len(shares))]
+    with tempfile.TemporaryDirectory(prefix="cos-bench-http-load-") as scratch:
+        outs = [Path(scratch) / f"load-{i}.json" for i in range(len(shares))]
+        reports = await _load_processes(
+            port, method, path, body, shares, first_workers, outs, warmup_s, duration_s
+        )
+    latencies = [latency for report in reports for latency in report["latencies_s"]]
+    result = LoadResult(
+        path,
+        sum(report["calls"] for report in reports),
+        sum(report["failures"] for report in reports),
+        max(report["seconds"] for report in reports),
+        latencies,
+    )
+    return result, sum(report["warm_calls"] + report["calls"] + report["failures"] for report in reports)
+
+
+async def _load_processes(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes,
+    shares: list[int],
+    first_workers: list[int],
+    outs: list[Path],
+    warmup_s: float,
+    duration_s: float,
+) -> list[dict[str, Any]]:
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.http_load_process",
+            *("--port", str(port), "--method", method, "--path", path, "--body", body.decode()),
+            *("--concurrency", str(share), "--first-worker", str(first), "--out", str(out)),
+            *("--warmup", str(warmup_s), "--duration", str(duration_s)),
+        )
+        for share, first, out in zip(shares, first_workers, outs, strict=True)
+    ]
+    for child in children:
+        if await child.wait() != 0:
+            raise RuntimeError(f"an HTTP load process exited with {child.returncode}")
+    return [json.loads(out.read_text()) for out in outs]
+
+
 def _base64(command: object) -> str:
     return base64.b64encode(command.SerializeToString()).decode()  # type: ignore[attr-defined]
 
@@ -179,59 +243,54 @@ async def _measure(
                 for i in range(concurrency)
             )
         )
-        node_http = [KeepAliveConnection("127.0.0.1", ports["http"]) for _ in range(concurrency)]
-        trivial_http = [KeepAliveConnection("127.0.0.1", trivial.ports["http"]) for _ in range(concurrency)]
-
-        async def lean_http(
-            connection: KeepAliveConnection, method: str, path: str, body: bytes = b""
-        ) -> object:
-            status, reply = await connection.request(method, path, body)
-            if status != 200:
-                raise RuntimeError(f"HTTP {status}: {reply[:200]!r}")
-            return json.loads(reply)  # what any client of the API does with the answer
 
         async def grpc_process(worker: int) -> object:
             request = pb.ProcessCommandRequest(entity_id=f"grpc-{worker}", command=deposit)
             return await cos.ProcessCommand(request, timeout=CALL_TIMEOUT_S)
 
-        async def http_process(worker: int) -> object:
-            path = f"/v1/commands/http-{worker}/process"
-            return await lean_http(node_http[worker], "POST", path, deposit_body)
-
         async def grpc_state(worker: int) -> object:
             return await cos.GetState(pb.GetStateRequest(entity_id=f"grpc-{worker}"), timeout=CALL_TIMEOUT_S)
 
-        async def http_state(worker: int) -> object:
-            return await lean_http(node_http[worker], "GET", f"/v1/entities/http-{worker}/state")
+        def in_process(call: Call) -> Workload:
+            async def load() -> tuple[LoadResult, int]:
+                # Warm right before measuring: caches, connections and code paths.
+                warm = await closed_loop("warm-up", call, concurrency, warmup_s)
+                result = await closed_loop("measured", call, concurrency, duration_s)
+                return result, warm.calls + warm.failures + result.calls + result.failures
 
-        async def trivial_state(worker: int) -> object:
-            return await lean_http(trivial_http[worker], "GET", f"/v1/entities/http-{worker}/state")
+            return load
 
-        calls = {
-            "ProcessCommand gRPC": grpc_process,
-            "ProcessCommand HTTP": http_process,
-            "GetState gRPC": grpc_state,
-            "GetState HTTP": http_state,
-            TRIVIAL: trivial_state,
+        def http(port: int, method: str, path: str, body: bytes = b"") -> Workload:
+            async def load() -> tuple[LoadResult, int]:
+                return await http_load(port, method, path, body, concurrency, warmup_s, duration_s)
+
+            return load
+
+        state_path = "/v1/entities/http-{worker}/state"
+        workloads: dict[str, Workload] = {
+            "ProcessCommand gRPC": in_process(grpc_process),
+            "ProcessCommand HTTP": http(
+                ports["http"], "POST", "/v1/commands/http-{worker}/process", deposit_body
+            ),
+            "GetState gRPC": in_process(grpc_state),
+            "GetState HTTP": http(ports["http"], "GET", state_path),
+            TRIVIAL: http(trivial.ports["http"], "GET", state_path),
         }
         measured: list[dict[str, LoadResult]] = []
         cpu: list[dict[str, float]] = []
-        try:
-            for _ in range(rounds):
-                this_round: dict[str, LoadResult] = {}
-                round_cpu: dict[str, float] = {}
-                for name, call in calls.items():
-                    server = trivial if name == TRIVIAL else node
-                    # Warm right before measuring: the node closes keep-alive connections idle for 5 s.
-                    await closed_loop("warm-up", call, concurrency, warmup_s)
-                    cpu_before = cpu_seconds(server.popen.pid)
-                    this_round[name] = await closed_loop(name, call, concurrency, duration_s)
-                    round_cpu[name] = cpu_seconds(server.popen.pid) - cpu_before
-                measured.append(this_round)
-                cpu.append(round_cpu)
-        finally:
-            for connection in (*node_http, *trivial_http):
-                await connection.close()
+        for _ in range(rounds):
+            this_round: dict[str, LoadResult] = {}
+            round_cpu: dict[str, float] = {}
+            for name, load in workloads.items():
+                server = trivial if name == TRIVIAL else node
+                cpu_before = cpu_seconds(server.popen.pid)
+                result, all_calls = await load()
+                this_round[name] = result
+                # CPU per call over the warm-up and the window alike: both are spent on calls
+                per_call = (cpu_seconds(server.popen.pid) - cpu_before) / all_calls if all_calls else 0.0
+                round_cpu[name] = per_call * result.calls
+            measured.append(this_round)
+            cpu.append(round_cpu)
         return Comparison(measured, concurrency, cpu)
 
 
