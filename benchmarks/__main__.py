@@ -15,12 +15,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from benchmarks import http_suite
 from benchmarks.engine import Timing
 from benchmarks.report import Report, render, report_from_json
 from benchmarks.suite import Plan, progress, run
 
-SUITES = ("table", "recovery", "memory", "scaleout", "variants", "profile", "readside", "startup")
-DEFAULT_SUITES = ("table", "recovery", "memory", "scaleout", "readside", "startup")
+SUITES = ("table", "recovery", "memory", "scaleout", "variants", "profile", "readside", "startup", "http")
+DEFAULT_SUITES = ("table", "recovery", "memory", "scaleout", "readside", "startup", "http")
 
 
 def _machine() -> dict[str, Any]:
@@ -201,6 +202,10 @@ def main() -> int:
         "took_s": round(time.monotonic() - started, 1),
     }
     print(render(report))
+    if "http" in plan.suites:
+        # its own processes and its own side-by-side rounds (SQLite, or PostgreSQL when COS_DB_HOST is set)
+        seconds = min(args.window, 1.0) if args.quick else 3.0
+        print(http_suite.measure(duration_s=seconds, rounds=plan.timing.rounds))
     print(f"took {report.settings['took_s']}s on {machine['cpus']} CPUs ({machine['cpu_model']})")
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=1, default=str))

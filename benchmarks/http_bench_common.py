@@ -9,14 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chiefofstate.cli.processes import Process, node_environment, start_bank_write_handler, start_node
+from chiefofstate.cli.processes import (
+    Process,
+    free_port,
+    node_environment,
+    spawn,
+    start_bank_write_handler,
+    start_node,
+    wait_for,
+)
 
 Call = Callable[[int], Awaitable[object]]  # one request made by worker number N
 
@@ -104,51 +114,137 @@ def bank_and_node(**node_overrides: str) -> Iterator[tuple[Process, Process]]:
             handler.stop()
 
 
+class _ReplyReader(asyncio.Protocol):
+    """Collects one Content-Length framed reply at a time into the waiting request's future."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line.startswith(b"content-length:"):
+                length = int(line[15:])
+        if len(self.buffer) < end + 4 + length:
+            return
+        status = int(head[9:12])
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the server closed the connection"))
+
+
 class KeepAliveConnection:
     """A minimal HTTP/1.1 client on one keep-alive connection, for load generation only.
 
-    httpx spends milliseconds of CPU per request (encode/httpx#3215); on a shared 2-core machine that
-    would measure the client rather than the node. This sends one request at a time and reads a
-    Content-Length framed reply, which is all the CoS HTTP API produces.
+    httpx spends milliseconds of CPU per request (encode/httpx#3215), and even asyncio's streams cost
+    a few times what the node's cached GetState does; on a shared 2-core machine that would measure the
+    client rather than the node. This sends one request at a time on an asyncio protocol and reads a
+    Content-Length framed reply, which is all the CoS HTTP API produces. Its headroom is measured in
+    every run (benchmarks.trivial_http_server).
     """
 
     def __init__(self, host: str, port: int) -> None:
         self._host = host
         self._port = port
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._reader: _ReplyReader | None = None
 
     async def request(
         self, method: str, path: str, body: bytes = b"", timeout_s: float = 10.0
     ) -> tuple[int, bytes]:
         """One request; any failure drops the connection (the server also closes idle ones after
         5 s), so the next request starts on a fresh one."""
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout_s):
-                return await self._exchange(method, path, body)
+            reader = self._reader
+            if reader is None or reader.transport is None or reader.transport.is_closing():
+                _, reader = await loop.create_connection(_ReplyReader, self._host, self._port)
+                self._reader = reader
+            head = f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"
+            if body:
+                head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            reader.waiter = waiter = loop.create_future()
+            assert reader.transport is not None
+            reader.transport.write(head.encode() + b"\r\n" + body)
+            timer = loop.call_later(timeout_s, waiter.cancel)
+            try:
+                return await waiter
+            finally:
+                timer.cancel()
         except BaseException:
             await self.close()
             raise
 
-    async def _exchange(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
-        assert self._reader is not None
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"
-        if body:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        self._writer.write(head.encode() + b"\r\n" + body)
-        status_and_headers = await self._reader.readuntil(b"\r\n\r\n")
-        lines = status_and_headers.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        length = next(
-            int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length")
-        )
-        return status, await self._reader.readexactly(length)
-
     async def close(self) -> None:
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader.transport is not None:
+            reader.transport.close()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def trivial_http_server(log_dir: Path) -> Iterator[Process]:
+    """benchmarks.trivial_http_server in its own process; its port is `ports["http"]`."""
+    port = free_port()
+    server = spawn(
+        "trivial-http-server",
+        [sys.executable, "-m", "benchmarks.trivial_http_server", "--port", str(port)],
+        os.environ,
+        log_dir,
+    )
+    server.ports["http"] = port
+    try:
+        wait_for("listening", server, lambda: _accepts(port), 30)
+        yield server
+    finally:
+        server.stop()
+
+
+HEADROOM_NEEDED = 3.0  # the client's rate against a trivial server, over the node's rate it measures
+
+
+@dataclass
+class Headroom:
+    """How much faster the HTTP client runs against a server that does nothing than against the node:
+    below HEADROOM_NEEDED, the client would be part of what is measured and the HTTP figures are void."""
+
+    client_rate: float  # calls/s against the trivial server, same client, same concurrency
+    node_rate: float  # the fastest HTTP workload's calls/s against the node
+
+    @property
+    def ratio(self) -> float:
+        return self.client_rate / self.node_rate if self.node_rate else float("inf")
+
+    @property
+    def valid(self) -> bool:
+        return self.ratio >= HEADROOM_NEEDED
+
+    def line(self) -> str:
+        verdict = (
+            "valid" if self.valid else f"INVALID: the client is the bottleneck (< {HEADROOM_NEEDED:g} x)"
+        )
+        return (
+            f"client headroom: {self.client_rate:,.0f} calls/s against a trivial HTTP server, "
+            f"{self.ratio:.1f} x the node's fastest HTTP rate ({self.node_rate:,.0f}): {verdict}"
+        )

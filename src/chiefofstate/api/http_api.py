@@ -7,9 +7,7 @@ content type or body, is JSON, so clients never have to parse plain text.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
@@ -18,24 +16,25 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from chiefofstate.api import http_docs
 from chiefofstate.api.command_path import CommandPath
+from chiefofstate.api.http_answers import Answer, answer_get_state, answer_process_command
 from chiefofstate.api.http_docs import EXAMPLE_COMMAND, EXAMPLE_STATE, connection_responses
 from chiefofstate.api.http_errors import failure_response, rejection_response
-from chiefofstate.core.errors import CosError
-from chiefofstate.core.headers import HeaderValue
-from chiefofstate.core.json_codec import JsonShapeError, decode_base64, message_from_json, message_to_json
-from chiefofstate.core.limits import clip
-from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
+from chiefofstate.api.http_metrics import Receive, Scope, Send
 
-log = logging.getLogger("chiefofstate.api.http")
+JSON = "application/json"
 
 PROCESS_ROUTE = "/v1/commands/{entityId}/process"
 STATE_ROUTE = "/v1/entities/{entityId}/state"
 _ROUTES_HINT = f"the API serves POST {PROCESS_ROUTE} and GET {STATE_ROUTE}"
+# `:entity_id` lets an entity id contain "/" (percent-encoded or not), as over gRPC.
+_PROCESS_TEMPLATE = "/v1/commands/{entityId:entity_id}/process"
+_STATE_TEMPLATE = "/v1/entities/{entityId:entity_id}/state"
+_PROCESS_PREFIX, _PROCESS_SUFFIX = "/v1/commands/", "/process"
+_STATE_PREFIX, _STATE_SUFFIX = "/v1/entities/", "/state"
 
 
 class StateHeader(BaseModel):
@@ -153,13 +152,6 @@ class _EntityIdConvertor(Convertor[str]):
 register_url_convertor("entity_id", _EntityIdConvertor())
 
 
-class _BadRequest(Exception):
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-
-
 def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_s: float) -> FastAPI:
     app = FastAPI(
         title="Chief of State",
@@ -191,8 +183,7 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
         return rejection_response(400, f"invalid request: {error.errors()}")
 
     @app.post(
-        # `:entity_id` lets an entity id contain "/" (percent-encoded or not), as over gRPC.
-        "/v1/commands/{entityId:entity_id}/process",
+        _PROCESS_TEMPLATE,
         summary="ProcessCommand",
         response_model=StateReply,
         responses={
@@ -213,85 +204,104 @@ def create_http_app(commands: CommandPath, *, max_body_bytes: int, body_timeout_
         },
     )
     async def process_command(entity_id: EntityId, request: Request) -> Response:
-        try:
-            body = await _json_body(request, max_body_bytes, body_timeout_s)
-            command_request = message_from_json(pb.ProcessCommandRequest, body)
-            metadata = _metadata(request)
-        except JsonShapeError as error:
-            return rejection_response(400, str(error))
-        except _BadRequest as error:
-            return rejection_response(error.status_code, error.message)
-        if command_request.entity_id and command_request.entity_id != entity_id:
-            log.info(
-                "entity_id %r in the body differs from %r in the path; the path wins (docs/contract.md §8.2)",
-                clip(command_request.entity_id),
-                clip(entity_id),
-            )
-        try:
-            state = await commands.process_command(entity_id, command_request.command, metadata, None)
-        except CosError as error:
-            return failure_response(error)
-        return JSONResponse(message_to_json(pb.ProcessCommandResponse.FromString(state.reply)))
+        status, body = await answer_process_command(
+            commands,
+            entity_id,
+            request.scope["headers"],
+            request.receive,
+            max_body_bytes=max_body_bytes,
+            body_timeout_s=body_timeout_s,
+        )
+        return Response(body, status_code=status, media_type=JSON)
 
     @app.get(
-        "/v1/entities/{entityId:entity_id}/state",
+        _STATE_TEMPLATE,
         summary="GetState",
         response_model=StateReply,
         responses={**_STATE_RESPONSES, 200: {"content": {"application/json": {"example": _STATE_EXAMPLE}}}},
     )
     async def get_state(entity_id: EntityId, request: Request) -> Response:
-        try:
-            state = commands.cached_state(entity_id)
-            if state is None:
-                state = await commands.get_state(entity_id, None, _trace_metadata(request))
-        except CosError as error:
-            return failure_response(error)
-        return JSONResponse(message_to_json(pb.GetStateResponse.FromString(state.reply)))
+        status, body = await answer_get_state(commands, entity_id, request.scope["headers"])
+        return Response(body, status_code=status, media_type=JSON)
 
     return app
 
 
-async def _json_body(request: Request, max_body_bytes: int, timeout_s: float) -> object:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        raise _BadRequest(415, f"Content-Type must be application/json (got {media_type or 'none'})")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_body_bytes:
-        raise _BadRequest(413, f"the body is larger than {max_body_bytes} bytes")
-    body = bytearray()
+def _entity_id(path: str, prefix: str, suffix: str) -> str | None:
+    """The id in `prefix{id}suffix`, as the `entity_id` convertor matches it (any characters, even
+    none), or None when `path` is not of that form."""
+    if len(path) >= len(prefix) + len(suffix) and path.startswith(prefix) and path.endswith(suffix):
+        return path[len(prefix) : len(path) - len(suffix)]
+    return None
+
+
+class HttpApi:
+    """The node's HTTP API as an ASGI application: ProcessCommand and GetState straight to their answers,
+    everything else (the docs, a refused route or method) through the FastAPI app.
+
+    A request through FastAPI passes eleven middleware and routing layers and a dependency solver
+    before and after its handler: more CPU than the cached GetState it serves. Here the two routes are
+    matched as FastAPI would match them, and `scope["route"]` is set to FastAPI's own route, so the
+    metrics and spans around this app name the same route template (docs/operations.md).
+    """
+
+    def __init__(
+        self, commands: CommandPath, framework: FastAPI, *, max_body_bytes: int, body_timeout_s: float
+    ) -> None:
+        self._commands = commands
+        self._framework = framework
+        self._max_body_bytes = max_body_bytes
+        self._body_timeout_s = body_timeout_s
+        routes = {getattr(route, "path", None): route for route in framework.routes}
+        self._process_route = routes[_PROCESS_TEMPLATE]
+        self._state_route = routes[_STATE_TEMPLATE]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            method, path = scope["method"], scope["path"]
+            if method == "POST":
+                entity_id = _entity_id(path, _PROCESS_PREFIX, _PROCESS_SUFFIX)
+                if entity_id is not None:
+                    scope["route"] = self._process_route
+                    answer = answer_process_command(
+                        self._commands,
+                        entity_id,
+                        scope["headers"],
+                        receive,
+                        max_body_bytes=self._max_body_bytes,
+                        body_timeout_s=self._body_timeout_s,
+                    )
+                    await _respond(send, answer)
+                    return
+            elif method == "GET":
+                entity_id = _entity_id(path, _STATE_PREFIX, _STATE_SUFFIX)
+                if entity_id is not None:
+                    scope["route"] = self._state_route
+                    await _respond(send, answer_get_state(self._commands, entity_id, scope["headers"]))
+                    return
+        await self._framework(scope, receive, send)
+
+
+async def _respond(send: Send, answering: Awaitable[Answer]) -> None:
     try:
-        # A client that trickles its body must not hold a request open forever.
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > max_body_bytes:
-                    raise _BadRequest(413, f"the body is larger than {max_body_bytes} bytes")
-    except TimeoutError:
-        raise _BadRequest(400, f"the body did not arrive within {timeout_s:g}s") from None
-    except ClientDisconnect:
-        # The connection was closed (by the client, or by the server's own body deadline): nobody is
-        # left to read an answer, but the request still ends as a refusal, never as a crash.
-        raise _BadRequest(400, "the connection closed before the whole body arrived") from None
-    try:
-        return json.loads(body)
-    except RecursionError:
-        raise _BadRequest(400, "the body is not valid JSON: it is nested too deeply") from None
-    except ValueError as error:
-        # Also an integer longer than Python converts (4,300 digits): a client's mistake, never a 500.
-        raise _BadRequest(400, f"the body is not valid JSON: {str(error)[:200]}") from None
+        status, body = await answering
+    except Exception as error:
+        # As the FastAPI app does for a failure nobody foresaw: a JSON 500 (decision D5), then the
+        # exception goes on to the server, which logs its trace.
+        response = failure_response(error)
+        status, body = response.status_code, bytes(response.body)
+        await _send_json(send, status, body)
+        raise
+    await _send_json(send, status, body)
 
 
-def _trace_metadata(request: Request) -> list[tuple[str, HeaderValue]]:
-    # GetState persists nothing: only the trace context is read from its headers
-    return [(name, value) for name, value in request.headers.items() if not name.endswith("-bin")]
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    # the head starlette's JSONResponse sends
+    headers = [(b"content-length", str(len(body)).encode("latin-1")), (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
-def _metadata(request: Request) -> list[tuple[str, HeaderValue]]:
-    """HTTP headers as gRPC-style metadata (§3.3): names lower-cased, `-bin` values base64-decoded."""
-    metadata: list[tuple[str, HeaderValue]] = []
-    for name, value in request.headers.items():
-        if name.endswith("-bin"):
-            metadata.append((name, decode_base64(value, f"header {name}")))
-        else:
-            metadata.append((name, value))
-    return metadata
+def create_http_api(commands: CommandPath, *, max_body_bytes: int, body_timeout_s: float) -> HttpApi:
+    framework = create_http_app(commands, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
+    return HttpApi(commands, framework, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)

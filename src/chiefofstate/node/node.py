@@ -383,13 +383,13 @@ class Node:
             # Imported only when served: the HTTP framework's import is about half of a gRPC-only node's
             # start-up (docs/performance.md, "Start-up").
             from chiefofstate.api.auth import TokenMiddleware
-            from chiefofstate.api.http_api import create_http_app
+            from chiefofstate.api.http_api import create_http_api
             from chiefofstate.api.http_metrics import HttpServerMetrics
             from chiefofstate.api.http_server import HttpServer
             from chiefofstate.api.http_tracing import HttpServerSpans
 
             # Both protocols share one command path: the same host, deadlines and logging.
-            app = create_http_app(
+            app = create_http_api(
                 commands,
                 # base64 makes a body about 4/3 of the message it carries
                 max_body_bytes=server.max_message_bytes * 4 // 3 + 64 * 1024,

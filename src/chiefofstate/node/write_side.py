@@ -13,10 +13,16 @@ from chiefofstate.writeside.grpc import GrpcWriteHandler, channel_options
 def create_write_handler(write_side: WriteSideSettings, max_message_bytes: int) -> WriteHandler:
     handler: WriteHandler
     if write_side.protocol == "http":
-        # Imported only when chosen: its HTTP client's import is a large share of a gRPC node's start-up.
+        # Imported only when chosen, as every HTTP-only part is, to keep a gRPC node's start-up short.
         from chiefofstate.writeside.http import HttpWriteHandler
 
-        handler = HttpWriteHandler(write_side.host, write_side.port, use_tls=write_side.use_tls)
+        handler = HttpWriteHandler(
+            write_side.host,
+            write_side.port,
+            use_tls=write_side.use_tls,
+            # a reply carries base64 Anys, about 4/3 of the messages they encode
+            max_reply_bytes=max_message_bytes * 4 // 3 + 64 * 1024,
+        )
     else:
         handler = GrpcWriteHandler(
             f"{write_side.host}:{write_side.port}",

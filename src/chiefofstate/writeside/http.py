@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
 import ssl
 import time
 from collections.abc import Sequence
 from typing import TypeVar
 
-import httpx
 from google.protobuf.message import Message
 
 from chiefofstate.core.errors import DeadlineExceeded, Internal, Unavailable
@@ -30,6 +28,7 @@ from chiefofstate.gen.chief_of_state.v1.writeside_pb2 import (
     HandleEventRequest,
     HandleEventResponse,
 )
+from chiefofstate.writeside.http_client import ConnectFailed, ExchangeFailed, HttpConnectionPool
 
 COMMAND_PATH = "/v1/writeside/handleCommand"
 EVENT_PATH = "/v1/writeside/handleEvent"
@@ -41,6 +40,8 @@ _MAX_RETRY_DELAY_S = 0.5
 _ANSWER_RESERVE_S = 0.1
 
 Reply = TypeVar("Reply", bound=Message)
+# compact UTF-8 JSON, byte for byte what the httpx client before this one sent
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
 def outgoing_headers(selected: Sequence[tuple[str, HeaderValue]]) -> list[tuple[str, str]]:
@@ -55,33 +56,26 @@ def outgoing_headers(selected: Sequence[tuple[str, HeaderValue]]) -> list[tuple[
 
 
 class HttpWriteHandler:
-    """Pooled httpx clients shared by both calls; each call is bounded by the `timeout_s` it is given.
-
-    httpcore scans every connection of a pool on each request, so one large pool costs more CPU per
-    call as concurrency grows (encode/httpx#3215); several small pools used round-robin keep each
-    scan short. `pool_size` clients of `connections_per_client` connections bound the calls in flight.
-    """
+    """One bounded pool of keep-alive connections shared by both calls; each call is bounded by the
+    `timeout_s` it is given, and waits for a free connection within that time when all are busy."""
 
     def __init__(
-        self, host: str, port: int, *, use_tls: bool, pool_size: int = 8, connections_per_client: int = 16
+        self,
+        host: str,
+        port: int,
+        *,
+        use_tls: bool,
+        max_connections: int = 128,
+        max_reply_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        scheme = "https" if use_tls else "http"
-        authority = f"[{host}]" if ":" in host else host
         # https uses the system trust store, as upstream does (docs/contract.md §9).
-        verify: ssl.SSLContext | bool = ssl.create_default_context() if use_tls else False
-        limits = httpx.Limits(
-            max_connections=connections_per_client, max_keepalive_connections=connections_per_client
+        self._pool = HttpConnectionPool(
+            host,
+            port,
+            ssl_context=ssl.create_default_context() if use_tls else None,
+            max_connections=max_connections,
+            max_reply_bytes=max_reply_bytes,
         )
-        self._clients = [
-            httpx.AsyncClient(
-                base_url=f"{scheme}://{authority}:{port}",
-                verify=verify,
-                limits=limits,
-                trust_env=False,  # a proxy variable must not reroute calls to the user's handler
-            )
-            for _ in range(pool_size)
-        ]
-        self._next_client = itertools.cycle(self._clients)
 
     async def handle_command(
         self,
@@ -104,8 +98,7 @@ class HttpWriteHandler:
         )
 
     async def close(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        await self._pool.close()
 
     async def _post(
         self,
@@ -116,42 +109,39 @@ class HttpWriteHandler:
         headers: list[tuple[str, str]],
         timeout_s: float,
     ) -> Reply:
-        body = message_to_json(request)
+        body = _encode(message_to_json(request)).encode()
         give_up_at = time.monotonic() + timeout_s - min(_ANSWER_RESERVE_S, timeout_s / 10)
         retry_delay_s = _FIRST_RETRY_DELAY_S
         try:
-            # httpx's timeout bounds each phase; the outer one bounds the whole exchange, so a
-            # handler that trickles its answer cannot outlive the command's deadline either.
+            # Bounds the whole exchange, waiting for a connection included, so a handler that trickles
+            # its answer cannot outlive the command's deadline either.
             async with asyncio.timeout(timeout_s):
                 while True:
                     try:
-                        response = await next(self._next_client).post(
-                            path, json=body, headers=headers, timeout=timeout_s
-                        )
+                        reply = await self._pool.post(path, body, headers)
                         break
-                    except httpx.ConnectError:
+                    except ConnectFailed:
                         # Nothing was sent: a handler that is restarting is waited for, within the
                         # call's time, as the gRPC adapter waits for its channel.
                         if time.monotonic() + retry_delay_s >= give_up_at:
                             raise
                         await asyncio.sleep(retry_delay_s)
                         retry_delay_s = min(retry_delay_s * 2, _MAX_RETRY_DELAY_S)
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:
             raise DeadlineExceeded(
                 f"HTTP {kind} handler did not answer within {timeout_s:.3g}s; nothing was written"
             ) from None
-        except httpx.ConnectError as error:
-            raise Unavailable(f"HTTP {kind} handler unreachable: {error or type(error).__name__}") from None
-        except httpx.HTTPError as error:
-            raise Internal(f"HTTP {kind} handler request failed: {error or type(error).__name__}") from None
-        except UnicodeEncodeError as error:  # a propagated header value that HTTP cannot carry
+        except ConnectFailed as error:
+            raise Unavailable(f"HTTP {kind} handler unreachable: {error}") from None
+        except (ExchangeFailed, ValueError) as error:
+            # ValueError: a propagated header value that HTTP cannot carry (nothing was sent)
             raise Internal(f"HTTP {kind} handler request failed: {error}") from None
-        if response.status_code != 200:
+        if reply.status != 200:
+            excerpt = reply.body.decode("utf-8", errors="replace")[:_BODY_EXCERPT]
             raise Internal(
-                f"HTTP {kind} handler request failed with status {response.status_code} "
-                f"{response.reason_phrase}: {response.text[:_BODY_EXCERPT]}"
+                f"HTTP {kind} handler request failed with status {reply.status} {reply.reason}: {excerpt}"
             )
-        return _parse_reply(response.content, reply_class, kind)
+        return _parse_reply(reply.body, reply_class, kind)
 
 
 def _parse_reply(content: bytes, reply_class: type[Reply], kind: str) -> Reply:
