@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import random
 import signal
@@ -96,7 +97,8 @@ def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
             return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+    # A reply that is not HTTP (some other server on the port) is "not ready" too, not a crash of the wait.
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
         return False
 
 
