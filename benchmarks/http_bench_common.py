@@ -195,7 +195,8 @@ class KeepAliveConnection:
             reader.transport.close()
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port` (a server in start-up is ready once it does)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
@@ -215,7 +216,7 @@ def trivial_http_server(log_dir: Path) -> Iterator[Process]:
     )
     server.ports["http"] = port
     try:
-        wait_for("listening", server, lambda: _accepts(port), 30)
+        wait_for("listening", server, lambda: accepts(port), 30)
         yield server
     finally:
         server.stop()

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from pathlib import Path
 from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
-from benchmarks.http_bench_common import LoadResult, closed_loop, median
+from benchmarks.http_bench_common import LoadResult, accepts, closed_loop, median
 from benchmarks.processes import cpu_seconds
 from chiefofstate.cli.processes import Process, free_port, node_environment, spawn, start_node, wait_for
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
@@ -36,14 +35,6 @@ from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServ
 CALL_TIMEOUT_S = 10.0
 PROTOCOLS = ("grpc", "http")
 THROUGHPUT_TARGET = 0.8  # HTTP handler's commands/s over the gRPC handler's (docs/performance.md, "HTTP")
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager
@@ -58,7 +49,7 @@ def _handler_and_node(protocol: str, scratch: Path) -> Iterator[tuple[Process, P
     )
     node: Process | None = None
     try:
-        wait_for("listening", handler, lambda: _accepts(port), 60)
+        wait_for("listening", handler, lambda: accepts(port), 60)
         env = {key: value for key, value in os.environ.items() if not key.startswith(("COS_", "LOG_"))}
         env.update(
             COS_WRITE_SIDE_HOST="127.0.0.1",
