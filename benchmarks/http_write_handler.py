@@ -2,7 +2,7 @@
 
     python -m benchmarks.http_write_handler [--duration 3] [--concurrency 32] [--rounds 3]
 
-The same handler, the SDK bank (`python -m chiefofstate_examples.sdk_bank`), runs twice as a real
+The same handler, the bank example written with the SDK (`chiefofstate_examples.bank`), runs twice as a real
 process: once over the gRPC write-handler protocol, once over the HTTP one. Each gets its own node (SQLite
 in a temporary directory, or PostgreSQL when COS_DB_HOST is set). In `--rounds` interleaved rounds, the
 same closed-loop load of deposits goes to each node over gRPC for `--duration` seconds; figures are
@@ -26,9 +26,14 @@ from pathlib import Path
 from chiefofstate_examples.bank import client as bank
 from grpc import aio
 
-from benchmarks.http_bench_common import LoadResult, accepts, closed_loop, median
+from benchmarks.http_bench_common import LoadResult, closed_loop, median
 from benchmarks.processes import cpu_seconds
-from chiefofstate.cli.processes import Process, free_port, node_environment, spawn, start_node, wait_for
+from chiefofstate.cli.processes import (
+    Process,
+    node_environment,
+    start_bank_write_handler,
+    start_node,
+)
 from chiefofstate.gen.chief_of_state.v1 import service_pb2 as pb
 from chiefofstate.gen.chief_of_state.v1.service_pb2_grpc import ChiefOfStateServiceStub
 
@@ -40,16 +45,10 @@ THROUGHPUT_TARGET = 0.8  # HTTP handler's commands/s over the gRPC handler's (do
 @contextlib.contextmanager
 def _handler_and_node(protocol: str, scratch: Path) -> Iterator[tuple[Process, Process]]:
     logs = scratch / "logs"
-    port = free_port()
-    handler = spawn(
-        f"sdk-bank-{protocol}",
-        [sys.executable, "-m", "chiefofstate_examples.sdk_bank", "--protocol", protocol, "--port", str(port)],
-        os.environ,
-        logs,
-    )
+    handler = start_bank_write_handler(logs, protocol=protocol)
+    port = handler.ports["write_side"]
     node: Process | None = None
     try:
-        wait_for("listening", handler, lambda: accepts(port), 60)
         env = {key: value for key, value in os.environ.items() if not key.startswith(("COS_", "LOG_"))}
         env.update(
             COS_WRITE_SIDE_HOST="127.0.0.1",
