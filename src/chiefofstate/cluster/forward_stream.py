@@ -69,12 +69,12 @@ def _headers(metadata: Sequence[tuple[str, str | bytes]]) -> list[fpb.ForwardedH
 
 
 def _answer(reply: fpb.ForwardedReply) -> bytes:
+    if reply.not_taken:
+        raise _NotTaken()
     if reply.code == 0:
         return reply.reply
     if reply.not_here:
         raise NotHere(reply.message)
-    if reply.not_taken:
-        raise _NotTaken()
     raise CosError(reply.message, code=Code(reply.code), details=reply.details or None)
 
 
