@@ -152,7 +152,8 @@ class _ServedStream:
             # mistaken for the reader stopped by `leave`.
             await asyncio.wait([reader])
             if not reader.cancelled() and reader.exception() is not None:
-                return  # reading failed: the call is over, nothing can be answered on it
+                # Never ended as OK: to the sender that would mean none of its unanswered requests ran.
+                await self._context.abort(grpc.StatusCode.UNAVAILABLE, "the forwarding stream failed")
             while self._tasks:
                 await asyncio.wait(list(self._tasks.values()))
             self._finishing = True
