@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -89,7 +90,8 @@ class _Stream:
         self._max_in_flight = max_in_flight
         self._max_message_bytes = max_message_bytes
         self._waiting: dict[int, asyncio.Future[fpb.ForwardedReply]] = {}
-        self._outbox: dict[int, tuple[fpb.ForwardedRequest, int]] = {}  # insertion order is write order
+        # Insertion order is write order: (the message, its size bound, when its deadline passes).
+        self._outbox: dict[int, tuple[fpb.ForwardedRequest, int, float]] = {}
         self._written: set[int] = set()
         self._ready = asyncio.Event()
         self._next_id = 0
@@ -118,13 +120,9 @@ class _Stream:
         future: asyncio.Future[fpb.ForwardedReply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         message = fpb.ForwardedRequest(
-            id=request_id,
-            method=METHODS[method],
-            request=request,
-            headers=_headers(metadata),
-            timeout_micros=max(int(timeout_s * 1_000_000), 1),
+            id=request_id, method=METHODS[method], request=request, headers=_headers(metadata)
         )
-        self._outbox[request_id] = (message, size)
+        self._outbox[request_id] = (message, size, time.monotonic() + timeout_s)
         self._ready.set()
         try:
             async with asyncio.timeout(max(timeout_s, 0.001)):
@@ -143,7 +141,8 @@ class _Stream:
             return  # never written, or nowhere to send the cancel
         if request_id in self._written:
             self._written.discard(request_id)
-            self._outbox[-request_id] = (fpb.ForwardedRequest(id=request_id, cancel=True), _REQUEST_OVERHEAD)
+            cancel = fpb.ForwardedRequest(id=request_id, cancel=True)
+            self._outbox[-request_id] = (cancel, _REQUEST_OVERHEAD, 0.0)
             self._ready.set()
 
     async def _run(self) -> None:
@@ -208,13 +207,16 @@ class _Stream:
                 while self._outbox:
                     batch: list[fpb.ForwardedRequest] = []
                     room = self._max_message_bytes
-                    for key, (message, size) in list(self._outbox.items()):
+                    now = time.monotonic()
+                    for key, (message, size, expires_at) in list(self._outbox.items()):
                         if batch and size > room:
                             break
                         batch.append(message)
                         room -= size
                         del self._outbox[key]
                         if key > 0:
+                            # What is left of the caller's deadline as the request leaves.
+                            message.timeout_micros = max(int((expires_at - now) * 1_000_000), 1)
                             self._written.add(key)
                     await call.write(fpb.ForwardedRequests(requests=batch))
         except asyncio.CancelledError:
