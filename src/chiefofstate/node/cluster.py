@@ -25,6 +25,7 @@ from chiefofstate.cluster.ownership import LeaseBook, ShardGateOfLeases
 from chiefofstate.cluster.peers import PeerClients
 from chiefofstate.cluster.readside_routing import ClusterReadSides, HereOnly
 from chiefofstate.cluster.routes import RoutingTable
+from chiefofstate.config.cluster import DEFAULT_FORWARD_STREAM_MAX_IN_FLIGHT
 from chiefofstate.config.grpc_limits import GrpcLimits
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.errors import ConfigError
@@ -160,10 +161,11 @@ async def start_cluster(
         if read_sides is not None
         else ()
     )
-    # Every member serves the streams (whatever its own setting): a peer may send on them.
+    # Every member serves the streams, even one that sends none itself (the setting at 0): its peers may
+    # send on them, and it takes from each as many requests at once as a default stream carries.
     forwarding = ForwardingService(
         local_only,
-        max_in_flight=max(settings.cluster.forward_stream_max_in_flight, 1),
+        max_in_flight=settings.cluster.forward_stream_max_in_flight or DEFAULT_FORWARD_STREAM_MAX_IN_FLIGHT,
         max_message_bytes=server.max_message_bytes,
         tracing=tracing,
         tokens=tokens,
