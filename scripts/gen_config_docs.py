@@ -369,6 +369,12 @@ DESCRIBED: dict[str, Described] = {
     "COS_CLUSTER_UNOWNED_WAIT": Described(
         "Cluster and deployment", "cluster only: wait for an owner of an unowned shard", P
     ),
+    "COS_CLUSTER_FORWARD_STREAM_MAX_IN_FLIGHT": Described(
+        "Cluster and deployment",
+        "cluster only: forwarded requests at once on the stream to one peer (more go as calls of "
+        "their own); `0`: every forwarded request is a call of its own",
+        P,
+    ),
     "COS_WORKERS": Described(
         "Cluster and deployment",
         "node processes `cos serve` runs (PostgreSQL only); `auto`: one per core",

@@ -82,3 +82,11 @@ def test_otlp_metrics_cost_reports_the_node_against_the_sdk() -> None:
     found = re.search(r"node ([0-9.]+) µs, OpenTelemetry SDK instrument ([0-9.]+) µs", out)
     assert found is not None and float(found.group(1)) > 0 and float(found.group(2)) > 0
     assert re.search(r"node ÷ SDK: [0-9.]+", out)
+
+
+@pytest.mark.timeout(60)
+def test_forward_hop_cost_reports_both_ways_of_forwarding() -> None:
+    out = run("benchmarks.forward_hop_cost", "--requests", "640", "--rounds", "1")
+    costs = dict(re.findall(r"forwarding hop, (unary call per request|stream): ([0-9.]+) µs", out))
+    assert set(costs) == {"unary call per request", "stream"}, out
+    assert all(float(cost) > 0 for cost in costs.values())

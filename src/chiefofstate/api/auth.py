@@ -112,6 +112,11 @@ def guarded_handler(method: str, handler: _Handler, tokens: TokenFile) -> _Handl
     )
 
 
+def refusal_message(verdict: Verdict) -> str:
+    """What a caller refused with `verdict` is told (by the forwarding stream as by a call's refusal)."""
+    return _MESSAGES[verdict]
+
+
 async def _refuse(context: aio.ServicerContext[Any, Any], verdict: Verdict) -> None:
     """Ends the call with the verdict's status; context.abort raises, so the behaviour never runs."""
     unauthenticated = verdict is Verdict.UNAUTHENTICATED

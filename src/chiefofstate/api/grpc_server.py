@@ -43,7 +43,11 @@ class GrpcServer:
         tokens: TokenFile | None = None,
         tracing: Tracing | None = None,
         limits: GrpcLimits = DEFAULT_LIMITS,
+        unwrapped_services: Sequence[Callable[[aio.Server], None]] = (),
     ) -> None:
+        """`unwrapped_services` are registered on the server itself, without the token check, span and
+        metrics wrappers: services that check and trace each request they carry themselves (the cluster
+        port's forwarding streams, api/forwarding_service.py)."""
         self._server = aio.server(
             # Beyond it a call is refused at once with RESOURCE_EXHAUSTED instead of queueing.
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
@@ -72,6 +76,8 @@ class GrpcServer:
         add_to_server(service, registry)
         for _, register in extra_services:
             register(registry)
+        for register_unwrapped in unwrapped_services:
+            register_unwrapped(self._server)
         self._service_names = [COS_SERVICE_NAME, *(name for name, _ in extra_services)]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)

@@ -21,7 +21,7 @@ from chiefofstate.cluster.peers import (
     GET_STATE,
     PROCESS_COMMAND,
     NotHere,
-    PeerClients,
+    PeerCalls,
     Unreachable,
     forwarded_metadata,
 )
@@ -58,7 +58,7 @@ class Forwarder:
     def __init__(
         self,
         routes: RoutingTable,
-        peers: PeerClients,
+        peers: PeerCalls,
         num_shards: int,
         unowned_wait_s: float,
         *,

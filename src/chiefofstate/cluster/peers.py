@@ -70,7 +70,7 @@ def forwarded_metadata(
     return kept
 
 
-def _translated(error: aio.AioRpcError) -> CosError | NotHere | Unreachable:
+def translated(error: aio.AioRpcError) -> CosError | NotHere | Unreachable:
     keys = {key for key, _ in error.trailing_metadata() or ()}
     if NOT_HERE_KEY in keys:
         return NotHere(error.details() or "")
@@ -102,6 +102,19 @@ class _Peer:
                 name, request_serializer=_bytes, response_deserializer=_bytes
             )
         return call
+
+
+class PeerCalls(Protocol):
+    """What forwarding needs of the peers: PeerClients' `call`, or the streams that carry calls."""
+
+    async def call(
+        self,
+        address: str,
+        method: str,
+        request: bytes,
+        metadata: Sequence[tuple[str, str | bytes]],
+        timeout_s: float,
+    ) -> bytes: ...
 
 
 class PeerTls(Protocol):
@@ -168,14 +181,24 @@ class PeerClients:
                 request, timeout=max(timeout_s, 0.001), metadata=tuple(metadata)
             )
         except aio.AioRpcError as error:
-            failure = _translated(error)
-            if isinstance(failure, Unreachable) and self._channels.get(address) is peer:
-                # A channel that failed to connect backs off before trying again; the next member at
-                # this address (the owner restarted in place) must be reached at once, on a new one.
-                del self._channels[address]
-                self._retired.append(peer.channel)  # closed by a later call's bounding, or at close()
+            failure = translated(error)
+            if isinstance(failure, Unreachable):
+                self.forget(address, peer.channel)
             raise failure from None
         return reply
+
+    def channel(self, address: str) -> aio.Channel:
+        """The channel to the member at `address` (forwarding streams share it with the unary calls)."""
+        return self._peer(address).channel
+
+    def forget(self, address: str, channel: aio.Channel) -> None:
+        """`channel` failed to reach `address`: a channel that failed to connect backs off before trying
+        again, and the next member at this address (the owner restarted in place) must be reached at
+        once, on a new one."""
+        peer = self._channels.get(address)
+        if peer is not None and peer.channel is channel:
+            del self._channels[address]
+            self._retired.append(channel)  # closed by a later call's bounding, or at close()
 
     async def unsubscribe_everywhere(
         self, addresses: Sequence[str], subscription_id: str, caller: Metadata, timeout_s: float

@@ -15,6 +15,7 @@ from chiefofstate.core.errors import ConfigError
 from chiefofstate.core.leases import LeaseTiming, MemberTiming
 
 DEFAULT_CLUSTER_PORT = 25520  # the port upstream's cluster traffic uses
+DEFAULT_FORWARD_STREAM_MAX_IN_FLIGHT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,8 @@ class ClusterSettings:
     leases: LeaseTiming
     # How long a request for a shard nobody owns waits for an owner before UNAVAILABLE.
     unowned_wait_s: float
+    # Forwarded requests at once on one stream to one peer; 0: one call per forwarded request.
+    forward_stream_max_in_flight: int = DEFAULT_FORWARD_STREAM_MAX_IN_FLIGHT
 
     @property
     def advertised_address(self) -> str:
@@ -98,4 +101,10 @@ def load_cluster_settings(env: Env, *, deployment_mode: str, uses_postgres: bool
         members=members,
         leases=leases,
         unowned_wait_s=env.duration("COS_CLUSTER_UNOWNED_WAIT", "3s"),
+        forward_stream_max_in_flight=env.integer(
+            "COS_CLUSTER_FORWARD_STREAM_MAX_IN_FLIGHT",
+            DEFAULT_FORWARD_STREAM_MAX_IN_FLIGHT,
+            minimum=0,
+            maximum=100_000,
+        ),
     )

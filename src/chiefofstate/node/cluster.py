@@ -13,16 +13,19 @@ from dataclasses import dataclass, replace
 
 from chiefofstate.api.command_path import CommandPath
 from chiefofstate.api.cos_service import ChiefOfStateService
+from chiefofstate.api.forwarding_service import ForwardingService, add_forwarding_service
 from chiefofstate.api.grpc_server import GrpcServer
 from chiefofstate.api.readside_manager import hold_service, read_side_services
 from chiefofstate.api.tls import ServerTls
 from chiefofstate.api.token_file import TokenFile
 from chiefofstate.cluster.coordinator import Coordinator
+from chiefofstate.cluster.forward_stream import ForwardStreams
 from chiefofstate.cluster.forwarding import Forwarder
 from chiefofstate.cluster.ownership import LeaseBook, ShardGateOfLeases
 from chiefofstate.cluster.peers import PeerClients
 from chiefofstate.cluster.readside_routing import ClusterReadSides, HereOnly
 from chiefofstate.cluster.routes import RoutingTable
+from chiefofstate.config.cluster import DEFAULT_FORWARD_STREAM_MAX_IN_FLIGHT
 from chiefofstate.config.grpc_limits import GrpcLimits
 from chiefofstate.config.settings import Settings
 from chiefofstate.core.errors import ConfigError
@@ -50,11 +53,13 @@ class ClusterParts:
     gate: ShardGateOfLeases
     routes: RoutingTable
     peers: PeerClients
+    # Forwarded commands and reads go on streams when COS_CLUSTER_FORWARD_STREAM_MAX_IN_FLIGHT > 0.
+    streams: ForwardStreams | None
 
     def forwarder(self, settings: Settings, tracing: Tracing, metrics: NodeMetrics) -> Forwarder:
         return Forwarder(
             self.routes,
-            self.peers,
+            self.streams if self.streams is not None else self.peers,
             settings.num_shards,
             settings.cluster.unowned_wait_s,
             tracing=tracing,
@@ -87,12 +92,16 @@ def cluster_parts(settings: Settings, tls: ServerTls | None = None) -> ClusterPa
         ),
         tls=tls,  # peers dial with TLS and present this node's certificate
     )
+    in_flight = settings.cluster.forward_stream_max_in_flight
     return ClusterParts(
         member_id=str(uuid.uuid4()),
         book=book,
         gate=ShardGateOfLeases(book, settings.num_shards),
         routes=RoutingTable(settings.cluster.advertised_address),
         peers=peers,
+        streams=ForwardStreams(peers, in_flight, settings.server.max_message_bytes)
+        if in_flight > 0
+        else None,
     )
 
 
@@ -137,6 +146,8 @@ async def start_cluster(
     """The internal port, then membership and this member's share of the shards. Stopping leaves the
     cluster gracefully: shards are handed over at once instead of waiting for their leases to expire."""
     closers.push_async_callback(parts.peers.close)
+    if parts.streams is not None:
+        closers.push_async_callback(parts.streams.close)
     store = await open_cluster_store(settings.store)
     closers.push_async_callback(store.close)
     server = settings.server
@@ -150,6 +161,15 @@ async def start_cluster(
         if read_sides is not None
         else ()
     )
+    # Every member serves the streams, even one that sends none itself (the setting at 0): its peers may
+    # send on them, and it takes from each as many requests at once as a default stream carries.
+    forwarding = ForwardingService(
+        local_only,
+        max_in_flight=settings.cluster.forward_stream_max_in_flight or DEFAULT_FORWARD_STREAM_MAX_IN_FLIGHT,
+        max_message_bytes=server.max_message_bytes,
+        tracing=tracing,
+        tokens=tokens,
+    )
     peer_server = GrpcServer(
         ChiefOfStateService(local_only, subscriptions=subscriptions),
         server.address,
@@ -162,10 +182,14 @@ async def start_cluster(
         tracing=tracing,
         limits=peer_port_limits(settings),
         extra_services=peer_services,
+        unwrapped_services=(lambda registry: add_forwarding_service(forwarding, registry),),
     )
     await peer_server.start()
     await peer_server.set_serving(True)
     closers.push_async_callback(peer_server.stop, server.shutdown_timeout_s)
+    # Before the port stops (and after the shards were handed over): the streams answer what they took
+    # and end, rather than holding the port's stop for its whole grace period.
+    closers.push_async_callback(forwarding.leave, server.shutdown_timeout_s)
     cluster = settings.cluster
     await _check_reachable(cluster.host, cluster.advertised_port)
     coordinator = Coordinator(

@@ -10,7 +10,7 @@ is on: a node without tracing serves its handlers unwrapped.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -66,6 +66,22 @@ def _traced(method: str, handler: Handler, tracing: Tracing) -> Handler:
     else:
         return handler  # a synchronous behaviour (grpc.aio's thread pool): no span
     return HANDLER_FACTORIES[streaming](wrapped, handler.request_deserializer, handler.response_serializer)
+
+
+def start_server_span(tracing: Tracing, method: str, metadata: Sequence[tuple[str, str | bytes]]) -> Span:
+    """The server span of the full method `method` called with `metadata`, for a request that arrives
+    some other way than as a call of its own (a forwarded request carried on a stream): the same span
+    its call would have had."""
+    service, name = split_method(method)
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+    parent = tracing.extract(metadata)
+    return tracing.tracer.start_span(
+        method.lstrip("/"), context=parent, kind=SpanKind.SERVER, attributes=attributes
+    )
+
+
+def end_server_span(span: Span, code: grpc.StatusCode) -> None:
+    _finish(span, code)
 
 
 def _finish(span: Span, code: grpc.StatusCode) -> None:

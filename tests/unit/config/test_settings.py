@@ -94,6 +94,8 @@ def test_header_lists_and_validation_lists_are_parsed() -> None:
         ("COS_DISABLE_SNAPSHOT", "maybe", "true or false"),
         ("COS_GRPC_CLIENT_POOL_SIZE", "0", "at least 1"),
         ("COS_EVENT_LOOP", "trio", "one of uvloop, asyncio"),
+        ("COS_CLUSTER_FORWARD_STREAM_MAX_IN_FLIGHT", "-1", "at least 0"),
+        ("COS_CLUSTER_FORWARD_STREAM_MAX_IN_FLIGHT", "many", "whole number"),
     ],
 )
 def test_invalid_values_name_the_variable(variable: str, value: str, message: str) -> None:
