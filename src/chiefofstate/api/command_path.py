@@ -120,7 +120,7 @@ class CommandPath:
         """The reply to a serialized ProcessCommandRequest. A request for a shard another member serves
         is sent there as it came, once its entity id has passed the same checks (docs/cluster.md,
         "Forwarding")."""
-        request = _decoded(pb.ProcessCommandRequest, _PROCESS_COMMAND_METHOD, data)
+        request = decode_request(pb.ProcessCommandRequest, _PROCESS_COMMAND_METHOD, data)
         entity_id = request.entity_id
         command = request.command
         with self._request(
@@ -187,7 +187,7 @@ class CommandPath:
     def get_state_entity_id(self, data: bytes) -> str:
         """The entity id of a serialized GetStateRequest (INVALID_ARGUMENT when the bytes are not one),
         for the cached read the service tries before `get_state_bytes`."""
-        return _decoded(pb.GetStateRequest, _GET_STATE_METHOD, data).entity_id
+        return decode_request(pb.GetStateRequest, _GET_STATE_METHOD, data).entity_id
 
     async def get_state_bytes(
         self, entity_id: str, data: bytes, caller_left_s: float | None, metadata: Metadata
@@ -225,7 +225,8 @@ class CommandPath:
 _Decoded = TypeVar("_Decoded", pb.ProcessCommandRequest, pb.GetStateRequest)
 
 
-def _decoded(message: type[_Decoded], method: str, data: bytes) -> _Decoded:
+def decode_request(message: type[_Decoded], method: str, data: bytes) -> _Decoded:
+    """The request's message, or INVALID_ARGUMENT for bytes that are not one (docs/contract.md §3.10)."""
     try:
         return message.FromString(data)
     except Exception as error:  # protobuf's DecodeError, or a RuntimeError from upb

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -25,9 +25,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from chiefofstate.api.auth import refusal_message
-from chiefofstate.api.command_path import CommandPath
+from chiefofstate.api.command_path import CommandPath, decode_request
 from chiefofstate.api.token_file import TokenFile
-from chiefofstate.api.undecodable import undecodable_request
 from chiefofstate.cluster.peers import GET_STATE, PROCESS_COMMAND
 from chiefofstate.core.auth import Role, Verdict
 from chiefofstate.core.errors import Code, CosError, ShardNotHere, as_cos_error, status_message
@@ -273,23 +272,13 @@ class _ServedStream:
         # The caller's deadline ends the request here as it ends a call: whatever it is waiting for.
         async with asyncio.timeout(left):
             if method == PROCESS_COMMAND:
-                command = _decoded(pb.ProcessCommandRequest, method, request.request)
+                command = decode_request(pb.ProcessCommandRequest, method, request.request)
                 state = await commands.process_command(command.entity_id, command.command, metadata, left)
                 return state.reply
             if method == GET_STATE:
-                entity_id = _decoded(pb.GetStateRequest, method, request.request).entity_id
+                entity_id = decode_request(pb.GetStateRequest, method, request.request).entity_id
                 cached = commands.cached_state(entity_id)
                 if cached is not None:
                     return cached.reply
                 return (await commands.get_state(entity_id, left, metadata)).reply
         raise CosError(f"no forwarded method {request.method}", code=Code.UNIMPLEMENTED)
-
-
-_Decoded = TypeVar("_Decoded", pb.ProcessCommandRequest, pb.GetStateRequest)
-
-
-def _decoded(message: type[_Decoded], method: str, data: bytes) -> _Decoded:
-    try:
-        return message.FromString(data)
-    except Exception as error:  # protobuf's DecodeError, or a RuntimeError from upb
-        raise undecodable_request(method, error) from None
