@@ -63,3 +63,34 @@ async def test_a_cancelled_operation_leaves_the_connection_usable(tmp_path: Path
         assert len(await journal.read_events("after")) == 1
     finally:
         await journal.close()
+
+
+async def test_read_sides_read_committed_events_while_an_append_holds_the_journal(tmp_path: Path) -> None:
+    # A projection's read must not queue behind the group commit in progress, or a read side's lag
+    # follows the write load.
+    journal = await SqliteJournal.open(tmp_path / "cos.db")
+    try:
+        await journal.migrate(8)
+        assert await journal.append_batch([request("committed", 0)]) == [None]
+        shard = shard_of("committed", 8)
+        release = asyncio.Event()
+        inside = asyncio.Event()
+
+        async def hold_the_journal() -> None:
+            # white-box: the journal's connection held in a write transaction, as a group commit holds it
+            async with journal._datastore.transaction("hold the journal"):
+                inside.set()
+                await release.wait()
+
+        holder = asyncio.create_task(hold_the_journal())
+        await asyncio.wait_for(inside.wait(), 30)
+        try:
+            rows = await asyncio.wait_for(journal.read_shard(shard, 0, 10), 30)
+            progress = await asyncio.wait_for(journal.shard_progress(shard, 0, 10), 30)
+        finally:
+            release.set()
+            await holder
+        assert [row.entity_id for row in rows] == ["committed"]
+        assert progress.head == rows[0].ordering
+    finally:
+        await journal.close()

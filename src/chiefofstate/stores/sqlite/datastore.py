@@ -2,9 +2,10 @@
 need, one operation at a time on its connection, and the one place where sqlite3's failures become the
 node's errors.
 
-The journal and the offset store each open their own datastore (their own connection) on the same
-file, so offset writes and status queries never queue behind appends; WAL lets both work on the file,
-and SQLite's busy timeout orders the writers.
+The journal (one for appends and entity reads, one for the read sides' shard reads) and the offset
+store each open their own datastore (their own connection) on the same file, so shard reads, offset
+writes and status queries never queue behind appends; WAL lets them all work on the file, and SQLite's
+busy timeout orders the writers.
 """
 
 from __future__ import annotations

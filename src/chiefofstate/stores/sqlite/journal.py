@@ -177,10 +177,16 @@ class SqliteJournal:
         self,
         datastore: SqliteDatastore,
         *,
+        shard_reader: SqliteDatastore | None = None,
         migrations_initial_version: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._datastore = datastore
+        # Projections read shards on a connection of their own: on the journal's connection each read
+        # would wait for the group commit in progress (one operation at a time, fsync included), which
+        # made a read side's lag follow the write load. WAL lets the reader see every committed append
+        # while the writer works, and a projection is only woken after the commit it reads.
+        self._shard_reader = shard_reader or datastore
         self._initial_version = migrations_initial_version
         self._clock = clock
 
@@ -199,7 +205,19 @@ class SqliteJournal:
         `migrate`.
         """
         datastore = await SqliteDatastore.open(path, role="journal", busy_timeout_ms=busy_timeout_ms)
-        return cls(datastore, migrations_initial_version=migrations_initial_version, clock=clock)
+        try:
+            shard_reader = await SqliteDatastore.open(
+                path, role="journal (read sides)", busy_timeout_ms=busy_timeout_ms
+            )
+        except BaseException:
+            await datastore.close()
+            raise
+        return cls(
+            datastore,
+            shard_reader=shard_reader,
+            migrations_initial_version=migrations_initial_version,
+            clock=clock,
+        )
 
     @property
     def description(self) -> str:
@@ -335,7 +353,7 @@ class SqliteJournal:
         return newest_states(candidates)
 
     async def shard_progress(self, shard: int, after_ordering: int, count_limit: int) -> ShardProgress:
-        async with self._datastore.session("read the journal's progress") as connection:
+        async with self._shard_reader.session("read the journal's progress") as connection:
             rows = list(
                 await connection.execute_fetchall(_SHARD_PROGRESS, (str(shard), after_ordering, count_limit))
             )
@@ -350,7 +368,7 @@ class SqliteJournal:
         return _event_rows(rows)
 
     async def read_shard(self, shard: int, after_ordering: int, limit: int) -> list[JournalRow]:
-        async with self._datastore.session("read a shard") as connection:
+        async with self._shard_reader.session("read a shard") as connection:
             rows = await connection.execute_fetchall(_READ_SHARD, (str(shard), after_ordering, limit))
         return _event_rows(rows)
 
@@ -386,4 +404,8 @@ class SqliteJournal:
             await connection.execute_fetchall("SELECT 1")
 
     async def close(self) -> None:
-        await self._datastore.close()
+        try:
+            await self._datastore.close()
+        finally:
+            if self._shard_reader is not self._datastore:
+                await self._shard_reader.close()
